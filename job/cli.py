@@ -1,0 +1,125 @@
+"""Command line: `python -m job run|validate|report`. Options only; errors become exit codes:
+0 success, 1 training failed (NaN loss), 2 bad input (config, data, model, device),
+75 retryable (download or I/O), 128+N killed by signal N (143 for SIGTERM, 130 for Ctrl-C)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from job.config import describe_fields, load_config, parse_override
+from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="JOB_CONFIG",
+    show_envvar=True,
+    help="YAML config file (see configs/). Without one, every key takes its default.",
+)
+SET_OPTION = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override any config key, value read as YAML (repeatable): --set lora_r=8 --set 'strategies=[lora]'.",
+)
+
+
+def fail(exc: Exception, code: int) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(code)
+
+
+def resolve_config(config_path: Path | None, overrides: tuple[str, ...], **options: Any) -> Any:
+    """YAML, then --set, then the dedicated options (which win)."""
+    values = dict(parse_override(item) for item in overrides)
+    values.update({key: value for key, value in options.items() if value not in (None, ())})
+    return load_config(config_path, values)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Fine-tune ERNIE 3.0 Medium on CLUE TNEWS with LoRA and with full fine-tuning, and write a report
+    comparing them (parameters, time, accuracy, loss)."""
+
+
+@main.command()
+@CONFIG_OPTION
+@SET_OPTION
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), help="Override config key 'device'.")
+@click.option("--output-dir", type=str, help="Override config key 'output_dir' (report and results go here).")
+@click.option(
+    "--strategy",
+    "strategies",
+    type=click.Choice(["lora", "full_finetune"]),
+    multiple=True,
+    help="Run only this strategy (repeatable). Default: config key 'strategies'.",
+)
+def run(
+    config_path: Path | None, overrides: tuple[str, ...], device: str | None, output_dir: str | None,
+    strategies: tuple[str, ...],
+) -> None:  # fmt: skip
+    """Train every configured strategy, then write the report and results.json to output_dir."""
+    from job.train import StopRequest
+
+    stop = StopRequest()
+    stop.install()
+    try:
+        config = resolve_config(
+            config_path, overrides, device=device, output_dir=output_dir, strategies=list(strategies) or None
+        )
+        from job.runner import run_job
+
+        report = run_job(config, stop)
+    except (UserError, RetryableError, Interrupted, TrainingDiverged) as exc:
+        if isinstance(exc, Interrupted):
+            click.echo("stopping: finished strategies' results are kept; rerun to complete", err=True)
+        fail(exc, exc.exit_code)
+    click.echo(f"report: {report}")
+
+
+@main.command()
+@CONFIG_OPTION
+@SET_OPTION
+def validate(config_path: Path | None, overrides: tuple[str, ...]) -> None:
+    """Check the config and print it resolved (JSON), without loading or writing anything."""
+    try:
+        config = resolve_config(config_path, overrides)
+    except UserError as exc:
+        fail(exc, exc.exit_code)
+    click.echo(json.dumps(config.model_dump(), indent=2, ensure_ascii=False))
+    click.echo(f"config hash: {config.config_hash()}", err=True)
+
+
+@main.command()
+@click.option(
+    "--output-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+    help="Folder of a previous run (holds results/<strategy>.json).",
+)  # fmt: skip
+@click.option("--report-file", default=None, help="Report file name (default: the one the run used).")
+def report(output_dir: Path, report_file: str | None) -> None:
+    """Rebuild the report and results.json from the per-strategy results saved in output_dir."""
+    from job.results import load_strategy_results
+    from job.runner import write_report
+
+    try:
+        name = report_file or load_strategy_results(output_dir)[0]["run"]["config"]["report_file"]
+        if Path(name).name != name:
+            raise UserError(f"--report-file {name!r} must be a plain file name")
+        path = write_report(output_dir, name)
+    except (UserError, RetryableError) as exc:
+        fail(exc, exc.exit_code)
+    click.echo(f"report: {path}")
+
+
+@main.command(name="config-reference")
+def config_reference() -> None:
+    """Print every config key with its default and meaning."""
+    for key, description, default in describe_fields():
+        click.echo(f"{key:30} {json.dumps(default, ensure_ascii=False):32} {description}")

@@ -1,0 +1,206 @@
+"""The job's configuration: one typed, validated object built from YAML plus `key=value` overrides.
+
+Validation happens here, once, before anything is loaded or written; everything downstream trusts it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from job.errors import UserError
+
+StrategyName = Literal["lora", "full_finetune"]
+STRATEGY_NAMES: tuple[str, ...] = ("lora", "full_finetune")
+
+# Keys that do not change any strategy's numbers (where results go, which strategies run, how
+# often to log): they are left out of the config hash, so results of split runs can be merged.
+NOT_HASHED_KEYS = frozenset({"output_dir", "report_file", "save_artifacts", "device", "logging_steps", "strategies"})
+
+
+class JobConfig(BaseModel):
+    """Every setting of a run. Field descriptions are the config reference (see `job validate`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    # --- the seed's keys ---
+    model_name: str = Field("ernie-3.0-medium-zh", description="PaddleNLP model name or a local model folder")
+    max_seq_length: int = Field(128, ge=8, description="tokens per sentence after truncation")
+    batch_size: int = Field(8, ge=1, description="training batch size")
+    learning_rate: float = Field(5e-5, gt=0, le=1, description="peak learning rate shared by all strategies")
+    weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay (not on bias/LayerNorm)")
+    num_epochs: int = Field(1, ge=1, le=1000, description="passes over the training sample")
+    max_train_samples: int | None = Field(512, ge=1, description="training rows drawn from train (null: all)")
+    max_eval_samples: int | None = Field(256, ge=1, description="rows drawn for dev and for test (null: all)")
+    seed: int = Field(42, ge=0, description="seeds sampling, batch order and initialisation")
+    output_dir: str = Field("reports", min_length=1, description="folder for the report and results")
+    report_file: str = Field("ernie_lora_vs_full_report.md", description="report file name inside output_dir")
+    save_artifacts: bool = Field(False, description="save the LoRA adapter, merged model and full-FT model")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA branch")
+
+    # --- what a real run needs ---
+    device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto: GPU when Paddle sees one, else CPU")
+    data_dir: str | None = Field(
+        None, description="folder of CLUE-format train.json/dev.json[/test.json]; null: PaddleNLP clue/tnews"
+    )
+    lora_target_modules: list[str] = Field(
+        [r".*\.self_attn\.q_proj", r".*\.self_attn\.v_proj"],
+        min_length=1,
+        description="regexes (full match) of the layers LoRA wraps",
+    )
+    strategies: list[StrategyName] = Field(
+        ["lora", "full_finetune"], min_length=1, description="strategies to run, in this order"
+    )
+    eval_batch_size: int = Field(64, ge=1, description="batch size for dev/test evaluation")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warm-up")
+    max_grad_norm: float = Field(1.0, ge=0, description="global gradient-norm clip (0: off)")
+    logging_steps: int = Field(10, ge=1, description="steps between loss lines in the log")
+    lora_learning_rate: float | None = Field(None, gt=0, le=1, description="LoRA's own rate (null: learning_rate)")
+    lora_batch_size: int | None = Field(None, ge=1, description="LoRA's own batch size (null: batch_size)")
+    full_finetune_learning_rate: float | None = Field(
+        None, gt=0, le=1, description="full FT's own rate (null: learning_rate)"
+    )
+    full_finetune_batch_size: int | None = Field(None, ge=1, description="full FT's own batch size (null: batch_size)")
+
+    @field_validator("report_file")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        if not value or value in {".", ".."} or Path(value).name != value or "\\" in value:
+            raise ValueError("must be a plain file name inside output_dir (no folders, no '..')")
+        return value
+
+    @field_validator("strategies")
+    @classmethod
+    def _no_duplicate_strategy(cls, value: list[str]) -> list[str]:
+        duplicates = sorted({name for name in value if value.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"lists {', '.join(duplicates)} more than once")
+        return value
+
+    @field_validator("lora_target_modules")
+    @classmethod
+    def _valid_regexes(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regex: {exc}") from None
+        return value
+
+    # --- derived values ---
+    def learning_rate_for(self, strategy: str) -> float:
+        own = getattr(self, f"{strategy}_learning_rate")
+        return self.learning_rate if own is None else own
+
+    def batch_size_for(self, strategy: str) -> int:
+        own = getattr(self, f"{strategy}_batch_size")
+        return self.batch_size if own is None else own
+
+    def config_hash(self) -> str:
+        """Hash of everything that changes the numbers (not where they are written)."""
+        relevant = {k: v for k, v in self.model_dump().items() if k not in NOT_HASHED_KEYS}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir)
+
+    @property
+    def report_path(self) -> Path:
+        return self.output_path / self.report_file
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(JobConfig.model_fields)
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Read a YAML file (or none: all defaults), apply overrides, validate. Raises UserError."""
+    values: dict[str, Any] = read_yaml_mapping(Path(path)) if path is not None else {}
+    values.update(overrides or {})
+    return validate_config(values, source=str(path) if path else "defaults")
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"config path {path} is a folder, not a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {path} is not UTF-8 text: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        raise UserError(f"config file {path} is empty; write at least one key (see configs/)")
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must be a mapping of key: value, not a {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` -> (key, value), the value read as YAML so `8` is an int and `[4, 8]` a list."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set lora_r=8")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise UserError(f"--set {text!r}: value is not valid YAML: {exc}") from None
+    return key, value
+
+
+def validate_config(values: dict[str, Any], source: str = "config") -> JobConfig:
+    unknown = [key for key in values if key not in FIELD_NAMES]
+    if unknown:
+        raise UserError(_unknown_key_message(unknown[0], source))
+    try:
+        return JobConfig(**values)
+    except ValidationError as exc:
+        raise UserError(_validation_message(exc, source)) from None
+    except TypeError as exc:  # non-string keys, e.g. `1: x` in YAML
+        raise UserError(f"{source}: {exc}") from None
+
+
+def _unknown_key_message(key: Any, source: str) -> str:
+    close = difflib.get_close_matches(str(key), FIELD_NAMES, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(FIELD_NAMES)}"
+    return f"{source}: unknown config key '{key}'{hint}"
+
+
+def _validation_message(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "config"
+        given = error.get("input")
+        lines.append(f"{source}: config key '{key}': {error['msg']} (got {given!r})")
+    return "\n".join(lines)
+
+
+def check_against_model(config: JobConfig, model_limits: dict[str, int]) -> None:
+    """Checks that need the model's size: sequence length and LoRA rank."""
+    max_positions = model_limits.get("max_position_embeddings")
+    if max_positions and config.max_seq_length > max_positions:
+        raise UserError(
+            f"config key 'max_seq_length': {config.max_seq_length} is above the model's limit of {max_positions}"
+        )
+    hidden = model_limits.get("hidden_size")
+    if hidden and "lora" in config.strategies and config.lora_r > hidden:
+        raise UserError(f"config key 'lora_r': {config.lora_r} is larger than the model's hidden size {hidden}")
+
+
+def describe_fields() -> list[tuple[str, str, Any]]:
+    """(key, description, default) for every config key, in declaration order."""
+    return [(name, field.description or "", field.default) for name, field in JobConfig.model_fields.items()]

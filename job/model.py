@@ -1,0 +1,153 @@
+"""Loading the model and tokenizer (PaddleNLP name, downloaded once into $PPNLP_HOME, or a local
+folder), checking that the encoder's weights really loaded, and counting parameters."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from job.errors import RetryableError, UserError
+
+
+def model_limits(model_name: str) -> dict[str, int]:
+    """hidden_size and max_position_embeddings, read without building the model."""
+    folder = Path(model_name)
+    if folder.is_dir():
+        config_file = folder / "config.json"
+        if not config_file.is_file():
+            raise UserError(f"model folder {folder} has no config.json (save it with save_pretrained)")
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{config_file} is not valid JSON: {exc}") from None
+    else:
+        from paddlenlp.transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(model_name).to_dict()
+        except (OSError, ValueError) as exc:
+            raise RetryableError(f"could not get the config of model '{model_name}': {exc}") from None
+    return {key: int(config[key]) for key in ("hidden_size", "max_position_embeddings") if key in config}
+
+
+def quiet_paddlenlp() -> None:
+    """PaddleNLP logs every file it touches at INFO; keep warnings and errors only."""
+    from paddlenlp.utils.log import logger
+
+    logger.set_level("WARNING")
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def captured_paddlenlp_warnings() -> Iterator[list[str]]:
+    """PaddleNLP reports missing or re-initialised weights only as log warnings; collect them."""
+    from paddlenlp.utils.log import logger
+
+    collector = _Collect()
+    logger.logger.addHandler(collector)
+    logger.logger.removeHandler(logger.handler)
+    try:
+        yield collector.messages
+    finally:
+        logger.logger.removeHandler(collector)
+        logger.logger.addHandler(logger.handler)
+
+
+def newly_initialised_keys(messages: list[str]) -> list[str]:
+    """Parameter names PaddleNLP says were not loaded from the checkpoint (missing or resized)."""
+    keys: list[str] = []
+    for message in messages:
+        match = re.search(r"newly initialized: (\[.*?\])", message, re.S)
+        if match:
+            keys.extend(ast.literal_eval(match.group(1)))
+        keys.extend(re.findall(r"^- (\S+): found shape", message, re.M))
+    return keys
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    head_parameter_names: list[str]  # parameters outside the encoder (classifier head)
+    reinitialised: list[str]  # parameters not taken from the checkpoint
+
+
+def load_model(model_name: str, num_classes: int) -> LoadedModel:
+    """AutoModelForSequenceClassification with `num_classes` outputs. The encoder must load in full;
+    only the classifier head may be new (a pretrained encoder, or a head of another size)."""
+    from paddlenlp.transformers import AutoModelForSequenceClassification
+
+    _check_local_model_folder(model_name)
+    with captured_paddlenlp_warnings() as messages:
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model_name, num_classes=num_classes, ignore_mismatched_sizes=True
+            )
+        except OSError as exc:
+            raise RetryableError(f"could not load model '{model_name}': {exc}") from None
+    prefix = f"{model.base_model_prefix}."
+    names = [name for name, _ in model.named_parameters()]
+    head = [name for name in names if not name.startswith(prefix)]
+    reinitialised = newly_initialised_keys(messages)
+    encoder_missing = [key for key in reinitialised if key.startswith(prefix)]
+    if encoder_missing:
+        raise UserError(
+            f"model '{model_name}': {len(encoder_missing)} encoder weights are not in the checkpoint or have "
+            f"another shape (first: {encoder_missing[0]}); is this an ERNIE checkpoint of this size?"
+        )
+    return LoadedModel(model=model, head_parameter_names=head, reinitialised=reinitialised)
+
+
+def _check_local_model_folder(model_name: str) -> None:
+    folder = Path(model_name)
+    if not folder.is_dir():
+        return
+    if not (folder / "config.json").is_file():
+        raise UserError(f"model folder {folder} has no config.json")
+    weights = list(folder.glob("*.pdparams")) + list(folder.glob("*.safetensors"))
+    if not weights:
+        raise UserError(f"model folder {folder} has no weights (*.pdparams or *.safetensors)")
+
+
+def load_tokenizer(model_name: str) -> Any:
+    from paddlenlp.transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_name)
+    except (OSError, ValueError) as exc:
+        raise RetryableError(f"could not load the tokenizer of '{model_name}': {exc}") from None
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) element counts."""
+    trainable = total = 0
+    for parameter in model.parameters():
+        size = int(parameter.numel())
+        total += size
+        if not parameter.stop_gradient:
+            trainable += size
+    return trainable, total
+
+
+def weights_fingerprint(model: Any) -> str:
+    """sha256 over every parameter's bytes, in name order: proves two runs started from the same weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()[:16]

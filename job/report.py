@@ -1,0 +1,148 @@
+"""Results -> the Markdown report in the seed's layout. Every sentence in Observations is computed
+from the measured numbers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from job.data import NUM_CLASSES
+
+TITLE = "# ERNIE 3.0 Medium: LoRA vs Full Fine-Tuning"
+COLUMNS = (
+    "Trainable Params", "Total Params", "Training Time (s)", "Dev Accuracy", "Test Accuracy", "Dev Loss", "Test Loss",
+)  # fmt: skip
+
+
+def render_report(combined: dict[str, Any], output_dir: Path) -> str:
+    run, results = combined["run"], combined["strategies"]
+    sections = [
+        TITLE,
+        _summary(run),
+        "## Configuration\n\n```json\n" + _json(run["config"]) + "\n```",
+        "## Results\n\n" + results_table(results),
+        "## Observations\n\n" + "\n".join(f"- {line}" for line in observations(results, run)),
+        "## Artifacts\n\n" + "\n".join(f"- {line}" for line in artifact_lines(results, output_dir)),
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def _json(data: Any) -> str:
+    import json
+
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def _summary(run: dict[str, Any]) -> str:
+    data = run["data"]
+    lines = [
+        "This report compares low-rank adaptation (LoRA) with full-parameter fine-tuning of the ERNIE 3.0 Medium "
+        f"model (`{run['config']['model_name']}`) on the Chinese TNEWS news-title classification task "
+        f"({NUM_CLASSES} classes). Every strategy started from the same initial weights "
+        f"(fingerprint `{run.get('initial_weights', 'n/a')}`) and saw the same batches in the same order.",
+        "",
+        f"- Device: {run['device']['description']} ({run['device']['reason']})",
+        f"- Train: {data['train']['source']}",
+        f"- Dev: {data['dev']['source']}",
+        f"- Test: {data['test']['source']}",
+        f"- Config hash `{run['config_hash']}`, "
+        + ", ".join(f"{name} {version}" for name, version in run["versions"].items())
+        + (f", commit `{run['git_commit'][:12]}`" if run.get("git_commit") else ""),
+    ]
+    return "\n".join(lines)
+
+
+def results_table(results: list[dict[str, Any]]) -> str:
+    header = "| Strategy | " + " | ".join(COLUMNS) + " |"
+    rule = "|----------|" + "|".join("-" * max(len(c), 3) + ":" for c in COLUMNS) + "|"
+    rows = [
+        "| "
+        + " | ".join(
+            [
+                r["label"],
+                f"{r['trainable_params']:,}",
+                f"{r['total_params']:,}",
+                f"{r['training_seconds']:.1f}",
+                f"{r['dev']['accuracy']:.4f}",
+                f"{r['test']['accuracy']:.4f}",
+                f"{r['dev']['loss']:.4f}",
+                f"{r['test']['loss']:.4f}",
+            ]
+        )
+        + " |"
+        for r in results
+    ]
+    return "\n".join([header, rule, *rows])
+
+
+def standard_error(accuracy: float, examples: int) -> float:
+    return math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / examples)
+
+
+def _points(value: float) -> str:
+    return f"{abs(value) * 100:.1f} points"
+
+
+def observations(results: list[dict[str, Any]], run: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{r['label']} trained {r['trainable_params']:,} of {r['total_params']:,} parameters "
+        f"({100 * r['trainable_params'] / r['total_params']:.3f}%) in {r['training_seconds']:.1f} s "
+        f"({r['samples_per_second']:.1f} samples/s, {r['steps']} steps) on {run['device']['name']}."
+        for r in results
+    ]
+    by_name = {r["strategy"]: r for r in results}
+    if "lora" in by_name and "full_finetune" in by_name:
+        lines.extend(_compare(by_name["lora"], by_name["full_finetune"]))
+    chance = 1 / NUM_CLASSES
+    near_chance = [
+        r["label"]
+        for r in results
+        if r["test"]["accuracy"] < chance + 2 * standard_error(chance, r["test"]["examples"])
+    ]
+    if near_chance:
+        lines.append(
+            f"Test accuracy of {', '.join(near_chance)} is within two standard errors of chance "
+            f"({100 * chance:.1f}% for {NUM_CLASSES} classes): the model has not learned the task in this run "
+            "(too few steps, a too-low learning rate, or weights that are not pretrained)."
+        )
+    return lines
+
+
+def _compare(lora: dict[str, Any], full: dict[str, Any]) -> list[str]:
+    lines = [
+        f"LoRA trained {lora['trainable_params'] / full['trainable_params']:.2%} as many parameters as full "
+        f"fine-tuning ({lora['trainable_params']:,} vs {full['trainable_params']:,})."
+    ]
+    for split in ("dev", "test"):
+        gap = lora[split]["accuracy"] - full[split]["accuracy"]
+        n = lora[split]["examples"]
+        noise = math.sqrt(
+            standard_error(lora[split]["accuracy"], n) ** 2 + standard_error(full[split]["accuracy"], n) ** 2
+        )
+        direction = "above" if gap > 0 else "below" if gap < 0 else "level with"
+        verdict = "within the sampling noise" if abs(gap) < 2 * noise else "larger than the sampling noise"
+        amount = "" if gap == 0 else f"{_points(gap)} "
+        lines.append(
+            f"{split.capitalize()} accuracy: LoRA is {amount}{direction} full fine-tuning "
+            f"({lora[split]['accuracy']:.2%} vs {full[split]['accuracy']:.2%} on {n} examples); the gap is "
+            f"{verdict} (two standard errors of the difference: {_points(2 * noise)})."
+        )
+    ratio = full["training_seconds"] / lora["training_seconds"] if lora["training_seconds"] else float("nan")
+    faster = "faster" if ratio >= 1 else "slower"
+    lines.append(
+        f"Training time: LoRA {lora['training_seconds']:.1f} s vs full fine-tuning {full['training_seconds']:.1f} s "
+        f"(LoRA {max(ratio, 1 / ratio):.2f}x {faster})."
+    )
+    return lines
+
+
+def artifact_lines(results: list[dict[str, Any]], output_dir: Path) -> list[str]:
+    lines = ["`results.json`: every number above plus per-step losses, device, versions and data checksums"]
+    lines += [f"`results/{r['strategy']}.json`: {r['label']} on its own" for r in results]
+    saved = [(r["label"], path) for r in results for path in r.get("artifacts", [])]
+    if saved:
+        lines += [f"`{path}`: {label}" for label, path in saved]
+    else:
+        lines.append("No model files were saved (`save_artifacts: false`).")
+    return lines

@@ -1,0 +1,221 @@
+"""The job, step by step: preflight, device, data, then per strategy load -> prepare -> train ->
+evaluate -> save, then the report. Each step lives in its own module; this file only wires them."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib.metadata
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from job.config import JobConfig, check_against_model
+from job.data import NUM_CLASSES, Splits, draw_samples, encode, read_source
+from job.device import DeviceChoice, select_device
+from job.errors import RetryableError, UserError
+from job.evaluate import evaluate
+from job.model import count_parameters, load_model, load_tokenizer, model_limits, quiet_paddlenlp, weights_fingerprint
+from job.report import render_report
+from job.results import (
+    RESULTS_FILE,
+    combined_results,
+    load_strategy_results,
+    save_strategy_result,
+    write_atomic,
+    write_json,
+)
+from job.strategies import STRATEGIES
+from job.train import StopRequest, TrainSettings, train
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """The output folder must exist or be creatable, and be writable, before any compute is spent."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"config key 'output_dir': cannot write to {output_dir}: {exc.strerror}") from None
+
+
+def run_job(config: JobConfig, stop: StopRequest) -> Path:
+    """Run every configured strategy and write the report. Returns the report's path."""
+    check_output_dir(config.output_path)
+    quiet_paddlenlp()
+    check_against_model(config, model_limits(config.model_name))
+    raw = read_source(config.data_dir)
+    splits = draw_samples(raw, config.max_train_samples, config.max_eval_samples, config.seed)
+    device = select_device(config.device)
+    say(f"device: {device.description} ({device.reason})")
+    for split in splits.all():
+        say(f"{split.name}: {split.source}")
+
+    tokenizer = load_tokenizer(config.model_name)
+    pad_id = int(tokenizer.pad_token_id)
+    encoded = {split.name: encode(split.examples, tokenizer, config.max_seq_length) for split in splits.all()}
+    run_info = describe_run(config, device, splits, raw.files)
+
+    for name in config.strategies:
+        stop.raise_if_requested()
+        record = run_strategy(name, config, encoded, pad_id, tokenizer, stop)
+        record_run = {**run_info, "initial_weights": record["result"].pop("initial_weights")}
+        path = save_strategy_result(config.output_path, {"run": record_run, "result": record["result"]})
+        say(f"[{name}] saved {path}")
+    return write_report(config.output_path, config.report_file)
+
+
+def run_strategy(
+    name: str, config: JobConfig, encoded: dict[str, Any], pad_id: int, tokenizer: Any, stop: StopRequest
+) -> dict[str, Any]:
+    import paddle
+
+    strategy = STRATEGIES[name]
+    label = strategy.label(config)
+    paddle.seed(config.seed)  # same head initialisation for every strategy
+    loaded = load_model(config.model_name, NUM_CLASSES)
+    fingerprint = weights_fingerprint(loaded.model)
+    if loaded.reinitialised:
+        say(f"[{name}] newly initialised (not in the checkpoint): {', '.join(loaded.reinitialised)}")
+    model = strategy.prepare(loaded, config)
+    trainable, total = count_parameters(model)
+    say(f"[{name}] {label}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%)")
+
+    settings = TrainSettings(
+        learning_rate=config.learning_rate_for(name),
+        batch_size=config.batch_size_for(name),
+        num_epochs=config.num_epochs,
+        weight_decay=config.weight_decay,
+        warmup_ratio=config.warmup_ratio,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        logging_steps=config.logging_steps,
+    )
+    paddle.seed(config.seed)  # same dropout masks for every strategy
+    reset_peak_memory()
+    outcome = train(model, encoded["train"], settings, pad_id, label, stop)
+    peak_memory = peak_memory_mb()
+    dev = evaluate(model, encoded["dev"], config.eval_batch_size, pad_id)
+    test = evaluate(model, encoded["test"], config.eval_batch_size, pad_id)
+    say(
+        f"[{name}] trained in {outcome.seconds:.1f} s; dev accuracy {dev.accuracy:.4f} loss {dev.loss:.4f}; "
+        f"test accuracy {test.accuracy:.4f} loss {test.loss:.4f}"
+    )
+    artifacts = save_artifacts(strategy, model, tokenizer, config) if config.save_artifacts else []
+    return {
+        "result": {
+            "strategy": name,
+            "label": label,
+            "initial_weights": fingerprint,
+            "trainable_params": trainable,
+            "total_params": total,
+            "learning_rate": settings.learning_rate,
+            "batch_size": settings.batch_size,
+            "training_seconds": round(outcome.seconds, 3),
+            "steps": outcome.steps,
+            "samples_per_second": round(outcome.samples_per_second, 3),
+            "tokens_per_second": round(outcome.tokens / outcome.seconds, 1) if outcome.seconds else 0.0,
+            "peak_memory_mb": peak_memory,
+            "dev": dev.to_dict(),
+            "test": test.to_dict(),
+            "step_losses": [round(loss, 6) for loss in outcome.step_losses],
+            "reinitialised_parameters": loaded.reinitialised,
+            "artifacts": artifacts,
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+    }
+
+
+def save_artifacts(strategy: Any, model: Any, tokenizer: Any, config: JobConfig) -> list[str]:
+    folder = config.output_path / "artifacts" / strategy.name
+    try:
+        paths = strategy.save_artifacts(model, tokenizer, folder)
+    except OSError as exc:
+        raise RetryableError(f"could not save artifacts to {folder}: {exc}") from None
+    return [str(path.relative_to(config.output_path)) for path in paths]
+
+
+def write_report(output_dir: Path, report_file: str) -> Path:
+    """Merge the saved per-strategy results into results.json and the Markdown report."""
+    combined = combined_results(load_strategy_results(output_dir))
+    write_json(output_dir / RESULTS_FILE, combined)
+    report_path = output_dir / report_file
+    write_atomic(report_path, render_report(combined, output_dir))
+    return report_path
+
+
+# ---------------------------------------------------------------- what the run records about itself
+
+
+def describe_run(config: JobConfig, device: DeviceChoice, splits: Splits, files: dict[str, str]) -> dict[str, Any]:
+    return {
+        "config": config.model_dump(),
+        "config_hash": config.config_hash(),
+        "device": {"name": device.name, "description": device.description, "reason": device.reason},
+        "data": {split.name: {"source": split.source, "examples": len(split)} for split in splits.all()}
+        | {"files": files},
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "threads": {key: os.environ.get(key) for key in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")},
+    }
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0]}
+    for package in ("paddlepaddle", "paddlepaddle-gpu", "paddlenlp"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit() -> str | None:
+    """The project's commit: from the image (JOB_GIT_COMMIT) or a git checkout, else None."""
+    if os.environ.get("JOB_GIT_COMMIT"):
+        return os.environ["JOB_GIT_COMMIT"]
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+# ---------------------------------------------------------------- peak memory
+
+
+def reset_peak_memory() -> None:
+    """Reset the high-water mark so each strategy's peak is its own."""
+    import paddle
+
+    if paddle.device.is_compiled_with_cuda() and paddle.device.get_device().startswith("gpu"):
+        paddle.device.cuda.reset_max_memory_allocated()
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM (peak RSS)
+
+
+def peak_memory_mb() -> float:
+    """GPU: peak allocated by Paddle. CPU: the process's peak resident memory since the reset."""
+    import paddle
+
+    if paddle.device.is_compiled_with_cuda() and paddle.device.get_device().startswith("gpu"):
+        return round(paddle.device.cuda.max_memory_allocated() / 2**20, 1)
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

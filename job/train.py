@@ -1,0 +1,136 @@
+"""The one training loop every strategy uses: AdamW (no decay on bias/LayerNorm), linear warm-up
+and decay, global-norm clipping, a progress bar, wall-clock timing, stop on signal or NaN."""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from job.data import Encoded, epoch_batches, iterate_batches
+from job.errors import Interrupted, TrainingDiverged
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGINT; the loop stops at the next step boundary instead of dying mid-write."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self)
+        signal.signal(signal.SIGINT, self)
+
+    def raise_if_requested(self) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
+@dataclass
+class TrainSettings:
+    learning_rate: float
+    batch_size: int
+    num_epochs: int
+    weight_decay: float
+    warmup_ratio: float
+    max_grad_norm: float
+    seed: int
+    logging_steps: int
+
+
+@dataclass
+class TrainOutcome:
+    steps: int
+    samples: int
+    tokens: int
+    seconds: float
+    step_losses: list[float] = field(default_factory=list)
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+
+def no_weight_decay(parameter_name: str) -> bool:
+    return "bias" in parameter_name or "norm" in parameter_name
+
+
+def build_optimizer(model: Any, settings: TrainSettings, total_steps: int) -> tuple[Any, Any]:
+    """AdamW over the trainable parameters only: frozen weights get no gradient and no state."""
+    import paddle
+    from paddlenlp.transformers import LinearDecayWithWarmup
+
+    trainable = [(name, p) for name, p in model.named_parameters() if not p.stop_gradient]
+    decayed = {p.name for name, p in trainable if not no_weight_decay(name)}
+    schedule = LinearDecayWithWarmup(settings.learning_rate, total_steps, float(settings.warmup_ratio))
+    clip = paddle.nn.ClipGradByGlobalNorm(settings.max_grad_norm) if settings.max_grad_norm > 0 else None
+    optimizer = paddle.optimizer.AdamW(
+        learning_rate=schedule,
+        parameters=[p for _, p in trainable],
+        weight_decay=settings.weight_decay,
+        apply_decay_param_fun=lambda name: name in decayed,
+        grad_clip=clip,
+    )
+    return optimizer, schedule
+
+
+def train(
+    model: Any,
+    rows: Sequence[Encoded],
+    settings: TrainSettings,
+    pad_id: int,
+    label: str,
+    stop: StopRequest,
+) -> TrainOutcome:
+    import paddle
+    import paddle.nn.functional as F
+
+    epochs = [epoch_batches(len(rows), settings.batch_size, settings.seed, e) for e in range(settings.num_epochs)]
+    total_steps = sum(len(batches) for batches in epochs)
+    optimizer, schedule = build_optimizer(model, settings, total_steps)
+    outcome = TrainOutcome(steps=0, samples=0, tokens=0, seconds=0.0)
+    model.train()
+    progress = tqdm(total=total_steps, desc=f"train {label}", unit="step", file=sys.stderr,
+                    disable=not sys.stderr.isatty(), dynamic_ncols=True)  # fmt: skip
+    started = time.perf_counter()
+    for epoch, batches in enumerate(epochs):
+        for batch in iterate_batches(rows, batches, pad_id):
+            stop.raise_if_requested()
+            logits = model(
+                input_ids=paddle.to_tensor(batch["input_ids"]), token_type_ids=paddle.to_tensor(batch["token_type_ids"])
+            )
+            loss = F.cross_entropy(logits, paddle.to_tensor(batch["labels"]))
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            optimizer.clear_grad()
+            value = float(loss)
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"{label}: loss became {value} at step {outcome.steps + 1}; lower the learning rate"
+                )
+            outcome.steps += 1
+            outcome.samples += len(batch["labels"])
+            outcome.tokens += int((batch["input_ids"] != pad_id).sum())
+            outcome.step_losses.append(value)
+            elapsed = time.perf_counter() - started
+            progress.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}", samples_s=f"{outcome.samples / elapsed:.1f}")
+            progress.update()
+            if outcome.steps % settings.logging_steps == 0 or outcome.steps == total_steps:
+                tqdm.write(
+                    f"[{label}] step {outcome.steps}/{total_steps} epoch {epoch + 1} loss {value:.4f} "
+                    f"lr {schedule.get_lr():.2e} {outcome.samples / elapsed:.1f} samples/s",
+                    file=sys.stderr,
+                )
+    outcome.seconds = time.perf_counter() - started
+    progress.close()
+    return outcome
