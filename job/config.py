@@ -122,6 +122,22 @@ class JobConfig(BaseModel):
 FIELD_NAMES: tuple[str, ...] = tuple(JobConfig.model_fields)
 
 
+class SafeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (no Python tags) that also reads `5e-5` as a float, as YAML 1.2 does;
+    plain PyYAML (YAML 1.1) would read it as the string '5e-5'."""
+
+
+SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=SafeLoader)
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> JobConfig:
     """Read a YAML file (or none: all defaults), apply overrides, validate. Raises UserError."""
     values: dict[str, Any] = read_yaml_mapping(Path(path)) if path is not None else {}
@@ -139,7 +155,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise UserError(f"config file {path} is not UTF-8 text: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"config file {path} is not valid YAML: {exc}") from None
     if data is None:
@@ -156,13 +172,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set lora_r=8")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise UserError(f"--set {text!r}: value is not valid YAML: {exc}") from None
     return key, value
 
 
-def validate_config(values: dict[str, Any], source: str = "config") -> JobConfig:
+def validate_config(values: dict[str, Any], source: str = "settings") -> JobConfig:
     unknown = [key for key in values if key not in FIELD_NAMES]
     if unknown:
         raise UserError(_unknown_key_message(unknown[0], source))
@@ -183,9 +199,9 @@ def _unknown_key_message(key: Any, source: str) -> str:
 def _validation_message(exc: ValidationError, source: str) -> str:
     lines = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "config"
-        given = error.get("input")
-        lines.append(f"{source}: config key '{key}': {error['msg']} (got {given!r})")
+        key, *rest = [str(part) for part in error["loc"]] or ["config"]
+        item = f" (item {rest[0]})" if rest else ""
+        lines.append(f"{source}: config key '{key}'{item}: {error['msg']} (got {error.get('input')!r})")
     return "\n".join(lines)
 
 

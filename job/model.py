@@ -103,7 +103,7 @@ def load_model(model_name: str, num_classes: int) -> LoadedModel:
     prefix = f"{model.base_model_prefix}."
     names = [name for name, _ in model.named_parameters()]
     head = [name for name in names if not name.startswith(prefix)]
-    reinitialised = newly_initialised_keys(messages)
+    reinitialised = sorted(set(newly_initialised_keys(messages)))
     encoder_missing = [key for key in reinitialised if key.startswith(prefix)]
     if encoder_missing:
         raise UserError(

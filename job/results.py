@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -46,23 +47,34 @@ def save_strategy_result(output_dir: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def load_strategy_results(output_dir: Path) -> list[dict[str, Any]]:
-    """Every saved per-strategy record in output_dir, checked to come from one config."""
+def load_strategy_results(output_dir: Path, config_hash: str | None = None) -> list[dict[str, Any]]:
+    """Every saved per-strategy record in output_dir. With `config_hash`, records of other configs are
+    skipped (with a message); without it, they must all come from one config."""
     folder = output_dir / RESULTS_FOLDER
     files = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    if not files:
+    records = {file: _read_record(file) for file in files}
+    if config_hash is not None:
+        for file in [f for f, r in records.items() if r["run"]["config_hash"] != config_hash]:
+            print(f"ignoring {file}: it comes from another config", file=sys.stderr)
+            del records[file]
+    if not records:
         raise UserError(f"no saved strategy results in {folder}; run `python -m job run` first")
-    records = []
-    for file in files:
-        try:
-            records.append(json.loads(file.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{file} is not a valid result file: {exc}") from None
-    hashes = {record["run"]["config_hash"] for record in records}
+    hashes = {record["run"]["config_hash"] for record in records.values()}
     if len(hashes) > 1:
-        listing = ", ".join(f"{f.name}={r['run']['config_hash']}" for f, r in zip(files, records, strict=True))
+        listing = ", ".join(f"{f.name}={r['run']['config_hash']}" for f, r in records.items())
         raise UserError(f"results in {folder} come from different configs ({listing}); rerun or remove the stale ones")
-    return sorted(records, key=lambda record: STRATEGY_NAMES.index(record["result"]["strategy"]))
+    return sorted(records.values(), key=lambda record: STRATEGY_NAMES.index(record["result"]["strategy"]))
+
+
+def _read_record(file: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+        record["run"]["config_hash"], record["result"]["strategy"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"{file} is not a result file of this job: {exc}") from None
+    if record["result"]["strategy"] not in STRATEGY_NAMES:
+        raise UserError(f"{file}: unknown strategy {record['result']['strategy']!r}")
+    return record
 
 
 def combined_results(records: list[dict[str, Any]]) -> dict[str, Any]:

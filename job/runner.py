@@ -69,7 +69,7 @@ def run_job(config: JobConfig, stop: StopRequest) -> Path:
         record_run = {**run_info, "initial_weights": record["result"].pop("initial_weights")}
         path = save_strategy_result(config.output_path, {"run": record_run, "result": record["result"]})
         say(f"[{name}] saved {path}")
-    return write_report(config.output_path, config.report_file)
+    return write_report(config.output_path, config.report_file, config.config_hash())
 
 
 def run_strategy(
@@ -142,9 +142,9 @@ def save_artifacts(strategy: Any, model: Any, tokenizer: Any, config: JobConfig)
     return [str(path.relative_to(config.output_path)) for path in paths]
 
 
-def write_report(output_dir: Path, report_file: str) -> Path:
-    """Merge the saved per-strategy results into results.json and the Markdown report."""
-    combined = combined_results(load_strategy_results(output_dir))
+def write_report(output_dir: Path, report_file: str, config_hash: str | None = None) -> Path:
+    """Merge the saved per-strategy results (of `config_hash`, when given) into results.json and the report."""
+    combined = combined_results(load_strategy_results(output_dir, config_hash))
     write_json(output_dir / RESULTS_FILE, combined)
     report_path = output_dir / report_file
     write_atomic(report_path, render_report(combined, output_dir))

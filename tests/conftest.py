@@ -11,7 +11,7 @@ import yaml
 
 os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
 
-from tests.fixtures import build_tiny_model, build_tnews_folder  # noqa: E402
+from tests.fixtures import build_tiny_model, build_tnews_folder
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -1,0 +1,142 @@
+"""End to end: `python -m job run` on the tiny model and data, the report, the rebuild, the device."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from job.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = (
+    "| Strategy | Trainable Params | Total Params | Training Time (s) | Dev Accuracy | Test Accuracy "
+    "| Dev Loss | Test Loss |"
+)
+
+
+def run_job(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "job", *args], capture_output=True, text=True, cwd=ROOT, check=False, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+
+
+def table_rows(report: str) -> list[list[str]]:
+    section = report.split("## Results", 1)[1].split("##", 1)[0]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in section.splitlines()[4:] if line]
+
+
+def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: Path) -> None:
+    config = write_config(num_epochs=10, max_train_samples=600, max_eval_samples=150, learning_rate=1e-2,
+                          lora_learning_rate=3e-2)  # fmt: skip
+    result = run_job("run", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    report = (out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+    assert report.startswith("# ERNIE 3.0 Medium: LoRA vs Full Fine-Tuning")
+    for heading in ("## Configuration", "## Results", "## Observations", "## Artifacts"):
+        assert heading in report
+    assert COLUMNS in report
+    assert "pending" not in report
+    rows = table_rows(report)
+    assert [row[0] for row in rows] == ["lora (r=4, α=8, dropout=0.1)", "full_finetune"]
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    by_name = {r["strategy"]: r for r in results["strategies"]}
+    for row, name in zip(rows, ("lora", "full_finetune"), strict=True):
+        r = by_name[name]
+        assert row[1:] == [f"{r['trainable_params']:,}", f"{r['total_params']:,}", f"{r['training_seconds']:.1f}",
+                           f"{r['dev']['accuracy']:.4f}", f"{r['test']['accuracy']:.4f}", f"{r['dev']['loss']:.4f}",
+                           f"{r['test']['loss']:.4f}"]  # fmt: skip
+        assert r["steps"] == len(r["step_losses"]) > 0
+        assert r["training_seconds"] > 0 and r["peak_memory_mb"] > 0
+    # Training is real: the keyword-labelled data is learnable, chance is 1/15.
+    assert by_name["full_finetune"]["test"]["accuracy"] > 0.5
+    assert by_name["lora"]["test"]["accuracy"] > 0.2
+    assert by_name["lora"]["learning_rate"] == 3e-2 and by_name["full_finetune"]["learning_rate"] == 1e-2
+    assert by_name["lora"]["trainable_params"] < by_name["full_finetune"]["trainable_params"]
+    assert results["run"]["device"]["name"] == "cpu"
+    assert set(results["run"]["data"]["files"]) == {"train.json", "dev.json"}
+    assert "device: cpu" in result.stderr
+    assert "No model files were saved" in report
+
+    # `job report` rebuilds the same table from the per-strategy results.
+    (out / "ernie_lora_vs_full_report.md").unlink()
+    rebuilt = CliRunner().invoke(main, ["report", "--output-dir", str(out)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert table_rows((out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")) == rows
+
+
+def test_single_strategy_and_reproducible_numbers(write_config, tmp_path: Path) -> None:
+    config = write_config(num_epochs=1)
+    first = CliRunner().invoke(main, ["run", "--config", str(config), "--strategy", "lora"])
+    assert first.exit_code == 0, first.output
+    out = tmp_path / "out"
+    one = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert [r["strategy"] for r in one["strategies"]] == ["lora"]
+    second = CliRunner().invoke(
+        main, ["run", "--config", str(config), "--strategy", "lora", "--output-dir", str(tmp_path / "again")]
+    )
+    assert second.exit_code == 0, second.output
+    two = json.loads((tmp_path / "again" / "results.json").read_text(encoding="utf-8"))
+    for key in ("dev", "test", "step_losses", "trainable_params"):
+        assert one["strategies"][0][key] == two["strategies"][0][key], key
+
+
+def test_merging_results_of_separate_strategy_runs(write_config, tmp_path: Path) -> None:
+    config = write_config(num_epochs=1)
+    for strategy in ("full_finetune", "lora"):
+        result = CliRunner().invoke(main, ["run", "--config", str(config), "--strategy", strategy])
+        assert result.exit_code == 0, result.output
+    report = (tmp_path / "out" / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+    assert [row[0] for row in table_rows(report)] == ["lora (r=4, α=8, dropout=0.1)", "full_finetune"]
+    assert "LoRA trained" in report and "as many parameters as full fine-tuning" in report
+
+
+def test_results_of_another_config_are_not_merged(write_config, tmp_path: Path) -> None:
+    assert CliRunner().invoke(main, ["run", "--config", str(write_config()), "--strategy", "lora"]).exit_code == 0
+    other = CliRunner().invoke(main, ["run", "--config", str(write_config(seed=7)), "--strategy", "full_finetune"])
+    assert other.exit_code == 0, other.output
+    assert "lora.json: it comes from another config" in other.output
+    report = (tmp_path / "out" / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+    assert [row[0] for row in table_rows(report)] == ["full_finetune"]
+    # Without a config to go by, `job report` refuses to mix them.
+    rebuilt = CliRunner().invoke(main, ["report", "--output-dir", str(tmp_path / "out")])
+    assert rebuilt.exit_code == 2
+    assert "come from different configs" in rebuilt.output
+
+
+def test_save_artifacts_lists_saved_models(write_config, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config(save_artifacts=True, num_epochs=1))])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    report = (out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+    for folder in ("artifacts/lora/adapter", "artifacts/lora/merged", "artifacts/full_finetune/model"):
+        assert f"`{folder}`" in report
+        assert any((out / folder).glob("*.pdparams")), folder
+
+
+def test_gpu_on_a_cpu_only_build_exits_2_with_a_clear_message(write_config, tmp_path: Path) -> None:
+    result = run_job("run", "--config", str(write_config()), "--device", "gpu")
+    assert result.returncode == 2
+    assert "device 'gpu' was requested but this Paddle build has no CUDA support" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "results").exists()
+
+
+def test_report_without_results_exits_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["report", "--output-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no saved strategy results" in result.output
+
+
+def test_help_explains_every_command() -> None:
+    for command in ("run", "validate", "report", "config-reference"):
+        result = CliRunner().invoke(main, [command, "--help"])
+        assert result.exit_code == 0
+        assert re.search(r"Usage: .* " + command, result.output)

@@ -1,0 +1,160 @@
+"""Config: the seed's values, typed overrides, and one clear message + exit 2 for each bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from job.cli import main
+from job.config import JobConfig, load_config, parse_override, validate_config
+from job.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_CONFIG = ROOT / "configs" / "tnews_lora_vs_full.yaml"
+SEED_REPORT = ROOT.parent / "shared" / "reference" / "seed_report.md"
+SEED_VALUES = {
+    "model_name": "ernie-3.0-medium-zh", "max_seq_length": 128, "batch_size": 8, "learning_rate": 5e-05,
+    "weight_decay": 0.01, "num_epochs": 1, "max_train_samples": 512, "max_eval_samples": 256, "seed": 42,
+    "output_dir": "reports", "report_file": "ernie_lora_vs_full_report.md", "save_artifacts": False,
+    "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.1,
+}  # fmt: skip
+
+
+def test_seed_config_holds_the_seed_values() -> None:
+    config = load_config(SEED_CONFIG).model_dump()
+    assert {key: config[key] for key in SEED_VALUES} == SEED_VALUES
+    assert config["strategies"] == ["lora", "full_finetune"]
+    assert config["lora_learning_rate"] is None and config["full_finetune_learning_rate"] is None
+
+
+def test_seed_config_matches_the_seed_report_when_present() -> None:
+    if not SEED_REPORT.is_file():
+        pytest.skip("seed report not present")
+    block = re.search(r"```json\n(.*?)\n```", SEED_REPORT.read_text(encoding="utf-8"), re.DOTALL)
+    assert block is not None
+    seed = json.loads(block.group(1))
+    config = load_config(SEED_CONFIG).model_dump()
+    assert {key: config[key] for key in seed} == seed
+
+
+def test_every_seed_config_key_has_a_comment() -> None:
+    for line in SEED_CONFIG.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            assert "#" in line, f"uncommented key: {line}"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("lora_r=8", ("lora_r", 8)), ("learning_rate=5e-4", ("learning_rate", 5e-4)),
+     ("strategies=[lora]", ("strategies", ["lora"])), ("max_train_samples=null", ("max_train_samples", None)),
+     ("report_file=a.md", ("report_file", "a.md"))],
+)  # fmt: skip
+def test_overrides_are_typed(text: str, expected: tuple) -> None:
+    assert parse_override(text) == expected
+
+
+def test_override_changes_the_config_and_its_hash() -> None:
+    base = load_config(SEED_CONFIG)
+    changed = load_config(SEED_CONFIG, {"lora_r": 8})
+    assert changed.lora_r == 8
+    assert changed.config_hash() != base.config_hash()
+    # Where results go and which strategies run do not change the numbers, so not the hash either.
+    moved = load_config(SEED_CONFIG, {"output_dir": "/elsewhere", "strategies": ["lora"]})
+    assert moved.config_hash() == base.config_hash()
+
+
+def test_per_strategy_overrides_apply_to_their_strategy_only() -> None:
+    config = validate_config({"learning_rate": 3e-5, "lora_learning_rate": 5e-4, "lora_batch_size": 16})
+    assert config.learning_rate_for("lora") == 5e-4
+    assert config.learning_rate_for("full_finetune") == 3e-5
+    assert config.batch_size_for("lora") == 16
+    assert config.batch_size_for("full_finetune") == 8
+
+
+BAD_VALUES = [
+    ({"lora_rr": 8}, "lora_rr", "did you mean 'lora_r'"),
+    ({"batch_size": "eight"}, "batch_size", "integer"),
+    ({"batch_size": True}, "batch_size", "integer"),
+    ({"lora_r": 0}, "lora_r", "greater than or equal to 1"),
+    ({"learning_rate": 0}, "learning_rate", "greater than 0"),
+    ({"learning_rate": -1e-5}, "learning_rate", "greater than 0"),
+    ({"lora_dropout": 1.0}, "lora_dropout", "less than 1"),
+    ({"report_file": "../../x.md"}, "report_file", "plain file name"),
+    ({"report_file": "/tmp/x.md"}, "report_file", "plain file name"),
+    ({"report_file": "sub/x.md"}, "report_file", "plain file name"),
+    ({"strategies": ["lora", "lora"]}, "strategies", "more than once"),
+    ({"strategies": ["prefix"]}, "strategies", "lora"),
+    ({"strategies": []}, "strategies", "at least 1"),
+    ({"device": "tpu"}, "device", "auto"),
+    ({"lora_target_modules": ["(unclosed"]}, "lora_target_modules", "not a valid regex"),
+]
+
+
+@pytest.mark.parametrize(("values", "key", "fragment"), BAD_VALUES)
+def test_bad_values_name_the_key(values: dict, key: str, fragment: str) -> None:
+    with pytest.raises(UserError) as caught:
+        validate_config(values)
+    assert f"'{key}'" in str(caught.value)
+    assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [("", "empty"), ("- a\n- b\n", "mapping"), ("lora_r: [1\n", "not valid YAML"),
+     ("lora_r: !!python/object/apply:os.system ['echo hi']\n", "not valid YAML")],
+)  # fmt: skip
+def test_bad_files_exit_2_and_write_nothing(tmp_path: Path, content: str, fragment: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(content, encoding="utf-8")
+    result = CliRunner().invoke(main, ["run", "--config", str(path), "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert fragment in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_key_exits_2_before_anything_is_written(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("lerning_rate: 0.1\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["run", "--config", str(path), "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "unknown config key 'lerning_rate'; did you mean 'learning_rate'?" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_max_seq_length_above_the_model_limit_exits_2(write_config, tmp_path: Path) -> None:
+    path = write_config(max_seq_length=4096)  # the tiny model has 128 positions
+    result = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "'max_seq_length': 4096 is above the model's limit of 128" in result.output
+    assert not (tmp_path / "out" / "results").exists()
+
+
+def test_lora_rank_above_hidden_size_exits_2(write_config) -> None:
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config(lora_r=64))])  # hidden size 32
+    assert result.exit_code == 2
+    assert "'lora_r': 64 is larger than the model's hidden size 32" in result.output
+
+
+def test_validate_prints_the_resolved_config_and_reads_job_config_env() -> None:
+    result = CliRunner(mix_stderr=False).invoke(
+        main, ["validate", "--set", "lora_r=4"], env={"JOB_CONFIG": str(SEED_CONFIG)}
+    )
+    assert result.exit_code == 0, result.output
+    resolved = json.loads(result.stdout)
+    assert resolved["lora_r"] == 4
+    assert resolved["max_train_samples"] == 512
+
+
+def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["validate", "--config", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
+
+
+def test_every_key_is_documented() -> None:
+    for name, field in JobConfig.model_fields.items():
+        assert field.description, name

@@ -1,0 +1,166 @@
+"""Data: labels, readers and their errors, seeded samples, the carved test split, padding."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from job.data import (
+    LABEL_TO_ID,
+    TNEWS_LABELS,
+    Encoded,
+    Example,
+    RawSplits,
+    collate,
+    draw_samples,
+    epoch_batches,
+    read_clue_file,
+    read_local_folder,
+)
+from job.errors import UserError
+from tests.fixtures import write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fifteen_labels_in_fixed_order() -> None:
+    assert len(TNEWS_LABELS) == 15
+    assert "105" not in TNEWS_LABELS and "111" not in TNEWS_LABELS
+    assert LABEL_TO_ID["100"] == 0 and LABEL_TO_ID["116"] == 14
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b'{"label": "100", "sentence": "a"}\n{"label": "100", "sent', ":2: malformed JSON"),
+        (b'{"label": "100"}\n', ":1: record has no 'sentence'"),
+        (b'{"sentence": "x"}\n', ":1: record has no 'label'"),
+        (b'{"label": "105", "sentence": "x"}\n', "label '105' is not one of the 15 TNEWS labels"),
+        (b'{"label": "100", "sentence": "ok"}\n{"label": "100", "sentence": "\xff\xfe"}\n', ":2: not UTF-8"),
+        (b"", "is empty"),
+        (b"[1, 2]\n", "expected a JSON object"),
+    ],
+)
+def test_bad_data_names_file_and_line(tmp_path: Path, content: bytes, fragment: str) -> None:
+    path = tmp_path / "train.json"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as caught:
+        read_clue_file(path)
+    assert str(path) in str(caught.value)
+    assert fragment in str(caught.value)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"train\.json does not exist"):
+        read_local_folder(tmp_path)
+
+
+def test_unlabelled_test_file_is_ignored_and_labelled_one_used(tmp_path: Path, tnews_dir: Path) -> None:
+    for name in ("train.json", "dev.json"):
+        (tmp_path / name).write_bytes((tnews_dir / name).read_bytes())
+    write_jsonl(tmp_path / "test.json", [{"id": 1, "sentence": "无标签"}])
+    assert read_local_folder(tmp_path).test is None
+    write_jsonl(tmp_path / "test.json", [{"label": "101", "sentence": "有标签"}])
+    assert read_local_folder(tmp_path).test == [Example("有标签", 1)]
+
+
+def _raw(train_sentences: list[str], dev: int = 20) -> RawSplits:
+    train = [Example(s, i % 15) for i, s in enumerate(train_sentences)]
+    return RawSplits(train=train, dev=[Example(f"d{i}", i % 15) for i in range(dev)], test=None, origin="mem")
+
+
+def test_samples_are_seeded_and_the_carved_test_is_disjoint_by_text() -> None:
+    sentences = [f"s{i % 150}" for i in range(400)]  # every sentence repeats
+    first = draw_samples(_raw(sentences), max_train=100, max_eval=30, seed=7)
+    again = draw_samples(_raw(sentences), max_train=100, max_eval=30, seed=7)
+    other = draw_samples(_raw(sentences), max_train=100, max_eval=30, seed=8)
+    assert first.train.examples == again.train.examples and first.test.examples == again.test.examples
+    assert first.train.examples != other.train.examples
+    assert (len(first.train), len(first.dev), len(first.test)) == (100, 20, 30)
+    train_text = {e.sentence for e in first.train.examples}
+    test_text = [e.sentence for e in first.test.examples]
+    assert not train_text & set(test_text)
+    assert len(set(test_text)) == len(test_text)
+    assert "carved from train" in first.test.source
+
+
+def test_all_training_rows_with_null_limit_still_leave_a_disjoint_test() -> None:
+    splits = draw_samples(_raw([f"s{i}" for i in range(100)]), max_train=None, max_eval=10, seed=1)
+    assert (len(splits.train), len(splits.test)) == (90, 10)
+
+
+def test_empty_split_after_sampling_is_an_error() -> None:
+    with pytest.raises(UserError, match="dev split is empty"):
+        draw_samples(_raw(["a", "b", "c"], dev=0), max_train=2, max_eval=1, seed=1)
+
+
+def test_batches_depend_only_on_seed_and_epoch() -> None:
+    assert epoch_batches(50, 8, seed=3, epoch=0) == epoch_batches(50, 8, seed=3, epoch=0)
+    assert epoch_batches(50, 8, seed=3, epoch=0) != epoch_batches(50, 8, seed=3, epoch=1)
+    batches = epoch_batches(50, 8, seed=3, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(50))
+    assert [len(b) for b in batches] == [8] * 6 + [2]
+
+
+def test_collate_pads_to_the_longest_in_the_batch() -> None:
+    rows = [Encoded([1, 5, 2], [0, 0, 0], 3), Encoded([1, 6, 7, 8, 2], [0, 0, 0, 0, 0], 4)]
+    batch = collate(rows, pad_id=0)
+    assert batch["input_ids"].shape == (2, 5)
+    assert batch["input_ids"][0].tolist() == [1, 5, 2, 0, 0]
+    assert batch["labels"].tolist() == [3, 4]
+
+
+def test_tokenizer_truncates_to_max_seq_length(tiny_model: Path) -> None:
+    from job.data import encode
+    from job.model import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model))
+    rows = encode([Example("天地玄黄宇宙洪荒日月盈昃", 0)], tokenizer, max_seq_length=8)
+    assert len(rows[0].input_ids) == 8
+    assert rows[0].input_ids[0] == tokenizer.cls_token_id and rows[0].input_ids[-1] == tokenizer.sep_token_id
+
+
+# ------------------------------------------------------------- the real TNEWS files in ../shared
+
+
+@pytest.mark.slow
+def test_real_tnews_local_folder(shared_tnews: Path, tmp_path: Path) -> None:
+    for name in ("train.json", "dev.json"):
+        os.symlink(shared_tnews / name, tmp_path / name)
+    raw = read_local_folder(tmp_path)
+    assert (len(raw.train), len(raw.dev), raw.test) == (53_360, 10_000, None)
+    assert {e.label for e in raw.train} == set(range(15))
+    assert len({e.sentence for e in raw.train}) == 49_726
+    splits = draw_samples(raw, max_train=512, max_eval=256, seed=42)
+    assert not {e.sentence for e in splits.train.examples} & {e.sentence for e in splits.test.examples}
+    assert (len(splits.train), len(splits.dev), len(splits.test)) == (512, 256, 256)
+    labels = json.loads("[" + ",".join((shared_tnews / "labels.json").read_text().split("\n")) + "]")
+    assert [r["label"] for r in labels] == list(TNEWS_LABELS)
+
+
+@pytest.mark.slow
+def test_real_tnews_through_the_paddlenlp_cache(shared_tnews: Path, tmp_path: Path) -> None:
+    """load_dataset('clue', 'tnews') finds md5-checked files in $PPNLP_HOME and downloads nothing."""
+    cache = tmp_path / "ppnlp" / "datasets" / "Clue" / "tnews_public"
+    cache.mkdir(parents=True)
+    for name in ("train.json", "dev.json", "labels.json"):
+        os.symlink(shared_tnews / name, cache / name)
+    code = (
+        "from job.data import read_paddlenlp_tnews, draw_samples\n"
+        "raw = read_paddlenlp_tnews()\n"
+        "s = draw_samples(raw, 512, 256, 42)\n"
+        "print(len(raw.train), len(raw.dev), raw.test, len(s.test), s.train.examples[0].label)\n"
+    )
+    env = {**os.environ, "PPNLP_HOME": str(tmp_path / "ppnlp")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    train, dev, test, carved, label = result.stdout.split()
+    assert (train, dev, test, carved) == ("53360", "10000", "None", "256")
+    assert 0 <= int(label) < 15
