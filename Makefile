@@ -5,7 +5,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/tnews_lora_vs_full.yaml
 
-.PHONY: help venv test test-fast run-local lint
+COMPOSE ?= docker compose
+# Containers run as you (so ./reports is yours), or as UID 1000 when you are root: never as root.
+JOB_UID ?= $(shell [ "$$(id -u)" -eq 0 ] && echo 1000 || id -u)
+JOB_GID ?= $(shell [ "$$(id -u)" -eq 0 ] && echo 1000 || id -g)
+REPORTS_DIR ?= ./reports
+GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+export JOB_UID JOB_GID REPORTS_DIR GIT_COMMIT
+
+.PHONY: help venv test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,6 +36,31 @@ test-fast: venv ## run the tests without the slow full-size ones
 run-local: venv ## run the job in the venv: make run-local CONFIG=configs/x.yaml
 	$(PY) -m job run --config $(CONFIG)
 
-lint: venv ## ruff lint and format check
+lint: venv ## ruff, hadolint and the compose file
 	$(VENV)/bin/ruff check job tests
 	$(VENV)/bin/ruff format --check job tests
+	$(VENV)/bin/hadolint Dockerfile.cpu Dockerfile.gpu
+	$(COMPOSE) --profile '*' config -q
+
+build-cpu: ## build the CPU image (ernie-tnews-job:cpu)
+	$(COMPOSE) build cpu-job
+
+build-gpu: ## build the GPU image (ernie-tnews-job:gpu), Paddle for CUDA 12.6
+	$(COMPOSE) --profile gpu build gpu-job
+
+reports-dir:
+	@mkdir -p $(REPORTS_DIR)
+
+run-cpu: reports-dir ## run the job in the CPU container: make run-cpu CONFIG=configs/x.yaml
+	$(COMPOSE) run --rm -e JOB_CONFIG=$(CONFIG) cpu-job
+
+check-gpu-runtime:
+	@docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q nvidia || command -v nvidia-ctk >/dev/null || { \
+	  echo "make run-gpu: no NVIDIA container runtime found. Install the NVIDIA driver and the NVIDIA Container"; \
+	  echo "Toolkit (nvidia-ctk runtime configure --runtime=docker), or use make run-cpu."; exit 2; }
+
+run-gpu: check-gpu-runtime reports-dir ## run the job in the GPU container (needs the NVIDIA container toolkit)
+	$(COMPOSE) run --rm -e JOB_CONFIG=$(CONFIG) gpu-job
+
+test-docker: venv ## lint, build both images, run the job in them on a tiny model, check the report
+	PY=$(PY) bash tests/docker/smoke.sh
