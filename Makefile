@@ -13,19 +13,22 @@ REPORTS_DIR ?= ./reports
 GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
 export JOB_UID JOB_GID REPORTS_DIR GIT_COMMIT
 
-.PHONY: help venv test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
+.PHONY: help venv lock test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 venv: $(VENV)/.installed ## create or update the local virtual environment (pinned packages)
+
+lock: venv ## re-resolve constraints.txt from the venv after changing a pin
+	(echo "# Every package version the venv and both images resolve to (regenerate: make lock)."; \
+	 $(PY) -m pip freeze --exclude-editable | grep -v '^-e' | sort -f) > constraints.txt
 
 test: venv ## run every test, the slow full-size ones included (offline)
 	$(PY) -m pytest -ra

@@ -81,6 +81,8 @@ def run(
         if isinstance(exc, Interrupted):
             click.echo("stopping: finished strategies' results are kept; rerun to complete", err=True)
         fail(exc, exc.exit_code)
+    except OSError as exc:  # disk full, a vanished mount: worth a retry, never a traceback
+        fail(RetryableError(f"I/O error: {exc}"), RetryableError.exit_code)
     click.echo(f"report: {report}")
 
 

@@ -21,9 +21,8 @@ def model_limits(model_name: str) -> dict[str, int]:
     """hidden_size and max_position_embeddings, read without building the model."""
     folder = Path(model_name)
     if folder.is_dir():
+        _check_local_model_folder(model_name)
         config_file = folder / "config.json"
-        if not config_file.is_file():
-            raise UserError(f"model folder {folder} has no config.json (save it with save_pretrained)")
         try:
             config = json.loads(config_file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -118,7 +117,7 @@ def _check_local_model_folder(model_name: str) -> None:
     if not folder.is_dir():
         return
     if not (folder / "config.json").is_file():
-        raise UserError(f"model folder {folder} has no config.json")
+        raise UserError(f"model folder {folder} has no config.json (save the model with save_pretrained)")
     weights = list(folder.glob("*.pdparams")) + list(folder.glob("*.safetensors"))
     if not weights:
         raise UserError(f"model folder {folder} has no weights (*.pdparams or *.safetensors)")
@@ -130,6 +129,8 @@ def load_tokenizer(model_name: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(model_name)
     except (OSError, ValueError) as exc:
+        if Path(model_name).is_dir():  # nothing to download: the folder itself is incomplete
+            raise UserError(f"model folder {model_name} has no usable tokenizer files: {exc}") from None
         raise RetryableError(f"could not load the tokenizer of '{model_name}': {exc}") from None
 
 

@@ -10,6 +10,7 @@ PY=${PY:-.venv/bin/python}
 BIN=$(dirname "$PY")
 export COMPOSE_FILE="docker-compose.yml:tests/docker/compose.smoke.yml${COMPOSE_EXTRA:+:$COMPOSE_EXTRA}"
 export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0}
+read -r -a COMPOSE <<<"${COMPOSE:-docker compose}"
 step() { printf '\n== %s\n' "$*"; }
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 
@@ -20,7 +21,7 @@ trap cleanup EXIT
 
 step "lint: hadolint and compose config"
 "$BIN/hadolint" Dockerfile.cpu Dockerfile.gpu
-COMPOSE_FILE=docker-compose.yml docker compose --profile '*' config -q
+COMPOSE_FILE=docker-compose.yml "${COMPOSE[@]}" --profile '*' config -q
 echo "ok"
 
 step "smoke model and data"
@@ -43,10 +44,10 @@ if [ "$(id -u)" -eq 0 ]; then export JOB_UID=1000 JOB_GID=1000; else export JOB_
 mkdir -p "$REPORTS_DIR" && chown "$JOB_UID:$JOB_GID" "$REPORTS_DIR"
 
 step "build the CPU image"
-docker compose build cpu-job
+"${COMPOSE[@]}" build cpu-job
 
-step "docker compose run --rm cpu-job"
-docker compose run --rm cpu-job 2>&1 | tee "$WORK/cpu.log"
+step "compose run --rm cpu-job"
+"${COMPOSE[@]}" run --rm cpu-job 2>&1 | tee "$WORK/cpu.log"
 check_report() {
   local report="$REPORTS_DIR/ernie_lora_vs_full_report.md"
   [ -f "$report" ] || fail "no report in $REPORTS_DIR"
@@ -62,14 +63,14 @@ check_report
 grep -q "device: cpu" "$WORK/cpu.log" || fail "device not reported"
 
 step "the container user is not root, the config mount is read-only"
-uid=$(docker compose run --rm --entrypoint id cpu-job -u)
+uid=$("${COMPOSE[@]}" run --rm --entrypoint id cpu-job -u)
 [ "$uid" != 0 ] || fail "container runs as root"
-docker compose run --rm --entrypoint sh cpu-job -c 'touch /app/configs/x 2>/dev/null' && fail "config mount is writable"
+"${COMPOSE[@]}" run --rm --entrypoint sh cpu-job -c 'touch /app/configs/x 2>/dev/null' && fail "config mount is writable"
 echo "uid $uid, configs read-only"
 
 step "SIGTERM reaches the job: it stops at a step boundary with exit 143"
 rm -rf "${REPORTS_DIR:?}"/*
-docker compose run -d --name job-smoke-sigterm cpu-job run --set num_epochs=400 --strategy full_finetune >/dev/null
+"${COMPOSE[@]}" run -d --name job-smoke-sigterm cpu-job run --set num_epochs=400 --strategy full_finetune >/dev/null
 for _ in $(seq 120); do docker logs job-smoke-sigterm 2>&1 | grep -q "step 10/" && break; sleep 1; done
 docker stop -t 20 job-smoke-sigterm >/dev/null
 code=$(docker wait job-smoke-sigterm)
@@ -81,8 +82,8 @@ echo "exit 143, no report"
 
 step "build the GPU image with the CPU Paddle wheel (CUDA cannot run here) and run it"
 rm -rf "${REPORTS_DIR:?}"/*
-PADDLE_PACKAGE=paddlepaddle PADDLE_INDEX_URL='' docker compose build gpu-job
-docker compose run --rm gpu-job 2>&1 | tee "$WORK/gpu.log"
+PADDLE_PACKAGE=paddlepaddle PADDLE_INDEX_URL='' "${COMPOSE[@]}" build gpu-job
+"${COMPOSE[@]}" run --rm gpu-job 2>&1 | tee "$WORK/gpu.log"
 grep -q "auto: this Paddle build has no CUDA support, falling back to CPU" "$WORK/gpu.log" || fail "no CPU fallback message"
 check_report
 

@@ -1,0 +1,130 @@
+"""Bad inputs and runtime failures: each gets a clear message and the right exit code, and nothing
+half-written is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from job.cli import main
+from job.config import FIELD_NAMES, validate_config
+from job.errors import UserError
+from job.results import write_atomic
+
+yaml_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**6), 10**6), st.floats(allow_nan=True), st.text(max_size=20)
+)
+yaml_values = st.recursive(yaml_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    st.text(max_size=5), inner, max_size=3), max_leaves=6)  # fmt: skip
+config_keys = st.one_of(st.sampled_from(FIELD_NAMES), st.text(max_size=15))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(config_keys, yaml_values, max_size=6))
+def test_validator_raises_only_its_own_error(values: dict) -> None:
+    try:
+        validate_config(values)
+    except UserError as exc:
+        assert str(exc)
+
+
+def test_nan_loss_stops_with_strategy_and_step_and_keeps_earlier_results(
+    write_config, tiny_model: Path, tmp_path: Path
+) -> None:
+    import paddle
+
+    earlier = CliRunner().invoke(main, ["run", "--config", str(write_config(num_epochs=1)), "--strategy", "lora"])
+    assert earlier.exit_code == 0, earlier.output
+    broken = tmp_path / "nan-model"
+    broken.mkdir()
+    for item in tiny_model.iterdir():
+        (broken / item.name).write_bytes(item.read_bytes())
+    weights = paddle.load(str(broken / "model_state.pdparams"))
+    weights["classifier.weight"][0, 0] = float("nan")
+    paddle.save(weights, str(broken / "model_state.pdparams"))
+    config = write_config(model_name=str(broken), num_epochs=1)
+    result = CliRunner().invoke(main, ["run", "--config", str(config), "--strategy", "full_finetune"])
+    assert result.exit_code == 1
+    assert "full_finetune: loss became nan at step 1" in result.output
+    out = tmp_path / "out"
+    assert json.loads((out / "results" / "lora.json").read_text(encoding="utf-8"))["result"]["strategy"] == "lora"
+    assert not (out / "results" / "full_finetune.json").exists()
+
+
+def test_unwritable_output_dir_exits_2_before_training(write_config, tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file"  # root can write anywhere: use a path under a regular file
+        blocker.write_text("")
+        output = blocker / "out"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        output = locked / "out"
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config()), "--output-dir", str(output)])
+    assert result.exit_code == 2
+    assert "config key 'output_dir': cannot write to" in result.output
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "report.md"
+    target.write_text("old report", encoding="utf-8")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(target, "new report")
+    assert target.read_text(encoding="utf-8") == "old report"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_model_folder_without_weights_exits_2(write_config, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"hidden_size": 32, "max_position_embeddings": 128}))
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config(model_name=str(folder)))])
+    assert result.exit_code == 2
+    assert "has no weights" in result.output
+
+
+def test_model_folder_without_config_exits_2(write_config, tmp_path: Path) -> None:
+    folder = tmp_path / "empty-model"
+    folder.mkdir()
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config(model_name=str(folder)))])
+    assert result.exit_code == 2
+    assert "has no config.json" in result.output
+
+
+def test_checkpoint_with_another_head_size_is_reinitialised_and_reported(write_config, tmp_path: Path) -> None:
+    from tests.fixtures import build_tiny_model
+
+    two_class = build_tiny_model(tmp_path / "two-class", num_classes=2)
+    config = write_config(model_name=str(two_class), num_epochs=1, strategies=["full_finetune"])
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "newly initialised (not in the checkpoint): classifier.bias, classifier.weight" in result.output
+
+
+def test_checkpoint_of_another_encoder_size_is_an_error(write_config, tmp_path: Path) -> None:
+    from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
+
+    from tests.fixtures import TINY_ERNIE, build_tiny_model
+
+    folder = build_tiny_model(tmp_path / "wider")
+    # Same config.json, but weights of a wider encoder: the encoder must not be silently re-initialised.
+    wider = ErnieForSequenceClassification(
+        ErnieConfig(vocab_size=80, num_classes=15, **{**TINY_ERNIE, "hidden_size": 64})
+    )
+    import paddle
+
+    paddle.save(wider.state_dict(), str(folder / "model_state.pdparams"))
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config(model_name=str(folder)))])
+    assert result.exit_code == 2
+    assert "encoder weights are not in the checkpoint or have another shape" in result.output
