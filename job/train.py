@@ -27,6 +27,7 @@ class StopRequest:
         self.signum = signum
 
     def install(self) -> None:
+        """Idempotent; called again right before training in case a library replaced the handlers."""
         signal.signal(signal.SIGTERM, self)
         signal.signal(signal.SIGINT, self)
 
@@ -99,6 +100,7 @@ def train(
     optimizer, schedule = build_optimizer(model, settings, total_steps)
     outcome = TrainOutcome(steps=0, samples=0, tokens=0, seconds=0.0)
     model.train()
+    stop.install()
     progress = tqdm(total=total_steps, desc=f"train {label}", unit="step", file=sys.stderr,
                     disable=not sys.stderr.isatty(), dynamic_ncols=True)  # fmt: skip
     started = time.perf_counter()
