@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,24 @@ SET_OPTION = click.option(
     metavar="KEY=VALUE",
     help="Override any config key, value read as YAML (repeatable): --set lora_r=8 --set 'strategies=[lora]'.",
 )
+
+
+# Array-task index variables of AWS Batch, Google Cloud Batch and Kubernetes Indexed Jobs.
+INDEX_VARIABLES = ("AWS_BATCH_JOB_ARRAY_INDEX", "BATCH_TASK_INDEX", "JOB_COMPLETION_INDEX")
+
+
+def strategy_for_task(strategies: list[str], environ: dict[str, str]) -> str:
+    """The strategy an array task runs: task index i runs the i-th configured strategy."""
+    found = [(name, environ[name]) for name in INDEX_VARIABLES if environ.get(name, "") != ""]
+    if not found:
+        raise UserError(f"--strategy-from-index: none of {', '.join(INDEX_VARIABLES)} is set")
+    name, raw = found[0]
+    if not raw.isdigit() or int(raw) >= len(strategies):
+        raise UserError(
+            f"--strategy-from-index: {name}={raw} is not a task index for strategies {strategies} "
+            f"(0 to {len(strategies) - 1}); set the array size to {len(strategies)}"
+        )
+    return strategies[int(raw)]
 
 
 def fail(exc: Exception, code: int) -> None:
@@ -61,11 +80,20 @@ def main() -> None:
     multiple=True,
     help="Run only this strategy (repeatable). Default: config key 'strategies'.",
 )
+@click.option(
+    "--strategy-from-index", is_flag=True,
+    help=f"Array task: run the strategy at the task index ({', '.join(INDEX_VARIABLES)}) of config key 'strategies'.",
+)  # fmt: skip
+@click.option("--force", is_flag=True, help="Retrain strategies whose result for this config already exists.")
 def run(
     config_path: Path | None, overrides: tuple[str, ...], device: str | None, output_dir: str | None,
-    strategies: tuple[str, ...],
+    strategies: tuple[str, ...], strategy_from_index: bool, force: bool,
 ) -> None:  # fmt: skip
-    """Train every configured strategy, then write the report and results.json to output_dir."""
+    """Train every configured strategy, then write the report and results.json to output_dir.
+
+    A strategy whose result for the same config is already in output_dir is skipped, so rerunning an
+    interrupted command resumes it. Each finished strategy's result is saved at once; the report merges
+    all results of this config found in output_dir."""
     from job.train import StopRequest
 
     stop = StopRequest()
@@ -74,9 +102,11 @@ def run(
         config = resolve_config(
             config_path, overrides, device=device, output_dir=output_dir, strategies=list(strategies) or None
         )
+        if strategy_from_index:
+            config = config.model_copy(update={"strategies": [strategy_for_task(config.strategies, os.environ)]})
         from job.runner import run_job
 
-        report = run_job(config, stop)
+        report = run_job(config, stop, force=force)
     except (UserError, RetryableError, Interrupted, TrainingDiverged) as exc:
         if isinstance(exc, Interrupted):
             click.echo("stopping: finished strategies' results are kept; rerun to complete", err=True)

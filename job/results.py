@@ -3,10 +3,12 @@ so `job report` can merge them, and a killed run never leaves a half-written fil
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,30 @@ def save_strategy_result(output_dir: Path, record: dict[str, Any]) -> Path:
     path = strategy_result_path(output_dir, record["result"]["strategy"])
     write_json(path, record)
     return path
+
+
+def finished_result(output_dir: Path, strategy: str, config_hash: str) -> Path | None:
+    """The saved result file of `strategy` for this config hash, if there is one."""
+    path = strategy_result_path(output_dir, strategy)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return path if record["run"]["config_hash"] == config_hash else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: Path) -> Iterator[None]:
+    """An exclusive lock on output_dir (flock: works across processes and containers sharing a volume)."""
+    import fcntl
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with (output_dir / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def load_strategy_results(output_dir: Path, config_hash: str | None = None) -> list[dict[str, Any]]:

@@ -22,7 +22,9 @@ from job.report import render_report
 from job.results import (
     RESULTS_FILE,
     combined_results,
+    finished_result,
     load_strategy_results,
+    output_lock,
     save_strategy_result,
     write_atomic,
     write_json,
@@ -46,9 +48,29 @@ def check_output_dir(output_dir: Path) -> None:
         raise UserError(f"config key 'output_dir': cannot write to {output_dir}: {exc.strerror}") from None
 
 
-def run_job(config: JobConfig, stop: StopRequest) -> Path:
-    """Run every configured strategy and write the report. Returns the report's path."""
+def pending_strategies(config: JobConfig, force: bool) -> list[str]:
+    """Strategies still to train: a saved result of the same config hash counts as done (a rerun after
+    a preemption resumes), unless `force`."""
+    pending = []
+    for name in config.strategies:
+        saved = finished_result(config.output_path, name, config.config_hash())
+        if saved and not force:
+            say(f"[{name}] already done for config {config.config_hash()} ({saved}); skipping (--force recomputes)")
+        else:
+            pending.append(name)
+    return pending
+
+
+def run_job(config: JobConfig, stop: StopRequest, force: bool = False) -> Path:
+    """Run every configured strategy not yet done and write the report. Returns the report's path."""
     check_output_dir(config.output_path)
+    strategies = pending_strategies(config, force)
+    if strategies:
+        train_strategies(config, strategies, stop)
+    return write_report(config.output_path, config.report_file, config.config_hash())
+
+
+def train_strategies(config: JobConfig, strategies: list[str], stop: StopRequest) -> None:
     quiet_paddlenlp()
     check_against_model(config, model_limits(config.model_name))
     raw = read_source(config.data_dir)
@@ -63,13 +85,12 @@ def run_job(config: JobConfig, stop: StopRequest) -> Path:
     encoded = {split.name: encode(split.examples, tokenizer, config.max_seq_length) for split in splits.all()}
     run_info = describe_run(config, device, splits, raw.files)
 
-    for name in config.strategies:
+    for name in strategies:
         stop.raise_if_requested()
         record = run_strategy(name, config, encoded, pad_id, tokenizer, stop)
         record_run = {**run_info, "initial_weights": record["result"].pop("initial_weights")}
         path = save_strategy_result(config.output_path, {"run": record_run, "result": record["result"]})
         say(f"[{name}] saved {path}")
-    return write_report(config.output_path, config.report_file, config.config_hash())
 
 
 def run_strategy(
@@ -143,11 +164,13 @@ def save_artifacts(strategy: Any, model: Any, tokenizer: Any, config: JobConfig)
 
 
 def write_report(output_dir: Path, report_file: str, config_hash: str | None = None) -> Path:
-    """Merge the saved per-strategy results (of `config_hash`, when given) into results.json and the report."""
-    combined = combined_results(load_strategy_results(output_dir, config_hash))
-    write_json(output_dir / RESULTS_FILE, combined)
-    report_path = output_dir / report_file
-    write_atomic(report_path, render_report(combined, output_dir))
+    """Merge the saved per-strategy results (of `config_hash`, when given) into results.json and the report.
+    Under a lock: when array tasks finish together, the last writer has seen every result."""
+    with output_lock(output_dir):
+        combined = combined_results(load_strategy_results(output_dir, config_hash))
+        write_json(output_dir / RESULTS_FILE, combined)
+        report_path = output_dir / report_file
+        write_atomic(report_path, render_report(combined, output_dir))
     return report_path
 
 

@@ -1,0 +1,109 @@
+"""Batch-queue behaviour: array tasks, resuming after preemption, SIGTERM, concurrent merges."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from job.cli import INDEX_VARIABLES, main, strategy_for_task
+from job.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+BOTH = ["lora", "full_finetune"]
+
+
+def job_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "job", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )  # fmt: skip
+
+
+def numbers(results_json: Path) -> list[tuple]:
+    data = json.loads(results_json.read_text(encoding="utf-8"))
+    return [(r["strategy"], r["dev"], r["test"], r["step_losses"], r["trainable_params"]) for r in data["strategies"]]
+
+
+@pytest.mark.parametrize("variable", INDEX_VARIABLES)
+def test_each_queue_index_variable_picks_a_strategy(variable: str) -> None:
+    assert strategy_for_task(BOTH, {variable: "0"}) == "lora"
+    assert strategy_for_task(BOTH, {variable: "1"}) == "full_finetune"
+
+
+@pytest.mark.parametrize("environ", [{"BATCH_TASK_INDEX": "2"}, {"JOB_COMPLETION_INDEX": "-1"}, {}])
+def test_bad_or_missing_index_is_a_user_error(environ: dict[str, str]) -> None:
+    with pytest.raises(UserError, match="--strategy-from-index"):
+        strategy_for_task(BOTH, environ)
+
+
+def test_out_of_range_index_exits_2_and_writes_nothing(write_config, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["run", "--config", str(write_config()), "--strategy-from-index"], env={"AWS_BATCH_JOB_ARRAY_INDEX": "5"}
+    )
+    assert result.exit_code == 2
+    assert "AWS_BATCH_JOB_ARRAY_INDEX=5 is not a task index" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_rerun_skips_finished_strategies_and_force_retrains(write_config, tmp_path: Path) -> None:
+    config = str(write_config(num_epochs=1))
+    assert CliRunner().invoke(main, ["run", "--config", config, "--strategy", "lora"]).exit_code == 0
+    lora_file = tmp_path / "out" / "results" / "lora.json"
+    first = lora_file.read_text(encoding="utf-8")
+    both = CliRunner().invoke(main, ["run", "--config", config])
+    assert both.exit_code == 0, both.output
+    assert "[lora] already done for config" in both.output
+    assert "[full_finetune] saved" in both.output and "[lora] saved" not in both.output
+    assert lora_file.read_text(encoding="utf-8") == first
+    forced = CliRunner().invoke(main, ["run", "--config", config, "--force"])
+    assert "[lora] saved" in forced.output and "[full_finetune] saved" in forced.output
+
+
+def test_two_concurrent_array_tasks_merge_to_the_single_process_result(write_config, tmp_path: Path) -> None:
+    config = str(write_config(num_epochs=2))
+    shared = tmp_path / "shared-out"
+    tasks = [
+        job_process("run", "--config", config, "--output-dir", str(shared), "--strategy-from-index",
+                    env={"JOB_COMPLETION_INDEX": str(index)})
+        for index in (0, 1)
+    ]  # fmt: skip
+    for task in tasks:
+        _, err = task.communicate(timeout=600)
+        assert task.returncode == 0, err
+    single = CliRunner().invoke(main, ["run", "--config", config, "--output-dir", str(tmp_path / "single")])
+    assert single.exit_code == 0, single.output
+    assert numbers(shared / "results.json") == numbers(tmp_path / "single" / "results.json")
+    report = (shared / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+    assert "| lora (r=4, α=8, dropout=0.1) |" in report and "| full_finetune |" in report
+
+
+def test_sigterm_mid_training_keeps_finished_results_and_a_rerun_completes(write_config, tmp_path: Path) -> None:
+    config = str(write_config(num_epochs=1, full_finetune_batch_size=1, max_train_samples=600, logging_steps=1))
+    out = tmp_path / "out"
+    process = job_process("run", "--config", config)
+    deadline = time.monotonic() + 300
+    while not (out / "results" / "lora.json").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
+        time.sleep(0.1)
+    time.sleep(2)  # full fine-tuning is now training, one example per step
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "stopping: finished strategies' results are kept" in err
+    assert not (out / "ernie_lora_vs_full_report.md").exists()
+    assert not (out / "results" / "full_finetune.json").exists()
+    lora_before = (out / "results" / "lora.json").read_text(encoding="utf-8")
+
+    rerun = CliRunner().invoke(main, ["run", "--config", config])
+    assert rerun.exit_code == 0, rerun.output
+    assert "[lora] already done" in rerun.output and "[full_finetune] saved" in rerun.output
+    assert (out / "results" / "lora.json").read_text(encoding="utf-8") == lora_before
+    assert (out / "ernie_lora_vs_full_report.md").is_file()
