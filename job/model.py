@@ -145,6 +145,11 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
+def trainable_bytes(model: Any) -> int:
+    """Size of the trainable weights: what a checkpoint of this strategy must store beyond the base model."""
+    return sum(int(p.numel()) * int(p.element_size()) for p in model.parameters() if not p.stop_gradient)
+
+
 def weights_fingerprint(model: Any) -> str:
     """sha256 over every parameter's bytes, in name order: proves two runs started from the same weights."""
     digest = hashlib.sha256()

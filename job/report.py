@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from job.data import NUM_CLASSES
+from job.plot import LOSS_PLOT
 
 TITLE = "# ERNIE 3.0 Medium: LoRA vs Full Fine-Tuning"
 COLUMNS = (
@@ -21,7 +22,11 @@ def render_report(combined: dict[str, Any], output_dir: Path) -> str:
         TITLE,
         _summary(run),
         "## Configuration\n\n```json\n" + _json(run["config"]) + "\n```",
-        "## Results\n\n" + results_table(results),
+        "## Results\n\n"
+        + results_table(results)
+        + "\n\n"
+        + efficiency_table(results)
+        + f"\n\n![Training loss per step]({LOSS_PLOT})",
         "## Observations\n\n" + "\n".join(f"- {line}" for line in observations(results, run)),
         "## Artifacts\n\n" + "\n".join(f"- {line}" for line in artifact_lines(results, output_dir)),
     ]
@@ -74,6 +79,32 @@ def results_table(results: list[dict[str, Any]]) -> str:
         for r in results
     ]
     return "\n".join([header, rule, *rows])
+
+
+EFFICIENCY_COLUMNS = (
+    "Samples/s", "Peak Memory (MB)", "Optimizer State (MB)", "Checkpoint Size (MB)", "Parameters Trained",
+)  # fmt: skip
+
+
+def efficiency_table(results: list[dict[str, Any]]) -> str:
+    """What each strategy costs: speed, memory, optimizer state, and the weights it must store."""
+    header = "| Efficiency | " + " | ".join(EFFICIENCY_COLUMNS) + " |"
+    rule = "|------------|" + "|".join("-" * max(len(c), 3) + ":" for c in EFFICIENCY_COLUMNS) + "|"
+    rows = [
+        f"| {r['label']} | {r['samples_per_second']:.1f} | {r['peak_memory_mb']:,.0f} | "
+        f"{_megabytes(r['optimizer_state_mb'])} | {_megabytes(r['checkpoint_mb'])} | "
+        f"{100 * r['trainable_params'] / r['total_params']:.3f}% |"
+        for r in results
+    ]
+    note = (
+        "Peak memory: resident memory of the process during training (CPU) or Paddle's peak allocation (GPU). "
+        "Checkpoint size: the trained weights a strategy must store beyond the base model (fp32)."
+    )
+    return "\n".join([header, rule, *rows, "", note])
+
+
+def _megabytes(value: float) -> str:
+    return f"{value:.3f}" if value < 10 else f"{value:,.1f}"
 
 
 def standard_error(accuracy: float, examples: int) -> float:
@@ -138,7 +169,10 @@ def _compare(lora: dict[str, Any], full: dict[str, Any]) -> list[str]:
 
 
 def artifact_lines(results: list[dict[str, Any]], output_dir: Path) -> list[str]:
-    lines = ["`results.json`: every number above plus per-step losses, device, versions and data checksums"]
+    lines = [
+        "`results.json`: every number above plus per-step losses, device, versions and data checksums",
+        f"`{LOSS_PLOT}`: training loss per step",
+    ]
     lines += [f"`results/{r['strategy']}.json`: {r['label']} on its own" for r in results]
     saved = [(r["label"], path) for r in results for path in r.get("artifacts", [])]
     if saved:

@@ -17,7 +17,16 @@ from job.data import NUM_CLASSES, Splits, draw_samples, encode, read_source
 from job.device import DeviceChoice, select_device
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate
-from job.model import count_parameters, load_model, load_tokenizer, model_limits, quiet_paddlenlp, weights_fingerprint
+from job.model import (
+    count_parameters,
+    load_model,
+    load_tokenizer,
+    model_limits,
+    quiet_paddlenlp,
+    trainable_bytes,
+    weights_fingerprint,
+)
+from job.plot import LOSS_PLOT, plot_losses
 from job.report import render_report
 from job.results import (
     RESULTS_FILE,
@@ -144,6 +153,8 @@ def run_strategy(
             "samples_per_second": round(outcome.samples_per_second, 3),
             "tokens_per_second": round(outcome.tokens / outcome.seconds, 1) if outcome.seconds else 0.0,
             "peak_memory_mb": peak_memory,
+            "optimizer_state_mb": round(outcome.optimizer_state_bytes / 2**20, 3),
+            "checkpoint_mb": round(trainable_bytes(model) / 2**20, 3),
             "dev": dev.to_dict(),
             "test": test.to_dict(),
             "step_losses": [round(loss, 6) for loss in outcome.step_losses],
@@ -169,6 +180,7 @@ def write_report(output_dir: Path, report_file: str, config_hash: str | None = N
     with output_lock(output_dir):
         combined = combined_results(load_strategy_results(output_dir, config_hash))
         write_json(output_dir / RESULTS_FILE, combined)
+        plot_losses(combined["strategies"], output_dir / LOSS_PLOT)
         report_path = output_dir / report_file
         write_atomic(report_path, render_report(combined, output_dir))
     return report_path

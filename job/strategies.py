@@ -30,7 +30,7 @@ class FullFinetune:
     name = "full_finetune"
 
     def label(self, config: JobConfig) -> str:
-        return self.name
+        return self.name + own_rate_note(config, self.name, prefix=" (", suffix=")")
 
     def prepare(self, loaded: LoadedModel, config: JobConfig) -> Any:
         for parameter in loaded.model.parameters():
@@ -48,7 +48,8 @@ class LoRA:
     name = "lora"
 
     def label(self, config: JobConfig) -> str:
-        return f"lora (r={config.lora_r}, α={config.lora_alpha}, dropout={config.lora_dropout:g})"
+        rate = own_rate_note(config, self.name, prefix=", ")
+        return f"lora (r={config.lora_r}, α={config.lora_alpha}, dropout={config.lora_dropout:g}{rate})"
 
     def prepare(self, loaded: LoadedModel, config: JobConfig) -> Any:
         from paddlenlp.peft import LoRAConfig, LoRAModel
@@ -74,6 +75,12 @@ class LoRA:
         plain.save_pretrained(str(merged))
         tokenizer.save_pretrained(str(merged))
         return [adapter, merged]
+
+
+def own_rate_note(config: JobConfig, strategy: str, prefix: str, suffix: str = "") -> str:
+    """`lr=…` for a row label when this strategy has its own learning rate; empty otherwise."""
+    own = getattr(config, f"{strategy}_learning_rate")
+    return f"{prefix}lr={own:g}{suffix}" if own is not None and own != config.learning_rate else ""
 
 
 def _check_targets_match(model: Any, patterns: list[str]) -> None:

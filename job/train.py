@@ -55,6 +55,7 @@ class TrainOutcome:
     tokens: int
     seconds: float
     step_losses: list[float] = field(default_factory=list)
+    optimizer_state_bytes: int = 0
 
     @property
     def samples_per_second(self) -> float:
@@ -135,4 +136,14 @@ def train(
                 )
     outcome.seconds = time.perf_counter() - started
     progress.close()
+    outcome.optimizer_state_bytes = state_bytes(optimizer)
     return outcome
+
+
+def state_bytes(optimizer: Any) -> int:
+    """Bytes held by the optimizer's state (AdamW: two moments per trainable element, and scalars)."""
+    total = 0
+    for value in optimizer.state_dict().values():
+        if hasattr(value, "numel") and hasattr(value, "element_size"):
+            total += int(value.numel()) * int(value.element_size())
+    return total

@@ -28,8 +28,8 @@ def run_job(*args: str) -> subprocess.CompletedProcess:
 
 
 def table_rows(report: str) -> list[list[str]]:
-    section = report.split("## Results", 1)[1].split("##", 1)[0]
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in section.splitlines()[4:] if line]
+    table = report.split("## Results\n\n", 1)[1].split("\n\n", 1)[0]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]]
 
 
 def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: Path) -> None:
@@ -45,7 +45,8 @@ def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: 
     assert COLUMNS in report
     assert "pending" not in report
     rows = table_rows(report)
-    assert [row[0] for row in rows] == ["lora (r=4, α=8, dropout=0.1)", "full_finetune"]
+    # LoRA's own learning rate shows in its label; full fine-tuning uses the shared one.
+    assert [row[0] for row in rows] == ["lora (r=4, α=8, dropout=0.1, lr=0.03)", "full_finetune"]
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     by_name = {r["strategy"]: r for r in results["strategies"]}
     for row, name in zip(rows, ("lora", "full_finetune"), strict=True):
@@ -64,6 +65,15 @@ def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: 
     assert set(results["run"]["data"]["files"]) == {"train.json", "dev.json"}
     assert "device: cpu" in result.stderr
     assert "No model files were saved" in report
+    # Efficiency table and loss curves.
+    assert "| Efficiency | Samples/s | Peak Memory (MB) | Optimizer State (MB) | Checkpoint Size (MB) |" in report
+    lora, full = by_name["lora"], by_name["full_finetune"]
+    assert lora["optimizer_state_mb"] < full["optimizer_state_mb"]
+    assert full["optimizer_state_mb"] >= 2 * 4 * full["trainable_params"] / 2**20  # two fp32 moments each
+    assert lora["checkpoint_mb"] == round(4 * lora["trainable_params"] / 2**20, 3)
+    assert "![Training loss per step](loss_curves.png)" in report
+    png = (out / "loss_curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and 20_000 < len(png) < 2_000_000
 
     # `job report` rebuilds the same table from the per-strategy results.
     (out / "ernie_lora_vs_full_report.md").unlink()

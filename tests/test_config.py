@@ -158,3 +158,11 @@ def test_missing_config_file_exits_2(tmp_path: Path) -> None:
 def test_every_key_is_documented() -> None:
     for name, field in JobConfig.model_fields.items():
         assert field.description, name
+
+
+def test_tuned_config_differs_from_the_seed_only_in_the_lora_rate_and_folder() -> None:
+    seed = load_config(SEED_CONFIG).model_dump()
+    tuned = load_config(ROOT / "configs" / "tnews_lora_tuned.yaml").model_dump()
+    changed = {key for key in seed if seed[key] != tuned[key]}
+    assert changed == {"lora_learning_rate", "output_dir"}
+    assert tuned["lora_learning_rate"] == 10 * tuned["learning_rate"]
