@@ -86,14 +86,15 @@ def test_two_concurrent_array_tasks_merge_to_the_single_process_result(write_con
 
 
 def test_sigterm_mid_training_keeps_finished_results_and_a_rerun_completes(write_config, tmp_path: Path) -> None:
-    config = str(write_config(num_epochs=1, full_finetune_batch_size=1, max_train_samples=600, logging_steps=1))
+    # Full fine-tuning at one example per step for 5 epochs: thousands of steps, seconds of training.
+    config = str(write_config(num_epochs=5, full_finetune_batch_size=1, max_train_samples=600, logging_steps=50))
     out = tmp_path / "out"
     process = job_process("run", "--config", config)
     deadline = time.monotonic() + 300
     while not (out / "results" / "lora.json").exists():
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
         time.sleep(0.1)
-    time.sleep(2)  # full fine-tuning is now training, one example per step
+    time.sleep(1)  # full fine-tuning is now loading or training
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 143, err
