@@ -178,10 +178,20 @@ def read_source(data_dir: str | None) -> RawSplits:
 def draw_samples(raw: RawSplits, max_train: int | None, max_eval: int | None, seed: int) -> Splits:
     """Seeded samples. Without a labelled test split, test is carved from train, disjoint by text."""
     dev_rows = _seeded_subset(raw.dev, max_eval, random.Random(f"{seed}-dev"))
-    dev = Split("dev", dev_rows, f"{raw.origin}: dev, {len(dev_rows):,} of {len(raw.dev):,} rows")
+    dev = Split(
+        "dev",
+        dev_rows,
+        f"{raw.origin}: dev, {len(dev_rows):,} of {len(raw.dev):,} rows"
+        + _short(dev_rows, max_eval, "max_eval_samples"),
+    )
     if raw.test is not None:
         test_rows = _seeded_subset(raw.test, max_eval, random.Random(f"{seed}-test"))
-        test = Split("test", test_rows, f"{raw.origin}: test, {len(test_rows):,} of {len(raw.test):,} rows")
+        test = Split(
+            "test",
+            test_rows,
+            f"{raw.origin}: test, {len(test_rows):,} of {len(raw.test):,} rows"
+            + _short(test_rows, max_eval, "max_eval_samples"),
+        )
         train_pool = raw.train
     else:
         test_size = max_eval if max_eval is not None else len(raw.dev)
@@ -193,11 +203,21 @@ def draw_samples(raw: RawSplits, max_train: int | None, max_eval: int | None, se
             "with sentences that never occur in the training sample",
         )
     train_rows = _seeded_subset(train_pool, max_train, random.Random(f"{seed}-train"))
-    train = Split("train", train_rows, f"{raw.origin}: train, {len(train_rows):,} of {len(raw.train):,} rows")
+    train = Split(
+        "train",
+        train_rows,
+        f"{raw.origin}: train, {len(train_rows):,} of {len(raw.train):,} rows"
+        + _short(train_rows, max_train, "max_train_samples"),
+    )
     for split in (train, dev, test):
         if not split.examples:
             raise UserError(f"the {split.name} split is empty after sampling ({split.source})")
     return Splits(train=train, dev=dev, test=test)
+
+
+def _short(rows: Sequence[Example], limit: int | None, key: str) -> str:
+    """A note when the split has fewer rows than asked for: all of them are used, and the report says so."""
+    return f" ({key} is {limit:,}: fewer rows exist, all are used)" if limit is not None and len(rows) < limit else ""
 
 
 def _seeded_subset(rows: Sequence[Example], limit: int | None, rng: random.Random) -> list[Example]:

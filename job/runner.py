@@ -9,6 +9,7 @@ import importlib.metadata
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,10 +131,12 @@ def run_strategy(
     )
     paddle.seed(config.seed)  # same dropout masks for every strategy
     reset_peak_memory()
-    outcome = train(model, encoded["train"], settings, pad_id, label, stop)
+    with out_of_memory_advice(f"[{name}] training", f"{name}_batch_size", settings.batch_size):
+        outcome = train(model, encoded["train"], settings, pad_id, label, stop)
     peak_memory = peak_memory_mb()
-    dev = evaluate(model, encoded["dev"], config.eval_batch_size, pad_id)
-    test = evaluate(model, encoded["test"], config.eval_batch_size, pad_id)
+    with out_of_memory_advice(f"[{name}] evaluation", "eval_batch_size", config.eval_batch_size):
+        dev = evaluate(model, encoded["dev"], config.eval_batch_size, pad_id)
+        test = evaluate(model, encoded["test"], config.eval_batch_size, pad_id)
     say(
         f"[{name}] trained in {outcome.seconds:.1f} s; dev accuracy {dev.accuracy:.4f} loss {dev.loss:.4f}; "
         f"test accuracy {test.accuracy:.4f} loss {test.loss:.4f}"
@@ -163,6 +166,20 @@ def run_strategy(
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
     }
+
+
+@contextlib.contextmanager
+def out_of_memory_advice(what: str, key: str, batch_size: int) -> Iterator[None]:
+    """Paddle reports an exhausted allocator as MemoryError; say which batch size to lower.
+    Exit 2: retrying the same config on the same hardware would fail the same way."""
+    try:
+        yield
+    except MemoryError as exc:
+        smaller = max(1, batch_size // 2)
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "MemoryError"
+        raise UserError(
+            f"{what} ran out of memory at batch size {batch_size} ({detail}); try --set {key}={smaller}"
+        ) from None
 
 
 def save_artifacts(strategy: Any, model: Any, tokenizer: Any, config: JobConfig) -> list[str]:

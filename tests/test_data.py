@@ -164,3 +164,12 @@ def test_real_tnews_through_the_paddlenlp_cache(shared_tnews: Path, tmp_path: Pa
     train, dev, test, carved, label = result.stdout.split()
     assert (train, dev, test, carved) == ("53360", "10000", "None", "256")
     assert 0 <= int(label) < 15
+
+
+def test_asking_for_more_rows_than_exist_uses_all_and_says_so() -> None:
+    splits = draw_samples(_raw([f"s{i}" for i in range(50)], dev=10), max_train=1000, max_eval=20, seed=1)
+    assert len(splits.dev) == 10
+    assert "max_eval_samples is 20: fewer rows exist, all are used" in splits.dev.source
+    assert len(splits.train) == 30  # 50 minus the 20 carved for test
+    assert "max_train_samples is 1,000: fewer rows exist, all are used" in splits.train.source
+    assert "fewer rows" not in splits.test.source

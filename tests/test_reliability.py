@@ -128,3 +128,37 @@ def test_checkpoint_of_another_encoder_size_is_an_error(write_config, tmp_path: 
     result = CliRunner().invoke(main, ["run", "--config", str(write_config(model_name=str(folder)))])
     assert result.exit_code == 2
     assert "encoder weights are not in the checkpoint or have another shape" in result.output
+
+
+OOM_RUNNER = """
+import resource, sys
+import paddle, paddlenlp.transformers, paddlenlp.peft  # load the libraries before the cap
+from job.cli import main
+size = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + 1536 * 2**20, resource.RLIM_INFINITY))
+main(sys.argv[1:], prog_name='job')
+"""
+
+
+def test_out_of_memory_names_the_batch_size_to_try(write_config, tmp_path: Path) -> None:
+    """A real allocation failure: the address space is capped 1.5 GB above what the libraries use, and
+    one batch of 2,048 titles of 128 tokens needs more (attention scores alone are 268 MB a layer)."""
+    import subprocess
+    import sys
+
+    from tests.fixtures import FILLER, KEYWORDS, build_tnews_folder, write_jsonl
+
+    data = build_tnews_folder(tmp_path / "long-data", train=2200, dev=30)
+    long_title = (KEYWORDS + FILLER) * 3
+    write_jsonl(data / "train.json", [{"label": "100", "sentence": f"{long_title}{i}"} for i in range(2200)])
+    config = write_config(data_dir=str(data), max_seq_length=128, batch_size=2048, max_train_samples=2100,
+                          max_eval_samples=20, strategies=["full_finetune"])  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", OOM_RUNNER, "run", "--config", str(config)], cwd=root, capture_output=True,
+        text=True, timeout=600, check=False, env={**os.environ, "PYTHONPATH": str(root)},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "[full_finetune] training ran out of memory at batch size 2048" in result.stderr
+    assert "try --set full_finetune_batch_size=1024" in result.stderr
+    assert "Traceback" not in result.stderr
