@@ -51,11 +51,18 @@ def _summary(run: dict[str, Any]) -> str:
         f"- Train: {data['train']['source']}",
         f"- Dev: {data['dev']['source']}",
         f"- Test: {data['test']['source']}",
+        "- Data files: " + ", ".join(_file_check(name, check) for name, check in run["data"]["files"].items()),
         f"- Config hash `{run['config_hash']}`, "
         + ", ".join(f"{name} {version}" for name, version in run["versions"].items())
         + (f", commit `{run['git_commit'][:12]}`" if run.get("git_commit") else ""),
     ]
     return "\n".join(lines)
+
+
+def _file_check(name: str, check: str) -> str:
+    """A sha256 shortened to 12 hex digits; any other check (PaddleNLP's md5) as it is."""
+    is_sha256 = len(check) == 64 and all(c in "0123456789abcdef" for c in check)
+    return f"{name} sha256 `{check[:12]}`" if is_sha256 else f"{name} ({check})"
 
 
 def results_table(results: list[dict[str, Any]]) -> str:

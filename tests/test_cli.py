@@ -150,3 +150,13 @@ def test_help_explains_every_command() -> None:
         result = CliRunner().invoke(main, [command, "--help"])
         assert result.exit_code == 0
         assert re.search(r"Usage: .* " + command, result.output)
+
+
+def test_batch_size_above_the_training_sample_trains_one_batch_per_epoch(write_config, tmp_path: Path) -> None:
+    config = write_config(batch_size=1000, max_train_samples=100, num_epochs=2, strategies=["lora"])
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))["strategies"][0]
+    assert record["steps"] == 2 and record["batch_size"] == 1000
+    report = (tmp_path / "out" / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+    assert re.search(r"Data files: train\.json sha256 `[0-9a-f]{12}`, dev\.json sha256 `[0-9a-f]{12}`", report)

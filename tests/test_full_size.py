@@ -69,6 +69,9 @@ def test_full_size_model_by_name_through_the_paddlenlp_cache(tmp_path: Path) -> 
     if real_data:
         assert "PaddleNLP clue/tnews" in results["run"]["data"]["train"]["source"]
         assert "16 of 53,360 rows" in results["run"]["data"]["train"]["source"]
+        assert "Data files: train.json (md5 checked by PaddleNLP), dev.json (md5 checked by PaddleNLP)" in (
+            tmp_path / "out" / "ernie_lora_vs_full_report.md"
+        ).read_text(encoding="utf-8")
     report = (tmp_path / "out" / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
     assert "| lora (r=16, α=32, dropout=0.1) | 306,447 | 75,734,031 |" in report
     assert "| full_finetune | 75,439,119 | 75,439,119 |" in report
