@@ -39,7 +39,6 @@ def set_cpu_thread_defaults() -> None:
 @dataclass(frozen=True)
 class DeviceChoice:
     name: str  # "cpu" or "gpu"
-    paddle_device: str  # what paddle.set_device receives
     description: str  # for logs and the report
     reason: str
 
@@ -65,8 +64,8 @@ def select_device(requested: str) -> DeviceChoice:
     if requested in ("gpu", "auto") and has_gpu:
         paddle.set_device("gpu:0")
         name = paddle.device.cuda.get_device_name(0)
-        return DeviceChoice("gpu", "gpu:0", f"gpu:0 ({name})", f"{requested}: {why}")
+        return DeviceChoice("gpu", f"gpu:0 ({name})", f"{requested}: {why}")
     paddle.set_device("cpu")
     threads = os.environ.get("OMP_NUM_THREADS", "?")
     reason = "requested" if requested == "cpu" else f"auto: {why}, falling back to CPU"
-    return DeviceChoice("cpu", "cpu", f"cpu ({threads} threads)", reason)
+    return DeviceChoice("cpu", f"cpu ({threads} threads)", reason)
