@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from job.config import describe_fields, load_config, parse_override
+from job.config import JobConfig, describe_fields, is_plain_file_name, load_config, parse_override
 from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError
 
 CONFIG_OPTION = click.option(
@@ -55,7 +55,7 @@ def fail(exc: Exception, code: int) -> None:
     sys.exit(code)
 
 
-def resolve_config(config_path: Path | None, overrides: tuple[str, ...], **options: Any) -> Any:
+def resolve_config(config_path: Path | None, overrides: tuple[str, ...], **options: Any) -> JobConfig:
     """YAML, then --set, then the dedicated options (which win)."""
     values = dict(parse_override(item) for item in overrides)
     values.update({key: value for key, value in options.items() if value not in (None, ())})
@@ -137,14 +137,12 @@ def validate(config_path: Path | None, overrides: tuple[str, ...]) -> None:
 @click.option("--report-file", default=None, help="Report file name (default: the one the run used).")
 def report(output_dir: Path, report_file: str | None) -> None:
     """Rebuild the report and results.json from the per-strategy results saved in output_dir."""
-    from job.results import load_strategy_results
     from job.runner import write_report
 
     try:
-        name = report_file or load_strategy_results(output_dir)[0]["run"]["config"]["report_file"]
-        if Path(name).name != name:
-            raise UserError(f"--report-file {name!r} must be a plain file name")
-        path = write_report(output_dir, name)
+        if report_file is not None and not is_plain_file_name(report_file):
+            raise UserError(f"--report-file {report_file!r} must be a plain file name inside --output-dir")
+        path = write_report(output_dir, report_file)
     except (UserError, RetryableError) as exc:
         fail(exc, exc.exit_code)
     click.echo(f"report: {path}")

@@ -25,6 +25,11 @@ STRATEGY_NAMES: tuple[str, ...] = ("lora", "full_finetune")
 NOT_HASHED_KEYS = frozenset({"output_dir", "report_file", "save_artifacts", "device", "logging_steps", "strategies"})
 
 
+def is_plain_file_name(value: str) -> bool:
+    """A name that stays inside its folder: no separators, no '.' or '..', not absolute."""
+    return bool(value) and value not in {".", ".."} and Path(value).name == value and "\\" not in value
+
+
 class JobConfig(BaseModel):
     """Every setting of a run. Field descriptions are the config reference (see `job validate`)."""
 
@@ -74,7 +79,7 @@ class JobConfig(BaseModel):
     @field_validator("report_file")
     @classmethod
     def _plain_file_name(cls, value: str) -> str:
-        if not value or value in {".", ".."} or Path(value).name != value or "\\" in value:
+        if not is_plain_file_name(value):
             raise ValueError("must be a plain file name inside output_dir (no folders, no '..')")
         return value
 

@@ -191,14 +191,15 @@ def save_artifacts(strategy: Any, model: Any, tokenizer: Any, config: JobConfig)
     return [str(path.relative_to(config.output_path)) for path in paths]
 
 
-def write_report(output_dir: Path, report_file: str, config_hash: str | None = None) -> Path:
-    """Merge the saved per-strategy results (of `config_hash`, when given) into results.json and the report.
-    Under a lock: when array tasks finish together, the last writer has seen every result."""
+def write_report(output_dir: Path, report_file: str | None = None, config_hash: str | None = None) -> Path:
+    """Merge the saved per-strategy results (of `config_hash`, when given) into results.json and the report
+    (named `report_file`, or as in the runs' config). Under a lock: when array tasks finish together, the
+    last writer has seen every result."""
     with output_lock(output_dir):
         combined = combined_results(load_strategy_results(output_dir, config_hash))
         write_json(output_dir / RESULTS_FILE, combined)
         plot_losses(combined["strategies"], output_dir / LOSS_PLOT)
-        report_path = output_dir / report_file
+        report_path = output_dir / (report_file or combined["run"]["config"]["report_file"])
         write_atomic(report_path, render_report(combined, output_dir))
     return report_path
 

@@ -160,3 +160,13 @@ def test_batch_size_above_the_training_sample_trains_one_batch_per_epoch(write_c
     assert record["steps"] == 2 and record["batch_size"] == 1000
     report = (tmp_path / "out" / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
     assert re.search(r"Data files: train\.json sha256 `[0-9a-f]{12}`, dev\.json sha256 `[0-9a-f]{12}`", report)
+
+
+def test_report_rejects_a_report_file_outside_the_folder(write_config, tmp_path: Path) -> None:
+    assert CliRunner().invoke(main, ["run", "--config", str(write_config(num_epochs=1))]).exit_code == 0
+    result = CliRunner().invoke(main, ["report", "--output-dir", str(tmp_path / "out"), "--report-file", "../x.md"])
+    assert result.exit_code == 2
+    assert "must be a plain file name" in result.output
+    assert not (tmp_path / "x.md").exists()
+    renamed = CliRunner().invoke(main, ["report", "--output-dir", str(tmp_path / "out"), "--report-file", "r.md"])
+    assert renamed.exit_code == 0 and (tmp_path / "out" / "r.md").is_file()
