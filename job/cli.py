@@ -36,18 +36,19 @@ SET_OPTION = click.option(
 INDEX_VARIABLES = ("AWS_BATCH_JOB_ARRAY_INDEX", "BATCH_TASK_INDEX", "JOB_COMPLETION_INDEX")
 
 
-def strategy_for_task(strategies: list[str], environ: dict[str, str]) -> str:
-    """The strategy an array task runs: task index i runs the i-th configured strategy."""
+def strategy_for_task(runs: list[str], environ: dict[str, str]) -> str:
+    """The run an array task trains: task index i trains the i-th planned run (the order of `strategies`,
+    a LoRA rank sweep expanded in place)."""
     found = [(name, environ[name]) for name in INDEX_VARIABLES if environ.get(name, "") != ""]
     if not found:
         raise UserError(f"--strategy-from-index: none of {', '.join(INDEX_VARIABLES)} is set")
     name, raw = found[0]
-    if not raw.isdigit() or int(raw) >= len(strategies):
+    if not raw.isdigit() or int(raw) >= len(runs):
         raise UserError(
-            f"--strategy-from-index: {name}={raw} is not a task index for strategies {strategies} "
-            f"(0 to {len(strategies) - 1}); set the array size to {len(strategies)}"
+            f"--strategy-from-index: {name}={raw} is not a task index for runs {runs} "
+            f"(0 to {len(runs) - 1}); set the array size to {len(runs)}"
         )
-    return strategies[int(raw)]
+    return runs[int(raw)]
 
 
 def fail(exc: Exception, code: int) -> None:
@@ -102,11 +103,13 @@ def run(
         config = resolve_config(
             config_path, overrides, device=device, output_dir=output_dir, strategies=list(strategies) or None
         )
-        if strategy_from_index:
-            config = config.model_copy(update={"strategies": [strategy_for_task(config.strategies, os.environ)]})
         from job.runner import run_job
+        from job.strategies import planned_runs
 
-        report = run_job(config, stop, force=force)
+        keys = None
+        if strategy_from_index:
+            keys = [strategy_for_task([run.key for run in planned_runs(config)], os.environ)]
+        report = run_job(config, stop, force=force, keys=keys)
     except (UserError, RetryableError, Interrupted, TrainingDiverged) as exc:
         if isinstance(exc, Interrupted):
             click.echo("stopping: finished strategies' results are kept; rerun to complete", err=True)

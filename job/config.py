@@ -10,14 +10,15 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from job.errors import UserError
 
 StrategyName = Literal["lora", "full_finetune"]
+PositiveInt = Annotated[int, Field(ge=1)]
 STRATEGY_NAMES: tuple[str, ...] = ("lora", "full_finetune")
 
 # Keys that do not change any strategy's numbers (where results go, which strategies run, how
@@ -48,8 +49,12 @@ class JobConfig(BaseModel):
     output_dir: str = Field("reports", min_length=1, description="folder for the report and results")
     report_file: str = Field("ernie_lora_vs_full_report.md", description="report file name inside output_dir")
     save_artifacts: bool = Field(False, description="save the LoRA adapter, merged model and full-FT model")
-    lora_r: int = Field(16, ge=1, description="LoRA rank")
-    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
+    lora_r: PositiveInt | list[PositiveInt] = Field(
+        16, description="LoRA rank; a list (e.g. [4, 8, 16]) trains one LoRA row per rank"
+    )
+    lora_alpha: PositiveInt | list[PositiveInt] = Field(
+        32, description="LoRA scaling numerator (scale = alpha / r); a list pairs with a list of ranks"
+    )
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA branch")
 
     # --- what a real run needs ---
@@ -91,6 +96,25 @@ class JobConfig(BaseModel):
             raise ValueError(f"lists {', '.join(duplicates)} more than once")
         return value
 
+    @field_validator("lora_r", "lora_alpha")
+    @classmethod
+    def _non_empty_sweep(cls, value: int | list[int]) -> int | list[int]:
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list; give a number or a list of numbers")
+        return value
+
+    @model_validator(mode="after")
+    def _sweep_pairs(self) -> JobConfig:
+        if isinstance(self.lora_alpha, list) and len(self.lora_alpha) != len(_as_list(self.lora_r)):
+            raise ValueError(
+                f"config key 'lora_alpha': a list of {len(self.lora_alpha)} values needs as many ranks in "
+                f"'lora_r' (got {self.lora_r})"
+            )
+        pairs = self.lora_pairs()
+        if len(set(pairs)) != len(pairs):
+            raise ValueError(f"config key 'lora_r': the sweep repeats a (rank, alpha) pair: {pairs}")
+        return self
+
     @field_validator("lora_target_modules")
     @classmethod
     def _valid_regexes(cls, value: list[str]) -> list[str]:
@@ -102,6 +126,12 @@ class JobConfig(BaseModel):
         return value
 
     # --- derived values ---
+    def lora_pairs(self) -> list[tuple[int, int]]:
+        """(rank, alpha) of every LoRA row: one alpha for all ranks, or alphas paired with ranks."""
+        ranks = _as_list(self.lora_r)
+        alphas = self.lora_alpha if isinstance(self.lora_alpha, list) else [self.lora_alpha] * len(ranks)
+        return list(zip(ranks, alphas, strict=False))
+
     def learning_rate_for(self, strategy: str) -> float:
         own = getattr(self, f"{strategy}_learning_rate")
         return self.learning_rate if own is None else own
@@ -122,6 +152,10 @@ class JobConfig(BaseModel):
     @property
     def report_path(self) -> Path:
         return self.output_path / self.report_file
+
+
+def _as_list(value: int | list[int]) -> list[int]:
+    return value if isinstance(value, list) else [value]
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(JobConfig.model_fields)
@@ -203,11 +237,30 @@ def _unknown_key_message(key: Any, source: str) -> str:
 
 def _validation_message(exc: ValidationError, source: str) -> str:
     lines = []
-    for error in exc.errors():
-        key, *rest = [str(part) for part in error["loc"]] or ["config"]
-        item = f" (item {rest[0]})" if rest else ""
-        lines.append(f"{source}: config key '{key}'{item}: {error['msg']} (got {error.get('input')!r})")
-    return "\n".join(lines)
+    for error in _one_branch_per_union(exc.errors()):
+        message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a check across keys names its keys itself
+            lines.append(f"{source}: {message}")
+            continue
+        key, *rest = [str(part) for part in error["loc"]]
+        items = [part for part in rest if part.isdigit()]
+        item = f" (item {items[0]})" if items else ""
+        lines.append(f"{source}: config key '{key}'{item}: {message} (got {error.get('input')!r})")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _one_branch_per_union(errors: list[Any]) -> list[Any]:
+    """For `int | list[int]` keys pydantic reports both branches; keep the one the input was meant for."""
+    kept = []
+    for error in errors:
+        branch = next((str(part) for part in error["loc"][1:2] if not str(part).isdigit()), None)
+        if branch is None:
+            kept.append(error)
+            continue
+        value_is_list = isinstance(error.get("input"), list) or str(error["loc"][-1]).isdigit()
+        if branch.startswith("list[") == value_is_list:
+            kept.append(error)
+    return kept or errors
 
 
 def check_against_model(config: JobConfig, model_limits: dict[str, int]) -> None:
@@ -218,8 +271,9 @@ def check_against_model(config: JobConfig, model_limits: dict[str, int]) -> None
             f"config key 'max_seq_length': {config.max_seq_length} is above the model's limit of {max_positions}"
         )
     hidden = model_limits.get("hidden_size")
-    if hidden and "lora" in config.strategies and config.lora_r > hidden:
-        raise UserError(f"config key 'lora_r': {config.lora_r} is larger than the model's hidden size {hidden}")
+    largest = max(rank for rank, _ in config.lora_pairs())
+    if hidden and "lora" in config.strategies and largest > hidden:
+        raise UserError(f"config key 'lora_r': {largest} is larger than the model's hidden size {hidden}")
 
 
 def describe_fields() -> list[tuple[str, str, Any]]:

@@ -20,7 +20,7 @@ def render_report(combined: dict[str, Any], output_dir: Path) -> str:
     run, results = combined["run"], combined["strategies"]
     sections = [
         TITLE,
-        _summary(run),
+        _summary(run, results),
         "## Configuration\n\n```json\n" + _json(run["config"]) + "\n```",
         "## Results\n\n"
         + results_table(results)
@@ -39,13 +39,24 @@ def _json(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False)
 
 
-def _summary(run: dict[str, Any]) -> str:
+def _start_note(results: list[dict[str, Any]]) -> str:
+    """Said only when the recorded fingerprints show it."""
+    fingerprints = {r["initial_weights"] for r in results}
+    if len(fingerprints) == 1:
+        return (
+            f"Every row started from the same initial weights (fingerprint `{fingerprints.pop()}`) and saw the "
+            "same batches in the same order."
+        )
+    listing = ", ".join(f"{r['label']} `{r['initial_weights']}`" for r in results)
+    return f"The rows did NOT start from the same initial weights: {listing}."
+
+
+def _summary(run: dict[str, Any], results: list[dict[str, Any]]) -> str:
     data = run["data"]
     lines = [
         "This report compares low-rank adaptation (LoRA) with full-parameter fine-tuning of the ERNIE 3.0 Medium "
         f"model (`{run['config']['model_name']}`) on the Chinese TNEWS news-title classification task "
-        f"({NUM_CLASSES} classes). Every strategy started from the same initial weights "
-        f"(fingerprint `{run.get('initial_weights', 'n/a')}`) and saw the same batches in the same order.",
+        f"({NUM_CLASSES} classes). {_start_note(results)}",
         "",
         f"- Device: {run['device']['description']} ({run['device']['reason']})",
         f"- Train: {data['train']['source']}",
@@ -129,9 +140,11 @@ def observations(results: list[dict[str, Any]], run: dict[str, Any]) -> list[str
         f"({r['samples_per_second']:.1f} samples/s, {r['steps']} steps) on {run['device']['name']}."
         for r in results
     ]
-    by_name = {r["strategy"]: r for r in results}
-    if "lora" in by_name and "full_finetune" in by_name:
-        lines.extend(_compare(by_name["lora"], by_name["full_finetune"]))
+    loras = [r for r in results if r["strategy"] == "lora"]
+    full = next((r for r in results if r["strategy"] == "full_finetune"), None)
+    if full is not None:
+        for lora in loras:
+            lines.extend(_compare(lora, full, "LoRA" if len(loras) == 1 else lora["label"]))
     chance = 1 / NUM_CLASSES
     near_chance = [
         r["label"]
@@ -147,9 +160,9 @@ def observations(results: list[dict[str, Any]], run: dict[str, Any]) -> list[str
     return lines
 
 
-def _compare(lora: dict[str, Any], full: dict[str, Any]) -> list[str]:
+def _compare(lora: dict[str, Any], full: dict[str, Any], name: str) -> list[str]:
     lines = [
-        f"LoRA trained {lora['trainable_params'] / full['trainable_params']:.2%} as many parameters as full "
+        f"{name} trained {lora['trainable_params'] / full['trainable_params']:.2%} as many parameters as full "
         f"fine-tuning ({lora['trainable_params']:,} vs {full['trainable_params']:,})."
     ]
     for split in ("dev", "test"):
@@ -162,15 +175,15 @@ def _compare(lora: dict[str, Any], full: dict[str, Any]) -> list[str]:
         verdict = "within the sampling noise" if abs(gap) < 2 * noise else "larger than the sampling noise"
         amount = "" if gap == 0 else f"{_points(gap)} "
         lines.append(
-            f"{split.capitalize()} accuracy: LoRA is {amount}{direction} full fine-tuning "
+            f"{split.capitalize()} accuracy: {name} is {amount}{direction} full fine-tuning "
             f"({lora[split]['accuracy']:.2%} vs {full[split]['accuracy']:.2%} on {n} examples); the gap is "
             f"{verdict} (two standard errors of the difference: {_points(2 * noise)})."
         )
     ratio = full["training_seconds"] / lora["training_seconds"] if lora["training_seconds"] else float("nan")
     faster = "faster" if ratio >= 1 else "slower"
     lines.append(
-        f"Training time: LoRA {lora['training_seconds']:.1f} s vs full fine-tuning {full['training_seconds']:.1f} s "
-        f"(LoRA {max(ratio, 1 / ratio):.2f}x {faster})."
+        f"Training time: {name} {lora['training_seconds']:.1f} s vs full fine-tuning "
+        f"{full['training_seconds']:.1f} s ({name} {max(ratio, 1 / ratio):.2f}x {faster})."
     )
     return lines
 
@@ -180,7 +193,7 @@ def artifact_lines(results: list[dict[str, Any]], output_dir: Path) -> list[str]
         "`results.json`: every number above plus per-step losses, device, versions and data checksums",
         f"`{LOSS_PLOT}`: training loss per step",
     ]
-    lines += [f"`results/{r['strategy']}.json`: {r['label']} on its own" for r in results]
+    lines += [f"`results/{r['key']}.json`: {r['label']} on its own" for r in results]
     saved = [(r["label"], path) for r in results for path in r.get("artifacts", [])]
     if saved:
         lines += [f"`{path}`: {label}" for label, path in saved]

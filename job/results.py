@@ -44,14 +44,14 @@ def strategy_result_path(output_dir: Path, strategy: str) -> Path:
 
 
 def save_strategy_result(output_dir: Path, record: dict[str, Any]) -> Path:
-    path = strategy_result_path(output_dir, record["result"]["strategy"])
+    path = strategy_result_path(output_dir, record["result"]["key"])
     write_json(path, record)
     return path
 
 
-def finished_result(output_dir: Path, strategy: str, config_hash: str) -> Path | None:
-    """The saved result file of `strategy` for this config hash, if there is one."""
-    path = strategy_result_path(output_dir, strategy)
+def finished_result(output_dir: Path, key: str, config_hash: str) -> Path | None:
+    """The saved result file of run `key` for this config hash, if there is one."""
+    path = strategy_result_path(output_dir, key)
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         return path if record["run"]["config_hash"] == config_hash else None
@@ -89,13 +89,18 @@ def load_strategy_results(output_dir: Path, config_hash: str | None = None) -> l
     if len(hashes) > 1:
         listing = ", ".join(f"{f.name}={r['run']['config_hash']}" for f, r in records.items())
         raise UserError(f"results in {folder} come from different configs ({listing}); rerun or remove the stale ones")
-    return sorted(records.values(), key=lambda record: STRATEGY_NAMES.index(record["result"]["strategy"]))
+    return sorted(records.values(), key=lambda record: row_order(record["result"]))
+
+
+def row_order(result: dict[str, Any]) -> tuple[int, int, int]:
+    """LoRA rows first (a sweep by rank, then alpha), then full fine-tuning, as in the seed report."""
+    return STRATEGY_NAMES.index(result["strategy"]), result.get("lora_r") or 0, result.get("lora_alpha") or 0
 
 
 def _read_record(file: Path) -> dict[str, Any]:
     try:
         record = json.loads(file.read_text(encoding="utf-8"))
-        record["run"]["config_hash"], record["result"]["strategy"]
+        _ = record["run"]["config_hash"], record["result"]["strategy"], record["result"]["key"]  # fail early
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise UserError(f"{file} is not a result file of this job: {exc}") from None
     if record["result"]["strategy"] not in STRATEGY_NAMES:
@@ -106,5 +111,6 @@ def _read_record(file: Path) -> dict[str, Any]:
 def combined_results(records: list[dict[str, Any]]) -> dict[str, Any]:
     """results.json: the run's metadata once, then every strategy's numbers."""
     run = dict(records[0]["run"])
-    run["config"] = {**run["config"], "strategies": [record["result"]["strategy"] for record in records]}
+    strategies = dict.fromkeys(record["result"]["strategy"] for record in records)
+    run["config"] = {**run["config"], "strategies": list(strategies)}
     return {"run": run, "strategies": [record["result"] for record in records]}

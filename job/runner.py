@@ -39,7 +39,7 @@ from job.results import (
     write_atomic,
     write_json,
 )
-from job.strategies import STRATEGIES
+from job.strategies import Run, planned_runs
 from job.train import StopRequest, TrainSettings, train
 
 
@@ -58,29 +58,30 @@ def check_output_dir(output_dir: Path) -> None:
         raise UserError(f"config key 'output_dir': cannot write to {output_dir}: {exc.strerror}") from None
 
 
-def pending_strategies(config: JobConfig, force: bool) -> list[str]:
-    """Strategies still to train: a saved result of the same config hash counts as done (a rerun after
-    a preemption resumes), unless `force`."""
+def pending_runs(config: JobConfig, runs: list[Run], force: bool) -> list[Run]:
+    """Runs still to train: a saved result of the same config hash counts as done (a rerun after a
+    preemption resumes), unless `force`."""
     pending = []
-    for name in config.strategies:
-        saved = finished_result(config.output_path, name, config.config_hash())
+    for run in runs:
+        saved = finished_result(config.output_path, run.key, config.config_hash())
         if saved and not force:
-            say(f"[{name}] already done for config {config.config_hash()} ({saved}); skipping (--force recomputes)")
+            say(f"[{run.key}] already done for config {config.config_hash()} ({saved}); skipping (--force recomputes)")
         else:
-            pending.append(name)
+            pending.append(run)
     return pending
 
 
-def run_job(config: JobConfig, stop: StopRequest, force: bool = False) -> Path:
-    """Run every configured strategy not yet done and write the report. Returns the report's path."""
+def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: list[str] | None = None) -> Path:
+    """Train every planned run (or those named in `keys`) not yet done and write the report."""
     check_output_dir(config.output_path)
-    strategies = pending_strategies(config, force)
-    if strategies:
-        train_strategies(config, strategies, stop)
+    runs = [run for run in planned_runs(config) if keys is None or run.key in keys]
+    pending = pending_runs(config, runs, force)
+    if pending:
+        train_runs(config, pending, stop)
     return write_report(config.output_path, config.report_file, config.config_hash())
 
 
-def train_strategies(config: JobConfig, strategies: list[str], stop: StopRequest) -> None:
+def train_runs(config: JobConfig, runs: list[Run], stop: StopRequest) -> None:
     quiet_paddlenlp()
     check_against_model(config, model_limits(config.model_name))
     raw = read_source(config.data_dir)
@@ -95,29 +96,26 @@ def train_strategies(config: JobConfig, strategies: list[str], stop: StopRequest
     encoded = {split.name: encode(split.examples, tokenizer, config.max_seq_length) for split in splits.all()}
     run_info = describe_run(config, device, splits, raw.files)
 
-    for name in strategies:
+    for run in runs:
         stop.raise_if_requested()
-        record = run_strategy(name, config, encoded, pad_id, tokenizer, stop)
-        record_run = {**run_info, "initial_weights": record["result"].pop("initial_weights")}
-        path = save_strategy_result(config.output_path, {"run": record_run, "result": record["result"]})
-        say(f"[{name}] saved {path}")
+        result = train_one(run, encoded, pad_id, tokenizer, stop)
+        path = save_strategy_result(config.output_path, {"run": run_info, "result": result})
+        say(f"[{run.key}] saved {path}")
 
 
-def run_strategy(
-    name: str, config: JobConfig, encoded: dict[str, Any], pad_id: int, tokenizer: Any, stop: StopRequest
-) -> dict[str, Any]:
+def train_one(run: Run, encoded: dict[str, Any], pad_id: int, tokenizer: Any, stop: StopRequest) -> dict[str, Any]:
+    """Load the model, let the strategy prepare it, train, evaluate: one row of the report."""
     import paddle
 
-    strategy = STRATEGIES[name]
-    label = strategy.label(config)
-    paddle.seed(config.seed)  # same head initialisation for every strategy
+    config, name, key, label = run.config, run.strategy.name, run.key, run.label
+    paddle.seed(config.seed)  # same head initialisation for every run
     loaded = load_model(config.model_name, NUM_CLASSES)
     fingerprint = weights_fingerprint(loaded.model)
     if loaded.reinitialised:
-        say(f"[{name}] newly initialised (not in the checkpoint): {', '.join(loaded.reinitialised)}")
-    model = strategy.prepare(loaded, config)
+        say(f"[{key}] newly initialised (not in the checkpoint): {', '.join(loaded.reinitialised)}")
+    model = run.strategy.prepare(loaded, config)
     trainable, total = count_parameters(model)
-    say(f"[{name}] {label}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%)")
+    say(f"[{key}] {label}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%)")
 
     settings = TrainSettings(
         learning_rate=config.learning_rate_for(name),
@@ -129,42 +127,43 @@ def run_strategy(
         seed=config.seed,
         logging_steps=config.logging_steps,
     )
-    paddle.seed(config.seed)  # same dropout masks for every strategy
+    paddle.seed(config.seed)  # same dropout masks for every run
     reset_peak_memory()
-    with out_of_memory_advice(f"[{name}] training", f"{name}_batch_size", settings.batch_size):
+    with out_of_memory_advice(f"[{key}] training", f"{name}_batch_size", settings.batch_size):
         outcome = train(model, encoded["train"], settings, pad_id, label, stop)
     peak_memory = peak_memory_mb()
-    with out_of_memory_advice(f"[{name}] evaluation", "eval_batch_size", config.eval_batch_size):
+    with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", config.eval_batch_size):
         dev = evaluate(model, encoded["dev"], config.eval_batch_size, pad_id)
         test = evaluate(model, encoded["test"], config.eval_batch_size, pad_id)
     say(
-        f"[{name}] trained in {outcome.seconds:.1f} s; dev accuracy {dev.accuracy:.4f} loss {dev.loss:.4f}; "
+        f"[{key}] trained in {outcome.seconds:.1f} s; dev accuracy {dev.accuracy:.4f} loss {dev.loss:.4f}; "
         f"test accuracy {test.accuracy:.4f} loss {test.loss:.4f}"
     )
-    artifacts = save_artifacts(strategy, model, tokenizer, config) if config.save_artifacts else []
+    artifacts = save_artifacts(run, model, tokenizer) if config.save_artifacts else []
     return {
-        "result": {
-            "strategy": name,
-            "label": label,
-            "initial_weights": fingerprint,
-            "trainable_params": trainable,
-            "total_params": total,
-            "learning_rate": settings.learning_rate,
-            "batch_size": settings.batch_size,
-            "training_seconds": round(outcome.seconds, 3),
-            "steps": outcome.steps,
-            "samples_per_second": round(outcome.samples_per_second, 3),
-            "tokens_per_second": round(outcome.tokens / outcome.seconds, 1) if outcome.seconds else 0.0,
-            "peak_memory_mb": peak_memory,
-            "optimizer_state_mb": round(outcome.optimizer_state_bytes / 2**20, 3),
-            "checkpoint_mb": round(trainable_bytes(model) / 2**20, 3),
-            "dev": dev.to_dict(),
-            "test": test.to_dict(),
-            "step_losses": [round(loss, 6) for loss in outcome.step_losses],
-            "reinitialised_parameters": loaded.reinitialised,
-            "artifacts": artifacts,
-            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
+        "key": key,
+        "strategy": name,
+        "label": label,
+        "lora_r": config.lora_r if name == "lora" else None,
+        "lora_alpha": config.lora_alpha if name == "lora" else None,
+        "initial_weights": fingerprint,
+        "trainable_params": trainable,
+        "total_params": total,
+        "learning_rate": settings.learning_rate,
+        "batch_size": settings.batch_size,
+        "training_seconds": round(outcome.seconds, 3),
+        "steps": outcome.steps,
+        "samples_per_second": round(outcome.samples_per_second, 3),
+        "tokens_per_second": round(outcome.tokens / outcome.seconds, 1) if outcome.seconds else 0.0,
+        "peak_memory_mb": peak_memory,
+        "optimizer_state_mb": round(outcome.optimizer_state_bytes / 2**20, 3),
+        "checkpoint_mb": round(trainable_bytes(model) / 2**20, 3),
+        "dev": dev.to_dict(),
+        "test": test.to_dict(),
+        "step_losses": [round(loss, 6) for loss in outcome.step_losses],
+        "reinitialised_parameters": loaded.reinitialised,
+        "artifacts": artifacts,
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -182,10 +181,11 @@ def out_of_memory_advice(what: str, key: str, batch_size: int) -> Iterator[None]
         ) from None
 
 
-def save_artifacts(strategy: Any, model: Any, tokenizer: Any, config: JobConfig) -> list[str]:
-    folder = config.output_path / "artifacts" / strategy.name
+def save_artifacts(run: Run, model: Any, tokenizer: Any) -> list[str]:
+    config = run.config
+    folder = config.output_path / "artifacts" / run.key
     try:
-        paths = strategy.save_artifacts(model, tokenizer, folder)
+        paths = run.strategy.save_artifacts(model, tokenizer, folder)
     except OSError as exc:
         raise RetryableError(f"could not save artifacts to {folder}: {exc}") from None
     return [str(path.relative_to(config.output_path)) for path in paths]

@@ -1,13 +1,14 @@
 """Fine-tuning strategies. A strategy only prepares the loaded model (which parameters train) and
 knows how to save what it trained; the training loop is shared (job/train.py).
 
-Adding a strategy: write a class with `name`, `label`, `prepare` and `save_artifacts`, add it to
-STRATEGIES, and add its name to `StrategyName` in job/config.py.
+Adding a strategy: write a class with `name`, `runs`, `label`, `prepare` and `save_artifacts`, add it
+to STRATEGIES, and add its name to `StrategyName` in job/config.py.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,8 +17,23 @@ from job.errors import UserError
 from job.model import LoadedModel
 
 
+@dataclass(frozen=True)
+class Run:
+    """One row of the report: a strategy with its own settings (e.g. one LoRA rank of a sweep)."""
+
+    key: str  # names results/<key>.json and artifacts/<key>/
+    strategy: Strategy
+    config: JobConfig  # the job's config with this run's settings
+
+    @property
+    def label(self) -> str:
+        return self.strategy.label(self.config)
+
+
 class Strategy(Protocol):
     name: str
+
+    def runs(self, config: JobConfig) -> list[Run]: ...
 
     def label(self, config: JobConfig) -> str: ...
 
@@ -28,6 +44,9 @@ class Strategy(Protocol):
 
 class FullFinetune:
     name = "full_finetune"
+
+    def runs(self, config: JobConfig) -> list[Run]:
+        return [Run(self.name, self, config)]
 
     def label(self, config: JobConfig) -> str:
         return self.name + own_rate_note(config, self.name, prefix=" (", suffix=")")
@@ -46,6 +65,18 @@ class FullFinetune:
 
 class LoRA:
     name = "lora"
+
+    def runs(self, config: JobConfig) -> list[Run]:
+        """One run per (rank, alpha), by rank as the report's rows; a single pair keeps the key `lora`."""
+        pairs = sorted(config.lora_pairs())
+        return [
+            Run(
+                self.name if len(pairs) == 1 else f"{self.name}_r{rank}_a{alpha}",
+                self,
+                config.model_copy(update={"lora_r": rank, "lora_alpha": alpha}),
+            )
+            for rank, alpha in pairs
+        ]
 
     def label(self, config: JobConfig) -> str:
         rate = own_rate_note(config, self.name, prefix=", ")
@@ -95,3 +126,9 @@ def _check_targets_match(model: Any, patterns: list[str]) -> None:
 
 
 STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in (LoRA(), FullFinetune())}
+
+
+def planned_runs(config: JobConfig) -> list[Run]:
+    """Every run of the config, in the order of `strategies` (a LoRA sweep by rank): array task i runs
+    the i-th."""
+    return [run for name in config.strategies for run in STRATEGIES[name].runs(config)]

@@ -170,3 +170,45 @@ def test_report_rejects_a_report_file_outside_the_folder(write_config, tmp_path:
     assert not (tmp_path / "x.md").exists()
     renamed = CliRunner().invoke(main, ["report", "--output-dir", str(tmp_path / "out"), "--report-file", "r.md"])
     assert renamed.exit_code == 0 and (tmp_path / "out" / "r.md").is_file()
+
+
+def test_a_rank_sweep_gives_one_row_per_rank_from_the_same_weights(write_config, tmp_path: Path) -> None:
+    config = write_config(num_epochs=1, lora_r=[8, 2, 4], lora_alpha=[16, 4, 8])
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    report = (out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+    labels = [row[0] for row in table_rows(report)]
+    assert labels == [
+        "lora (r=2, α=4, dropout=0.1)", "lora (r=4, α=8, dropout=0.1)", "lora (r=8, α=16, dropout=0.1)",
+        "full_finetune",
+    ]  # fmt: skip
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))["strategies"]
+    hidden, layers = 32, 2
+    for rank, record in zip((2, 4, 8), results, strict=False):
+        assert record["trainable_params"] == layers * 2 * rank * (hidden + hidden) + hidden * 15 + 15
+        assert (out / "results" / f"lora_r{rank}_a{2 * rank}.json").is_file()
+    assert len({r["initial_weights"] for r in results}) == 1
+    assert "Every row started from the same initial weights" in report
+    for label in labels[:3]:
+        assert f"Test accuracy: {label} is" in report
+    # Array tasks cover the expanded runs: index 2 is the third LoRA rank.
+    task = CliRunner().invoke(
+        main, ["run", "--config", str(config), "--strategy-from-index", "--output-dir", str(tmp_path / "task")],
+        env={"BATCH_TASK_INDEX": "2"},
+    )  # fmt: skip
+    assert task.exit_code == 0, task.output
+    assert [p.name for p in (tmp_path / "task" / "results").iterdir()] == ["lora_r8_a16.json"]
+
+
+def test_a_sweep_of_ranks_with_one_alpha_and_mismatched_lists(write_config) -> None:
+    from job.config import validate_config
+    from job.errors import UserError
+
+    assert validate_config({"lora_r": [4, 8], "lora_alpha": 16}).lora_pairs() == [(4, 16), (8, 16)]
+    try:
+        validate_config({"lora_r": [4, 8], "lora_alpha": [8]})
+    except UserError as exc:
+        assert "'lora_alpha': a list of 1 values needs as many ranks in 'lora_r'" in str(exc)
+    else:
+        raise AssertionError("mismatched sweep lists were accepted")
