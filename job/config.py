@@ -74,6 +74,9 @@ class JobConfig(BaseModel):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warm-up")
     max_grad_norm: float = Field(1.0, ge=0, description="global gradient-norm clip (0: off)")
     logging_steps: int = Field(10, ge=1, description="steps between loss lines in the log")
+    length_bucket_window: int = Field(
+        16, ge=0, description="batches per window sorted by length to cut padding (0: plain shuffle)"
+    )
     lora_learning_rate: float | None = Field(None, gt=0, le=1, description="LoRA's own rate (null: learning_rate)")
     lora_batch_size: int | None = Field(None, ge=1, description="LoRA's own batch size (null: batch_size)")
     full_finetune_learning_rate: float | None = Field(

@@ -263,13 +263,32 @@ def encode(examples: Sequence[Example], tokenizer: Any, max_seq_length: int) -> 
     ]
 
 
-def epoch_batches(size: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
+def epoch_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, bucket_window: int = 0
+) -> list[list[int]]:
     """Index batches for one epoch; the order depends only on (seed, epoch), so every strategy sees
-    the same batches in the same order."""
-    order = list(range(size))
-    if shuffle:
-        random.Random(f"{seed}-epoch-{epoch}").shuffle(order)
-    return [order[start : start + batch_size] for start in range(0, size, batch_size)]
+    the same batches in the same order.
+
+    With `bucket_window` > 0, rows are sorted by length within each window of that many batches of the
+    seeded order, cut into batches, and those batches shuffled within the window: batches of similar
+    lengths waste less padding, while every window still draws from the whole seeded order."""
+    rng = random.Random(f"{seed}-epoch-{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if bucket_window <= 0:
+        return _chunks(order, batch_size)
+    batches: list[list[int]] = []
+    span = bucket_window * batch_size
+    for start in range(0, len(order), span):
+        window = sorted(order[start : start + span], key=lambda index: lengths[index])
+        window_batches = _chunks(window, batch_size)
+        rng.shuffle(window_batches)
+        batches.extend(window_batches)
+    return batches
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 def collate(rows: Sequence[Encoded], pad_id: int) -> dict[str, Any]:

@@ -126,6 +126,7 @@ def train_one(run: Run, encoded: dict[str, Any], pad_id: int, tokenizer: Any, st
         max_grad_norm=config.max_grad_norm,
         seed=config.seed,
         logging_steps=config.logging_steps,
+        bucket_window=config.length_bucket_window,
     )
     paddle.seed(config.seed)  # same dropout masks for every run
     reset_peak_memory()

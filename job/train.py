@@ -46,6 +46,7 @@ class TrainSettings:
     max_grad_norm: float
     seed: int
     logging_steps: int
+    bucket_window: int = 0
 
 
 @dataclass
@@ -96,7 +97,11 @@ def train(
     import paddle
     import paddle.nn.functional as F
 
-    epochs = [epoch_batches(len(rows), settings.batch_size, settings.seed, e) for e in range(settings.num_epochs)]
+    lengths = [len(row.input_ids) for row in rows]
+    epochs = [
+        epoch_batches(lengths, settings.batch_size, settings.seed, epoch, settings.bucket_window)
+        for epoch in range(settings.num_epochs)
+    ]
     total_steps = sum(len(batches) for batches in epochs)
     optimizer, schedule = build_optimizer(model, settings, total_steps)
     outcome = TrainOutcome(steps=0, samples=0, tokens=0, seconds=0.0)

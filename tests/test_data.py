@@ -100,9 +100,10 @@ def test_empty_split_after_sampling_is_an_error() -> None:
 
 
 def test_batches_depend_only_on_seed_and_epoch() -> None:
-    assert epoch_batches(50, 8, seed=3, epoch=0) == epoch_batches(50, 8, seed=3, epoch=0)
-    assert epoch_batches(50, 8, seed=3, epoch=0) != epoch_batches(50, 8, seed=3, epoch=1)
-    batches = epoch_batches(50, 8, seed=3, epoch=0)
+    lengths = [5] * 50
+    assert epoch_batches(lengths, 8, seed=3, epoch=0) == epoch_batches(lengths, 8, seed=3, epoch=0)
+    assert epoch_batches(lengths, 8, seed=3, epoch=0) != epoch_batches(lengths, 8, seed=3, epoch=1)
+    batches = epoch_batches(lengths, 8, seed=3, epoch=0)
     assert sorted(i for b in batches for i in b) == list(range(50))
     assert [len(b) for b in batches] == [8] * 6 + [2]
 
@@ -173,3 +174,22 @@ def test_asking_for_more_rows_than_exist_uses_all_and_says_so() -> None:
     assert len(splits.train) == 30  # 50 minus the 20 carved for test
     assert "max_train_samples is 1,000: fewer rows exist, all are used" in splits.train.source
     assert "fewer rows" not in splits.test.source
+
+
+def test_length_buckets_cut_padding_and_keep_every_row_once() -> None:
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 60) for _ in range(512)]
+
+    def padded_tokens(batches: list[list[int]]) -> int:
+        return sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
+
+    plain = epoch_batches(lengths, 8, seed=42, epoch=0)
+    bucketed = epoch_batches(lengths, 8, seed=42, epoch=0, bucket_window=16)
+    assert sorted(i for b in bucketed for i in b) == list(range(512))
+    assert padded_tokens(bucketed) < 0.8 * padded_tokens(plain)
+    # Windows follow the seeded order: the first window holds the first 128 rows of the plain order.
+    assert {i for b in bucketed[:16] for i in b} == {i for b in plain[:16] for i in b}
+    assert bucketed == epoch_batches(lengths, 8, seed=42, epoch=0, bucket_window=16)
+    assert bucketed != epoch_batches(lengths, 8, seed=43, epoch=0, bucket_window=16)
