@@ -13,7 +13,7 @@ REPORTS_DIR ?= ./reports
 GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
 export JOB_UID JOB_GID REPORTS_DIR GIT_COMMIT
 
-.PHONY: help venv lock test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
+.PHONY: help venv lock bench test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test: venv ## run every test, the slow full-size ones included (offline)
 
 test-fast: venv ## run the tests without the slow full-size ones
 	$(PY) -m pytest -ra -m "not slow"
+
+bench: venv ## speed of each strategy on the full-size model (table + bench.json; a few minutes)
+	$(PY) -m job bench --config $(CONFIG) --output bench.json
 
 run-local: venv ## run the job in the venv: make run-local CONFIG=configs/x.yaml
 	$(PY) -m job run --config $(CONFIG)

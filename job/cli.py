@@ -151,6 +151,33 @@ def report(output_dir: Path, report_file: str | None) -> None:
     click.echo(f"report: {path}")
 
 
+@main.command()
+@CONFIG_OPTION
+@SET_OPTION
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench.json"),
+              show_default=True, help="Where to write the numbers as JSON.")  # fmt: skip
+@click.option("--steps", type=click.IntRange(min=20), default=20, show_default=True, help="Timed steps per strategy.")
+@click.option("--warmup", type=click.IntRange(min=1), default=3, show_default=True, help="Untimed steps first.")
+@click.option("--e2e/--no-e2e", default=True, show_default=True,
+              help="Also time `job run` of the whole config end to end (a few minutes).")  # fmt: skip
+def bench(
+    config_path: Path | None, overrides: tuple[str, ...], output: Path, steps: int, warmup: int, e2e: bool
+) -> None:
+    """Measure training and evaluation speed of each strategy on the full-size model, as a table and JSON."""
+    try:
+        config = resolve_config(config_path, overrides)
+        from job.bench import format_table, run_bench
+
+        report = run_bench(config, config_path, steps, warmup, e2e)
+        from job.results import write_json
+
+        write_json(output, report)
+    except (UserError, RetryableError) as exc:
+        fail(exc, exc.exit_code)
+    click.echo(format_table(report))
+    click.echo(f"\nwritten: {output}")
+
+
 @main.command(name="config-reference")
 def config_reference() -> None:
     """Print every config key with its default and meaning."""

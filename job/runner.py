@@ -15,7 +15,7 @@ from typing import Any
 
 from job.config import JobConfig, check_against_model
 from job.data import NUM_CLASSES, Splits, draw_samples, encode, read_source
-from job.device import DeviceChoice, select_device
+from job.device import DeviceChoice, peak_memory_mb, reset_peak_memory, select_device
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate
 from job.model import (
@@ -242,34 +242,3 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() or None if result.returncode == 0 else None
-
-
-# ---------------------------------------------------------------- peak memory
-
-
-def reset_peak_memory() -> None:
-    """Reset the high-water mark so each strategy's peak is its own."""
-    import paddle
-
-    if paddle.device.is_compiled_with_cuda() and paddle.device.get_device().startswith("gpu"):
-        paddle.device.cuda.reset_max_memory_allocated()
-        return
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM (peak RSS)
-
-
-def peak_memory_mb() -> float:
-    """GPU: peak allocated by Paddle. CPU: the process's peak resident memory since the reset."""
-    import paddle
-
-    if paddle.device.is_compiled_with_cuda() and paddle.device.get_device().startswith("gpu"):
-        return round(paddle.device.cuda.max_memory_allocated() / 2**20, 1)
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

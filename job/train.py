@@ -86,6 +86,22 @@ def build_optimizer(model: Any, settings: TrainSettings, total_steps: int) -> tu
     return optimizer, schedule
 
 
+def train_step(model: Any, batch: dict[str, Any], optimizer: Any, schedule: Any) -> float:
+    """One optimizer step on one padded batch; returns the loss (reading it waits for the step)."""
+    import paddle
+    import paddle.nn.functional as F
+
+    logits = model(
+        input_ids=paddle.to_tensor(batch["input_ids"]), token_type_ids=paddle.to_tensor(batch["token_type_ids"])
+    )
+    loss = F.cross_entropy(logits, paddle.to_tensor(batch["labels"]))
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    optimizer.clear_grad()
+    return float(loss)
+
+
 def train(
     model: Any,
     rows: Sequence[Encoded],
@@ -94,9 +110,6 @@ def train(
     label: str,
     stop: StopRequest,
 ) -> TrainOutcome:
-    import paddle
-    import paddle.nn.functional as F
-
     lengths = [len(row.input_ids) for row in rows]
     epochs = [
         epoch_batches(lengths, settings.batch_size, settings.seed, epoch, settings.bucket_window)
@@ -113,15 +126,7 @@ def train(
     for epoch, batches in enumerate(epochs):
         for batch in iterate_batches(rows, batches, pad_id):
             stop.raise_if_requested()
-            logits = model(
-                input_ids=paddle.to_tensor(batch["input_ids"]), token_type_ids=paddle.to_tensor(batch["token_type_ids"])
-            )
-            loss = F.cross_entropy(logits, paddle.to_tensor(batch["labels"]))
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            optimizer.clear_grad()
-            value = float(loss)
+            value = train_step(model, batch, optimizer, schedule)
             if not math.isfinite(value):
                 raise TrainingDiverged(
                     f"{label}: loss became {value} at step {outcome.steps + 1}; lower the learning rate"

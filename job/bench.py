@@ -1,0 +1,208 @@
+"""`python -m job bench`: how fast each strategy trains and evaluates the full-size model here, and
+how that compares with this machine's own fp32 matmul peak (the figure to compare across machines).
+
+Uses the cached pretrained weights when present, else a random init of the same architecture; the
+first 512 TNEWS training titles; the config's batch size and sequence length; the job's own batching
+(length buckets) and training step. Timing is a benchmark, never a test.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from job.config import JobConfig
+from job.data import NUM_CLASSES, Encoded, encode, epoch_batches, iterate_batches, read_clue_file, read_source
+from job.device import peak_memory_mb, reset_peak_memory, select_device
+from job.errors import RetryableError, UserError
+from job.evaluate import evaluate
+from job.model import LoadedModel, count_parameters, load_model, load_tokenizer, quiet_paddlenlp
+from job.strategies import planned_runs
+from job.train import TrainSettings, build_optimizer, train_step
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BENCH_ROWS = 512
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """Best of a few large fp32 matmuls: what this machine's BLAS reaches with the job's threads."""
+    import paddle
+
+    a, b = paddle.randn([size, size]), paddle.randn([size, size])
+    float(paddle.matmul(a, b).sum())  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        float(paddle.matmul(a, b)[0, 0])
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def bench_model(config: JobConfig) -> tuple[LoadedModel, str]:
+    """The cached or local checkpoint when there is one, else a random init of the same architecture;
+    seeded, so every call gives the same weights. Never waits on a download."""
+    import paddle
+    from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
+    from paddlenlp.utils.env import MODEL_HOME
+
+    paddle.seed(config.seed)
+    if Path(config.model_name).is_dir() or (Path(MODEL_HOME) / config.model_name / "model_state.pdparams").is_file():
+        return load_model(config.model_name, NUM_CLASSES), f"{config.model_name} (checkpoint)"
+    model = ErnieForSequenceClassification(ErnieConfig.from_pretrained(config.model_name, num_classes=NUM_CLASSES))
+    head = [name for name, _ in model.named_parameters() if not name.startswith("ernie.")]
+    return LoadedModel(model, head, reinitialised=[]), f"{config.model_name} (random init: no checkpoint here)"
+
+
+def bench_tokenizer(config: JobConfig) -> Any:
+    try:
+        return load_tokenizer(config.model_name)
+    except (RetryableError, UserError):
+        from paddlenlp.transformers import ErnieTokenizer
+
+        vocab = SHARED_DATA / "ernie-3.0-medium-zh" / "vocab.txt"
+        if not vocab.is_file():
+            raise UserError(f"no tokenizer for {config.model_name}: not in $PPNLP_HOME and no {vocab}") from None
+        return ErnieTokenizer(str(vocab))
+
+
+def bench_titles(config: JobConfig) -> tuple[list, str]:
+    """The first 512 training titles: from the configured folder or PaddleNLP's cache, else ../shared."""
+    from paddlenlp.utils.env import DATA_HOME
+
+    if config.data_dir or (Path(DATA_HOME) / "Clue" / "tnews_public" / "train.json").is_file():
+        return read_source(config.data_dir).train[:BENCH_ROWS], config.data_dir or "PaddleNLP clue/tnews"
+    local = SHARED_DATA / "tnews" / "train.json"
+    if not local.is_file():
+        raise UserError(f"no TNEWS data: not configured, not in $PPNLP_HOME, and no {local}")
+    return (read_clue_file(local) or [])[:BENCH_ROWS], str(local)
+
+
+def step_flops(batch_shapes: list[tuple[int, int]], non_embedding: int, layers: int, hidden: int, full: bool) -> float:
+    """Model FLOPs of one step: 6 x params x tokens for full FT (forward, input grads, weight grads),
+    4 x for LoRA (no weight grads for frozen layers), plus attention's two L x L matmuls per layer."""
+    per_token = 6 if full else 4
+    total = 0.0
+    for batch, length in batch_shapes:
+        tokens = batch * length
+        attention = layers * 2 * 2 * batch * length * length * hidden  # QK^T and AV, forward
+        total += per_token * non_embedding * tokens + (3 if full else 2) * attention
+    return total / len(batch_shapes)
+
+
+def time_training(model: Any, rows: list[Encoded], config: JobConfig, name: str, steps: int, warmup: int) -> dict:
+    import paddle
+
+    settings = TrainSettings(
+        config.learning_rate_for(name), config.batch_size_for(name), 1, config.weight_decay, config.warmup_ratio,
+        config.max_grad_norm, config.seed, config.logging_steps, config.length_bucket_window,
+    )  # fmt: skip
+    batches = epoch_batches(
+        [len(r.input_ids) for r in rows], settings.batch_size, config.seed, 0, settings.bucket_window
+    )
+    batches = (batches * (1 + (steps + warmup) // len(batches)))[: steps + warmup]
+    optimizer, schedule = build_optimizer(model, settings, len(batches))
+    model.train()
+    paddle.seed(config.seed)
+    reset_peak_memory()
+    times, shapes = [], []
+    for index, batch in enumerate(iterate_batches(rows, batches, 0)):
+        started = time.perf_counter()
+        train_step(model, batch, optimizer, schedule)
+        if index >= warmup:
+            times.append(time.perf_counter() - started)
+            shapes.append(batch["input_ids"].shape)
+    return {"times": times, "shapes": [tuple(s) for s in shapes], "peak_memory_mb": peak_memory_mb()}
+
+
+def bench_strategy(run: Any, rows: list[Encoded], config: JobConfig, steps: int, warmup: int,
+                   peak: float) -> dict[str, Any]:  # fmt: skip
+    loaded, _ = bench_model(config)
+    model = run.strategy.prepare(loaded, run.config)
+    trainable, total = count_parameters(model)
+    model_config = loaded.model.config
+    non_embedding = sum(
+        int(p.numel()) for n, p in loaded.model.named_parameters() if "embeddings" not in n and "lora_" not in n
+    )
+    timing = time_training(model, rows, run.config, run.strategy.name, steps, warmup)
+    median = statistics.median(timing["times"])
+    batch = config.batch_size_for(run.strategy.name)
+    tokens = statistics.mean(b * length for b, length in timing["shapes"])
+    flops = step_flops(timing["shapes"], non_embedding, model_config.num_hidden_layers, model_config.hidden_size,
+                       full=run.strategy.name == "full_finetune")  # fmt: skip
+    started = time.perf_counter()
+    evaluate(model, rows[:256], config.eval_batch_size, 0)
+    eval_rate = 256 / (time.perf_counter() - started)
+    achieved = flops / median / 1e9
+    return {
+        "label": run.label, "trainable_params": trainable, "total_params": total, "timed_steps": len(timing["times"]),
+        "median_ms_per_step": round(1000 * median, 1), "samples_per_second": round(batch / median, 2),
+        "tokens_per_second": round(tokens / median, 1), "tokens_per_step": round(tokens, 1),
+        "gflop_per_step": round(flops / 1e9, 2), "achieved_gflops": round(achieved, 1),
+        "fraction_of_matmul_peak": round(achieved / peak, 3), "eval_samples_per_second": round(eval_rate, 1),
+        "eval_vs_train_throughput": round(eval_rate / (batch / median), 2), "peak_memory_mb": timing["peak_memory_mb"],
+    }  # fmt: skip
+
+
+def end_to_end_seconds(config_path: Path | None, model: Any, tokenizer: Any, data_dir: str | None) -> float:
+    """Wall time of `python -m job run` on the config with the bench's model saved as a local folder."""
+    with tempfile.TemporaryDirectory() as folder:
+        model_dir = Path(folder) / "model"
+        model.save_pretrained(str(model_dir))
+        tokenizer.save_pretrained(str(model_dir))
+        command = [sys.executable, "-m", "job", "run", "--set", f"model_name={model_dir}",
+                   "--output-dir", str(Path(folder) / "out"), "--force"]  # fmt: skip
+        if config_path is not None:
+            command += ["--config", str(config_path)]
+        if data_dir is not None:
+            command += ["--set", f"data_dir={data_dir}"]
+        started = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True, check=False, env=dict(os.environ))
+        if result.returncode != 0:
+            raise RetryableError(f"end-to-end run failed: {result.stderr[-2000:]}")
+        return time.perf_counter() - started
+
+
+def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: int, e2e: bool) -> dict[str, Any]:
+    quiet_paddlenlp()
+    device = select_device(config.device)
+    peak = matmul_peak_gflops()
+    tokenizer = bench_tokenizer(config)
+    titles, source = bench_titles(config)
+    rows = encode(titles, tokenizer, config.max_seq_length)
+    _, model_source = bench_model(config)
+    results = {run.key: bench_strategy(run, rows, config, steps, warmup, peak) for run in planned_runs(config)}
+    report: dict[str, Any] = {
+        "device": device.description, "threads": os.environ.get("OMP_NUM_THREADS"), "model": model_source,
+        "data": f"{source}, first {len(rows)} training titles", "batch_size": config.batch_size,
+        "max_seq_length": config.max_seq_length, "matmul_peak_gflops": round(peak, 1), "strategies": results,
+    }  # fmt: skip
+    if e2e:
+        local_data = None if config.data_dir or source == "PaddleNLP clue/tnews" else str(Path(source).parent)
+        loaded, _ = bench_model(config)
+        report["end_to_end_seconds"] = round(end_to_end_seconds(config_path, loaded.model, tokenizer, local_data), 1)
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    columns = ("ms/step", "samples/s", "tokens/s", "GFLOP/step", "GFLOP/s", "of peak", "eval samples/s", "peak MB")
+    lines = [
+        f"device {report['device']}, matmul peak {report['matmul_peak_gflops']} GFLOP/s, model {report['model']}",
+        f"data {report['data']}, batch {report['batch_size']}, max_seq_length {report['max_seq_length']}",
+        "",
+        f"{'strategy':44}" + "".join(f"{c:>15}" for c in columns),
+    ]
+    for result in report["strategies"].values():
+        share = f"{100 * result['fraction_of_matmul_peak']:.0f}%"
+        values = (result["median_ms_per_step"], result["samples_per_second"], result["tokens_per_second"],
+                  result["gflop_per_step"], result["achieved_gflops"], share, result["eval_samples_per_second"],
+                  result["peak_memory_mb"])  # fmt: skip
+        lines.append(f"{result['label']:44}" + "".join(f"{v!s:>15}" for v in values))
+    if "end_to_end_seconds" in report:
+        lines += ["", f"end to end (load, train, evaluate, report; every strategy): {report['end_to_end_seconds']} s"]
+    return "\n".join(lines)
