@@ -65,8 +65,11 @@ check-gpu-runtime:
 	  echo "make run-gpu: no NVIDIA container runtime found. Install the NVIDIA driver and the NVIDIA Container"; \
 	  echo "Toolkit (nvidia-ctk runtime configure --runtime=docker), or use make run-cpu."; exit 2; }
 
-run-gpu: check-gpu-runtime reports-dir ## run the job in the GPU container (needs the NVIDIA container toolkit)
-	$(COMPOSE) run --rm -e JOB_CONFIG=$(CONFIG) gpu-job
+# GPUS=0,1 trains data-parallel on those GPUs (paddle.distributed.launch, one process per GPU).
+GPUS ?=
+run-gpu: check-gpu-runtime reports-dir ## run the job in the GPU container; GPUS=0,1 for data-parallel
+	$(COMPOSE) run --rm -e JOB_CONFIG=$(CONFIG) \
+	  $(if $(GPUS),--entrypoint python gpu-job -m paddle.distributed.launch --gpus $(GPUS) --log_dir /tmp/launch /app/job/__main__.py run,gpu-job)
 
 test-docker: venv ## lint, build both images, run the job in them on a tiny model, check the report
 	PY=$(PY) bash tests/docker/smoke.sh

@@ -110,6 +110,8 @@ def run(
         if strategy_from_index:
             keys = [strategy_for_task([run.key for run in planned_runs(config)], os.environ)]
         report = run_job(config, stop, force=force, keys=keys)
+        if report is None:  # a data-parallel rank other than 0: rank 0 writes the report
+            return
     except (UserError, RetryableError, Interrupted, TrainingDiverged) as exc:
         if isinstance(exc, Interrupted):
             click.echo("stopping: finished strategies' results are kept; rerun to complete", err=True)

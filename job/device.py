@@ -63,9 +63,11 @@ def select_device(requested: str) -> DeviceChoice:
     if requested == "gpu" and not has_gpu:
         raise UserError(f"device 'gpu' was requested but {why}; use --device cpu or --device auto")
     if requested in ("gpu", "auto") and has_gpu:
-        paddle.set_device("gpu:0")
-        name = paddle.device.cuda.get_device_name(0)
-        return DeviceChoice("gpu", f"gpu:0 ({name})", f"{requested}: {why}")
+        # Under paddle.distributed.launch each process is given its own GPU (FLAGS_selected_gpus).
+        index = int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0] or 0)  # noqa: SIM112 - Paddle's name
+        paddle.set_device(f"gpu:{index}")
+        name = paddle.device.cuda.get_device_name(index)
+        return DeviceChoice("gpu", f"gpu:{index} ({name})", f"{requested}: {why}")
     paddle.set_device("cpu")
     threads = os.environ.get("OMP_NUM_THREADS", "?")
     reason = "requested" if requested == "cpu" else f"auto: {why}, falling back to CPU"
@@ -98,3 +100,42 @@ def peak_memory_mb() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+# ---------------------------------------------------------------- data-parallel launch
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place under `python -m paddle.distributed.launch` (rank 0 of 1 otherwise)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def process_ranks() -> Ranks:
+    """Read the launcher's environment and join the process group once, when there is more than one."""
+    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1)
+    if world <= 1:
+        return Ranks()
+    import paddle.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_parallel_env()
+    return Ranks(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def usable_batches(batches: list[list[int]], ranks: Ranks) -> list[list[int]]:
+    """Global batches every rank can take a share of: one with fewer rows than ranks is dropped by all
+    ranks alike (each step is a collective that every rank must join)."""
+    return [batch for batch in batches if len(batch) >= ranks.world]
+
+
+def shard_batches(batches: list[list[int]], ranks: Ranks) -> list[list[int]]:
+    """Each global batch split across ranks (rank r takes rows r, r+world, ...), so data-parallel
+    training steps through the same global batches as one process."""
+    return [batch[ranks.rank :: ranks.world] for batch in usable_batches(batches, ranks)]

@@ -15,7 +15,7 @@ from typing import Any
 
 from job.config import JobConfig, check_against_model
 from job.data import NUM_CLASSES, Splits, draw_samples, encode, read_source
-from job.device import DeviceChoice, peak_memory_mb, reset_peak_memory, select_device
+from job.device import DeviceChoice, Ranks, peak_memory_mb, process_ranks, reset_peak_memory, select_device
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate
 from job.model import (
@@ -71,23 +71,30 @@ def pending_runs(config: JobConfig, runs: list[Run], force: bool) -> list[Run]:
     return pending
 
 
-def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: list[str] | None = None) -> Path:
-    """Train every planned run (or those named in `keys`) not yet done and write the report."""
+def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: list[str] | None = None) -> Path | None:
+    """Train every planned run (or those named in `keys`) not yet done and write the report. Under a
+    data-parallel launch only rank 0 evaluates and writes; the other ranks return None."""
     check_output_dir(config.output_path)
     runs = [run for run in planned_runs(config) if keys is None or run.key in keys]
     pending = pending_runs(config, runs, force)
+    ranks = process_ranks() if pending else Ranks()
     if pending:
-        train_runs(config, pending, stop)
+        train_runs(config, pending, stop, ranks)
+    if not ranks.is_main:
+        return None
     return write_report(config.output_path, config.report_file, config.config_hash())
 
 
-def train_runs(config: JobConfig, runs: list[Run], stop: StopRequest) -> None:
+def train_runs(config: JobConfig, runs: list[Run], stop: StopRequest, ranks: Ranks) -> None:
     quiet_paddlenlp()
     check_against_model(config, model_limits(config.model_name))
     raw = read_source(config.data_dir)
     splits = draw_samples(raw, config.max_train_samples, config.max_eval_samples, config.seed)
     device = select_device(config.device)
-    say(f"device: {device.description} ({device.reason})")
+    say(
+        f"device: {device.description} ({device.reason})"
+        + (f", rank {ranks.rank} of {ranks.world}" if ranks.world > 1 else "")
+    )
     for split in splits.all():
         say(f"{split.name}: {split.source}")
 
@@ -98,12 +105,16 @@ def train_runs(config: JobConfig, runs: list[Run], stop: StopRequest) -> None:
 
     for run in runs:
         stop.raise_if_requested()
-        result = train_one(run, encoded, pad_id, tokenizer, stop)
+        result = train_one(run, encoded, pad_id, tokenizer, stop, ranks)
+        if result is None:  # not rank 0
+            continue
         path = save_strategy_result(config.output_path, {"run": run_info, "result": result})
         say(f"[{run.key}] saved {path}")
 
 
-def train_one(run: Run, encoded: dict[str, Any], pad_id: int, tokenizer: Any, stop: StopRequest) -> dict[str, Any]:
+def train_one(
+    run: Run, encoded: dict[str, Any], pad_id: int, tokenizer: Any, stop: StopRequest, ranks: Ranks
+) -> dict[str, Any] | None:
     """Load the model, let the strategy prepare it, train, evaluate: one row of the report."""
     import paddle
 
@@ -131,7 +142,9 @@ def train_one(run: Run, encoded: dict[str, Any], pad_id: int, tokenizer: Any, st
     paddle.seed(config.seed)  # same dropout masks for every run
     reset_peak_memory()
     with out_of_memory_advice(f"[{key}] training", f"{name}_batch_size", settings.batch_size):
-        outcome = train(model, encoded["train"], settings, pad_id, label, stop)
+        outcome = train(model, encoded["train"], settings, pad_id, label, stop, ranks)
+    if not ranks.is_main:
+        return None
     peak_memory = peak_memory_mb()
     with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", config.eval_batch_size):
         dev = evaluate(model, encoded["dev"], config.eval_batch_size, pad_id)

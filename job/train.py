@@ -14,6 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from job.data import Encoded, epoch_batches, iterate_batches
+from job.device import Ranks, shard_batches, usable_batches
 from job.errors import Interrupted, TrainingDiverged
 
 
@@ -109,36 +110,42 @@ def train(
     pad_id: int,
     label: str,
     stop: StopRequest,
+    ranks: Ranks = Ranks(),  # noqa: B008 - a frozen value
 ) -> TrainOutcome:
+    """Train in place. Under a data-parallel launch every rank takes its share of each global batch,
+    gradients are averaged by paddle.DataParallel, and only rank 0 shows progress."""
     lengths = [len(row.input_ids) for row in rows]
     epochs = [
-        epoch_batches(lengths, settings.batch_size, settings.seed, epoch, settings.bucket_window)
+        usable_batches(epoch_batches(lengths, settings.batch_size, settings.seed, epoch, settings.bucket_window), ranks)
         for epoch in range(settings.num_epochs)
     ]
     total_steps = sum(len(batches) for batches in epochs)
     optimizer, schedule = build_optimizer(model, settings, total_steps)
     outcome = TrainOutcome(steps=0, samples=0, tokens=0, seconds=0.0)
     model.train()
+    stepped = model if ranks.world == 1 else _data_parallel(model)
     stop.install()
     progress = tqdm(total=total_steps, desc=f"train {label}", unit="step", file=sys.stderr,
-                    disable=not sys.stderr.isatty(), dynamic_ncols=True)  # fmt: skip
+                    disable=not (sys.stderr.isatty() and ranks.is_main), dynamic_ncols=True)  # fmt: skip
     started = time.perf_counter()
     for epoch, batches in enumerate(epochs):
-        for batch in iterate_batches(rows, batches, pad_id):
+        for global_batch, batch in zip(
+            batches, iterate_batches(rows, shard_batches(batches, ranks), pad_id), strict=True
+        ):
             stop.raise_if_requested()
-            value = train_step(model, batch, optimizer, schedule)
+            value = mean_across_ranks(train_step(stepped, batch, optimizer, schedule), ranks)
             if not math.isfinite(value):
                 raise TrainingDiverged(
                     f"{label}: loss became {value} at step {outcome.steps + 1}; lower the learning rate"
                 )
             outcome.steps += 1
-            outcome.samples += len(batch["labels"])
-            outcome.tokens += int((batch["input_ids"] != pad_id).sum())
+            outcome.samples += len(global_batch)
+            outcome.tokens += sum(lengths[i] for i in global_batch)
             outcome.step_losses.append(value)
             elapsed = time.perf_counter() - started
             progress.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}", samples_s=f"{outcome.samples / elapsed:.1f}")
             progress.update()
-            if outcome.steps % settings.logging_steps == 0 or outcome.steps == total_steps:
+            if ranks.is_main and (outcome.steps % settings.logging_steps == 0 or outcome.steps == total_steps):
                 tqdm.write(
                     f"[{label}] step {outcome.steps}/{total_steps} epoch {epoch + 1} loss {value:.4f} "
                     f"lr {schedule.get_lr():.2e} {outcome.samples / elapsed:.1f} samples/s",
@@ -148,6 +155,24 @@ def train(
     progress.close()
     outcome.optimizer_state_bytes = state_bytes(optimizer)
     return outcome
+
+
+def _data_parallel(model: Any) -> Any:
+    import paddle
+
+    return paddle.DataParallel(model)
+
+
+def mean_across_ranks(value: float, ranks: Ranks) -> float:
+    """The loss every rank logs and checks: the mean over ranks, so all stop on NaN together."""
+    if ranks.world == 1:
+        return value
+    import paddle
+    import paddle.distributed as dist
+
+    tensor = paddle.to_tensor([value], dtype="float32")
+    dist.all_reduce(tensor)
+    return float(tensor) / ranks.world
 
 
 def state_bytes(optimizer: Any) -> int:

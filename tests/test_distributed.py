@@ -1,0 +1,49 @@
+"""Data-parallel training: batch sharding, and a real two-process launch on CPU (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from job.device import Ranks, shard_batches, usable_batches
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_each_rank_takes_its_share_of_every_global_batch() -> None:
+    batches = [[0, 1, 2, 3], [4, 5, 6], [7]]
+    first, second = shard_batches(batches, Ranks(0, 2)), shard_batches(batches, Ranks(1, 2))
+    assert first == [[0, 2], [4, 6]] and second == [[1, 3], [5]]
+    # Together the ranks cover every usable batch exactly; a batch smaller than the world is dropped by all.
+    assert usable_batches(batches, Ranks(0, 2)) == [[0, 1, 2, 3], [4, 5, 6]]
+    assert [sorted(a + b) for a, b in zip(first, second, strict=True)] == usable_batches(batches, Ranks(1, 2))
+    assert shard_batches(batches, Ranks()) == batches
+
+
+@pytest.mark.slow
+def test_two_process_launch_trains_in_step_and_only_rank_0_writes(write_config, tmp_path: Path) -> None:
+    config = write_config(num_epochs=2, max_train_samples=300)
+    out, logs = tmp_path / "out", tmp_path / "launch-logs"
+    result = subprocess.run(
+        [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(logs),
+         str(ROOT / "job" / "__main__.py"), "run", "--config", str(config)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rank0 = (logs / "workerlog.0").read_text(encoding="utf-8")
+    rank1 = (logs / "workerlog.1").read_text(encoding="utf-8")
+    assert "rank 0 of 2" in rank0 and "rank 1 of 2" in rank1
+    assert "[lora] saved" in rank0 and "saved" not in rank1
+    assert "step " not in rank1  # progress is rank 0's alone
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))["strategies"]
+    # The training sample is 300 rows: 19 global batches of 16 an epoch, whatever the number of ranks.
+    for record in results:
+        assert record["steps"] == 2 * 19
+        assert record["samples_per_second"] > 0
+    assert sorted(p.name for p in (out / "results").iterdir()) == ["full_finetune.json", "lora.json"]
