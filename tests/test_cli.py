@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from job.cli import main
@@ -96,6 +98,30 @@ def test_single_strategy_and_reproducible_numbers(write_config, tmp_path: Path) 
     two = json.loads((tmp_path / "again" / "results.json").read_text(encoding="utf-8"))
     for key in ("dev", "test", "step_losses", "trainable_params"):
         assert one["strategies"][0][key] == two["strategies"][0][key], key
+
+
+def test_contiguous_kernels_keep_the_numbers(write_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU speed setting (no strided views) changes memory layout only, never the results."""
+    import paddle
+
+    def run(output: str) -> dict:
+        config = write_config(num_epochs=1, output_dir=str(tmp_path / output))
+        result = CliRunner().invoke(main, ["run", "--config", str(config)])
+        assert result.exit_code == 0, result.output
+        return json.loads((tmp_path / output / "results.json").read_text(encoding="utf-8"))
+
+    monkeypatch.setenv("FLAGS_use_stride_kernel", "1")  # the user's own value is kept
+    paddle.set_flags({"FLAGS_use_stride_kernel": True})
+    strided = run("strided")
+    assert paddle.get_flags("FLAGS_use_stride_kernel")["FLAGS_use_stride_kernel"] is True
+    monkeypatch.delenv("FLAGS_use_stride_kernel")
+    contiguous = run("contiguous")
+    assert paddle.get_flags("FLAGS_use_stride_kernel")["FLAGS_use_stride_kernel"] is False
+    for one, two in zip(strided["strategies"], contiguous["strategies"], strict=True):
+        np.testing.assert_allclose(one["step_losses"], two["step_losses"], rtol=1e-4)
+        for split in ("dev", "test"):
+            assert one[split]["accuracy"] == two[split]["accuracy"]
+            assert one[split]["loss"] == pytest.approx(two[split]["loss"], rel=1e-4)
 
 
 def test_merging_results_of_separate_strategy_runs(write_config, tmp_path: Path) -> None:

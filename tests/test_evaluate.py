@@ -1,0 +1,75 @@
+"""Evaluation's shortcuts (LoRA folded in, last layer on the first position only) give the model's own
+numbers, and leave the model exactly as they found it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from job.data import draw_samples, encode, iterate_batches, read_local_folder
+from job.evaluate import evaluate, last_layer_first_position_only, length_sorted_batches, lora_merged
+from job.model import load_tokenizer
+from tests.test_strategies import prepared, snapshot, train_briefly
+
+
+def eval_rows(tiny_model: Path, tnews_dir: Path) -> list:
+    splits = draw_samples(read_local_folder(tnews_dir), 64, 40, seed=3)
+    return encode(splits.dev.examples, load_tokenizer(str(tiny_model)), 32)
+
+
+def plain_logits(model, batches: list[dict]) -> list[np.ndarray]:
+    import paddle
+
+    with paddle.no_grad():
+        return [
+            model(input_ids=paddle.to_tensor(b["input_ids"]), token_type_ids=paddle.to_tensor(b["token_type_ids"]))
+            .numpy()
+            .copy()
+            for b in batches
+        ]
+
+
+@pytest.mark.parametrize("strategy", ["lora", "full_finetune"])
+def test_shortcuts_give_the_models_own_logits(strategy: str, tiny_model: Path, tnews_dir: Path) -> None:
+    model, _ = prepared(tiny_model, strategy)
+    train_briefly(model, tiny_model, tnews_dir)  # LoRA's B is no longer zero
+    rows = eval_rows(tiny_model, tnews_dir)
+    batches = list(iterate_batches(rows, length_sorted_batches(rows, 16)[::-1], 0))
+    assert len({b["input_ids"].shape[1] for b in batches}) > 1 and (batches[0]["input_ids"] == 0).any()  # padded
+    model.eval()
+    expected = plain_logits(model, batches)
+    with lora_merged(model), last_layer_first_position_only(model):
+        fast = plain_logits(model, batches)
+    for got, want in zip(fast, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(expected[0], expected[0].mean())  # the logits carry information
+
+
+def test_evaluate_matches_a_plain_loop_and_restores_the_model(tiny_model: Path, tnews_dir: Path) -> None:
+    import paddle
+    import paddle.nn.functional as F
+
+    model, _ = prepared(tiny_model, "lora")
+    train_briefly(model, tiny_model, tnews_dir)
+    rows = eval_rows(tiny_model, tnews_dir)
+    before = snapshot(model)
+    result = evaluate(model, rows, 16, 0)
+
+    after = snapshot(model)
+    assert before.keys() == after.keys()
+    for name in before:
+        assert np.array_equal(before[name], after[name]), name  # bit for bit, not merely close
+    last = model.model.ernie.encoder.layers[-1]
+    assert "forward" not in vars(last) and model.training
+    assert not any(getattr(layer, "merged", False) for layer in model.sublayers())
+
+    model.eval()
+    batches = list(iterate_batches(rows, [[i] for i in range(len(rows))], 0))  # one unpadded row at a time
+    logits = np.concatenate(plain_logits(model, batches))
+    labels = np.array([b["labels"][0] for b in batches])
+    loss = float(F.cross_entropy(paddle.to_tensor(logits), paddle.to_tensor(labels), reduction="mean"))
+    assert result.accuracy == float((logits.argmax(-1) == labels).mean())
+    assert result.loss == pytest.approx(loss, rel=1e-5)
+    assert result.examples == len(rows)
