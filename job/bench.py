@@ -21,7 +21,7 @@ from job.config import JobConfig
 from job.data import NUM_CLASSES, Encoded, encode, epoch_batches, iterate_batches, read_clue_file, read_source
 from job.device import peak_memory_mb, reset_peak_memory, select_device
 from job.errors import RetryableError, UserError
-from job.evaluate import evaluate
+from job.evaluate import evaluate, length_sorted_batches
 from job.model import LoadedModel, count_parameters, load_model, load_tokenizer, quiet_paddlenlp
 from job.strategies import planned_runs
 from job.train import TrainSettings, build_optimizer, train_step
@@ -95,6 +95,33 @@ def step_flops(batch_shapes: list[tuple[int, int]], non_embedding: int, layers: 
     return total / len(batch_shapes)
 
 
+def eval_flops(batch_shapes: list[tuple[int, int]], layers: int, hidden: int, intermediate: int) -> float:
+    """FLOPs of evaluation as it runs: a forward pass in which the last layer computes keys and values
+    for every position but its query, attention, output projection and feed-forward for [CLS] only,
+    plus the pooler."""
+    feed_forward = 2 * 2 * hidden * intermediate
+    total = 0.0
+    for batch, length in batch_shapes:
+        full_layer = length * (4 * 2 * hidden**2 + feed_forward) + 2 * 2 * length * length * hidden
+        last_layer = length * 2 * 2 * hidden**2 + 2 * 2 * hidden**2 + feed_forward + 2 * 2 * length * hidden
+        total += batch * ((layers - 1) * full_layer + last_layer + 2 * hidden**2)
+    return total
+
+
+def time_evaluation(model: Any, rows: list[Encoded], batch_size: int) -> tuple[float, float]:
+    """Seconds for one evaluation of `rows` after a warm-up, and its FLOPs."""
+    config = getattr(model, "model", model).config
+    evaluate(model, rows[:32], batch_size, 0)  # warm-up, like the training steps
+    started = time.perf_counter()
+    evaluate(model, rows, batch_size, 0)
+    seconds = time.perf_counter() - started
+    shapes = [
+        (len(batch), max(len(rows[i].input_ids) for i in batch)) for batch in length_sorted_batches(rows, batch_size)
+    ]
+    flops = eval_flops(shapes, config.num_hidden_layers, config.hidden_size, config.intermediate_size)
+    return seconds, flops
+
+
 def time_training(model: Any, rows: list[Encoded], config: JobConfig, name: str, steps: int, warmup: int) -> dict:
     import paddle
 
@@ -135,10 +162,8 @@ def bench_strategy(run: Any, rows: list[Encoded], config: JobConfig, steps: int,
     tokens = statistics.mean(b * length for b, length in timing["shapes"])
     flops = step_flops(timing["shapes"], non_embedding, model_config.num_hidden_layers, model_config.hidden_size,
                        full=run.strategy.name == "full_finetune")  # fmt: skip
-    evaluate(model, rows[256:288], config.eval_batch_size, 0)  # warm-up, like the training steps
-    started = time.perf_counter()
-    evaluate(model, rows[:256], config.eval_batch_size, 0)
-    eval_rate = 256 / (time.perf_counter() - started)
+    eval_seconds, eval_work = time_evaluation(model, rows[:256], config.eval_batch_size)
+    eval_rate = 256 / eval_seconds
     achieved = flops / median / 1e9
     return {
         "label": run.label, "trainable_params": trainable, "total_params": total, "timed_steps": len(timing["times"]),
@@ -146,6 +171,8 @@ def bench_strategy(run: Any, rows: list[Encoded], config: JobConfig, steps: int,
         "tokens_per_second": round(tokens / median, 1), "tokens_per_step": round(tokens, 1),
         "gflop_per_step": round(flops / 1e9, 2), "achieved_gflops": round(achieved, 1),
         "fraction_of_matmul_peak": round(achieved / peak, 3), "eval_samples_per_second": round(eval_rate, 1),
+        "eval_achieved_gflops": round(eval_work / eval_seconds / 1e9, 1),
+        "eval_fraction_of_matmul_peak": round(eval_work / eval_seconds / 1e9 / peak, 3),
         "eval_vs_train_throughput": round(eval_rate / (batch / median), 2), "peak_memory_mb": timing["peak_memory_mb"],
     }  # fmt: skip
 
@@ -191,7 +218,17 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
 
 
 def format_table(report: dict[str, Any]) -> str:
-    columns = ("ms/step", "samples/s", "tokens/s", "GFLOP/step", "GFLOP/s", "of peak", "eval samples/s", "peak MB")
+    columns = (
+        "ms/step",
+        "samples/s",
+        "tokens/s",
+        "GFLOP/step",
+        "GFLOP/s",
+        "of peak",
+        "eval samples/s",
+        "eval of peak",
+        "peak MB",
+    )
     lines = [
         f"device {report['device']}, matmul peak {report['matmul_peak_gflops']} GFLOP/s, model {report['model']}",
         f"data {report['data']}, batch {report['batch_size']}, max_seq_length {report['max_seq_length']}",
@@ -199,10 +236,12 @@ def format_table(report: dict[str, Any]) -> str:
         f"{'strategy':44}" + "".join(f"{c:>15}" for c in columns),
     ]
     for result in report["strategies"].values():
-        share = f"{100 * result['fraction_of_matmul_peak']:.0f}%"
+        share, eval_share = (
+            f"{100 * result[key]:.0f}%" for key in ("fraction_of_matmul_peak", "eval_fraction_of_matmul_peak")
+        )
         values = (result["median_ms_per_step"], result["samples_per_second"], result["tokens_per_second"],
                   result["gflop_per_step"], result["achieved_gflops"], share, result["eval_samples_per_second"],
-                  result["peak_memory_mb"])  # fmt: skip
+                  eval_share, result["peak_memory_mb"])  # fmt: skip
         lines.append(f"{result['label']:44}" + "".join(f"{v!s:>15}" for v in values))
     if "end_to_end_seconds" in report:
         lines += ["", f"end to end (load, train, evaluate, report; every strategy): {report['end_to_end_seconds']} s"]

@@ -2,11 +2,14 @@
 
 `set_cpu_thread_defaults` must run before `import paddle`: Paddle pins OMP_NUM_THREADS=1 when it is
 unset, and MKL takes a slow path on AMD CPUs unless MKL_DEBUG_CPU_TYPE=5 (each measured at 2x).
+On Intel CPUs that same setting would pin MKL to AVX2 and hide AVX-512 (1.4x slower here), so it
+is set on AMD only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +34,28 @@ def _cgroup_cpu_quota() -> int | None:
     return max(1, int(int(quota) // int(period)))
 
 
-def set_cpu_thread_defaults() -> None:
-    """Use every available core unless the user chose otherwise (their settings win)."""
+def cpu_vendor(cpuinfo: str | None = None) -> str:
+    """The `vendor_id` of /proc/cpuinfo (GenuineIntel, AuthenticAMD, ...), or "" when unknown."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "vendor_id":
+            return value.strip()
+    return ""
+
+
+AMD_VENDORS = ("AuthenticAMD", "HygonGenuine")  # Hygon CPUs are AMD Zen designs
+
+
+def set_cpu_thread_defaults(vendor: str | None = None) -> None:
+    """Use every available core, and MKL's fast kernels on AMD, unless the user chose otherwise."""
     os.environ.setdefault("OMP_NUM_THREADS", str(available_cpus()))
-    os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    if (vendor if vendor is not None else cpu_vendor()) in AMD_VENDORS:
+        os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
 
 
 @dataclass(frozen=True)
@@ -53,6 +74,22 @@ def gpu_available() -> tuple[bool, str]:
     if count == 0:
         return False, "Paddle has CUDA support but sees no GPU"
     return True, f"{count} GPU(s) visible"
+
+
+def keep_freed_memory() -> None:
+    """glibc hands large freed blocks back to the OS, and the next step page-faults them in again
+    (full fine-tuning frees and reallocates hundreds of MB a step). Keeping them made full fine-tuning
+    ~10% faster here; the process then holds its peak memory until it exits, as a batch job would
+    anyway. Skipped when the user tunes malloc themselves or the C library is not glibc."""
+    if any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters from <malloc.h>
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
 def select_device(requested: str) -> DeviceChoice:

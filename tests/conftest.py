@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+from job.device import set_cpu_thread_defaults
 
-from tests.fixtures import build_tiny_model, build_tnews_folder
+set_cpu_thread_defaults()  # before Paddle is imported, as `python -m job` does
+
+from tests.fixtures import build_tiny_model, build_tnews_folder  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from job.data import draw_samples, encode, iterate_batches, read_local_folder
-from job.evaluate import evaluate, last_layer_first_position_only, length_sorted_batches, lora_merged
+from job.evaluate import (
+    evaluate,
+    last_encoder_layer,
+    last_layer_first_position_only,
+    length_sorted_batches,
+    lora_merged,
+)
 from job.model import load_tokenizer
 from tests.test_strategies import prepared, snapshot, train_briefly
 
@@ -38,6 +44,7 @@ def test_shortcuts_give_the_models_own_logits(strategy: str, tiny_model: Path, t
     rows = eval_rows(tiny_model, tnews_dir)
     batches = list(iterate_batches(rows, length_sorted_batches(rows, 16)[::-1], 0))
     assert len({b["input_ids"].shape[1] for b in batches}) > 1 and (batches[0]["input_ids"] == 0).any()  # padded
+    assert last_encoder_layer(model) is not None  # the shortcut applies to both
     model.eval()
     expected = plain_logits(model, batches)
     with lora_merged(model), last_layer_first_position_only(model):

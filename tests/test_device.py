@@ -1,0 +1,61 @@
+"""CPU settings the job makes before Paddle is imported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from job.device import available_cpus, cpu_vendor, set_cpu_thread_defaults
+
+CPUINFO = "processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: 25\nmodel name\t: Some CPU\n\nprocessor\t: 1\n"
+
+
+def test_vendor_is_read_from_cpuinfo() -> None:
+    assert cpu_vendor(CPUINFO.format(vendor="AuthenticAMD")) == "AuthenticAMD"
+    assert cpu_vendor("processor\t: 0\n") == ""
+    assert cpu_vendor() != ""  # this machine's /proc/cpuinfo
+
+
+@pytest.mark.parametrize(
+    ("vendor", "expected"), [("AuthenticAMD", "5"), ("HygonGenuine", "5"), ("GenuineIntel", None), ("", None)]
+)
+def test_mkl_fast_path_is_forced_on_amd_only(
+    vendor: str, expected: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MKL_DEBUG_CPU_TYPE", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    set_cpu_thread_defaults(vendor)
+    assert os.environ.get("MKL_DEBUG_CPU_TYPE") == expected
+    assert os.environ["OMP_NUM_THREADS"] == str(available_cpus())
+
+
+def test_the_users_values_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MKL_DEBUG_CPU_TYPE", "4")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    set_cpu_thread_defaults("AuthenticAMD")
+    assert os.environ["MKL_DEBUG_CPU_TYPE"] == "4" and os.environ["OMP_NUM_THREADS"] == "3"
+
+
+RESIDENT_MB_AFTER_FREEING_100_MB = """
+import sys
+import numpy as np
+if sys.argv[1] == "keep":
+    from job.device import keep_freed_memory
+    keep_freed_memory()
+block = np.ones(25_000_000, dtype=np.float32)
+del block
+status = open("/proc/self/status").read().split("VmRSS:")[1]
+print(int(status.split()[0]) // 1024)
+"""
+
+
+def test_freed_memory_stays_with_the_process_for_reuse() -> None:
+    def resident_mb(mode: str) -> int:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+        command = [sys.executable, "-c", RESIDENT_MB_AFTER_FREEING_100_MB, mode]
+        return int(subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout)
+
+    assert resident_mb("keep") - resident_mb("default") > 80  # glibc alone hands the 100 MB back to the OS
