@@ -15,7 +15,16 @@ from typing import Any
 
 from job.config import JobConfig, check_against_model
 from job.data import NUM_CLASSES, Splits, draw_samples, encode, read_source
-from job.device import DeviceChoice, Ranks, peak_memory_mb, process_ranks, reset_peak_memory, select_device
+from job.device import (
+    DeviceChoice,
+    Ranks,
+    cpu_vendor,
+    peak_memory_mb,
+    process_ranks,
+    reset_peak_memory,
+    select_device,
+    strided_views,
+)
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate
 from job.model import (
@@ -231,6 +240,7 @@ def describe_run(config: JobConfig, device: DeviceChoice, splits: Splits, files:
         "versions": package_versions(),
         "git_commit": git_commit(),
         "threads": {key: os.environ.get(key) for key in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")},
+        "cpu": {"vendor": cpu_vendor(), "strided_views": strided_views()},
     }
 
 

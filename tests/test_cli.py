@@ -64,6 +64,7 @@ def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: 
     assert by_name["lora"]["learning_rate"] == 3e-2 and by_name["full_finetune"]["learning_rate"] == 1e-2
     assert by_name["lora"]["trainable_params"] < by_name["full_finetune"]["trainable_params"]
     assert results["run"]["device"]["name"] == "cpu"
+    assert results["run"]["cpu"]["strided_views"] is False and results["run"]["cpu"]["vendor"]
     assert set(results["run"]["data"]["files"]) == {"train.json", "dev.json"}
     assert "device: cpu" in result.stderr
     assert "No model files were saved" in report
