@@ -108,9 +108,8 @@ def eval_flops(batch_shapes: list[tuple[int, int]], layers: int, hidden: int, in
     return total
 
 
-def time_evaluation(model: Any, rows: list[Encoded], batch_size: int) -> tuple[float, float]:
+def time_evaluation(model: Any, model_config: Any, rows: list[Encoded], batch_size: int) -> tuple[float, float]:
     """Seconds for one evaluation of `rows` after a warm-up, and its FLOPs."""
-    config = getattr(model, "model", model).config
     evaluate(model, rows[:32], batch_size, 0)  # warm-up, like the training steps
     started = time.perf_counter()
     evaluate(model, rows, batch_size, 0)
@@ -118,7 +117,7 @@ def time_evaluation(model: Any, rows: list[Encoded], batch_size: int) -> tuple[f
     shapes = [
         (len(batch), max(len(rows[i].input_ids) for i in batch)) for batch in length_sorted_batches(rows, batch_size)
     ]
-    flops = eval_flops(shapes, config.num_hidden_layers, config.hidden_size, config.intermediate_size)
+    flops = eval_flops(shapes, model_config.num_hidden_layers, model_config.hidden_size, model_config.intermediate_size)
     return seconds, flops
 
 
@@ -162,8 +161,9 @@ def bench_strategy(run: Any, rows: list[Encoded], config: JobConfig, steps: int,
     tokens = statistics.mean(b * length for b, length in timing["shapes"])
     flops = step_flops(timing["shapes"], non_embedding, model_config.num_hidden_layers, model_config.hidden_size,
                        full=run.strategy.name == "full_finetune")  # fmt: skip
-    eval_seconds, eval_work = time_evaluation(model, rows[:256], config.eval_batch_size)
-    eval_rate = 256 / eval_seconds
+    eval_rows = rows[:256]
+    eval_seconds, eval_work = time_evaluation(model, model_config, eval_rows, config.eval_batch_size)
+    eval_rate = len(eval_rows) / eval_seconds
     achieved = flops / median / 1e9
     return {
         "label": run.label, "trainable_params": trainable, "total_params": total, "timed_steps": len(timing["times"]),

@@ -76,12 +76,6 @@ def gpu_available() -> tuple[bool, str]:
     return True, f"{count} GPU(s) visible"
 
 
-def strided_views() -> bool:
-    import paddle
-
-    return bool(paddle.get_flags("FLAGS_use_stride_kernel")["FLAGS_use_stride_kernel"])
-
-
 def keep_freed_memory() -> None:
     """glibc hands large freed blocks back to the OS, and the next step page-faults them in again
     (full fine-tuning frees and reallocates hundreds of MB a step). Keeping them made full fine-tuning
@@ -126,6 +120,13 @@ def use_contiguous_kernels() -> None:
 
     if "FLAGS_use_stride_kernel" not in os.environ:
         paddle.set_flags({"FLAGS_use_stride_kernel": False})
+
+
+def strided_views() -> bool:
+    """Whether Paddle currently returns strided views (recorded in results.json)."""
+    import paddle
+
+    return bool(paddle.get_flags("FLAGS_use_stride_kernel")["FLAGS_use_stride_kernel"])
 
 
 def reset_peak_memory() -> None:
