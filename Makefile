@@ -42,11 +42,12 @@ bench: venv ## speed of each strategy on the full-size model (table + bench.json
 run-local: venv ## run the job in the venv: make run-local CONFIG=configs/x.yaml
 	$(PY) -m job run --config $(CONFIG)
 
-lint: venv ## ruff, hadolint and the compose file
+lint: venv ## ruff, hadolint, the compose file, and the batch manifests against the services' schemas
 	$(VENV)/bin/ruff check job tests
 	$(VENV)/bin/ruff format --check job tests
 	$(VENV)/bin/hadolint Dockerfile.cpu Dockerfile.gpu
 	$(COMPOSE) --profile '*' config -q
+	$(PY) -m tests.manifest_schemas
 
 build-cpu: ## build the CPU image (ernie-tnews-job:cpu)
 	$(COMPOSE) build cpu-job

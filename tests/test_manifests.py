@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from google.protobuf.json_format import ParseError
 
 from job.cli import main
+from job.config import JobConfig
+from tests import manifest_schemas
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = ROOT / "configs" / "batch"
@@ -97,10 +100,82 @@ def test_retries_only_for_retryable_exit_codes() -> None:
 
 
 def test_array_sizes_match_the_default_strategies() -> None:
-    from job.config import JobConfig
-
     count = len(JobConfig.model_fields["strategies"].default)
     gcp_job = json.loads((BATCH / "gcp-batch-job.json").read_text(encoding="utf-8"))
     assert gcp_job["taskGroups"][0]["taskCount"] == count
     job = yaml.safe_load((BATCH / "kubernetes-job.yaml").read_text(encoding="utf-8"))
     assert job["spec"]["completions"] == count
+
+
+# ---------------------------------------------------------------- the services' own schemas
+
+
+@pytest.mark.parametrize("manifest", manifest_schemas.kubernetes_manifests(), ids=lambda path: path.name)
+def test_kubernetes_manifests_validate_strictly_for_every_supported_version(manifest: Path) -> None:
+    versions = manifest_schemas.kubernetes_versions()
+    assert versions[0] == manifest_schemas.OLDEST_KUBERNETES and len(versions) >= 2
+    errors = {version: manifest_schemas.kubernetes_errors(manifest, version) for version in versions}
+    assert errors == {version: [] for version in versions}
+
+
+def test_kubernetes_validation_catches_a_missing_condition_status(tmp_path: Path) -> None:
+    """The check itself can fail: the DisruptionTarget rule without `status` is refused by 1.29."""
+    text = (BATCH / "kubernetes-job.yaml").read_text(encoding="utf-8")
+    broken = tmp_path / "job.yaml"
+    broken.write_text(text.replace('            status: "True"\n', ""), encoding="utf-8")
+    assert broken.read_text(encoding="utf-8") != text
+    errors = manifest_schemas.kubernetes_errors(broken, manifest_schemas.OLDEST_KUBERNETES)
+    assert errors and "'status' is a required property" in errors[0]
+
+
+def test_aws_job_definition_is_a_valid_register_job_definition_input(tmp_path: Path) -> None:
+    assert manifest_schemas.aws_errors(BATCH / "aws-batch-job-definition.json") == ""
+    definition = json.loads((BATCH / "aws-batch-job-definition.json").read_text(encoding="utf-8"))
+    definition["containerProperties"]["mountPoint"] = []  # a typo the service would refuse
+    broken = tmp_path / "definition.json"
+    broken.write_text(json.dumps(definition), encoding="utf-8")
+    assert 'Unknown parameter in containerProperties: "mountPoint"' in manifest_schemas.aws_errors(broken)
+
+
+def readme_submit_job() -> dict:
+    """The README's `aws batch submit-job` command as SubmitJob parameters (CLI shorthand -> JSON)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"`aws batch submit-job ([^`]+)`", readme)
+    assert match, "README shows no `aws batch submit-job` command"
+    words = match.group(1).split()
+    params: dict = {}
+    for flag, value in zip(words[::2], words[1::2], strict=True):
+        first, *rest = flag.removeprefix("--").split("-")
+        name = first + "".join(part.capitalize() for part in rest)
+        if "=" in value:  # shorthand: key=value[,key=value]
+            value = {k: int(v) if v.isdigit() else v for k, v in (pair.split("=") for pair in value.split(","))}
+        params[name] = value
+    return params
+
+
+def test_readme_submit_job_is_a_valid_submit_job_input(tmp_path: Path) -> None:
+    params = readme_submit_job()
+    definition = json.loads((BATCH / "aws-batch-job-definition.json").read_text(encoding="utf-8"))
+    assert params["jobDefinition"] == definition["jobDefinitionName"]
+    path = tmp_path / "submit.json"
+    path.write_text(json.dumps(params), encoding="utf-8")
+    assert manifest_schemas.aws_errors(path, "SubmitJob") == ""
+
+
+def test_gcp_job_parses_as_a_cloud_batch_job_with_the_expected_tasks(tmp_path: Path) -> None:
+    job = manifest_schemas.gcp_job(BATCH / "gcp-batch-job.json")
+    group = job.task_groups[0]
+    runs = len(JobConfig.model_fields["strategies"].default)
+    assert (group.task_count, group.parallelism) == (runs, runs)
+    assert list(group.task_spec.runnables[0].container.commands) == ["run", "--strategy-from-index"]
+    broken = tmp_path / "job.json"
+    broken.write_text(
+        (BATCH / "gcp-batch-job.json").read_text(encoding="utf-8").replace('"taskCount"', '"taskCnt"'), encoding="utf-8"
+    )
+    with pytest.raises(ParseError, match="taskCnt"):
+        manifest_schemas.gcp_job(broken)
+
+
+def test_schema_check_command_passes_on_the_shipped_manifests() -> None:
+    """What `make lint` runs."""
+    assert manifest_schemas.main() == 0
