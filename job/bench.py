@@ -23,8 +23,8 @@ from job.device import peak_memory_mb, reset_peak_memory, select_device
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate, length_sorted_batches
 from job.model import LoadedModel, count_parameters, load_model, load_tokenizer, quiet_paddlenlp
-from job.strategies import planned_runs
-from job.train import TrainSettings, build_optimizer, train_step
+from job.plan import Run, plan_runs
+from job.train import build_optimizer, train_step
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BENCH_ROWS = 512
@@ -51,7 +51,7 @@ def bench_model(config: JobConfig) -> tuple[LoadedModel, str]:
     from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
     from paddlenlp.utils.env import MODEL_HOME
 
-    paddle.seed(config.seed)
+    paddle.seed(config.seeds()[0])
     if Path(config.model_name).is_dir() or (Path(MODEL_HOME) / config.model_name / "model_state.pdparams").is_file():
         return load_model(config.model_name, NUM_CLASSES), f"{config.model_name} (checkpoint)"
     model = ErnieForSequenceClassification(ErnieConfig.from_pretrained(config.model_name, num_classes=NUM_CLASSES))
@@ -121,20 +121,17 @@ def time_evaluation(model: Any, model_config: Any, rows: list[Encoded], batch_si
     return seconds, flops
 
 
-def time_training(model: Any, rows: list[Encoded], config: JobConfig, name: str, steps: int, warmup: int) -> dict:
+def time_training(model: Any, rows: list[Encoded], run: Run, steps: int, warmup: int) -> dict:
     import paddle
 
-    settings = TrainSettings(
-        config.learning_rate_for(name), config.batch_size_for(name), 1, config.weight_decay, config.warmup_ratio,
-        config.max_grad_norm, config.seed, config.logging_steps, config.length_bucket_window,
-    )  # fmt: skip
+    settings = run.settings
     batches = epoch_batches(
-        [len(r.input_ids) for r in rows], settings.batch_size, config.seed, 0, settings.bucket_window
+        [len(r.input_ids) for r in rows], settings.batch_size, settings.seed, 0, settings.bucket_window
     )
     batches = (batches * (1 + (steps + warmup) // len(batches)))[: steps + warmup]
     optimizer, schedule = build_optimizer(model, settings, len(batches))
     model.train()
-    paddle.seed(config.seed)
+    paddle.seed(settings.seed)
     reset_peak_memory()
     times, shapes = [], []
     for index, batch in enumerate(iterate_batches(rows, batches, 0)):
@@ -146,23 +143,23 @@ def time_training(model: Any, rows: list[Encoded], config: JobConfig, name: str,
     return {"times": times, "shapes": [tuple(s) for s in shapes], "peak_memory_mb": peak_memory_mb()}
 
 
-def bench_strategy(run: Any, rows: list[Encoded], config: JobConfig, steps: int, warmup: int,
+def bench_strategy(run: Run, rows: list[Encoded], config: JobConfig, steps: int, warmup: int,
                    peak: float) -> dict[str, Any]:  # fmt: skip
     loaded, _ = bench_model(config)
-    model = run.strategy.prepare(loaded, run.config)
+    model = run.strategy.prepare(loaded, run)
     trainable, total = count_parameters(model)
     model_config = loaded.model.config
     non_embedding = sum(
         int(p.numel()) for n, p in loaded.model.named_parameters() if "embeddings" not in n and "lora_" not in n
     )
-    timing = time_training(model, rows, run.config, run.strategy.name, steps, warmup)
+    timing = time_training(model, rows, run, steps, warmup)
     median = statistics.median(timing["times"])
-    batch = config.batch_size_for(run.strategy.name)
+    batch = run.settings.batch_size
     tokens = statistics.mean(b * length for b, length in timing["shapes"])
     flops = step_flops(timing["shapes"], non_embedding, model_config.num_hidden_layers, model_config.hidden_size,
                        full=run.strategy.name == "full_finetune")  # fmt: skip
     eval_rows = rows[:256]
-    eval_seconds, eval_work = time_evaluation(model, model_config, eval_rows, config.eval_batch_size)
+    eval_seconds, eval_work = time_evaluation(model, model_config, eval_rows, run.eval_batch_size)
     eval_rate = len(eval_rows) / eval_seconds
     achieved = flops / median / 1e9
     return {
@@ -196,6 +193,14 @@ def end_to_end_seconds(config_path: Path | None, model: Any, tokenizer: Any, dat
         return time.perf_counter() - started
 
 
+def one_run_per_group(config: JobConfig) -> list[Run]:
+    """The first planned run of each headline row: rates and seeds do not change a step's cost."""
+    firsts: dict[str, Run] = {}
+    for run in plan_runs(config):
+        firsts.setdefault(run.group, run)
+    return list(firsts.values())
+
+
 def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: int, e2e: bool) -> dict[str, Any]:
     quiet_paddlenlp()
     device = select_device(config.device)
@@ -204,7 +209,7 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
     titles, source = bench_titles(config)
     rows = encode(titles, tokenizer, config.max_seq_length)
     _, model_source = bench_model(config)
-    results = {run.key: bench_strategy(run, rows, config, steps, warmup, peak) for run in planned_runs(config)}
+    results = {run.group: bench_strategy(run, rows, config, steps, warmup, peak) for run in one_run_per_group(config)}
     report: dict[str, Any] = {
         "device": device.description, "threads": os.environ.get("OMP_NUM_THREADS"), "model": model_source,
         "data": f"{source}, first {len(rows)} training titles", "batch_size": config.batch_size,

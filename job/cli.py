@@ -1,5 +1,5 @@
-"""Command line: `python -m job run|validate|report`. Options only; errors become exit codes:
-0 success, 1 training failed (NaN loss), 2 bad input (config, data, model, device),
+"""Command line: `python -m job run|plan|validate|report|bench|config-reference`. Options only;
+errors become exit codes: 0 success, 1 training failed (NaN loss), 2 bad input (config, data, model, device),
 75 retryable (download or I/O), 128+N killed by signal N (143 for SIGTERM, 130 for Ctrl-C)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import click
 
 from job.config import JobConfig, describe_fields, is_plain_file_name, load_config, parse_override
 from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError
+from job.strategies import STRATEGY_NAMES
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -36,17 +37,18 @@ SET_OPTION = click.option(
 INDEX_VARIABLES = ("AWS_BATCH_JOB_ARRAY_INDEX", "BATCH_TASK_INDEX", "JOB_COMPLETION_INDEX")
 
 
-def strategy_for_task(runs: list[str], environ: dict[str, str]) -> str:
-    """The run an array task trains: task index i trains the i-th planned run (the order of `strategies`,
-    a LoRA rank sweep expanded in place)."""
+def run_for_task(runs: list[str], environ: dict[str, str]) -> str:
+    """The run an array task trains: task index i trains the i-th run of `job plan`."""
     found = [(name, environ[name]) for name in INDEX_VARIABLES if environ.get(name, "") != ""]
     if not found:
-        raise UserError(f"--strategy-from-index: none of {', '.join(INDEX_VARIABLES)} is set")
+        raise UserError(f"--run-from-index: none of {', '.join(INDEX_VARIABLES)} is set")
     name, raw = found[0]
-    if not raw.isdigit() or int(raw) >= len(runs):
+    # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or int(raw) >= len(runs):
+        listing = ", ".join(runs[:4]) + (", ..." if len(runs) > 4 else "")
         raise UserError(
-            f"--strategy-from-index: {name}={raw} is not a task index for runs {runs} "
-            f"(0 to {len(runs) - 1}); set the array size to {len(runs)}"
+            f"--run-from-index: {name}={raw} is not a task index of the {len(runs)} planned runs ({listing}; "
+            f"0 to {len(runs) - 1}); set the array size to {len(runs)} (`python -m job plan` lists them)"
         )
     return runs[int(raw)]
 
@@ -77,23 +79,23 @@ def main() -> None:
 @click.option(
     "--strategy",
     "strategies",
-    type=click.Choice(["lora", "full_finetune"]),
+    type=click.Choice(STRATEGY_NAMES),
     multiple=True,
     help="Run only this strategy (repeatable). Default: config key 'strategies'.",
 )
 @click.option(
-    "--strategy-from-index", is_flag=True,
-    help=f"Array task: run the strategy at the task index ({', '.join(INDEX_VARIABLES)}) of config key 'strategies'.",
+    "--run-from-index", "--strategy-from-index", "run_from_index", is_flag=True,
+    help=f"Array task: train run i of `job plan`, i from {', '.join(INDEX_VARIABLES)}.",
 )  # fmt: skip
 @click.option("--force", is_flag=True, help="Retrain strategies whose result for this config already exists.")
 def run(
     config_path: Path | None, overrides: tuple[str, ...], device: str | None, output_dir: str | None,
-    strategies: tuple[str, ...], strategy_from_index: bool, force: bool,
+    strategies: tuple[str, ...], run_from_index: bool, force: bool,
 ) -> None:  # fmt: skip
-    """Train every configured strategy, then write the report and results.json to output_dir.
+    """Train every planned run (`job plan`), then write the report and results.json to output_dir.
 
-    A strategy whose result for the same config is already in output_dir is skipped, so rerunning an
-    interrupted command resumes it. Each finished strategy's result is saved at once; the report merges
+    A run whose result for the same config is already in output_dir is skipped, so rerunning an
+    interrupted command resumes it. Each finished run's result is saved at once; the report merges
     all results of this config found in output_dir."""
     from job.train import StopRequest
 
@@ -103,22 +105,39 @@ def run(
         config = resolve_config(
             config_path, overrides, device=device, output_dir=output_dir, strategies=list(strategies) or None
         )
+        from job.plan import plan_runs
         from job.runner import run_job
-        from job.strategies import planned_runs
 
         keys = None
-        if strategy_from_index:
-            keys = [strategy_for_task([run.key for run in planned_runs(config)], os.environ)]
+        if run_from_index:
+            keys = [run_for_task([run.key for run in plan_runs(config)], os.environ)]
         report = run_job(config, stop, force=force, keys=keys)
         if report is None:  # a data-parallel rank other than 0: rank 0 writes the report
             return
     except (UserError, RetryableError, Interrupted, TrainingDiverged) as exc:
         if isinstance(exc, Interrupted):
-            click.echo("stopping: finished strategies' results are kept; rerun to complete", err=True)
+            click.echo("stopping: finished runs' results are kept; rerun to complete", err=True)
         fail(exc, exc.exit_code)
     except OSError as exc:  # disk full, a vanished mount: worth a retry, never a traceback
         fail(RetryableError(f"I/O error: {exc}"), RetryableError.exit_code)
     click.echo(f"report: {report}")
+
+
+@main.command()
+@CONFIG_OPTION
+@SET_OPTION
+@click.option("--strategy", "strategies", type=click.Choice(STRATEGY_NAMES), multiple=True,
+              help="Only this strategy's runs (repeatable), as `job run --strategy`.")  # fmt: skip
+def plan(config_path: Path | None, overrides: tuple[str, ...], strategies: tuple[str, ...]) -> None:
+    """Print the planned runs, one line each (array index, key, settings), then the array size a batch
+    queue needs. Loads and writes nothing."""
+    try:
+        config = resolve_config(config_path, overrides, strategies=list(strategies) or None)
+    except UserError as exc:
+        fail(exc, exc.exit_code)
+    from job.plan import format_plan, plan_runs
+
+    click.echo(format_plan(plan_runs(config)))
 
 
 @main.command()
@@ -137,11 +156,11 @@ def validate(config_path: Path | None, overrides: tuple[str, ...]) -> None:
 @main.command()
 @click.option(
     "--output-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-    help="Folder of a previous run (holds results/<strategy>.json).",
+    help="Folder of a previous run (holds results/<run>.json).",
 )  # fmt: skip
 @click.option("--report-file", default=None, help="Report file name (default: the one the run used).")
 def report(output_dir: Path, report_file: str | None) -> None:
-    """Rebuild the report and results.json from the per-strategy results saved in output_dir."""
+    """Rebuild the report, results.json and the plots from the run results saved in output_dir."""
     from job.runner import write_report
 
     try:

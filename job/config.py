@@ -16,10 +16,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from job.errors import UserError
+from job.strategies import STRATEGY_NAMES
 
-StrategyName = Literal["lora", "full_finetune"]
+StrategyName = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]  # derived from the registry
 PositiveInt = Annotated[int, Field(ge=1)]
-STRATEGY_NAMES: tuple[str, ...] = ("lora", "full_finetune")
+MAX_SEED = 2**32 - 1  # Paddle's and NumPy's generators take seeds up to here
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Rate = Annotated[float, Field(gt=0, le=1)]
+# Keys that take one value or a list; a list makes one run per value (the grid). No empty lists and no
+# repeated values: either would make runs that are not what the user meant.
+GRID_KEYS = ("seed", "learning_rate", "lora_learning_rate", "full_finetune_learning_rate")
 
 # Keys that do not change any strategy's numbers (where results go, which strategies run, how
 # often to log): they are left out of the config hash, so results of split runs can be merged.
@@ -40,12 +46,19 @@ class JobConfig(BaseModel):
     model_name: str = Field("ernie-3.0-medium-zh", description="PaddleNLP model name or a local model folder")
     max_seq_length: int = Field(128, ge=8, description="tokens per sentence after truncation")
     batch_size: int = Field(8, ge=1, description="training batch size")
-    learning_rate: float = Field(5e-5, gt=0, le=1, description="peak learning rate shared by all strategies")
+    learning_rate: Rate | list[Rate] = Field(
+        5e-5, description="peak learning rate shared by all strategies; a list trains one run per rate"
+    )
     weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay (not on bias/LayerNorm)")
     num_epochs: int = Field(1, ge=1, le=1000, description="passes over the training sample")
     max_train_samples: int | None = Field(512, ge=1, description="training rows drawn from train (null: all)")
     max_eval_samples: int | None = Field(256, ge=1, description="rows drawn for dev and for test (null: all)")
-    seed: int = Field(42, ge=0, description="seeds sampling, batch order and initialisation")
+    seed: Seed | list[Seed] = Field(
+        42, description="seeds batch order, head and LoRA initialisation and dropout; a list repeats every run per seed"
+    )
+    data_seed: Seed | None = Field(
+        None, description="seeds the train/dev/test sample, the same rows for every run (null: the first seed)"
+    )
     output_dir: str = Field("reports", min_length=1, description="folder for the report and results")
     report_file: str = Field("ernie_lora_vs_full_report.md", description="report file name inside output_dir")
     save_artifacts: bool = Field(False, description="save the LoRA adapter, merged model and full-FT model")
@@ -77,10 +90,12 @@ class JobConfig(BaseModel):
     length_bucket_window: int = Field(
         16, ge=0, description="batches per window sorted by length to cut padding (0: plain shuffle)"
     )
-    lora_learning_rate: float | None = Field(None, gt=0, le=1, description="LoRA's own rate (null: learning_rate)")
+    lora_learning_rate: Rate | list[Rate] | None = Field(
+        None, description="LoRA's own rate or rates (null: learning_rate)"
+    )
     lora_batch_size: int | None = Field(None, ge=1, description="LoRA's own batch size (null: batch_size)")
-    full_finetune_learning_rate: float | None = Field(
-        None, gt=0, le=1, description="full FT's own rate (null: learning_rate)"
+    full_finetune_learning_rate: Rate | list[Rate] | None = Field(
+        None, description="full FT's own rate or rates (null: learning_rate)"
     )
     full_finetune_batch_size: int | None = Field(None, ge=1, description="full FT's own batch size (null: batch_size)")
 
@@ -99,11 +114,22 @@ class JobConfig(BaseModel):
             raise ValueError(f"lists {', '.join(duplicates)} more than once")
         return value
 
-    @field_validator("lora_r", "lora_alpha")
+    @field_validator("lora_r", "lora_alpha", *GRID_KEYS)
     @classmethod
-    def _non_empty_sweep(cls, value: int | list[int]) -> int | list[int]:
+    def _non_empty_list(cls, value: Any) -> Any:
         if isinstance(value, list) and not value:
             raise ValueError("an empty list; give a number or a list of numbers")
+        return value
+
+    @field_validator(*GRID_KEYS)
+    @classmethod
+    def _no_repeated_value(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            repeated = sorted({item for item in value if value.count(item) > 1})
+            if repeated:
+                raise ValueError(
+                    f"the list repeats {', '.join(f'{item:g}' for item in repeated)}; give each value once"
+                )
         return value
 
     @model_validator(mode="after")
@@ -135,13 +161,16 @@ class JobConfig(BaseModel):
         alphas = self.lora_alpha if isinstance(self.lora_alpha, list) else [self.lora_alpha] * len(ranks)
         return list(zip(ranks, alphas, strict=False))
 
-    def learning_rate_for(self, strategy: str) -> float:
-        own = getattr(self, f"{strategy}_learning_rate")
-        return self.learning_rate if own is None else own
+    def seeds(self) -> list[int]:
+        return _as_list(self.seed)
 
-    def batch_size_for(self, strategy: str) -> int:
-        own = getattr(self, f"{strategy}_batch_size")
-        return self.batch_size if own is None else own
+    def sample_seed(self) -> int:
+        """The seed of the data sample: `data_seed`, else the first seed."""
+        return self.seeds()[0] if self.data_seed is None else self.data_seed
+
+    def learning_rates_for(self, strategy: str) -> list[float]:
+        own = getattr(self, f"{strategy}_learning_rate")
+        return _as_list(self.learning_rate if own is None else own)
 
     def config_hash(self) -> str:
         """Hash of everything that changes the numbers (not where they are written)."""
@@ -157,7 +186,7 @@ class JobConfig(BaseModel):
         return self.output_path / self.report_file
 
 
-def _as_list(value: int | list[int]) -> list[int]:
+def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import types
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from job.data import Encoded, iterate_batches
+from job.data import NUM_CLASSES, Encoded, iterate_batches
+from job.results import SplitResult
+from job.stats import encode_classes, macro_f1, per_class_accuracy
 
 
 @dataclass(frozen=True)
@@ -21,9 +23,19 @@ class EvalResult:
     accuracy: float
     loss: float  # mean cross-entropy per example
     examples: int
+    predictions: list[int]  # predicted class id per row, in the rows' order
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def split_result(self, rows: Sequence[Encoded]) -> SplitResult:
+        """The record of this split: accuracy and loss, macro-F1, per-class accuracy, predictions."""
+        labels = [row.label for row in rows]
+        return SplitResult(
+            accuracy=self.accuracy,
+            loss=self.loss,
+            examples=self.examples,
+            macro_f1=macro_f1(self.predictions, labels, NUM_CLASSES),
+            per_class_accuracy=per_class_accuracy(self.predictions, labels, NUM_CLASSES),
+            predictions=encode_classes(self.predictions),
+        )
 
 
 def length_sorted_batches(rows: Sequence[Encoded], batch_size: int) -> list[list[int]]:
@@ -102,15 +114,20 @@ def evaluate(model: Any, rows: Sequence[Encoded], batch_size: int, pad_id: int) 
     import paddle.nn.functional as F
 
     model.eval()
-    correct = 0
     loss_sum = 0.0
+    predictions = [0] * len(rows)
+    batches = length_sorted_batches(rows, batch_size)
     with paddle.no_grad(), lora_merged(model), last_layer_first_position_only(model):
-        for batch in iterate_batches(rows, length_sorted_batches(rows, batch_size), pad_id):
+        for indices, batch in zip(batches, iterate_batches(rows, batches, pad_id), strict=True):
             logits = model(
                 input_ids=paddle.to_tensor(batch["input_ids"]), token_type_ids=paddle.to_tensor(batch["token_type_ids"])
             )
             labels = paddle.to_tensor(batch["labels"])
             loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-            correct += int((logits.argmax(axis=-1) == labels).astype("int64").sum())
+            for index, predicted in zip(indices, logits.argmax(axis=-1).numpy().tolist(), strict=True):
+                predictions[index] = int(predicted)
     model.train()
-    return EvalResult(accuracy=correct / len(rows), loss=loss_sum / len(rows), examples=len(rows))
+    correct = sum(int(predicted == row.label) for predicted, row in zip(predictions, rows, strict=True))
+    return EvalResult(
+        accuracy=correct / len(rows), loss=loss_sum / len(rows), examples=len(rows), predictions=predictions
+    )

@@ -1,13 +1,19 @@
-"""Training-loss curves as a PNG next to the report (matplotlib, no display needed)."""
+"""The report's figures as PNGs next to it (matplotlib, no display needed): training-loss curves and
+the accuracy/cost trade-off (Pareto) of the headline rows."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from job.results import HeadlineRow
+
 LOSS_PLOT = "loss_curves.png"
+PARETO_PLOT = "pareto.png"
 
 
 def smoothed(values: list[float], window: int) -> list[float]:
@@ -21,33 +27,70 @@ def smoothed(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_losses(results: list[dict[str, Any]], path: Path) -> Path:
+@contextlib.contextmanager
+def figure_to(path: Path, **options: Any) -> Iterator[tuple[Any, Any]]:
+    """A matplotlib figure saved atomically to `path` (mode 644) when the block ends."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=110)
-    for result in results:
-        losses = result["step_losses"]
-        steps = range(1, len(losses) + 1)
-        window = max(1, len(losses) // 20)
-        (line,) = axes.plot(steps, losses, alpha=0.25, linewidth=0.8)
-        axes.plot(steps, smoothed(losses, window), color=line.get_color(), linewidth=2,
-                  label=f"{result['label']} (moving average of {window})")  # fmt: skip
-    axes.set_xlabel("training step")
-    axes.set_ylabel("training loss (cross-entropy)")
-    axes.set_title("ERNIE 3.0 Medium on TNEWS: training loss per step")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
+    figure, axes = plt.subplots(**options)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(handle)
     try:
+        yield figure, axes
+        figure.tight_layout()
         figure.savefig(temporary, format="png")
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     finally:
         plt.close(figure)
         Path(temporary).unlink(missing_ok=True)
+
+
+def _seeds_note(row: HeadlineRow) -> str:
+    return f", mean of {len(row.seeds)} seeds" if len(row.seeds) > 1 else ""
+
+
+def plot_losses(rows: Sequence[HeadlineRow], path: Path) -> Path:
+    """Each headline row's per-step training loss (the mean over its seeds), raw and smoothed."""
+    with figure_to(path, figsize=(8, 4.5), dpi=110) as (_, axes):
+        for row in rows:
+            losses = row.step_losses
+            steps = range(1, len(losses) + 1)
+            window = max(1, len(losses) // 20)
+            (line,) = axes.plot(steps, losses, alpha=0.25, linewidth=0.8)
+            axes.plot(steps, smoothed(losses, window), color=line.get_color(), linewidth=2,
+                      label=f"{row.label} (moving average of {window}{_seeds_note(row)})")  # fmt: skip
+        axes.set_xlabel("training step")
+        axes.set_ylabel("training loss (cross-entropy)")
+        axes.set_title("ERNIE 3.0 Medium on TNEWS: training loss per step")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    return path
+
+
+def plot_pareto(rows: Sequence[HeadlineRow], path: Path) -> Path:
+    """Test accuracy (mean, error bars: std over seeds) against trainable parameters (log scale) and
+    against training time: one point per headline row."""
+    with figure_to(path, nrows=1, ncols=2, figsize=(11, 4.5), dpi=110) as (figure, (by_params, by_time)):
+        for row in rows:
+            accuracy, spread = 100 * row.test_accuracy.mean, 100 * row.test_accuracy.std
+            for axes, x in ((by_params, row.trainable_params), (by_time, row.training_seconds.mean)):
+                xerr = row.training_seconds.std if axes is by_time else None
+                axes.errorbar(x, accuracy, yerr=spread, xerr=xerr, fmt="o", capsize=4, label=row.label)
+                axes.annotate(row.label.split(" (")[0], (x, accuracy), textcoords="offset points", xytext=(6, 6),
+                              fontsize="small")  # fmt: skip
+        by_params.set_xscale("log")
+        by_params.set_xlabel("trainable parameters (log scale)")
+        by_time.set_xlabel("training time (s)")
+        for axes in (by_params, by_time):
+            axes.set_ylabel("test accuracy (%)")
+            axes.grid(alpha=0.3, which="both")
+        by_params.legend(fontsize="small", loc="best")
+        seeds = max(len(row.seeds) for row in rows)
+        figure.suptitle(
+            "Test accuracy against cost" + (f" (mean ± std over {seeds} seeds)" if seeds > 1 else ""), fontsize="medium"
+        )
     return path

@@ -1,72 +1,101 @@
 """Results -> the Markdown report in the seed's layout. Every sentence in Observations is computed
-from the measured numbers."""
+from the measured numbers; the verdict claims no more than its confidence interval supports."""
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-from typing import Any
+import json
+from collections.abc import Sequence
 
-from job.data import NUM_CLASSES
-from job.plot import LOSS_PLOT
+from job.data import NUM_CLASSES, TNEWS_LABEL_DESC, TNEWS_LABELS
+from job.plot import LOSS_PLOT, PARETO_PLOT
+from job.results import Combined, HeadlineRow, RunFacts, RunResult, Stat
+from job.stats import mean_std
 
 TITLE = "# ERNIE 3.0 Medium: LoRA vs Full Fine-Tuning"
 COLUMNS = (
     "Trainable Params", "Total Params", "Training Time (s)", "Dev Accuracy", "Test Accuracy", "Dev Loss", "Test Loss",
 )  # fmt: skip
+RUN_COLUMNS = (
+    "Seed", "Learning Rate", "Training Time (s)", "Dev Accuracy", "Dev Macro-F1", "Test Accuracy", "Test Macro-F1",
+    "Dev Loss", "Test Loss",
+)  # fmt: skip
+EFFICIENCY_COLUMNS = (
+    "Samples/s", "Peak Memory (MB)", "Optimizer State (MB)", "Checkpoint Size (MB)", "Parameters Trained",
+)  # fmt: skip
 
 
-def render_report(combined: dict[str, Any], output_dir: Path) -> str:
-    run, results = combined["run"], combined["strategies"]
+def render_report(combined: Combined) -> str:
+    run, rows, runs = combined.run, combined.headline, combined.runs
+    results = "\n\n".join(
+        [
+            results_table(rows),
+            *([rate_choice(rows)] if any(len(row.dev_accuracy_by_rate) > 1 for row in rows) else []),
+            "### Every run\n\n" + runs_table(runs),
+            "### Efficiency\n\n" + efficiency_table(rows, runs),
+            "### Test accuracy per class\n\n" + per_class_table(rows),
+            f"![Training loss per step]({LOSS_PLOT})\n\n![Test accuracy against trainable parameters and time]"
+            f"({PARETO_PLOT})",
+        ]
+    )
     sections = [
         TITLE,
-        _summary(run, results),
-        "## Configuration\n\n```json\n" + _json(run["config"]) + "\n```",
-        "## Results\n\n"
-        + results_table(results)
-        + "\n\n"
-        + efficiency_table(results)
-        + f"\n\n![Training loss per step]({LOSS_PLOT})",
-        "## Observations\n\n" + "\n".join(f"- {line}" for line in observations(results, run)),
-        "## Artifacts\n\n" + "\n".join(f"- {line}" for line in artifact_lines(results, output_dir)),
+        _summary(combined),
+        "## Configuration\n\n```json\n" + json.dumps(run.config, indent=2, ensure_ascii=False) + "\n```",
+        "## Results\n\n" + results,
+        "## Observations\n\n" + "\n".join(f"- {line}" for line in observations(combined)),
+        "## Artifacts\n\n" + "\n".join(f"- {line}" for line in artifact_lines(runs)),
     ]
     return "\n\n".join(sections) + "\n"
 
 
-def _json(data: Any) -> str:
-    import json
-
-    return json.dumps(data, indent=2, ensure_ascii=False)
+# ---------------------------------------------------------------- summary
 
 
-def _start_note(results: list[dict[str, Any]]) -> str:
-    """Said only when the recorded fingerprints show it."""
-    fingerprints = {r["initial_weights"] for r in results}
-    if len(fingerprints) == 1:
+def start_note(runs: Sequence[RunResult]) -> str:
+    """Said only when the recorded fingerprints show it: runs of one seed share their initial weights."""
+    by_seed: dict[int, set[str]] = {}
+    for r in runs:
+        by_seed.setdefault(r.seed, set()).add(r.initial_weights)
+    if any(len(prints) > 1 for prints in by_seed.values()):
+        listing = ", ".join(f"{r.key} `{r.initial_weights}`" for r in runs)
+        return f"The runs of a seed did NOT all start from the same initial weights: {listing}."
+    if len(by_seed) == 1:
+        only = next(iter(by_seed.values()))
         return (
-            f"Every row started from the same initial weights (fingerprint `{fingerprints.pop()}`) and saw the "
+            f"Every row started from the same initial weights (fingerprint `{next(iter(only))}`) and saw the "
             "same batches in the same order."
         )
-    listing = ", ".join(f"{r['label']} `{r['initial_weights']}`" for r in results)
-    return f"The rows did NOT start from the same initial weights: {listing}."
+    listing = ", ".join(f"seed {seed} `{next(iter(prints))}`" for seed, prints in sorted(by_seed.items()))
+    return (
+        f"Every run saw the same training, dev and test rows; runs of the same seed started from the same "
+        f"initial weights and saw the same batches in the same order ({listing})."
+    )
 
 
-def _summary(run: dict[str, Any], results: list[dict[str, Any]]) -> str:
-    data = run["data"]
+def _summary(combined: Combined) -> str:
+    run = combined.run
+    data = run.data
     lines = [
         "This report compares low-rank adaptation (LoRA) with full-parameter fine-tuning of the ERNIE 3.0 Medium "
-        f"model (`{run['config']['model_name']}`) on the Chinese TNEWS news-title classification task "
-        f"({NUM_CLASSES} classes). {_start_note(results)}",
+        f"model (`{run.config['model_name']}`) on the Chinese TNEWS news-title classification task "
+        f"({NUM_CLASSES} classes). {start_note(combined.runs)}",
         "",
-        f"- Device: {run['device']['description']} ({run['device']['reason']})",
-        f"- Train: {data['train']['source']}",
-        f"- Dev: {data['dev']['source']}",
-        f"- Test: {data['test']['source']}",
-        "- Data files: " + ", ".join(_file_check(name, check) for name, check in run["data"]["files"].items()),
-        f"- Config hash `{run['config_hash']}`, "
-        + ", ".join(f"{name} {version}" for name, version in run["versions"].items())
-        + (f", commit `{run['git_commit'][:12]}`" if run.get("git_commit") else ""),
+        f"- Device: {run.device.description} ({run.device.reason})",
+        f"- Train: {data.train.source}",
+        f"- Dev: {data.dev.source}",
+        f"- Test: {data.test.source}",
+        f"- Data sample seed {data.sample_seed}; runs: {len(combined.runs)} "
+        f"(seeds {', '.join(str(s) for s in sorted({r.seed for r in combined.runs}))})",
+        "- Data files: " + ", ".join(_file_check(name, check) for name, check in data.files.items()),
+        f"- Config hash `{run.config_hash}`, "
+        + ", ".join(f"{name} {version}" for name, version in run.versions.items())
+        + (f", commit `{run.git_commit[:12]}`" if run.git_commit else ""),
     ]
+    if combined.missing_runs:
+        lines.append(
+            f"- **Partial report:** {len(combined.missing_runs)} planned runs have no result yet "
+            f"({', '.join(combined.missing_runs)}); it is rebuilt when they finish."
+        )
     return "\n".join(lines)
 
 
@@ -76,125 +105,195 @@ def _file_check(name: str, check: str) -> str:
     return f"{name} sha256 `{check[:12]}`" if is_sha256 else f"{name} ({check})"
 
 
-def results_table(results: list[dict[str, Any]]) -> str:
-    header = "| Strategy | " + " | ".join(COLUMNS) + " |"
-    rule = "|----------|" + "|".join("-" * max(len(c), 3) + ":" for c in COLUMNS) + "|"
-    rows = [
-        "| "
-        + " | ".join(
+# ---------------------------------------------------------------- tables
+
+
+def cell(value: Stat, digits: int) -> str:
+    """A plain number for one seed, `mean ± std (n=k)` for several."""
+    if value.n == 1:
+        return f"{value.mean:.{digits}f}"
+    return f"{value.mean:.{digits}f} ± {value.std:.{digits}f} (n={value.n})"
+
+
+def _table(first: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    header = f"| {first} | " + " | ".join(columns) + " |"
+    rule = "|" + "-" * (len(first) + 2) + "|" + "|".join("-" * (len(c) + 1) + ":" for c in columns) + "|"
+    return "\n".join([header, rule, *("| " + " | ".join(row) + " |" for row in rows)])
+
+
+def results_table(rows: Sequence[HeadlineRow]) -> str:
+    """The seed's 7-column table: one row per strategy (and LoRA shape) at the rate chosen on dev."""
+    return _table(
+        "Strategy",
+        COLUMNS,
+        [
             [
-                r["label"],
-                f"{r['trainable_params']:,}",
-                f"{r['total_params']:,}",
-                f"{r['training_seconds']:.1f}",
-                f"{r['dev']['accuracy']:.4f}",
-                f"{r['test']['accuracy']:.4f}",
-                f"{r['dev']['loss']:.4f}",
-                f"{r['test']['loss']:.4f}",
+                row.label,
+                f"{row.trainable_params:,}",
+                f"{row.total_params:,}",
+                cell(row.training_seconds, 1),
+                cell(row.dev_accuracy, 4),
+                cell(row.test_accuracy, 4),
+                cell(row.dev_loss, 4),
+                cell(row.test_loss, 4),
+            ]
+            for row in rows
+        ],
+    )
+
+
+def rate_choice(rows: Sequence[HeadlineRow]) -> str:
+    """How each row's learning rate was chosen: mean dev accuracy of every rate tried (test unseen)."""
+    parts = []
+    for row in rows:
+        tried = ", ".join(
+            f"{rate} → {100 * accuracy:.2f}%" + (" (chosen)" if float(rate) == row.learning_rate else "")
+            for rate, accuracy in row.dev_accuracy_by_rate.items()
+        )
+        parts.append(f"{row.label.split(' (')[0]}{_shape(row)}: {tried}")
+    return "Learning rates were chosen on mean dev accuracy over seeds, never on test: " + "; ".join(parts) + "."
+
+
+def _shape(row: HeadlineRow) -> str:
+    return f" {row.group.removeprefix(row.strategy + '_')}" if row.group != row.strategy else ""
+
+
+def runs_table(runs: Sequence[RunResult]) -> str:
+    """Every run, with macro-F1 beside accuracy."""
+    return _table(
+        "Run",
+        RUN_COLUMNS,
+        [
+            [
+                f"`{r.key}`",
+                str(r.seed),
+                f"{r.learning_rate:g}",
+                f"{r.training_seconds:.1f}",
+                f"{r.dev.accuracy:.4f}",
+                f"{r.dev.macro_f1:.4f}",
+                f"{r.test.accuracy:.4f}",
+                f"{r.test.macro_f1:.4f}",
+                f"{r.dev.loss:.4f}",
+                f"{r.test.loss:.4f}",
+            ]
+            for r in runs
+        ],
+    )
+
+
+def efficiency_table(rows: Sequence[HeadlineRow], runs: Sequence[RunResult]) -> str:
+    """What each headline row costs: speed, memory, optimizer state, and the weights it must store
+    (means over its seeds)."""
+    by_key = {r.key: r for r in runs}
+    lines = []
+    for row in rows:
+        chosen = [by_key[key] for key in row.keys]
+        speed, _ = mean_std([r.samples_per_second for r in chosen])
+        lines.append(
+            [
+                row.label,
+                f"{speed:.1f}",
+                f"{max(r.peak_memory_mb for r in chosen):,.0f}",
+                _megabytes(chosen[0].optimizer_state_mb),
+                _megabytes(chosen[0].checkpoint_mb),
+                f"{100 * row.trainable_params / row.total_params:.3f}%",
             ]
         )
-        + " |"
-        for r in results
-    ]
-    return "\n".join([header, rule, *rows])
-
-
-EFFICIENCY_COLUMNS = (
-    "Samples/s", "Peak Memory (MB)", "Optimizer State (MB)", "Checkpoint Size (MB)", "Parameters Trained",
-)  # fmt: skip
-
-
-def efficiency_table(results: list[dict[str, Any]]) -> str:
-    """What each strategy costs: speed, memory, optimizer state, and the weights it must store."""
-    header = "| Efficiency | " + " | ".join(EFFICIENCY_COLUMNS) + " |"
-    rule = "|------------|" + "|".join("-" * max(len(c), 3) + ":" for c in EFFICIENCY_COLUMNS) + "|"
-    rows = [
-        f"| {r['label']} | {r['samples_per_second']:.1f} | {r['peak_memory_mb']:,.0f} | "
-        f"{_megabytes(r['optimizer_state_mb'])} | {_megabytes(r['checkpoint_mb'])} | "
-        f"{100 * r['trainable_params'] / r['total_params']:.3f}% |"
-        for r in results
-    ]
     note = (
         "Peak memory: resident memory of the process during training (CPU) or Paddle's peak allocation (GPU). "
         "Checkpoint size: the trained weights a strategy must store beyond the base model (fp32)."
     )
-    return "\n".join([header, rule, *rows, "", note])
+    return _table("Efficiency", EFFICIENCY_COLUMNS, lines) + "\n\n" + note
+
+
+def per_class_table(rows: Sequence[HeadlineRow]) -> str:
+    """Test accuracy on each TNEWS class (mean over seeds): where the strategies differ."""
+
+    def share(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
+    body = [
+        [f"{code} {TNEWS_LABEL_DESC[code]}", *(share(row.test_per_class_accuracy[index]) for row in rows)]
+        for index, code in enumerate(TNEWS_LABELS)
+    ]
+    return _table("Class", [row.label for row in rows], body)
 
 
 def _megabytes(value: float) -> str:
     return f"{value:.3f}" if value < 10 else f"{value:,.1f}"
 
 
-def standard_error(accuracy: float, examples: int) -> float:
-    return math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / examples)
+# ---------------------------------------------------------------- observations
 
 
-def _points(value: float) -> str:
-    return f"{abs(value) * 100:.1f} points"
-
-
-def observations(results: list[dict[str, Any]], run: dict[str, Any]) -> list[str]:
-    lines = [
-        f"{r['label']} trained {r['trainable_params']:,} of {r['total_params']:,} parameters "
-        f"({100 * r['trainable_params'] / r['total_params']:.3f}%) in {r['training_seconds']:.1f} s "
-        f"({r['samples_per_second']:.1f} samples/s, {r['steps']} steps) on {run['device']['name']}."
-        for r in results
-    ]
-    loras = [r for r in results if r["strategy"] == "lora"]
-    full = next((r for r in results if r["strategy"] == "full_finetune"), None)
+def observations(combined: Combined) -> list[str]:
+    rows, run = combined.headline, combined.run
+    lines = [_cost_line(row, run) for row in rows]
+    lora = [row for row in rows if row.strategy == "lora"]
+    full = next((row for row in rows if row.strategy == "full_finetune"), None)
     if full is not None:
-        for lora in loras:
-            lines.extend(_compare(lora, full, "LoRA" if len(loras) == 1 else lora["label"]))
+        for row in lora:
+            name = "LoRA" if len(lora) == 1 else row.label
+            lines.append(
+                f"{name} trained {row.trainable_params / full.trainable_params:.2%} as many parameters as full "
+                f"fine-tuning ({row.trainable_params:,} vs {full.trainable_params:,})."
+            )
+    if combined.comparison is not None:
+        c = combined.comparison
+        chosen = f" ({c.labels['lora']} against {c.labels['full_finetune']})" if len(lora) > 1 else ""
+        lines.append(f"Verdict{chosen}: {c.verdict}")
+        if full is not None:
+            lines.append(_time_line(next(r for r in lora if r.label == c.labels["lora"]), full))
+    lines += _caveats(rows, combined)
+    return lines
+
+
+def _cost_line(row: HeadlineRow, run: RunFacts) -> str:
+    seconds = row.training_seconds
+    timing = f"{seconds.mean:.1f} s" if seconds.n == 1 else f"{seconds.mean:.1f} ± {seconds.std:.1f} s per seed"
+    return (
+        f"{row.label} trained {row.trainable_params:,} of {row.total_params:,} parameters "
+        f"({100 * row.trainable_params / row.total_params:.3f}%) in {timing} on {run.device.name}; test macro-F1 "
+        f"{cell(row.test_macro_f1, 4)}."
+    )
+
+
+def _time_line(lora: HeadlineRow, full: HeadlineRow) -> str:
+    a, b = lora.training_seconds.mean, full.training_seconds.mean
+    ratio = b / a if a else float("nan")
+    faster = "faster" if ratio >= 1 else "slower"
+    return f"Training time: LoRA {a:.1f} s vs full fine-tuning {b:.1f} s (LoRA {max(ratio, 1 / ratio):.2f}x {faster})."
+
+
+def _caveats(rows: Sequence[HeadlineRow], combined: Combined) -> list[str]:
+    lines = []
     chance = 1 / NUM_CLASSES
-    near_chance = [
-        r["label"]
-        for r in results
-        if r["test"]["accuracy"] < chance + 2 * standard_error(chance, r["test"]["examples"])
-    ]
+    examples = combined.run.data.test.examples
+    noise = 2 * (chance * (1 - chance) / examples) ** 0.5
+    near_chance = [row.label for row in rows if row.test_accuracy.mean < chance + noise]
     if near_chance:
         lines.append(
             f"Test accuracy of {', '.join(near_chance)} is within two standard errors of chance "
             f"({100 * chance:.1f}% for {NUM_CLASSES} classes): the model has not learned the task in this run "
             "(too few steps, a too-low learning rate, or weights that are not pretrained)."
         )
-    return lines
-
-
-def _compare(lora: dict[str, Any], full: dict[str, Any], name: str) -> list[str]:
-    lines = [
-        f"{name} trained {lora['trainable_params'] / full['trainable_params']:.2%} as many parameters as full "
-        f"fine-tuning ({lora['trainable_params']:,} vs {full['trainable_params']:,})."
-    ]
-    for split in ("dev", "test"):
-        gap = lora[split]["accuracy"] - full[split]["accuracy"]
-        n = lora[split]["examples"]
-        noise = math.sqrt(
-            standard_error(lora[split]["accuracy"], n) ** 2 + standard_error(full[split]["accuracy"], n) ** 2
-        )
-        direction = "above" if gap > 0 else "below" if gap < 0 else "level with"
-        verdict = "within the sampling noise" if abs(gap) < 2 * noise else "larger than the sampling noise"
-        amount = "" if gap == 0 else f"{_points(gap)} "
+    if max(len(row.seeds) for row in rows) == 1:
         lines.append(
-            f"{split.capitalize()} accuracy: {name} is {amount}{direction} full fine-tuning "
-            f"({lora[split]['accuracy']:.2%} vs {full[split]['accuracy']:.2%} on {n} examples); the gap is "
-            f"{verdict} (two standard errors of the difference: {_points(2 * noise)})."
+            "One seed per row: the spread between seeds is unknown. A list of seeds (`seed: [42, 43, 44]`) "
+            "repeats every run and reports mean ± std."
         )
-    ratio = full["training_seconds"] / lora["training_seconds"] if lora["training_seconds"] else float("nan")
-    faster = "faster" if ratio >= 1 else "slower"
-    lines.append(
-        f"Training time: {name} {lora['training_seconds']:.1f} s vs full fine-tuning "
-        f"{full['training_seconds']:.1f} s ({name} {max(ratio, 1 / ratio):.2f}x {faster})."
-    )
     return lines
 
 
-def artifact_lines(results: list[dict[str, Any]], output_dir: Path) -> list[str]:
+def artifact_lines(runs: Sequence[RunResult]) -> list[str]:
     lines = [
-        "`results.json`: every number above plus per-step losses, device, versions and data checksums",
+        "`results.json`: every number above plus per-step losses, predictions, the comparison, device, versions "
+        "and data checksums",
         f"`{LOSS_PLOT}`: training loss per step",
+        f"`{PARETO_PLOT}`: test accuracy against trainable parameters and training time",
     ]
-    lines += [f"`results/{r['key']}.json`: {r['label']} on its own" for r in results]
-    saved = [(r["label"], path) for r in results for path in r.get("artifacts", [])]
+    lines += [f"`results/{r.key}.json`: {r.label}, seed {r.seed}, on its own" for r in runs]
+    saved = [(r.label, path) for r in runs for path in r.artifacts]
     if saved:
         lines += [f"`{path}`: {label}" for label, path in saved]
     else:

@@ -1,22 +1,186 @@
-"""Result records: one JSON file per strategy, written atomically as soon as that strategy finishes,
-so `job report` can merge them, and a killed run never leaves a half-written file."""
+"""Result records: one typed schema for what a run measured and for results.json, written and read
+through the same pydantic models. One JSON file per run (results/<key>.json), written atomically as
+soon as that run finishes, so `job report` can merge them and a killed run never leaves half a file.
+Run-level facts (versions, commit, device, data) are gathered here too."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import importlib.metadata
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from job.config import STRATEGY_NAMES
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from job.config import StrategyName
 from job.errors import UserError
+from job.strategies import STRATEGY_NAMES
 
 RESULTS_FOLDER = "results"
 RESULTS_FILE = "results.json"
+SCHEMA_VERSION = 2  # 2: grid runs (seed, learning rate), predictions, macro-F1, comparison
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# ---------------------------------------------------------------- one run
+
+
+class SplitResult(Record):
+    accuracy: float
+    loss: float  # mean cross-entropy per example
+    examples: int
+    macro_f1: float
+    per_class_accuracy: list[float | None]  # by class id; None where the split has no example of it
+    predictions: str  # predicted class id per example, in the split's order (job.stats.encode_classes)
+
+
+class RunResult(Record):
+    key: str
+    index: int  # position in the run plan (the array task index)
+    group: str  # headline row
+    strategy: StrategyName
+    label: str
+    seed: int
+    learning_rate: float
+    batch_size: int
+    lora_r: int | None
+    lora_alpha: int | None
+    initial_weights: str  # fingerprint of the weights training started from
+    trainable_params: int
+    total_params: int
+    training_seconds: float
+    steps: int
+    samples_per_second: float
+    tokens_per_second: float
+    peak_memory_mb: float
+    optimizer_state_mb: float
+    checkpoint_mb: float
+    dev: SplitResult
+    test: SplitResult
+    step_losses: list[float]
+    reinitialised_parameters: list[str]
+    artifacts: list[str]
+    finished_at: str
+
+
+# ---------------------------------------------------------------- what every run of a process shares
+
+
+class SplitFacts(Record):
+    source: str
+    examples: int
+    labels: str | None = None  # gold class ids (dev and test), in the split's order
+
+
+class DataFacts(Record):
+    train: SplitFacts
+    dev: SplitFacts
+    test: SplitFacts
+    sample_seed: int
+    files: dict[str, str]  # file -> sha256 (or PaddleNLP's md5 note)
+
+
+class DeviceFacts(Record):
+    name: str
+    description: str
+    reason: str
+
+
+class CpuFacts(Record):
+    vendor: str
+    strided_views: bool
+
+
+class RunFacts(Record):
+    config: dict[str, Any]
+    config_hash: str
+    planned_runs: list[str]  # every run key of this config's plan, in order
+    device: DeviceFacts
+    data: DataFacts
+    versions: dict[str, str]
+    git_commit: str | None
+    threads: dict[str, str | None]
+    cpu: CpuFacts
+    uid: int | None  # the user the job ran as (never 0 in the images)
+
+
+class ResultRecord(Record):
+    """results/<key>.json"""
+
+    schema_version: Literal[2] = SCHEMA_VERSION
+    run: RunFacts
+    result: RunResult
+
+
+# ---------------------------------------------------------------- results.json
+
+
+class Stat(Record):
+    mean: float
+    std: float  # sample standard deviation over seeds (0 for one seed)
+    n: int
+
+
+class HeadlineRow(Record):
+    """One strategy (and LoRA shape) at the learning rate with the best mean dev accuracy."""
+
+    group: str
+    strategy: StrategyName
+    label: str
+    learning_rate: float
+    keys: list[str]  # the runs (one per seed) behind the row
+    seeds: list[int]
+    dev_accuracy_by_rate: dict[str, float]  # mean dev accuracy of each rate tried: how the rate was chosen
+    trainable_params: int
+    total_params: int
+    training_seconds: Stat
+    dev_accuracy: Stat
+    test_accuracy: Stat
+    dev_loss: Stat
+    test_loss: Stat
+    dev_macro_f1: Stat
+    test_macro_f1: Stat
+    test_per_class_accuracy: list[float | None]  # mean over seeds
+    step_losses: list[float]  # mean over seeds, per step
+
+
+class Comparison(Record):
+    """The selected LoRA row against the selected full fine-tuning row, on the same test titles."""
+
+    selected: dict[str, list[str]]  # strategy -> the run keys compared (one per seed)
+    labels: dict[str, str]
+    seeds: list[int]
+    test_examples: int
+    accuracy_difference: float  # LoRA minus full fine-tuning, mean over seeds
+    accuracy_difference_ci95: tuple[float, float]
+    bootstrap_resamples: int
+    bootstrap_seed: int
+    mcnemar_p: dict[str, float]  # seed -> exact two-sided p
+    discordant: dict[str, tuple[int, int]]  # seed -> (only LoRA right, only full fine-tuning right)
+    significant: bool  # the interval excludes 0 and McNemar p < 0.05 on most seeds
+    verdict: str
+
+
+class Combined(Record):
+    schema_version: Literal[2] = SCHEMA_VERSION
+    run: RunFacts
+    headline: list[HeadlineRow]
+    comparison: Comparison | None
+    missing_runs: list[str] = Field(default_factory=list)  # planned but not (yet) in the folder
+    runs: list[RunResult]
+
+
+# ---------------------------------------------------------------- files
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -39,24 +203,56 @@ def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def strategy_result_path(output_dir: Path, strategy: str) -> Path:
-    return output_dir / RESULTS_FOLDER / f"{strategy}.json"
+def write_model(path: Path, record: BaseModel) -> None:
+    write_atomic(path, record.model_dump_json(indent=2) + "\n")
 
 
-def save_strategy_result(output_dir: Path, record: dict[str, Any]) -> Path:
-    path = strategy_result_path(output_dir, record["result"]["key"])
-    write_json(path, record)
+def result_path(output_dir: Path, key: str) -> Path:
+    return output_dir / RESULTS_FOLDER / f"{key}.json"
+
+
+def save_result(output_dir: Path, record: ResultRecord) -> Path:
+    path = result_path(output_dir, record.result.key)
+    write_model(path, record)
     return path
 
 
 def finished_result(output_dir: Path, key: str, config_hash: str) -> Path | None:
-    """The saved result file of run `key` for this config hash, if there is one."""
-    path = strategy_result_path(output_dir, key)
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        return path if record["run"]["config_hash"] == config_hash else None
-    except (OSError, ValueError, KeyError, TypeError):
+    """The saved result file of run `key` for this config hash, if there is a valid one."""
+    path = result_path(output_dir, key)
+    if not path.is_file():
         return None
+    record = read_record(path)
+    return path if record.run.config_hash == config_hash else None
+
+
+def read_record(file: Path) -> ResultRecord:
+    """One results/<key>.json, validated; a file that is not a record of this schema is a UserError
+    naming the file and the first field at fault."""
+    try:
+        text = file.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{file} is not a result file of this job: {exc}") from None
+    version = data.get("schema_version", 1) if isinstance(data, dict) else None
+    if version != SCHEMA_VERSION:
+        raise UserError(
+            f"{file} was written by another version of this job (result schema {version}, this job reads "
+            f"{SCHEMA_VERSION}); move it away or use another output_dir"
+        )
+    try:
+        return ResultRecord.model_validate_json(text)  # JSON mode: arrays are tuples, nothing else coerced
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"])
+        raise UserError(f"{file} is not a result file of this job: field '{field}': {error['msg']}") from None
+
+
+def read_records(output_dir: Path) -> dict[Path, ResultRecord]:
+    """Every record in output_dir/results, validated (see read_record)."""
+    folder = output_dir / RESULTS_FOLDER
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    return {file: read_record(file) for file in files}
 
 
 @contextlib.contextmanager
@@ -73,44 +269,59 @@ def output_lock(output_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def load_strategy_results(output_dir: Path, config_hash: str | None = None) -> list[dict[str, Any]]:
-    """Every saved per-strategy record in output_dir. With `config_hash`, records of other configs are
-    skipped (with a message); without it, they must all come from one config."""
+def load_results(output_dir: Path, config_hash: str | None = None) -> list[ResultRecord]:
+    """Every saved record in output_dir. With `config_hash`, records of other configs are skipped (with
+    a message); without it, they must all come from one config. Ordered as the run plan."""
+    records = read_records(output_dir)
     folder = output_dir / RESULTS_FOLDER
-    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    records = {file: _read_record(file) for file in files}
     if config_hash is not None:
-        for file in [f for f, r in records.items() if r["run"]["config_hash"] != config_hash]:
+        for file in [f for f, r in records.items() if r.run.config_hash != config_hash]:
             print(f"ignoring {file}: it comes from another config", file=sys.stderr)
             del records[file]
     if not records:
-        raise UserError(f"no saved strategy results in {folder}; run `python -m job run` first")
-    hashes = {record["run"]["config_hash"] for record in records.values()}
+        raise UserError(f"no saved run results in {folder}; run `python -m job run` first")
+    hashes = {record.run.config_hash for record in records.values()}
     if len(hashes) > 1:
-        listing = ", ".join(f"{f.name}={r['run']['config_hash']}" for f, r in records.items())
+        listing = ", ".join(f"{f.name}={r.run.config_hash}" for f, r in records.items())
         raise UserError(f"results in {folder} come from different configs ({listing}); rerun or remove the stale ones")
-    return sorted(records.values(), key=lambda record: row_order(record["result"]))
+    return sorted(records.values(), key=lambda record: row_order(record.result))
 
 
-def row_order(result: dict[str, Any]) -> tuple[int, int, int]:
-    """LoRA rows first (a sweep by rank, then alpha), then full fine-tuning, as in the seed report."""
-    return STRATEGY_NAMES.index(result["strategy"]), result.get("lora_r") or 0, result.get("lora_alpha") or 0
+def row_order(result: RunResult) -> tuple[int, int, int, int]:
+    """As the run plan: strategies in the registry's order (LoRA first), a rank sweep by rank, then
+    the plan index (learning rate, seed)."""
+    return STRATEGY_NAMES.index(result.strategy), result.lora_r or 0, result.lora_alpha or 0, result.index
 
 
-def _read_record(file: Path) -> dict[str, Any]:
+# ---------------------------------------------------------------- what the run records about itself
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0]}
+    for package in ("paddlepaddle", "paddlepaddle-gpu", "paddlenlp"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit() -> str | None:
+    """The project's commit: from the image (JOB_GIT_COMMIT) or a git checkout, else None."""
+    if os.environ.get("JOB_GIT_COMMIT"):
+        return os.environ["JOB_GIT_COMMIT"]
     try:
-        record = json.loads(file.read_text(encoding="utf-8"))
-        _ = record["run"]["config_hash"], record["result"]["strategy"], record["result"]["key"]  # fail early
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise UserError(f"{file} is not a result file of this job: {exc}") from None
-    if record["result"]["strategy"] not in STRATEGY_NAMES:
-        raise UserError(f"{file}: unknown strategy {record['result']['strategy']!r}")
-    return record
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-def combined_results(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """results.json: the run's metadata once, then every strategy's numbers."""
-    run = dict(records[0]["run"])
-    strategies = dict.fromkeys(record["result"]["strategy"] for record in records)
-    run["config"] = {**run["config"], "strategies": list(strategies)}
-    return {"run": run, "strategies": [record["result"] for record in records]}
+def current_uid() -> int | None:
+    return os.getuid() if hasattr(os, "getuid") else None
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

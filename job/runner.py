@@ -1,20 +1,17 @@
-"""The job, step by step: preflight, device, data, then per strategy load -> prepare -> train ->
+"""The job, step by step: preflight, device, data, then per planned run load -> prepare -> train ->
 evaluate -> save, then the report. Each step lives in its own module; this file only wires them."""
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import importlib.metadata
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from job.config import JobConfig, check_against_model
-from job.data import NUM_CLASSES, Splits, draw_samples, encode, read_source
+from job.data import NUM_CLASSES, Encoded, Splits, draw_samples, encode, read_source
 from job.device import (
     DeviceChoice,
     Ranks,
@@ -36,20 +33,33 @@ from job.model import (
     trainable_bytes,
     weights_fingerprint,
 )
-from job.plot import LOSS_PLOT, plot_losses
+from job.plan import Run, plan_runs
+from job.plot import LOSS_PLOT, PARETO_PLOT, plot_losses, plot_pareto
 from job.report import render_report
 from job.results import (
     RESULTS_FILE,
-    combined_results,
+    CpuFacts,
+    DataFacts,
+    DeviceFacts,
+    ResultRecord,
+    RunFacts,
+    RunResult,
+    SplitFacts,
+    current_uid,
     finished_result,
-    load_strategy_results,
+    git_commit,
+    load_results,
+    now,
     output_lock,
-    save_strategy_result,
+    package_versions,
+    read_records,
+    save_result,
     write_atomic,
-    write_json,
+    write_model,
 )
-from job.strategies import Run, planned_runs
-from job.train import StopRequest, TrainSettings, train
+from job.stats import encode_classes
+from job.train import StopRequest, train
+from job.verdict import combine
 
 
 def say(message: str) -> None:
@@ -70,6 +80,7 @@ def check_output_dir(output_dir: Path) -> None:
 def pending_runs(config: JobConfig, runs: list[Run], force: bool) -> list[Run]:
     """Runs still to train: a saved result of the same config hash counts as done (a rerun after a
     preemption resumes), unless `force`."""
+    read_records(config.output_path)  # a corrupt or foreign record stops the job now, not after training
     pending = []
     for run in runs:
         saved = finished_result(config.output_path, run.key, config.config_hash())
@@ -84,7 +95,7 @@ def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: lis
     """Train every planned run (or those named in `keys`) not yet done and write the report. Under a
     data-parallel launch only rank 0 evaluates and writes; the other ranks return None."""
     check_output_dir(config.output_path)
-    runs = [run for run in planned_runs(config) if keys is None or run.key in keys]
+    runs = [run for run in plan_runs(config) if keys is None or run.key in keys]
     pending = pending_runs(config, runs, force)
     ranks = process_ranks() if pending else Ranks()
     if pending:
@@ -98,7 +109,7 @@ def train_runs(config: JobConfig, runs: list[Run], stop: StopRequest, ranks: Ran
     quiet_paddlenlp()
     check_against_model(config, model_limits(config.model_name))
     raw = read_source(config.data_dir)
-    splits = draw_samples(raw, config.max_train_samples, config.max_eval_samples, config.seed)
+    splits = draw_samples(raw, config.max_train_samples, config.max_eval_samples, config.sample_seed())
     device = select_device(config.device)
     say(
         f"device: {device.description} ({device.reason})"
@@ -110,84 +121,77 @@ def train_runs(config: JobConfig, runs: list[Run], stop: StopRequest, ranks: Ran
     tokenizer = load_tokenizer(config.model_name)
     pad_id = int(tokenizer.pad_token_id)
     encoded = {split.name: encode(split.examples, tokenizer, config.max_seq_length) for split in splits.all()}
-    run_info = describe_run(config, device, splits, raw.files)
+    facts = describe_run(config, device, splits, raw.files)
 
     for run in runs:
         stop.raise_if_requested()
-        result = train_one(run, encoded, pad_id, tokenizer, stop, ranks)
+        result = train_one(run, config, encoded, pad_id, tokenizer, stop, ranks)
         if result is None:  # not rank 0
             continue
-        path = save_strategy_result(config.output_path, {"run": run_info, "result": result})
+        path = save_result(config.output_path, ResultRecord(run=facts, result=result))
         say(f"[{run.key}] saved {path}")
 
 
 def train_one(
-    run: Run, encoded: dict[str, Any], pad_id: int, tokenizer: Any, stop: StopRequest, ranks: Ranks
-) -> dict[str, Any] | None:
-    """Load the model, let the strategy prepare it, train, evaluate: one row of the report."""
+    run: Run, config: JobConfig, encoded: dict[str, list[Encoded]], pad_id: int, tokenizer: Any, stop: StopRequest,
+    ranks: Ranks,
+) -> RunResult | None:  # fmt: skip
+    """Load the model, let the strategy prepare it, train, evaluate: one run of the plan."""
     import paddle
 
-    config, name, key, label = run.config, run.strategy.name, run.key, run.label
-    paddle.seed(config.seed)  # same head initialisation for every run
+    key, name, settings = run.key, run.strategy.name, run.settings
+    paddle.seed(run.seed)  # the same head initialisation for every run of this seed
     loaded = load_model(config.model_name, NUM_CLASSES)
     fingerprint = weights_fingerprint(loaded.model)
     if loaded.reinitialised:
         say(f"[{key}] newly initialised (not in the checkpoint): {', '.join(loaded.reinitialised)}")
-    model = run.strategy.prepare(loaded, config)
+    model = run.strategy.prepare(loaded, run)
     trainable, total = count_parameters(model)
-    say(f"[{key}] {label}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%)")
-
-    settings = TrainSettings(
-        learning_rate=config.learning_rate_for(name),
-        batch_size=config.batch_size_for(name),
-        num_epochs=config.num_epochs,
-        weight_decay=config.weight_decay,
-        warmup_ratio=config.warmup_ratio,
-        max_grad_norm=config.max_grad_norm,
-        seed=config.seed,
-        logging_steps=config.logging_steps,
-        bucket_window=config.length_bucket_window,
-    )
-    paddle.seed(config.seed)  # same dropout masks for every run
+    say(f"[{key}] {run.label}, seed {run.seed}: {trainable:,} of {total:,} parameters trainable "
+        f"({100 * trainable / total:.3f}%)")  # fmt: skip
+    paddle.seed(run.seed)  # the same dropout masks for every run of this seed
     reset_peak_memory()
     with out_of_memory_advice(f"[{key}] training", f"{name}_batch_size", settings.batch_size):
-        outcome = train(model, encoded["train"], settings, pad_id, label, stop, ranks)
+        outcome = train(model, encoded["train"], settings, pad_id, key, stop, ranks)
     if not ranks.is_main:
         return None
     peak_memory = peak_memory_mb()
-    with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", config.eval_batch_size):
-        dev = evaluate(model, encoded["dev"], config.eval_batch_size, pad_id)
-        test = evaluate(model, encoded["test"], config.eval_batch_size, pad_id)
+    with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
+        dev = evaluate(model, encoded["dev"], run.eval_batch_size, pad_id)
+        test = evaluate(model, encoded["test"], run.eval_batch_size, pad_id)
     say(
         f"[{key}] trained in {outcome.seconds:.1f} s; dev accuracy {dev.accuracy:.4f} loss {dev.loss:.4f}; "
         f"test accuracy {test.accuracy:.4f} loss {test.loss:.4f}"
     )
-    artifacts = save_artifacts(run, model, tokenizer) if config.save_artifacts else []
-    return {
-        "key": key,
-        "strategy": name,
-        "label": label,
-        "lora_r": config.lora_r if name == "lora" else None,
-        "lora_alpha": config.lora_alpha if name == "lora" else None,
-        "initial_weights": fingerprint,
-        "trainable_params": trainable,
-        "total_params": total,
-        "learning_rate": settings.learning_rate,
-        "batch_size": settings.batch_size,
-        "training_seconds": round(outcome.seconds, 3),
-        "steps": outcome.steps,
-        "samples_per_second": round(outcome.samples_per_second, 3),
-        "tokens_per_second": round(outcome.tokens / outcome.seconds, 1) if outcome.seconds else 0.0,
-        "peak_memory_mb": peak_memory,
-        "optimizer_state_mb": round(outcome.optimizer_state_bytes / 2**20, 3),
-        "checkpoint_mb": round(trainable_bytes(model) / 2**20, 3),
-        "dev": dev.to_dict(),
-        "test": test.to_dict(),
-        "step_losses": [round(loss, 6) for loss in outcome.step_losses],
-        "reinitialised_parameters": loaded.reinitialised,
-        "artifacts": artifacts,
-        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
+    artifacts = save_artifacts(run, config.output_path, model, tokenizer) if config.save_artifacts else []
+    return RunResult(
+        key=key,
+        index=run.index,
+        group=run.group,
+        strategy=name,
+        label=run.label,
+        seed=run.seed,
+        learning_rate=settings.learning_rate,
+        batch_size=settings.batch_size,
+        lora_r=run.lora.r if run.lora else None,
+        lora_alpha=run.lora.alpha if run.lora else None,
+        initial_weights=fingerprint,
+        trainable_params=trainable,
+        total_params=total,
+        training_seconds=round(outcome.seconds, 3),
+        steps=outcome.steps,
+        samples_per_second=round(outcome.samples_per_second, 3),
+        tokens_per_second=round(outcome.tokens / outcome.seconds, 1) if outcome.seconds else 0.0,
+        peak_memory_mb=float(peak_memory),
+        optimizer_state_mb=round(outcome.optimizer_state_bytes / 2**20, 3),
+        checkpoint_mb=round(trainable_bytes(model) / 2**20, 3),
+        dev=dev.split_result(encoded["dev"]),
+        test=test.split_result(encoded["test"]),
+        step_losses=[round(loss, 6) for loss in outcome.step_losses],
+        reinitialised_parameters=loaded.reinitialised,
+        artifacts=artifacts,
+        finished_at=now(),
+    )
 
 
 @contextlib.contextmanager
@@ -204,64 +208,48 @@ def out_of_memory_advice(what: str, key: str, batch_size: int) -> Iterator[None]
         ) from None
 
 
-def save_artifacts(run: Run, model: Any, tokenizer: Any) -> list[str]:
-    config = run.config
-    folder = config.output_path / "artifacts" / run.key
+def save_artifacts(run: Run, output_dir: Path, model: Any, tokenizer: Any) -> list[str]:
+    folder = output_dir / "artifacts" / run.key
     try:
         paths = run.strategy.save_artifacts(model, tokenizer, folder)
     except OSError as exc:
         raise RetryableError(f"could not save artifacts to {folder}: {exc}") from None
-    return [str(path.relative_to(config.output_path)) for path in paths]
+    return [str(path.relative_to(output_dir)) for path in paths]
 
 
 def write_report(output_dir: Path, report_file: str | None = None, config_hash: str | None = None) -> Path:
-    """Merge the saved per-strategy results (of `config_hash`, when given) into results.json and the report
-    (named `report_file`, or as in the runs' config). Under a lock: when array tasks finish together, the
-    last writer has seen every result."""
+    """Merge the saved run records (of `config_hash`, when given) into results.json, the plots and the
+    report (named `report_file`, or as in the runs' config). Under a lock: when array tasks finish
+    together, the last writer has seen every result."""
     with output_lock(output_dir):
-        combined = combined_results(load_strategy_results(output_dir, config_hash))
-        write_json(output_dir / RESULTS_FILE, combined)
-        plot_losses(combined["strategies"], output_dir / LOSS_PLOT)
-        report_path = output_dir / (report_file or combined["run"]["config"]["report_file"])
-        write_atomic(report_path, render_report(combined, output_dir))
+        combined = combine(load_results(output_dir, config_hash))
+        write_model(output_dir / RESULTS_FILE, combined)
+        plot_losses(combined.headline, output_dir / LOSS_PLOT)
+        plot_pareto(combined.headline, output_dir / PARETO_PLOT)
+        report_path = output_dir / (report_file or combined.run.config["report_file"])
+        write_atomic(report_path, render_report(combined))
     return report_path
 
 
-# ---------------------------------------------------------------- what the run records about itself
-
-
-def describe_run(config: JobConfig, device: DeviceChoice, splits: Splits, files: dict[str, str]) -> dict[str, Any]:
-    return {
-        "config": config.model_dump(),
-        "config_hash": config.config_hash(),
-        "device": {"name": device.name, "description": device.description, "reason": device.reason},
-        "data": {split.name: {"source": split.source, "examples": len(split)} for split in splits.all()}
-        | {"files": files},
-        "versions": package_versions(),
-        "git_commit": git_commit(),
-        "threads": {key: os.environ.get(key) for key in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")},
-        "cpu": {"vendor": cpu_vendor(), "strided_views": strided_views()},
-    }
-
-
-def package_versions() -> dict[str, str]:
-    versions = {"python": sys.version.split()[0]}
-    for package in ("paddlepaddle", "paddlepaddle-gpu", "paddlenlp"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def git_commit() -> str | None:
-    """The project's commit: from the image (JOB_GIT_COMMIT) or a git checkout, else None."""
-    if os.environ.get("JOB_GIT_COMMIT"):
-        return os.environ["JOB_GIT_COMMIT"]
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+def describe_run(config: JobConfig, device: DeviceChoice, splits: Splits, files: dict[str, str]) -> RunFacts:
+    """What every run of this process shares: config, plan, device, data, versions."""
+    split_facts = {
+        split.name: SplitFacts(
+            source=split.source,
+            examples=len(split),
+            labels=encode_classes([e.label for e in split.examples]) if split.name != "train" else None,
         )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
+        for split in splits.all()
+    }
+    return RunFacts(
+        config=config.model_dump(),
+        config_hash=config.config_hash(),
+        planned_runs=[run.key for run in plan_runs(config)],
+        device=DeviceFacts(name=device.name, description=device.description, reason=device.reason),
+        data=DataFacts(**split_facts, sample_seed=config.sample_seed(), files=files),
+        versions=package_versions(),
+        git_commit=git_commit(),
+        threads={key: os.environ.get(key) for key in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")},
+        cpu=CpuFacts(vendor=cpu_vendor(), strided_views=strided_views()),
+        uid=current_uid(),
+    )

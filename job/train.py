@@ -37,7 +37,7 @@ class StopRequest:
             raise Interrupted(self.signum)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainSettings:
     learning_rate: float
     batch_size: int

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from job.cli import INDEX_VARIABLES, main, strategy_for_task
+from job.cli import INDEX_VARIABLES, main, run_for_task
 from job.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,19 +29,21 @@ def job_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Pop
 
 def numbers(results_json: Path) -> list[tuple]:
     data = json.loads(results_json.read_text(encoding="utf-8"))
-    return [(r["strategy"], r["dev"], r["test"], r["step_losses"], r["trainable_params"]) for r in data["strategies"]]
+    return [(r["key"], r["dev"], r["test"], r["step_losses"], r["trainable_params"]) for r in data["runs"]]
 
 
 @pytest.mark.parametrize("variable", INDEX_VARIABLES)
-def test_each_queue_index_variable_picks_a_strategy(variable: str) -> None:
-    assert strategy_for_task(BOTH, {variable: "0"}) == "lora"
-    assert strategy_for_task(BOTH, {variable: "1"}) == "full_finetune"
+def test_each_queue_index_variable_picks_a_run(variable: str) -> None:
+    assert run_for_task(BOTH, {variable: "0"}) == "lora"
+    assert run_for_task(BOTH, {variable: "1"}) == "full_finetune"
 
 
-@pytest.mark.parametrize("environ", [{"BATCH_TASK_INDEX": "2"}, {"JOB_COMPLETION_INDEX": "-1"}, {}])
+@pytest.mark.parametrize(
+    "environ", [{"BATCH_TASK_INDEX": "2"}, {"JOB_COMPLETION_INDEX": "-1"}, {"BATCH_TASK_INDEX": "²"}, {}]
+)
 def test_bad_or_missing_index_is_a_user_error(environ: dict[str, str]) -> None:
-    with pytest.raises(UserError, match="--strategy-from-index"):
-        strategy_for_task(BOTH, environ)
+    with pytest.raises(UserError, match="--run-from-index"):
+        run_for_task(BOTH, environ)
 
 
 def test_out_of_range_index_exits_2_and_writes_nothing(write_config, tmp_path: Path) -> None:
@@ -49,7 +51,8 @@ def test_out_of_range_index_exits_2_and_writes_nothing(write_config, tmp_path: P
         main, ["run", "--config", str(write_config()), "--strategy-from-index"], env={"AWS_BATCH_JOB_ARRAY_INDEX": "5"}
     )
     assert result.exit_code == 2
-    assert "AWS_BATCH_JOB_ARRAY_INDEX=5 is not a task index" in result.output
+    assert "AWS_BATCH_JOB_ARRAY_INDEX=5 is not a task index of the 2 planned runs" in result.output
+    assert "set the array size to 2" in result.output
     assert not (tmp_path / "out").exists()
 
 
@@ -82,7 +85,7 @@ def test_two_concurrent_array_tasks_merge_to_the_single_process_result(write_con
     assert single.exit_code == 0, single.output
     assert numbers(shared / "results.json") == numbers(tmp_path / "single" / "results.json")
     report = (shared / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
-    assert "| lora (r=4, α=8, dropout=0.1) |" in report and "| full_finetune |" in report
+    assert "| lora (r=4, α=8, dropout=0.1, lr=0.005) |" in report and "| full_finetune (lr=0.005) |" in report
 
 
 def test_sigterm_mid_training_keeps_finished_results_and_a_rerun_completes(write_config, tmp_path: Path) -> None:
@@ -98,7 +101,7 @@ def test_sigterm_mid_training_keeps_finished_results_and_a_rerun_completes(write
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 143, err
-    assert "stopping: finished strategies' results are kept" in err
+    assert "stopping: finished runs' results are kept" in err
     assert not (out / "ernie_lora_vs_full_report.md").exists()
     assert not (out / "results" / "full_finetune.json").exists()
     lora_before = (out / "results" / "lora.json").read_text(encoding="utf-8")
@@ -108,3 +111,44 @@ def test_sigterm_mid_training_keeps_finished_results_and_a_rerun_completes(write
     assert "[lora] already done" in rerun.output and "[full_finetune] saved" in rerun.output
     assert (out / "results" / "lora.json").read_text(encoding="utf-8") == lora_before
     assert (out / "ernie_lora_vs_full_report.md").is_file()
+
+
+def test_every_array_index_of_a_grid_in_parallel_merges_to_the_single_process_report(
+    write_config, tmp_path: Path
+) -> None:
+    config = str(write_config(num_epochs=1, seed=[1, 2], lora_learning_rate=[5e-3, 2e-2], max_train_samples=120))
+    listing = CliRunner().invoke(main, ["plan", "--config", config])
+    size = int(listing.output.splitlines()[-1].removeprefix("array size: "))
+    assert size == 6
+    shared = tmp_path / "grid-out"
+    tasks = [
+        job_process("run", "--config", config, "--output-dir", str(shared), "--run-from-index",
+                    env={"BATCH_TASK_INDEX": str(index)})
+        for index in range(size)
+    ]  # fmt: skip
+    for task in tasks:
+        _, err = task.communicate(timeout=600)
+        assert task.returncode == 0, err
+    single = CliRunner().invoke(main, ["run", "--config", config, "--output-dir", str(tmp_path / "single")])
+    assert single.exit_code == 0, single.output
+    assert numbers(shared / "results.json") == numbers(tmp_path / "single" / "results.json")
+    merged = json.loads((shared / "results.json").read_text(encoding="utf-8"))
+    assert merged["missing_runs"] == [] and len(merged["runs"]) == 6 and merged["comparison"]["seeds"] == [1, 2]
+    # With the clock's numbers set equal, the two folders give the same results.json and report.
+    assert same_but_timing(shared, tmp_path / "a") == same_but_timing(tmp_path / "single", tmp_path / "b")
+
+
+def same_but_timing(folder: Path, copy: Path) -> tuple[dict, str]:
+    """results.json and the report rebuilt by `job report` from the folder's records, with every
+    wall-clock measurement set to 1 and the folder's path removed."""
+    (copy / "results").mkdir(parents=True)
+    for file in (folder / "results").glob("*.json"):
+        record = json.loads(file.read_text(encoding="utf-8"))
+        clocked = ("training_seconds", "samples_per_second", "tokens_per_second", "peak_memory_mb")
+        record["result"].update(dict.fromkeys(clocked, 1.0), finished_at="")
+        record["run"]["config"]["output_dir"] = "OUT"
+        (copy / "results" / file.name).write_text(json.dumps(record), encoding="utf-8")
+    rebuilt = CliRunner().invoke(main, ["report", "--output-dir", str(copy)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    combined = json.loads((copy / "results.json").read_text(encoding="utf-8"))
+    return combined, (copy / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")

@@ -34,7 +34,7 @@ def test_bench_writes_every_number_for_every_strategy(write_config, tmp_path: Pa
     full, lora = report["strategies"]["full_finetune"], report["strategies"]["lora"]
     assert lora["trainable_params"] < full["trainable_params"]
     assert report["end_to_end_seconds"] > 0
-    assert "ms/step" in result.output and "lora (r=4, α=8, dropout=0.1)" in result.output
+    assert "ms/step" in result.output and "lora (r=4, α=8, dropout=0.1, lr=0.005)" in result.output
 
 
 def test_flop_count_follows_the_formula() -> None:

@@ -47,10 +47,11 @@ def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: 
     assert COLUMNS in report
     assert "pending" not in report
     rows = table_rows(report)
-    # LoRA's own learning rate shows in its label; full fine-tuning uses the shared one.
-    assert [row[0] for row in rows] == ["lora (r=4, α=8, dropout=0.1, lr=0.03)", "full_finetune"]
+    # Each row's label names its learning rate.
+    assert [row[0] for row in rows] == ["lora (r=4, α=8, dropout=0.1, lr=0.03)", "full_finetune (lr=0.01)"]
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    by_name = {r["strategy"]: r for r in results["strategies"]}
+    assert results["schema_version"] == 2
+    by_name = {r["strategy"]: r for r in results["runs"]}
     for row, name in zip(rows, ("lora", "full_finetune"), strict=True):
         r = by_name[name]
         assert row[1:] == [f"{r['trainable_params']:,}", f"{r['total_params']:,}", f"{r['training_seconds']:.1f}",
@@ -66,6 +67,28 @@ def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: 
     assert results["run"]["device"]["name"] == "cpu"
     assert results["run"]["cpu"]["strided_views"] is False and results["run"]["cpu"]["vendor"]
     assert set(results["run"]["data"]["files"]) == {"train.json", "dev.json"}
+    assert results["run"]["planned_runs"] == ["lora", "full_finetune"] and results["missing_runs"] == []
+    assert results["run"]["uid"] == os.getuid()
+    # Predictions, macro-F1 and per-class accuracy agree with the recorded labels.
+    from job.stats import decode_classes
+
+    gold = decode_classes(results["run"]["data"]["test"]["labels"])
+    for r in results["runs"]:
+        predicted = decode_classes(r["test"]["predictions"])
+        assert len(predicted) == len(gold) == r["test"]["examples"] == 150
+        assert r["test"]["accuracy"] == sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(gold)
+        assert 0 <= r["test"]["macro_f1"] <= 1 and len(r["test"]["per_class_accuracy"]) == 15
+    # One seed: plain numbers, a verdict with its interval and test, and no claim beyond it.
+    comparison = results["comparison"]
+    assert comparison["selected"] == {"lora": ["lora"], "full_finetune": ["full_finetune"]}
+    low, high = comparison["accuracy_difference_ci95"]
+    assert low <= comparison["accuracy_difference"] <= high
+    assert comparison["accuracy_difference"] == pytest.approx(
+        by_name["lora"]["test"]["accuracy"] - by_name["full_finetune"]["test"]["accuracy"]
+    )
+    assert set(comparison["mcnemar_p"]) == {"42"}
+    assert f"Verdict: {comparison['verdict']}" in report
+    assert "One seed per row" in report and "±" not in table_rows(report)[0][3]
     assert "device: cpu" in result.stderr
     assert "No model files were saved" in report
     # Efficiency table and loss curves.
@@ -74,9 +97,10 @@ def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: 
     assert lora["optimizer_state_mb"] < full["optimizer_state_mb"]
     assert full["optimizer_state_mb"] >= 2 * 4 * full["trainable_params"] / 2**20  # two fp32 moments each
     assert lora["checkpoint_mb"] == round(4 * lora["trainable_params"] / 2**20, 3)
-    assert "![Training loss per step](loss_curves.png)" in report
-    png = (out / "loss_curves.png").read_bytes()
-    assert png.startswith(b"\x89PNG\r\n\x1a\n") and 20_000 < len(png) < 2_000_000
+    assert "![Training loss per step](loss_curves.png)" in report and "(pareto.png)" in report
+    for plot in ("loss_curves.png", "pareto.png"):
+        png = (out / plot).read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and 20_000 < len(png) < 2_000_000
 
     # `job report` rebuilds the same table from the per-strategy results.
     (out / "ernie_lora_vs_full_report.md").unlink()
@@ -91,14 +115,14 @@ def test_single_strategy_and_reproducible_numbers(write_config, tmp_path: Path) 
     assert first.exit_code == 0, first.output
     out = tmp_path / "out"
     one = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    assert [r["strategy"] for r in one["strategies"]] == ["lora"]
+    assert [r["strategy"] for r in one["runs"]] == ["lora"]
     second = CliRunner().invoke(
         main, ["run", "--config", str(config), "--strategy", "lora", "--output-dir", str(tmp_path / "again")]
     )
     assert second.exit_code == 0, second.output
     two = json.loads((tmp_path / "again" / "results.json").read_text(encoding="utf-8"))
     for key in ("dev", "test", "step_losses", "trainable_params"):
-        assert one["strategies"][0][key] == two["strategies"][0][key], key
+        assert one["runs"][0][key] == two["runs"][0][key], key
 
 
 def test_contiguous_kernels_keep_the_numbers(write_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,7 +142,7 @@ def test_contiguous_kernels_keep_the_numbers(write_config, tmp_path: Path, monke
     monkeypatch.delenv("FLAGS_use_stride_kernel")
     contiguous = run("contiguous")
     assert contiguous["run"]["cpu"]["strided_views"] is False
-    for one, two in zip(strided["strategies"], contiguous["strategies"], strict=True):
+    for one, two in zip(strided["runs"], contiguous["runs"], strict=True):
         np.testing.assert_allclose(one["step_losses"], two["step_losses"], rtol=1e-4)
         for split in ("dev", "test"):
             assert one[split]["accuracy"] == two[split]["accuracy"]
@@ -131,7 +155,10 @@ def test_merging_results_of_separate_strategy_runs(write_config, tmp_path: Path)
         result = CliRunner().invoke(main, ["run", "--config", str(config), "--strategy", strategy])
         assert result.exit_code == 0, result.output
     report = (tmp_path / "out" / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
-    assert [row[0] for row in table_rows(report)] == ["lora (r=4, α=8, dropout=0.1)", "full_finetune"]
+    assert [row[0] for row in table_rows(report)] == [
+        "lora (r=4, α=8, dropout=0.1, lr=0.005)",
+        "full_finetune (lr=0.005)",
+    ]
     assert "LoRA trained" in report and "as many parameters as full fine-tuning" in report
 
 
@@ -141,7 +168,7 @@ def test_results_of_another_config_are_not_merged(write_config, tmp_path: Path) 
     assert other.exit_code == 0, other.output
     assert "lora.json: it comes from another config" in other.output
     report = (tmp_path / "out" / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
-    assert [row[0] for row in table_rows(report)] == ["full_finetune"]
+    assert [row[0] for row in table_rows(report)] == ["full_finetune (lr=0.005)"]
     # Without a config to go by, `job report` refuses to mix them.
     rebuilt = CliRunner().invoke(main, ["report", "--output-dir", str(tmp_path / "out")])
     assert rebuilt.exit_code == 2
@@ -169,11 +196,11 @@ def test_gpu_on_a_cpu_only_build_exits_2_with_a_clear_message(write_config, tmp_
 def test_report_without_results_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["report", "--output-dir", str(tmp_path)])
     assert result.exit_code == 2
-    assert "no saved strategy results" in result.output
+    assert "no saved run results" in result.output
 
 
 def test_help_explains_every_command() -> None:
-    for command in ("run", "validate", "report", "config-reference"):
+    for command in ("run", "plan", "validate", "report", "bench", "config-reference"):
         result = CliRunner().invoke(main, [command, "--help"])
         assert result.exit_code == 0
         assert re.search(r"Usage: .* " + command, result.output)
@@ -183,7 +210,7 @@ def test_batch_size_above_the_training_sample_trains_one_batch_per_epoch(write_c
     config = write_config(batch_size=1000, max_train_samples=100, num_epochs=2, strategies=["lora"])
     result = CliRunner().invoke(main, ["run", "--config", str(config)])
     assert result.exit_code == 0, result.output
-    record = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))["strategies"][0]
+    record = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))["runs"][0]
     assert record["steps"] == 2 and record["batch_size"] == 1000
     report = (tmp_path / "out" / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
     assert re.search(r"Data files: train\.json sha256 `[0-9a-f]{12}`, dev\.json sha256 `[0-9a-f]{12}`", report)
@@ -207,25 +234,29 @@ def test_a_rank_sweep_gives_one_row_per_rank_from_the_same_weights(write_config,
     report = (out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
     labels = [row[0] for row in table_rows(report)]
     assert labels == [
-        "lora (r=2, α=4, dropout=0.1)", "lora (r=4, α=8, dropout=0.1)", "lora (r=8, α=16, dropout=0.1)",
-        "full_finetune",
+        "lora (r=2, α=4, dropout=0.1, lr=0.005)", "lora (r=4, α=8, dropout=0.1, lr=0.005)",
+        "lora (r=8, α=16, dropout=0.1, lr=0.005)", "full_finetune (lr=0.005)",
     ]  # fmt: skip
-    results = json.loads((out / "results.json").read_text(encoding="utf-8"))["strategies"]
+    combined = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    results = combined["runs"]
     hidden, layers = 32, 2
     for rank, record in zip((2, 4, 8), results, strict=False):
         assert record["trainable_params"] == layers * 2 * rank * (hidden + hidden) + hidden * 15 + 15
-        assert (out / "results" / f"lora_r{rank}_a{2 * rank}.json").is_file()
+        assert (out / "results" / f"lora_r{rank}_a{2 * rank}_lr0.005_s42.json").is_file()
     assert len({r["initial_weights"] for r in results}) == 1
     assert "Every row started from the same initial weights" in report
     for label in labels[:3]:
-        assert f"Test accuracy: {label} is" in report
+        assert f"{label} trained" in report
+    # The verdict compares the rank with the best dev accuracy.
+    best = max(results[:3], key=lambda r: r["dev"]["accuracy"])
+    assert combined["comparison"]["selected"]["lora"] == [best["key"]]
     # Array tasks cover the expanded runs: index 2 is the third LoRA rank.
     task = CliRunner().invoke(
         main, ["run", "--config", str(config), "--strategy-from-index", "--output-dir", str(tmp_path / "task")],
         env={"BATCH_TASK_INDEX": "2"},
     )  # fmt: skip
     assert task.exit_code == 0, task.output
-    assert [p.name for p in (tmp_path / "task" / "results").iterdir()] == ["lora_r8_a16.json"]
+    assert [p.name for p in (tmp_path / "task" / "results").iterdir()] == ["lora_r8_a16_lr0.005_s42.json"]
 
 
 def test_a_sweep_of_ranks_with_one_alpha_and_mismatched_lists(write_config) -> None:

@@ -68,11 +68,12 @@ def test_override_changes_the_config_and_its_hash() -> None:
 
 
 def test_per_strategy_overrides_apply_to_their_strategy_only() -> None:
+    from job.plan import plan_runs
+
     config = validate_config({"learning_rate": 3e-5, "lora_learning_rate": 5e-4, "lora_batch_size": 16})
-    assert config.learning_rate_for("lora") == 5e-4
-    assert config.learning_rate_for("full_finetune") == 3e-5
-    assert config.batch_size_for("lora") == 16
-    assert config.batch_size_for("full_finetune") == 8
+    lora, full = plan_runs(config)
+    assert (lora.key, lora.learning_rate, lora.settings.batch_size) == ("lora", 5e-4, 16)
+    assert (full.key, full.learning_rate, full.settings.batch_size) == ("full_finetune", 3e-5, 8)
 
 
 BAD_VALUES = [
@@ -91,6 +92,14 @@ BAD_VALUES = [
     ({"strategies": []}, "strategies", "at least 1"),
     ({"device": "tpu"}, "device", "auto"),
     ({"lora_target_modules": ["(unclosed"]}, "lora_target_modules", "not a valid regex"),
+    ({"seed": []}, "seed", "an empty list"),
+    ({"seed": [42, 43, 42]}, "seed", "the list repeats 42"),
+    ({"seed": 2**32}, "seed", "less than or equal to 4294967295"),
+    ({"seed": [1, -1]}, "seed", "greater than or equal to 0"),
+    ({"data_seed": 2**64}, "data_seed", "less than or equal to 4294967295"),
+    ({"learning_rate": []}, "learning_rate", "an empty list"),
+    ({"lora_learning_rate": [1e-4, 1e-4]}, "lora_learning_rate", "the list repeats 0.0001"),
+    ({"full_finetune_learning_rate": [5e-5, 2]}, "full_finetune_learning_rate", "less than or equal to 1"),
 ]
 
 
@@ -166,3 +175,11 @@ def test_tuned_config_differs_from_the_seed_only_in_the_lora_rate_and_folder() -
     changed = {key for key in seed if seed[key] != tuned[key]}
     assert changed == {"lora_learning_rate", "output_dir"}
     assert tuned["lora_learning_rate"] == 10 * tuned["learning_rate"]
+
+
+@pytest.mark.parametrize("override", ["seed=[]", "seed=[1, 1]", "seed=4294967296", "lora_learning_rate=[]"])
+def test_bad_grid_values_exit_2_before_anything_is_loaded(write_config, tmp_path: Path, override: str) -> None:
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config()), "--set", override])
+    assert result.exit_code == 2, result.output
+    assert f"config key '{override.split('=')[0]}'" in result.output
+    assert not (tmp_path / "out").exists()

@@ -41,7 +41,7 @@ def test_two_process_launch_trains_in_step_and_only_rank_0_writes(write_config, 
     assert "rank 0 of 2" in rank0 and "rank 1 of 2" in rank1
     assert "[lora] saved" in rank0 and "saved" not in rank1
     assert "step " not in rank1  # progress is rank 0's alone
-    results = json.loads((out / "results.json").read_text(encoding="utf-8"))["strategies"]
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))["runs"]
     # The training sample is 300 rows: 19 global batches of 16 an epoch, whatever the number of ranks.
     for record in results:
         assert record["steps"] == 2 * 19

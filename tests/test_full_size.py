@@ -60,7 +60,7 @@ def test_full_size_model_by_name_through_the_paddlenlp_cache(tmp_path: Path) -> 
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
-    lora, full = results["strategies"]
+    lora, full = results["runs"]
     assert (full["trainable_params"], full["total_params"]) == (FULL_TOTAL, FULL_TOTAL)
     assert lora["trainable_params"] == LORA_TRAINABLE
     assert lora["total_params"] == FULL_TOTAL + LORA_TRAINABLE - (768 * 15 + 15)
@@ -73,6 +73,6 @@ def test_full_size_model_by_name_through_the_paddlenlp_cache(tmp_path: Path) -> 
             tmp_path / "out" / "ernie_lora_vs_full_report.md"
         ).read_text(encoding="utf-8")
     report = (tmp_path / "out" / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
-    assert "| lora (r=16, α=32, dropout=0.1) | 306,447 | 75,734,031 |" in report
-    assert "| full_finetune | 75,439,119 | 75,439,119 |" in report
+    assert "| lora (r=16, α=32, dropout=0.1, lr=5e-05) | 306,447 | 75,734,031 |" in report
+    assert "| full_finetune (lr=5e-05) | 75,439,119 | 75,439,119 |" in report
     assert "trained 306,447 of 75,734,031 parameters (0.405%)" in report

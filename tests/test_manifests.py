@@ -11,7 +11,6 @@ import yaml
 from google.protobuf.json_format import ParseError
 
 from job.cli import main
-from job.config import JobConfig
 from tests import manifest_schemas
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,10 +72,10 @@ def test_manifest_agrees_with_compose_and_cli(manifest) -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
     image_name = compose["services"]["gpu-job"]["image"].split(":-", 1)[1].rstrip("}")
     assert spec["image"].endswith("/" + image_name), spec["image"]
-    # The arguments parse with the real CLI, and pick the strategy from the queue's task index.
+    # The arguments parse with the real CLI, and pick the run from the queue's task index.
     command = main.commands[spec["args"][0]]
     parsed = command.make_context(command.name, list(spec["args"][1:]))
-    assert parsed.params["strategy_from_index"] is True
+    assert parsed.params["run_from_index"] is True
     mounts = compose_mounts()
     assert set(spec["mounts"]) == set(mounts), "mount paths differ from docker-compose.yml"
     assert spec["mounts"]["/app/configs"] is True and spec["mounts"]["/app/reports"] is False
@@ -99,12 +98,22 @@ def test_retries_only_for_retryable_exit_codes() -> None:
     assert policy["actionCondition"]["exitCodes"] == [1, 2]
 
 
-def test_array_sizes_match_the_default_strategies() -> None:
-    count = len(JobConfig.model_fields["strategies"].default)
+def planned_count(config_name: str) -> int:
+    from job.config import load_config
+    from job.plan import plan_runs
+
+    return len(plan_runs(load_config(ROOT / "configs" / config_name)))
+
+
+def test_array_sizes_match_the_plan_of_the_shipped_config() -> None:
+    """Each manifest's array size is `job plan`'s for the config it names."""
+    runs = planned_count(Path(kubernetes()["config"]).name)
+    assert planned_count(Path(gcp()["config"]).name) == planned_count(Path(aws()["config"]).name) == runs
     gcp_job = json.loads((BATCH / "gcp-batch-job.json").read_text(encoding="utf-8"))
-    assert gcp_job["taskGroups"][0]["taskCount"] == count
+    assert gcp_job["taskGroups"][0]["taskCount"] == runs
     job = yaml.safe_load((BATCH / "kubernetes-job.yaml").read_text(encoding="utf-8"))
-    assert job["spec"]["completions"] == count
+    assert job["spec"]["completions"] == runs
+    assert readme_submit_job()["arrayProperties"] == {"size": runs}
 
 
 # ---------------------------------------------------------------- the services' own schemas
@@ -165,9 +174,9 @@ def test_readme_submit_job_is_a_valid_submit_job_input(tmp_path: Path) -> None:
 def test_gcp_job_parses_as_a_cloud_batch_job_with_the_expected_tasks(tmp_path: Path) -> None:
     job = manifest_schemas.gcp_job(BATCH / "gcp-batch-job.json")
     group = job.task_groups[0]
-    runs = len(JobConfig.model_fields["strategies"].default)
+    runs = planned_count(Path(gcp()["config"]).name)
     assert (group.task_count, group.parallelism) == (runs, runs)
-    assert list(group.task_spec.runnables[0].container.commands) == ["run", "--strategy-from-index"]
+    assert list(group.task_spec.runnables[0].container.commands) == ["run", "--run-from-index"]
     broken = tmp_path / "job.json"
     broken.write_text(
         (BATCH / "gcp-batch-job.json").read_text(encoding="utf-8").replace('"taskCount"', '"taskCnt"'), encoding="utf-8"

@@ -162,3 +162,32 @@ def test_out_of_memory_names_the_batch_size_to_try(write_config, tmp_path: Path)
     assert "[full_finetune] training ran out of memory at batch size 2048" in result.stderr
     assert "try --set full_finetune_batch_size=1024" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r["result"].pop("step_losses"), "field 'result.step_losses': Field required"),
+        (lambda r: r["run"].update(config_hash=["not", "a", "hash"]), "field 'run.config_hash'"),
+        (lambda r: r.pop("schema_version"), "result schema 1, this job reads 2"),
+    ],
+    ids=["missing-field", "wrong-type", "older-schema"],
+)
+def test_a_bad_result_record_exits_2_naming_file_and_field_before_training(
+    write_config, tmp_path: Path, change, message: str
+) -> None:
+    config = str(write_config(num_epochs=1, strategies=["lora"]))
+    assert CliRunner().invoke(main, ["run", "--config", config]).exit_code == 0
+    record_file = tmp_path / "out" / "results" / "lora.json"
+    record = json.loads(record_file.read_text(encoding="utf-8"))
+    change(record)
+    record_file.write_text(json.dumps(record), encoding="utf-8")
+    for args in (
+        ["report", "--output-dir", str(tmp_path / "out")],
+        ["run", "--config", config, "--strategy", "full_finetune"],
+    ):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert str(record_file) in result.output and message in result.output
+        assert "Traceback" not in result.output and "[full_finetune]" not in result.output
+    assert not (tmp_path / "out" / "results" / "full_finetune.json").exists()

@@ -11,6 +11,7 @@ from job.config import validate_config
 from job.data import NUM_CLASSES, draw_samples, encode, read_local_folder
 from job.errors import UserError
 from job.model import count_parameters, load_model, load_tokenizer
+from job.plan import Run, plan_runs
 from job.strategies import STRATEGIES
 from job.train import StopRequest, TrainSettings, train
 from tests.fixtures import TINY_ERNIE
@@ -19,13 +20,19 @@ HIDDEN = TINY_ERNIE["hidden_size"]
 LAYERS = TINY_ERNIE["num_hidden_layers"]
 
 
+def planned(tiny_model: Path, strategy: str, **overrides) -> Run:
+    """The first planned run of `strategy` for a config on the tiny model."""
+    config = validate_config({"model_name": str(tiny_model), "lora_r": 4, "lora_alpha": 8, **overrides})
+    return next(run for run in plan_runs(config) if run.strategy.name == strategy)
+
+
 def prepared(tiny_model: Path, strategy: str, **overrides):
     import paddle
 
-    config = validate_config({"model_name": str(tiny_model), "lora_r": 4, "lora_alpha": 8, **overrides})
+    run = planned(tiny_model, strategy, **overrides)
     paddle.seed(0)
-    loaded = load_model(config.model_name, NUM_CLASSES)
-    return STRATEGIES[strategy].prepare(loaded, config), config
+    loaded = load_model(str(tiny_model), NUM_CLASSES)
+    return STRATEGIES[strategy].prepare(loaded, run), run
 
 
 def snapshot(model) -> dict[str, np.ndarray]:
@@ -41,10 +48,10 @@ def train_briefly(model, tiny_model: Path, tnews_dir: Path) -> None:
 
 
 def test_lora_trainable_count_follows_the_formula(tiny_model: Path) -> None:
-    model, config = prepared(tiny_model, "lora")
+    model, run = prepared(tiny_model, "lora")
     trainable, total = count_parameters(model)
     wrapped = 2 * LAYERS  # q_proj and v_proj in each layer
-    adapters = wrapped * config.lora_r * (HIDDEN + HIDDEN)
+    adapters = wrapped * run.lora.r * (HIDDEN + HIDDEN)
     head = HIDDEN * NUM_CLASSES + NUM_CLASSES
     assert trainable == adapters + head
     base_total = count_parameters(prepared(tiny_model, "full_finetune")[0])[1]
@@ -52,10 +59,10 @@ def test_lora_trainable_count_follows_the_formula(tiny_model: Path) -> None:
 
 
 def test_lora_targets_follow_the_config(tiny_model: Path) -> None:
-    model, config = prepared(tiny_model, "lora", lora_target_modules=[r".*\.linear1"])
+    model, run = prepared(tiny_model, "lora", lora_target_modules=[r".*\.linear1"])
     trainable, _ = count_parameters(model)
     intermediate = TINY_ERNIE["intermediate_size"]
-    assert trainable == LAYERS * config.lora_r * (HIDDEN + intermediate) + HIDDEN * NUM_CLASSES + NUM_CLASSES
+    assert trainable == LAYERS * run.lora.r * (HIDDEN + intermediate) + HIDDEN * NUM_CLASSES + NUM_CLASSES
 
 
 def test_lora_target_that_matches_nothing_is_a_user_error(tiny_model: Path) -> None:

@@ -52,8 +52,8 @@ check_report() {
   local report="$REPORTS_DIR/ernie_lora_vs_full_report.md"
   [ -f "$report" ] || fail "no report in $REPORTS_DIR"
   [ -f "$REPORTS_DIR/results.json" ] || fail "no results.json in $REPORTS_DIR"
-  grep -q '^| lora (r=4, α=8, dropout=0.1) | [0-9,]* | [0-9,]* | [0-9.]* | 0\.[0-9]* |' "$report" || fail "lora row not filled"
-  grep -q '^| full_finetune | [0-9,]* | [0-9,]* | [0-9.]* | 0\.[0-9]* |' "$report" || fail "full_finetune row not filled"
+  grep -q '^| lora (r=4, α=8, dropout=0.1, lr=0.01) | [0-9,]* | [0-9,]* | [0-9.]* | 0\.[0-9]* |' "$report" || fail "lora row not filled"
+  grep -q '^| full_finetune (lr=0.01) | [0-9,]* | [0-9,]* | [0-9.]* | 0\.[0-9]* |' "$report" || fail "full_finetune row not filled"
   ! grep -q pending "$report" || fail "report has pending cells"
   [ "$(stat -c %u "$report")" = "$JOB_UID" ] || fail "report not owned by UID $JOB_UID"
   [ "$(stat -c %a "$report")" = 644 ] || fail "report not readable by everyone (mode $(stat -c %a "$report"))"
@@ -77,7 +77,7 @@ docker stop -t 20 job-smoke-sigterm >/dev/null
 code=$(docker wait job-smoke-sigterm)
 docker logs job-smoke-sigterm 2>&1 | tail -3
 [ "$code" = 143 ] || fail "exit code $code after SIGTERM, expected 143"
-docker logs job-smoke-sigterm 2>&1 | grep -q "stopping: finished strategies' results are kept" || fail "no shutdown message"
+docker logs job-smoke-sigterm 2>&1 | grep -q "stopping: finished runs' results are kept" || fail "no shutdown message"
 [ ! -f "$REPORTS_DIR/ernie_lora_vs_full_report.md" ] || fail "an interrupted run wrote a report"
 echo "exit 143, no report"
 

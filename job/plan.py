@@ -1,0 +1,116 @@
+"""The run plan: the config expanded into fully resolved runs, one per (strategy, LoRA rank/alpha,
+learning rate, seed). Each run carries every setting it trains with, so nothing downstream reads a
+setting from the config by name. The CLI (array index), the runner, bench and the report all use it.
+
+Keys: a strategy with one run keeps its name (`lora`, `full_finetune`); a strategy with several runs
+spells every setting that defines a run, e.g. `lora_r16_a32_lr0.0005_s43`, `full_finetune_lr5e-05_s42`.
+Runs that differ only in learning rate and seed form a group: one headline row of the report, at the
+rate chosen on dev.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from job.config import JobConfig
+from job.strategies import STRATEGIES, Strategy
+from job.train import TrainSettings
+
+
+@dataclass(frozen=True)
+class LoRASettings:
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Run:
+    index: int  # position in the plan: array task i trains run i
+    key: str  # names results/<key>.json and artifacts/<key>/
+    group: str  # the headline row this run belongs to (same strategy and LoRA shape)
+    strategy: Strategy
+    settings: TrainSettings  # learning rate, batch size, seed, epochs, optimizer and batching
+    eval_batch_size: int
+    lora: LoRASettings | None = None
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed
+
+    @property
+    def learning_rate(self) -> float:
+        return self.settings.learning_rate
+
+    @property
+    def label(self) -> str:
+        """The row label: strategy, LoRA shape and learning rate (not the seed: seeds share a row)."""
+        return self.strategy.label(self)
+
+    def describe(self) -> str:
+        """Every setting of the run on one line (`job plan`)."""
+        s = self.settings
+        lora = f"r={self.lora.r} alpha={self.lora.alpha} dropout={self.lora.dropout:g} " if self.lora else ""
+        return (
+            f"strategy={self.strategy.name} {lora}lr={s.learning_rate:g} seed={s.seed} batch_size={s.batch_size} "
+            f"epochs={s.num_epochs} weight_decay={s.weight_decay:g} warmup_ratio={s.warmup_ratio:g} "
+            f"max_grad_norm={s.max_grad_norm:g} length_bucket_window={s.bucket_window}"
+        )
+
+
+def plan_runs(config: JobConfig) -> list[Run]:
+    """Every run of the config, in the order of `strategies`; within a strategy by LoRA rank, then
+    learning rate and seed in the config's order. Array task i trains the i-th."""
+    runs: list[Run] = []
+    for name in config.strategies:
+        shapes = _lora_shapes(config) if name == "lora" else [None]
+        rates, seeds = config.learning_rates_for(name), config.seeds()
+        several = len(shapes) * len(rates) * len(seeds) > 1
+        for lora in shapes:
+            group = name if lora is None or len(shapes) == 1 else f"{name}_r{lora.r}_a{lora.alpha}"
+            for rate in rates:
+                for seed in seeds:
+                    shape = f"_r{lora.r}_a{lora.alpha}" if lora is not None else ""
+                    key = f"{name}{shape}_lr{rate:g}_s{seed}" if several else name
+                    runs.append(
+                        Run(
+                            index=len(runs),
+                            key=key,
+                            group=group,
+                            strategy=STRATEGIES[name],
+                            settings=_train_settings(config, name, rate, seed),
+                            eval_batch_size=config.eval_batch_size,
+                            lora=lora,
+                        )
+                    )
+    return runs
+
+
+def _lora_shapes(config: JobConfig) -> list[LoRASettings]:
+    return [
+        LoRASettings(r=rank, alpha=alpha, dropout=config.lora_dropout, target_modules=tuple(config.lora_target_modules))
+        for rank, alpha in sorted(config.lora_pairs())
+    ]
+
+
+def _train_settings(config: JobConfig, strategy: str, learning_rate: float, seed: int) -> TrainSettings:
+    own_batch = getattr(config, f"{strategy}_batch_size")
+    return TrainSettings(
+        learning_rate=learning_rate,
+        batch_size=config.batch_size if own_batch is None else own_batch,
+        num_epochs=config.num_epochs,
+        weight_decay=config.weight_decay,
+        warmup_ratio=config.warmup_ratio,
+        max_grad_norm=config.max_grad_norm,
+        seed=seed,
+        logging_steps=config.logging_steps,
+        bucket_window=config.length_bucket_window,
+    )
+
+
+def format_plan(runs: list[Run]) -> str:
+    """`job plan`'s output: one line per run, then the array size a batch queue needs."""
+    width = max(len(run.key) for run in runs)
+    lines = [f"{run.index:>3}  {run.key:{width}}  {run.describe()}" for run in runs]
+    return "\n".join([*lines, f"array size: {len(runs)}"])

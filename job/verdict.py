@@ -1,0 +1,186 @@
+"""From runs to a verdict: pick each row's learning rate on dev (never on test), summarise its seeds,
+and compare the chosen LoRA row with the chosen full fine-tuning row on the same test titles with an
+exact McNemar test per seed and a paired-bootstrap interval of the accuracy difference."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+import numpy as np
+
+from job.results import Combined, Comparison, HeadlineRow, ResultRecord, RunFacts, RunResult, Stat
+from job.stats import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    decode_classes,
+    mcnemar_exact,
+    mean_std,
+    paired_bootstrap_ci,
+)
+
+
+def stat(values: Sequence[float]) -> Stat:
+    mean, std = mean_std(values)
+    return Stat(mean=mean, std=std, n=len(values))
+
+
+def select_rate(runs: Sequence[RunResult]) -> tuple[float, dict[str, float]]:
+    """The learning rate with the best mean dev accuracy over its seeds (ties: lower mean dev loss,
+    then the rate tried first), and every rate's mean dev accuracy."""
+    by_rate: dict[float, list[RunResult]] = {}
+    for run in runs:
+        by_rate.setdefault(run.learning_rate, []).append(run)
+    scores = {
+        rate: (statistics.fmean(r.dev.accuracy for r in group), -statistics.fmean(r.dev.loss for r in group))
+        for rate, group in by_rate.items()
+    }
+    best = max(scores, key=lambda rate: scores[rate])  # max keeps the first of equal scores
+    return best, {f"{rate:g}": score[0] for rate, score in scores.items()}
+
+
+def headline_rows(results: Sequence[RunResult]) -> list[HeadlineRow]:
+    """One row per group (strategy, LoRA shape), in the order the groups first appear."""
+    groups: dict[str, list[RunResult]] = {}
+    for result in results:
+        groups.setdefault(result.group, []).append(result)
+    return [_headline(members) for members in groups.values()]
+
+
+def _headline(members: list[RunResult]) -> HeadlineRow:
+    rate, by_rate = select_rate(members)
+    chosen = sorted((r for r in members if r.learning_rate == rate), key=lambda r: r.index)
+    first = chosen[0]
+    per_class = np.array([[np.nan if a is None else a for a in r.test.per_class_accuracy] for r in chosen])
+    shortest = min(len(r.step_losses) for r in chosen)
+    return HeadlineRow(
+        group=first.group,
+        strategy=first.strategy,
+        label=first.label,
+        learning_rate=rate,
+        keys=[r.key for r in chosen],
+        seeds=[r.seed for r in chosen],
+        dev_accuracy_by_rate=by_rate,
+        trainable_params=first.trainable_params,
+        total_params=first.total_params,
+        training_seconds=stat([r.training_seconds for r in chosen]),
+        dev_accuracy=stat([r.dev.accuracy for r in chosen]),
+        test_accuracy=stat([r.test.accuracy for r in chosen]),
+        dev_loss=stat([r.dev.loss for r in chosen]),
+        test_loss=stat([r.test.loss for r in chosen]),
+        dev_macro_f1=stat([r.dev.macro_f1 for r in chosen]),
+        test_macro_f1=stat([r.test.macro_f1 for r in chosen]),
+        test_per_class_accuracy=[
+            None if np.isnan(column).all() else float(np.nanmean(column)) for column in per_class.T
+        ],
+        step_losses=[statistics.fmean(r.step_losses[i] for r in chosen) for i in range(shortest)],
+    )
+
+
+SIGNIFICANCE = 0.05
+
+
+def mcnemar_agrees(p_values: Sequence[float]) -> bool:
+    """The exact test confirms a difference on more than half of the seeds. The percentile bootstrap
+    alone can exclude zero on a handful of one-sided discordant titles (5 vs 0: McNemar p = 0.06), so a
+    difference is called significant only when both agree."""
+    return sum(p < SIGNIFICANCE for p in p_values) * 2 > len(p_values)
+
+
+def best_row(rows: Sequence[HeadlineRow], strategy: str) -> HeadlineRow | None:
+    """The strategy's row with the best mean dev accuracy (a LoRA rank sweep has several)."""
+    candidates = [row for row in rows if row.strategy == strategy]
+    return max(candidates, key=lambda row: row.dev_accuracy.mean) if candidates else None
+
+
+def compare(rows: Sequence[HeadlineRow], results: Sequence[RunResult], facts: RunFacts) -> Comparison | None:
+    """LoRA's chosen row against full fine-tuning's, seed by seed on the same test titles."""
+    lora, full = best_row(rows, "lora"), best_row(rows, "full_finetune")
+    labels_text = facts.data.test.labels
+    if lora is None or full is None or not labels_text:
+        return None
+    by_key = {r.key: r for r in results}
+    lora_by_seed = {by_key[k].seed: by_key[k] for k in lora.keys}
+    full_by_seed = {by_key[k].seed: by_key[k] for k in full.keys}
+    seeds = [seed for seed in lora_by_seed if seed in full_by_seed]
+    if not seeds:
+        return None
+    gold = np.array(decode_classes(labels_text))
+
+    def correct(run: RunResult) -> np.ndarray:
+        return np.array(decode_classes(run.test.predictions)) == gold
+
+    lora_correct = np.array([correct(lora_by_seed[s]) for s in seeds])
+    full_correct = np.array([correct(full_by_seed[s]) for s in seeds])
+    tests = {str(s): mcnemar_exact(lc, fc) for s, lc, fc in zip(seeds, lora_correct, full_correct, strict=True)}
+    difference, low, high = paired_bootstrap_ci(lora_correct, full_correct, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
+    significant = (low > 0 or high < 0) and mcnemar_agrees([p for p, _, _ in tests.values()])
+    comparison = Comparison(
+        selected={"lora": [lora_by_seed[s].key for s in seeds], "full_finetune": [full_by_seed[s].key for s in seeds]},
+        labels={"lora": lora.label, "full_finetune": full.label},
+        seeds=seeds,
+        test_examples=int(gold.size),
+        accuracy_difference=difference,
+        accuracy_difference_ci95=(low, high),
+        bootstrap_resamples=BOOTSTRAP_RESAMPLES,
+        bootstrap_seed=BOOTSTRAP_SEED,
+        mcnemar_p={seed: p for seed, (p, _, _) in tests.items()},
+        discordant={seed: (only_lora, only_full) for seed, (_, only_lora, only_full) in tests.items()},
+        significant=significant,
+        verdict="",
+    )
+    return comparison.model_copy(update={"verdict": verdict_sentence(comparison)})
+
+
+def _signed_points(value: float) -> str:
+    return f"{100 * value:+.1f}".replace("-", "−")
+
+
+def _p_value(p: float) -> str:
+    return f"{p:.2f}" if p >= 0.01 else f"{p:.1e}"
+
+
+def verdict_sentence(c: Comparison) -> str:
+    """The comparison in words; it claims a difference only when the 95% interval excludes zero."""
+    gap = 100 * c.accuracy_difference
+    direction = "above" if gap > 0 else "below" if gap < 0 else "level with"
+    amount = f"{abs(gap):.1f} points " if gap != 0 else ""
+    low, high = c.accuracy_difference_ci95
+    if len(c.seeds) == 1:
+        mcnemar = f"McNemar p = {_p_value(next(iter(c.mcnemar_p.values())))}"
+    else:
+        mcnemar = "McNemar p = " + ", ".join(f"{_p_value(p)} (seed {seed})" for seed, p in c.mcnemar_p.items())
+    evidence = (
+        f"(95% CI {_signed_points(low)} to {_signed_points(high)} points; {mcnemar} on {c.test_examples} paired titles)"
+    )
+    excludes_zero = low > 0 or high < 0
+    if excludes_zero and not c.significant:
+        conclusion = (
+            f"the interval excludes zero but the exact test does not confirm it (p ≥ {SIGNIFICANCE:g} on most "
+            "seeds): no firm difference at this sample size"
+        )
+    elif not c.significant:
+        conclusion = "no significant difference at this sample size"
+    elif gap < 0:
+        conclusion = "full fine-tuning is significantly better (the interval excludes zero)"
+    else:
+        conclusion = "LoRA is significantly better (the interval excludes zero)"
+    return f"LoRA is {amount}{direction} full fine-tuning {evidence}: {conclusion}."
+
+
+def combine(records: Sequence[ResultRecord]) -> Combined:
+    """results.json: the run's facts once, the headline rows, the comparison, then every run."""
+    facts = records[0].run
+    results = [record.result for record in records]
+    present = {result.key for result in results}
+    planned = list(dict.fromkeys(key for record in records for key in record.run.planned_runs))
+    strategies = list(dict.fromkeys(result.strategy for result in results))
+    facts = facts.model_copy(update={"config": {**facts.config, "strategies": strategies}})
+    rows = headline_rows(results)
+    return Combined(
+        run=facts,
+        headline=rows,
+        comparison=compare(rows, results, facts),
+        missing_runs=[key for key in planned if key not in present],
+        runs=results,
+    )

@@ -1,0 +1,92 @@
+"""Typed result records made in memory, for tests of selection, statistics and the report."""
+
+from __future__ import annotations
+
+from job.results import CpuFacts, DataFacts, DeviceFacts, ResultRecord, RunFacts, RunResult, SplitFacts, SplitResult
+from job.stats import encode_classes, macro_f1, per_class_accuracy
+
+CLASSES = 15
+
+
+def split(predictions: list[int], labels: list[int], loss: float = 1.0) -> SplitResult:
+    correct = sum(p == g for p, g in zip(predictions, labels, strict=True))
+    return SplitResult(
+        accuracy=correct / len(labels),
+        loss=loss,
+        examples=len(labels),
+        macro_f1=macro_f1(predictions, labels, CLASSES),
+        per_class_accuracy=per_class_accuracy(predictions, labels, CLASSES),
+        predictions=encode_classes(predictions),
+    )
+
+
+def answers(labels: list[int], right: int, start: int = 0) -> list[int]:
+    """Predictions right on `right` examples from `start` on (wrapping around), wrong on the rest."""
+    hits = {(start + i) % len(labels) for i in range(right)}
+    return [g if i in hits else (g + 1) % CLASSES for i, g in enumerate(labels)]
+
+
+def result(
+    strategy: str, *, lr: float, seed: int, dev_right: int, test_right: int, labels: list[int], index: int = 0,
+    seconds: float = 50.0, trainable: int | None = None, total: int = 75_734_031, dev_loss: float = 1.0,
+    test_predictions: list[int] | None = None, test_start: int = 0,
+) -> RunResult:  # fmt: skip
+    lora = strategy == "lora"
+    label = f"lora (r=16, α=32, dropout=0.1, lr={lr:g})" if lora else f"full_finetune (lr={lr:g})"
+    return RunResult(
+        key=f"{strategy}_lr{lr:g}_s{seed}",
+        index=index,
+        group=strategy,
+        strategy=strategy,
+        label=label,
+        seed=seed,
+        learning_rate=lr,
+        batch_size=8,
+        lora_r=16 if lora else None,
+        lora_alpha=32 if lora else None,
+        initial_weights=f"weights-of-seed-{seed}",
+        trainable_params=trainable if trainable is not None else (306_447 if lora else 75_439_119),
+        total_params=total if lora else 75_439_119,
+        training_seconds=seconds,
+        steps=64,
+        samples_per_second=512 / seconds,
+        tokens_per_second=1000.0,
+        peak_memory_mb=1000.0,
+        optimizer_state_mb=2.3,
+        checkpoint_mb=1.2,
+        dev=split(answers(labels, dev_right), labels, dev_loss),
+        test=split(test_predictions or answers(labels, test_right, test_start), labels, 1.1),
+        step_losses=[2.7, 2.5, 2.0],
+        reinitialised_parameters=[],
+        artifacts=[],
+        finished_at="2026-01-01T00:00:00+00:00",
+    )
+
+
+def facts(labels: list[int], planned: list[str]) -> RunFacts:
+    def split_facts(name: str) -> SplitFacts:
+        return SplitFacts(source=f"{name} rows", examples=len(labels), labels=encode_classes(labels))
+
+    return RunFacts(
+        config={"model_name": "ernie-3.0-medium-zh", "report_file": "report.md"},
+        config_hash="0123456789abcdef",
+        planned_runs=planned,
+        device=DeviceFacts(name="cpu", description="CPU (2 threads)", reason="no GPU"),
+        data=DataFacts(
+            train=SplitFacts(source="train rows", examples=512),
+            dev=split_facts("dev"),
+            test=split_facts("test"),
+            sample_seed=42,
+            files={"train.json": "0" * 64},
+        ),
+        versions={"python": "3.11"},
+        git_commit=None,
+        threads={},
+        cpu=CpuFacts(vendor="GenuineIntel", strided_views=False),
+        uid=1000,
+    )
+
+
+def records(results: list[RunResult], labels: list[int], planned: list[str] | None = None) -> list[ResultRecord]:
+    keys = planned if planned is not None else [r.key for r in results]
+    return [ResultRecord(run=facts(labels, keys), result=r) for r in results]

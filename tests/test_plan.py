@@ -1,0 +1,63 @@
+"""The run plan: a grid config expands into fully resolved runs with stable keys; `job plan` prints them."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from job.cli import main
+from job.config import validate_config
+from job.plan import plan_runs
+
+GRID = {
+    "seed": [42, 43, 44],
+    "lora_learning_rate": [1e-4, 5e-4, 1e-3],
+    "full_finetune_learning_rate": [3e-5, 5e-5],
+}
+
+
+def test_a_grid_yields_one_run_per_strategy_rate_and_seed() -> None:
+    runs = plan_runs(validate_config(GRID))
+    assert len(runs) == 3 * 3 + 2 * 3
+    assert [run.index for run in runs] == list(range(15))
+    assert runs[0].key == "lora_r16_a32_lr0.0001_s42" and runs[1].key == "lora_r16_a32_lr0.0001_s43"
+    assert runs[8].key == "lora_r16_a32_lr0.001_s44"
+    assert runs[9].key == "full_finetune_lr3e-05_s42" and runs[14].key == "full_finetune_lr5e-05_s44"
+    assert {run.group for run in runs} == {"lora", "full_finetune"}
+    third = runs[3]  # every setting resolved on the run itself, no lists left
+    assert (third.strategy.name, third.learning_rate, third.seed) == ("lora", 5e-4, 42)
+    assert (third.lora.r, third.lora.alpha, third.lora.dropout) == (16, 32, 0.1)
+    assert third.settings.batch_size == 8 and third.eval_batch_size == 16
+    assert third.label == "lora (r=16, α=32, dropout=0.1, lr=0.0005)"
+
+
+def test_the_seed_config_keeps_its_keys() -> None:
+    assert [run.key for run in plan_runs(validate_config({}))] == ["lora", "full_finetune"]
+
+
+def test_a_rank_sweep_groups_by_rank() -> None:
+    runs = plan_runs(validate_config({"lora_r": [8, 4], "seed": [1, 2], "strategies": ["lora"]}))
+    assert [run.key for run in runs] == [
+        "lora_r4_a32_lr5e-05_s1", "lora_r4_a32_lr5e-05_s2", "lora_r8_a32_lr5e-05_s1", "lora_r8_a32_lr5e-05_s2",
+    ]  # fmt: skip
+    assert [run.group for run in runs] == ["lora_r4_a32", "lora_r4_a32", "lora_r8_a32", "lora_r8_a32"]
+
+
+def test_data_seed_defaults_to_the_first_seed() -> None:
+    assert validate_config({"seed": [7, 8]}).sample_seed() == 7
+    assert validate_config({"seed": [7, 8], "data_seed": 3}).sample_seed() == 3
+
+
+def test_plan_command_prints_every_run_and_the_array_size(tmp_path) -> None:
+    config = tmp_path / "grid.yaml"
+    config.write_text("seed: [42, 43]\nlora_learning_rate: [1.0e-4, 5.0e-4]\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["plan", "--config", str(config), "--set", "strategies=[lora, full_finetune]"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[-1] == "array size: 6"
+    assert lines[0].split()[:3] == ["0", "lora_r16_a32_lr0.0001_s42", "strategy=lora"]
+    assert "lr=0.0001 seed=42 batch_size=8" in lines[0]
+    assert lines[5].split()[:2] == ["5", "full_finetune_lr5e-05_s43"]
+    only = CliRunner().invoke(main, ["plan", "--config", str(config), "--strategy", "full_finetune"])
+    assert only.output.splitlines()[-1] == "array size: 2"
+    bad = CliRunner().invoke(main, ["plan", "--set", "seed=[1, 1]"])
+    assert bad.exit_code == 2 and "config key 'seed'" in bad.output
