@@ -6,12 +6,18 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/tnews_lora_vs_full.yaml
 
 COMPOSE ?= docker compose
-# Containers run as you (so ./reports is yours), or as UID 1000 when you are root: never as root.
-JOB_UID ?= $(shell [ "$$(id -u)" -eq 0 ] && echo 1000 || id -u)
-JOB_GID ?= $(shell [ "$$(id -u)" -eq 0 ] && echo 1000 || id -g)
+# The containers run as the owner of $(REPORTS_DIR) (you; UID 1000 when it is root's), never as root.
 REPORTS_DIR ?= ./reports
 GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
-export JOB_UID JOB_GID REPORTS_DIR GIT_COMMIT
+export REPORTS_DIR GIT_COMMIT
+# `docker compose run` does not always pass the container's exit code on (some compose builds return
+# 0 for a container that exited 3), so run-* read it from the container itself, then remove it.
+CONTAINER := ernie-tnews-job-$(shell date +%s)-$$$$
+define compose_run
+	$(COMPOSE) run --name $(CONTAINER) $(1); \
+	code=$$(docker inspect -f '{{.State.ExitCode}}' $(CONTAINER) 2>/dev/null || echo 125); \
+	docker rm $(CONTAINER) >/dev/null 2>&1; exit $$code
+endef
 
 .PHONY: help venv lock bench test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
 
@@ -59,7 +65,7 @@ reports-dir:
 	@mkdir -p $(REPORTS_DIR)
 
 run-cpu: reports-dir ## run the job in the CPU container: make run-cpu CONFIG=configs/x.yaml
-	$(COMPOSE) run --rm -e JOB_CONFIG=$(CONFIG) cpu-job
+	@$(call compose_run,-e JOB_CONFIG=$(CONFIG) cpu-job)
 
 check-gpu-runtime:
 	@docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q nvidia || command -v nvidia-ctk >/dev/null || { \
@@ -68,9 +74,9 @@ check-gpu-runtime:
 
 # GPUS=0,1 trains data-parallel on those GPUs (paddle.distributed.launch, one process per GPU).
 GPUS ?=
-run-gpu: check-gpu-runtime reports-dir ## run the job in the GPU container; GPUS=0,1 for data-parallel
-	$(COMPOSE) run --rm -e JOB_CONFIG=$(CONFIG) \
-	  $(if $(GPUS),--entrypoint python gpu-job -m paddle.distributed.launch --gpus $(GPUS) --log_dir /tmp/launch /app/job/__main__.py run,gpu-job)
+run-gpu: check-gpu-runtime reports-dir ## run the job in the GPU container (--device gpu); GPUS=0,1 for data-parallel
+	@$(call compose_run,-e JOB_CONFIG=$(CONFIG) gpu-job \
+	  $(if $(GPUS),launch --gpus $(GPUS) --log_dir /tmp/launch /app/job/__main__.py run,run) --device gpu)
 
 test-docker: venv ## lint, build both images, run the job in them on a tiny model, check the report
 	PY=$(PY) bash tests/docker/smoke.sh

@@ -13,6 +13,7 @@ import ctypes
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from job.errors import UserError
 
@@ -51,11 +52,44 @@ def cpu_vendor(cpuinfo: str | None = None) -> str:
 AMD_VENDORS = ("AuthenticAMD", "HygonGenuine")  # Hygon CPUs are AMD Zen designs
 
 
-def set_cpu_thread_defaults(vendor: str | None = None) -> None:
-    """Use every available core, and MKL's fast kernels on AMD, unless the user chose otherwise."""
+def set_cpu_thread_defaults(vendor: str | None = None) -> bool:
+    """Use every available core, and MKL's fast kernels on AMD, unless the user chose otherwise.
+    Returns whether the job chose OMP_NUM_THREADS itself."""
+    chosen = "OMP_NUM_THREADS" not in os.environ
     os.environ.setdefault("OMP_NUM_THREADS", str(available_cpus()))
     if (vendor if vendor is not None else cpu_vendor()) in AMD_VENDORS:
         os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    return chosen
+
+
+# Paddle's import prints these two lines whenever OMP_NUM_THREADS > 1 (a warning meant for
+# data-parallel OpenBLAS builds; the wheels use MKL). Said after the job itself chose the value,
+# they only alarm; any other output passes.
+PADDLE_THREAD_WARNING = (
+    "WARNING: OMP_NUM_THREADS set to",
+    "PLEASE USE OMP_NUM_THREADS WISELY.",
+)
+
+
+class WithoutThreadWarning:
+    """A text stream that drops Paddle's start-up OMP_NUM_THREADS warning and passes everything else."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._dropped_line = False
+
+    def write(self, text: str) -> int:
+        if text.startswith(PADDLE_THREAD_WARNING):
+            self._dropped_line = True
+            return len(text)
+        if self._dropped_line and text == "\n":  # print()'s line end of the dropped line
+            self._dropped_line = False
+            return len(text)
+        self._dropped_line = False
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 @dataclass(frozen=True)

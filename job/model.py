@@ -37,6 +37,24 @@ def model_limits(model_name: str) -> dict[str, int]:
     return {key: int(config[key]) for key in ("hidden_size", "max_position_embeddings") if key in config}
 
 
+def layer_names(model_name: str) -> list[str] | None:
+    """The sublayer names of the classifier the job would build, from the model's config alone (no
+    weights are read or allocated), so LoRA's target patterns are checked before anything trains.
+    None for a model type other than ERNIE: its names are checked when LoRA wraps the loaded model."""
+    import paddle
+    from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
+
+    try:
+        config = ErnieConfig.from_pretrained(model_name)
+    except (OSError, ValueError) as exc:
+        raise RetryableError(f"could not get the config of model '{model_name}': {exc}") from None
+    if getattr(config, "model_type", "ernie") != "ernie":
+        return None
+    with paddle.LazyGuard():  # parameters are declared, not allocated or initialised
+        model = ErnieForSequenceClassification(config)
+    return [name for name, _ in model.named_sublayers()]
+
+
 def quiet_paddlenlp() -> None:
     """PaddleNLP logs every file it touches at INFO; keep warnings and errors only."""
     from paddlenlp.utils.log import logger

@@ -86,6 +86,7 @@ def plot_pareto(rows: Sequence[HeadlineRow], path: Path) -> Path:
         by_params.set_xlabel("trainable parameters (log scale)")
         by_time.set_xlabel("training time (s)")
         for axes in (by_params, by_time):
+            axes.margins(x=0.2, y=0.15)  # room for the point labels
             axes.set_ylabel("test accuracy (%)")
             axes.grid(alpha=0.3, which="both")
         by_params.legend(fontsize="small", loc="best")

@@ -4,8 +4,10 @@ evaluate -> save, then the report. Each step lives in its own module; this file 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from job.errors import RetryableError, UserError
 from job.evaluate import evaluate
 from job.model import (
     count_parameters,
+    layer_names,
     load_model,
     load_tokenizer,
     model_limits,
@@ -58,6 +61,7 @@ from job.results import (
     write_model,
 )
 from job.stats import encode_classes
+from job.strategies import check_targets_match
 from job.train import StopRequest, train
 from job.verdict import combine
 
@@ -67,14 +71,33 @@ def say(message: str) -> None:
 
 
 def check_output_dir(output_dir: Path) -> None:
-    """The output folder must exist or be creatable, and be writable, before any compute is spent."""
+    """The output folder must exist or be creatable, and be writable, before any compute is spent.
+    The probe has an unpredictable name and is created exclusively, so it never follows a planted link
+    and never meets another task's probe in a shared folder."""
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
+        descriptor, probe = tempfile.mkstemp(dir=output_dir, prefix=".write-test-")
+        os.close(descriptor)
+        os.unlink(probe)
     except OSError as exc:
-        raise UserError(f"config key 'output_dir': cannot write to {output_dir}: {exc.strerror}") from None
+        raise UserError(
+            f"config key 'output_dir': cannot write to {output_dir}: {exc.strerror}{_fix(exc, output_dir)}"
+        ) from None
+
+
+def _fix(exc: OSError, output_dir: Path) -> str:
+    """The command that makes the folder writable, for the two causes a user can fix. In the images
+    (JOB_IMAGE is set) the folder is a mount, so the fix names the host side."""
+    in_image = bool(os.environ.get("JOB_IMAGE"))
+    if exc.errno == errno.EROFS:
+        where = "drop ':ro' from the reports volume (-v ./reports:/app/reports)" if in_image else "remount it"
+        return f"; it is mounted read-only: mount it read-write ({where})"
+    if exc.errno == errno.EACCES and hasattr(os, "getuid"):
+        owner = f"{os.getuid()}:{os.getgid()}"
+        folder = "./reports" if in_image else str(output_dir)
+        host = " on the host (./reports, or the folder mounted at /app/reports)" if in_image else ""
+        return f"; the job runs as UID {os.getuid()}: run `sudo chown -R {owner} {folder}`{host}"
+    return ""
 
 
 def pending_runs(config: JobConfig, runs: list[Run], force: bool) -> list[Run]:
@@ -108,6 +131,10 @@ def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: lis
 def train_runs(config: JobConfig, runs: list[Run], stop: StopRequest, ranks: Ranks) -> None:
     quiet_paddlenlp()
     check_against_model(config, model_limits(config.model_name))
+    lora_runs = [run for run in runs if run.lora is not None]
+    names = layer_names(config.model_name) if lora_runs else None
+    if names is not None:  # before any run trains: a typo must not surface after full fine-tuning
+        check_targets_match(names, lora_runs[0].lora.target_modules)
     raw = read_source(config.data_dir)
     splits = draw_samples(raw, config.max_train_samples, config.max_eval_samples, config.sample_seed())
     device = select_device(config.device)

@@ -43,7 +43,7 @@ class LoRA:
         from paddlenlp.peft import LoRAConfig, LoRAModel
 
         assert run.lora is not None
-        check_targets_match(loaded.model, run.lora.target_modules)
+        check_targets_match([name for name, _ in loaded.model.named_sublayers()], run.lora.target_modules)
         lora_config = LoRAConfig(
             r=run.lora.r,
             lora_alpha=run.lora.alpha,
@@ -84,8 +84,8 @@ class FullFinetune:
         return [target]
 
 
-def check_targets_match(model: Any, patterns: tuple[str, ...] | list[str]) -> None:
-    names = [name for name, _ in model.named_sublayers()]
+def check_targets_match(names: list[str], patterns: tuple[str, ...] | list[str]) -> None:
+    """Every pattern must match at least one layer name, or LoRA would silently train less."""
     for pattern in patterns:
         if not any(re.fullmatch(pattern, name) for name in names):
             examples = ", ".join([name for name in names if name.endswith("_proj")][:3])

@@ -12,7 +12,7 @@ from job.device import set_cpu_thread_defaults
 
 set_cpu_thread_defaults()  # before Paddle is imported, as `python -m job` does
 
-from tests.fixtures import build_tiny_model, build_tnews_folder  # noqa: E402
+from tests.fixtures import build_tiny_encoder, build_tiny_model, build_tnews_folder  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -20,6 +20,12 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model without a classifier head, as a pretrained checkpoint comes."""
+    return build_tiny_encoder(tmp_path_factory.mktemp("encoder") / "model")
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,21 @@ def build_tiny_model(folder: Path, num_classes: int = len(TNEWS_LABELS), seed: i
     return folder
 
 
+def build_tiny_encoder(folder: Path, seed: int = 0) -> Path:
+    """The tiny ERNIE's encoder alone, saved as a pretrained checkpoint is: no classifier head, so the
+    job must create (and seed) the head itself."""
+    import paddle
+    from paddlenlp.transformers import ErnieConfig, ErnieModel, ErnieTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = ErnieTokenizer(str(write_vocab(folder / "vocab.txt")))
+    paddle.seed(seed)
+    encoder = ErnieModel(ErnieConfig(vocab_size=len(tokenizer.vocab), **TINY_ERNIE))
+    encoder.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
 def make_sentence(label_index: int, rng: random.Random) -> str:
     words = [rng.choice(keywords_for(label_index)) for _ in range(rng.randint(2, 4))]
     words += [rng.choice(FILLER) for _ in range(rng.randint(3, 12))]

@@ -152,3 +152,16 @@ def same_but_timing(folder: Path, copy: Path) -> tuple[dict, str]:
     assert rebuilt.exit_code == 0, rebuilt.output
     combined = json.loads((copy / "results.json").read_text(encoding="utf-8"))
     return combined, (copy / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+
+
+def test_a_rerun_with_a_changed_setting_retrains_and_shows_it(write_config, tmp_path: Path) -> None:
+    first = CliRunner().invoke(main, ["run", "--config", str(write_config(num_epochs=1, lora_r=4, lora_alpha=8))])
+    assert first.exit_code == 0, first.output
+    changed = CliRunner().invoke(main, ["run", "--config", str(write_config(num_epochs=1, lora_r=2, lora_alpha=8))])
+    assert changed.exit_code == 0, changed.output
+    assert "already done" not in changed.output
+    assert "[lora] saved" in changed.output and "[full_finetune] saved" in changed.output
+    report = (tmp_path / "out" / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+    assert "| lora (r=2, α=8, dropout=0.1, lr=0.005) |" in report and "r=4" not in report
+    record = json.loads((tmp_path / "out" / "results" / "lora.json").read_text(encoding="utf-8"))
+    assert record["result"]["lora_r"] == 2

@@ -270,3 +270,23 @@ def test_a_sweep_of_ranks_with_one_alpha_and_mismatched_lists(write_config) -> N
         assert "'lora_alpha': a list of 1 values needs as many ranks in 'lora_r'" in str(exc)
     else:
         raise AssertionError("mismatched sweep lists were accepted")
+
+
+# Pinned on the tiny model (update deliberately when batching, dropout, the loop or evaluation are
+# meant to change the numbers, and say why in the commit).
+GOLDEN_STEP_LOSSES = {
+    "lora": [2.709749, 2.709313, 2.699028, 2.704562],
+    "full_finetune": [2.708189, 2.70289, 2.70035, 2.707092],
+}
+GOLDEN_DEV_LOSS = {"lora": 2.701444, "full_finetune": 2.706133}
+
+
+def test_golden_losses_guard_batching_dropout_the_loop_and_evaluation(write_config, tmp_path: Path) -> None:
+    config = write_config(num_epochs=1, max_train_samples=64, max_eval_samples=32, batch_size=16, seed=7,
+                          length_bucket_window=2)  # fmt: skip
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    runs = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))["runs"]
+    for run in runs:
+        assert run["step_losses"] == pytest.approx(GOLDEN_STEP_LOSSES[run["strategy"]], rel=1e-5), run["strategy"]
+        assert run["dev"]["loss"] == pytest.approx(GOLDEN_DEV_LOSS[run["strategy"]], rel=1e-5), run["strategy"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,20 @@ def test_freed_memory_stays_with_the_process_for_reuse() -> None:
         return int(subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout)
 
     assert resident_mb("keep") - resident_mb("default") > 80  # glibc alone hands the 100 MB back to the OS
+
+
+def test_paddles_thread_warning_is_silenced_only_when_the_job_chose_the_threads(write_config) -> None:
+    root = Path(__file__).resolve().parents[1]
+
+    def stderr(**env: str) -> str:
+        base = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        result = subprocess.run(
+            [sys.executable, "-m", "job", "run", "--config", str(write_config()), "--device", "gpu"],
+            capture_output=True, text=True, cwd=root, check=False, env={**base, "PYTHONPATH": str(root), **env},
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr  # Paddle was imported: the device check needs it
+        assert "device 'gpu' was requested" in result.stderr
+        return result.stderr
+
+    assert "OMP_NUM_THREADS" not in stderr()
+    assert "WARNING: OMP_NUM_THREADS set to 2" in stderr(OMP_NUM_THREADS="2")  # the user's own choice

@@ -3,6 +3,7 @@ half-written is left behind."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -191,3 +192,50 @@ def test_a_bad_result_record_exits_2_naming_file_and_field_before_training(
         assert str(record_file) in result.output and message in result.output
         assert "Traceback" not in result.output and "[full_finetune]" not in result.output
     assert not (tmp_path / "out" / "results" / "full_finetune.json").exists()
+
+
+def test_the_write_probe_follows_no_planted_link_and_leaves_nothing(tmp_path: Path) -> None:
+    from job.runner import check_output_dir
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me", encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    for pid in range(1, 200):  # what a name from the process id would be, in a container or not
+        (out / f".write-test-{pid}").symlink_to(victim)
+    (out / f".write-test-{os.getpid()}").unlink(missing_ok=True)
+    (out / f".write-test-{os.getpid()}").symlink_to(victim)
+    check_output_dir(out)
+    assert victim.read_text(encoding="utf-8") == "keep me"
+    assert sorted(p.name for p in out.iterdir() if not p.is_symlink()) == []
+
+
+@pytest.mark.parametrize(
+    ("error", "fix"),
+    [
+        (errno.EROFS, "it is mounted read-only: mount it read-write"),
+        (errno.EACCES, f"the job runs as UID {os.getuid()}: run `sudo chown -R {os.getuid()}:{os.getgid()} "),
+    ],
+)
+def test_an_unwritable_output_dir_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error, fix) -> None:
+    import tempfile
+
+    from job.errors import UserError
+    from job.runner import check_output_dir
+
+    def refuse(*args, **kwargs):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(UserError) as caught:
+        check_output_dir(tmp_path)
+    assert f"cannot write to {tmp_path}: {os.strerror(error)}; " in str(caught.value) and fix in str(caught.value)
+
+
+def test_a_lora_target_that_matches_nothing_stops_before_full_finetuning_trains(write_config, tmp_path: Path) -> None:
+    config = write_config(strategies=["full_finetune", "lora"], lora_target_modules=[".*query"])
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "config key 'lora_target_modules': '.*query' matches no layer of the model" in result.output
+    assert "[full_finetune]" not in result.output
+    assert not (tmp_path / "out" / "results").exists()

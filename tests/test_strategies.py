@@ -119,3 +119,36 @@ def test_merged_lora_artifact_predicts_like_the_adapter(tiny_model: Path, tnews_
     reloaded = AutoModelForSequenceClassification.from_pretrained(str(merged))
     reloaded.eval()
     np.testing.assert_allclose(reloaded(input_ids=ids).numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_every_run_of_a_seed_starts_from_the_same_weights_head_included(
+    tiny_encoder: Path, tnews_dir: Path, tmp_path: Path
+) -> None:
+    """From a checkpoint without a head (as the pretrained model comes), the head is created after
+    paddle.seed: every strategy and rank of a seed records one fingerprint, and so does a second run."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from job.cli import main
+
+    def run(folder: str) -> list[dict]:
+        config = tmp_path / f"{folder}.yaml"
+        config.write_text(yaml.safe_dump({
+            "model_name": str(tiny_encoder), "data_dir": str(tnews_dir), "max_seq_length": 32, "batch_size": 16,
+            "num_epochs": 1, "max_train_samples": 48, "max_eval_samples": 16, "device": "cpu",
+            "lora_r": [2, 4], "lora_alpha": 8, "seed": [1, 2], "output_dir": str(tmp_path / folder),
+        }), encoding="utf-8")  # fmt: skip
+        result = CliRunner().invoke(main, ["run", "--config", str(config)])
+        assert result.exit_code == 0, result.output
+        return json.loads((tmp_path / folder / "results.json").read_text(encoding="utf-8"))["runs"]
+
+    first, second = run("first"), run("second")
+    assert len(first) == 6 and all(
+        r["reinitialised_parameters"] == ["classifier.bias", "classifier.weight"] for r in first
+    )
+    by_seed = {seed: {r["initial_weights"] for r in first if r["seed"] == seed} for seed in (1, 2)}
+    assert all(len(prints) == 1 for prints in by_seed.values())  # all strategies and ranks of a seed
+    assert by_seed[1] != by_seed[2]  # the head is seeded by the run's seed
+    assert [r["initial_weights"] for r in first] == [r["initial_weights"] for r in second]

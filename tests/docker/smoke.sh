@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make test-docker: lint the images, build them through compose, run the job in them on a tiny model
-# and data, and check on the host what a user would: the report, results.json, ownership, the user,
-# SIGTERM handling, and the GPU image's fallback to CPU.
+# and data, and check on the host what a user would: the report, results.json, ownership (root, UID
+# 1000 and UID 1234 on the host), the user the job runs as, exit codes, SIGTERM handling, and the GPU
+# image's fallback to CPU.
 # Extra compose files (e.g. host networking on a registry-less machine) come from $COMPOSE_EXTRA.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,7 +17,14 @@ fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 
 WORK=$(mktemp -d)
 export SMOKE_DIR="$WORK/smoke" REPORTS_DIR="$WORK/reports"
-cleanup() { docker rm -f job-smoke-sigterm >/dev/null 2>&1 || true; rm -rf "$WORK"; }
+ROOT=$PWD
+cleanup() {
+  docker rm -f job-smoke-sigterm job-smoke-owner job-smoke-ro >/dev/null 2>&1 || true
+  for clone in "$WORK"/clone-*; do
+    [ -d "$clone" ] && (cd "$clone" && "${COMPOSE[@]}" down -v >/dev/null 2>&1) || true
+  done
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 step "lint: hadolint and compose config"
@@ -39,9 +47,9 @@ lora_r: 4
 lora_alpha: 8
 YAML
 chmod -R a+rX "$SMOKE_DIR"
-# The container runs as the caller's UID, or as 1000 when the caller is root (never as root).
-if [ "$(id -u)" -eq 0 ]; then export JOB_UID=1000 JOB_GID=1000; else export JOB_UID=$(id -u) JOB_GID=$(id -g); fi
-mkdir -p "$REPORTS_DIR" && chown "$JOB_UID:$JOB_GID" "$REPORTS_DIR"
+# $REPORTS_DIR does not exist yet: Docker creates it (owned by root) and the entrypoint hands it to
+# UID 1000, as for a user whose ./reports is missing. When the caller is not root, make it theirs.
+if [ "$(id -u)" -eq 0 ]; then JOB_UID=1000; else JOB_UID=$(id -u); mkdir -p "$REPORTS_DIR"; fi
 
 step "build the CPU image"
 "${COMPOSE[@]}" build cpu-job
@@ -57,17 +65,53 @@ check_report() {
   ! grep -q pending "$report" || fail "report has pending cells"
   [ "$(stat -c %u "$report")" = "$JOB_UID" ] || fail "report not owned by UID $JOB_UID"
   [ "$(stat -c %a "$report")" = 644 ] || fail "report not readable by everyone (mode $(stat -c %a "$report"))"
-  echo "report ok: $(grep -c '^| ' "$report") table lines, owner $(stat -c %U:%G "$report") mode 644"
+  job_uid=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["run"]["uid"])' "$REPORTS_DIR/results.json")
+  [ "$job_uid" = "$JOB_UID" ] || fail "the job ran as UID $job_uid, expected $JOB_UID"
+  echo "report ok: $(grep -c '^| ' "$report") table lines, owner $(stat -c %U:%G "$report") mode 644, job UID $job_uid"
 }
 check_report
 grep -q "device: cpu" "$WORK/cpu.log" || fail "device not reported"
 
-step "the container user is not root, the config mount is read-only"
-uid=$("${COMPOSE[@]}" run --rm --entrypoint id cpu-job -u)
-[ "$uid" != 0 ] || fail "container runs as root"
+step "the config mount is read-only"
 probe=$("${COMPOSE[@]}" run --rm --entrypoint sh cpu-job -c 'touch /app/configs/x 2>/dev/null && echo writable || echo read-only')
 [ "$probe" = read-only ] || fail "config mount is $probe"
-echo "uid $uid, configs read-only"
+echo "configs read-only"
+
+step "fresh clones owned by root, UID 1000 and UID 1234: docker compose run --rm cpu-job, no preparation"
+if [ "$(id -u)" -ne 0 ]; then
+  echo "skipped: making clones owned by other users needs root"
+else
+  for owner in 0 1000 1234; do
+    clone="$WORK/clone-$owner"
+    mkdir -p "$clone"
+    # The working tree as a clone has it (tracked and new files, nothing ignored), owned by $owner.
+    git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$clone"
+    chown -R "$owner:$owner" "$clone"
+    expected=$([ "$owner" = 0 ] && echo 1000 || echo "$owner")
+    (cd "$clone" && env -u REPORTS_DIR COMPOSE_FILE="docker-compose.yml:$ROOT/tests/docker/compose.smoke.yml${COMPOSE_EXTRA:+:$ROOT/$COMPOSE_EXTRA}" \
+      "${COMPOSE[@]}" run --name job-smoke-owner cpu-job >"$WORK/owner-$owner.log" 2>&1) || true
+    code=$(docker inspect -f '{{.State.ExitCode}}' job-smoke-owner)  # compose's own status is unreliable
+    docker rm job-smoke-owner >/dev/null
+    [ "$code" = 0 ] || { tail -20 "$WORK/owner-$owner.log"; fail "clone owned by $owner: container exited $code"; }
+    report="$clone/reports/ernie_lora_vs_full_report.md"
+    [ -f "$report" ] || fail "clone owned by $owner: no report in ./reports"
+    [ "$(stat -c %u "$report")" = "$expected" ] || fail "clone owned by $owner: report owned by $(stat -c %u "$report")"
+    ran_as=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["run"]["uid"])' "$clone/reports/results.json")
+    [ "$ran_as" = "$expected" ] || fail "clone owned by $owner: the job ran as UID $ran_as, expected $expected"
+    echo "clone owned by $owner: report owned by $expected, job ran as UID $ran_as, exit 0"
+  done
+fi
+
+step "a read-only reports mount exits 2 and names the fix"
+mkdir -p "$WORK/ro-reports"
+code=0
+docker run --name job-smoke-ro --network none -v "$WORK/ro-reports:/app/reports:ro" -v "$SMOKE_DIR:/smoke:ro" \
+  -e JOB_CONFIG=/smoke/smoke.yaml ernie-tnews-job:cpu >"$WORK/ro.log" 2>&1 || code=$?
+docker rm job-smoke-ro >/dev/null
+cat "$WORK/ro.log"
+[ "$code" = 2 ] || fail "read-only reports mount: exit $code, expected 2"
+grep -q "cannot write to reports: Read-only file system; it is mounted read-only: mount it read-write (drop ':ro'" "$WORK/ro.log" || fail "no fix in the message"
+echo "exit 2 with the fix"
 
 step "SIGTERM reaches the job: it stops at a step boundary with exit 143"
 rm -rf "${REPORTS_DIR:?}"/*
