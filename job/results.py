@@ -19,8 +19,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from job.config import StrategyName
+from job.config import JobConfig, StrategyName
+from job.data import Splits
+from job.device import DeviceChoice, cpu_vendor, strided_views
 from job.errors import UserError
+from job.stats import encode_classes
 from job.strategies import STRATEGY_NAMES
 
 RESULTS_FOLDER = "results"
@@ -325,3 +328,29 @@ def current_uid() -> int | None:
 
 def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def run_facts(
+    config: JobConfig, planned: list[str], device: DeviceChoice, splits: Splits, files: dict[str, str]
+) -> RunFacts:
+    """What every run of this process shares: config, plan, device, data, versions."""
+    split_facts = {
+        split.name: SplitFacts(
+            source=split.source,
+            examples=len(split),
+            labels=encode_classes([e.label for e in split.examples]) if split.name != "train" else None,
+        )
+        for split in splits.all()
+    }
+    return RunFacts(
+        config=config.model_dump(),
+        config_hash=config.config_hash(),
+        planned_runs=planned,
+        device=DeviceFacts(name=device.name, description=device.description, reason=device.reason),
+        data=DataFacts(**split_facts, sample_seed=config.sample_seed(), files=files),
+        versions=package_versions(),
+        git_commit=git_commit(),
+        threads={key: os.environ.get(key) for key in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")},
+        cpu=CpuFacts(vendor=cpu_vendor(), strided_views=strided_views()),
+        uid=current_uid(),
+    )

@@ -13,16 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from job.config import JobConfig, check_against_model
-from job.data import NUM_CLASSES, Encoded, Splits, draw_samples, encode, read_source
+from job.data import NUM_CLASSES, Encoded, draw_samples, encode, read_source
 from job.device import (
-    DeviceChoice,
     Ranks,
-    cpu_vendor,
     peak_memory_mb,
     process_ranks,
     reset_peak_memory,
     select_device,
-    strided_views,
 )
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate
@@ -41,26 +38,18 @@ from job.plot import LOSS_PLOT, PARETO_PLOT, plot_losses, plot_pareto
 from job.report import render_report
 from job.results import (
     RESULTS_FILE,
-    CpuFacts,
-    DataFacts,
-    DeviceFacts,
     ResultRecord,
-    RunFacts,
     RunResult,
-    SplitFacts,
-    current_uid,
     finished_result,
-    git_commit,
     load_results,
     now,
     output_lock,
-    package_versions,
     read_records,
+    run_facts,
     save_result,
     write_atomic,
     write_model,
 )
-from job.stats import encode_classes
 from job.strategies import check_targets_match
 from job.train import StopRequest, train
 from job.verdict import combine
@@ -90,8 +79,8 @@ def _fix(exc: OSError, output_dir: Path) -> str:
     (JOB_IMAGE is set) the folder is a mount, so the fix names the host side."""
     in_image = bool(os.environ.get("JOB_IMAGE"))
     if exc.errno == errno.EROFS:
-        where = "drop ':ro' from the reports volume (-v ./reports:/app/reports)" if in_image else "remount it"
-        return f"; it is mounted read-only: mount it read-write ({where})"
+        where = "drop ':ro' from the reports volume, e.g. -v ./reports:/app/reports" if in_image else "remount it"
+        return f"; it is mounted read-only: mount it read-write: {where}"
     if exc.errno == errno.EACCES and hasattr(os, "getuid"):
         owner = f"{os.getuid()}:{os.getgid()}"
         folder = "./reports" if in_image else str(output_dir)
@@ -148,7 +137,7 @@ def train_runs(config: JobConfig, runs: list[Run], stop: StopRequest, ranks: Ran
     tokenizer = load_tokenizer(config.model_name)
     pad_id = int(tokenizer.pad_token_id)
     encoded = {split.name: encode(split.examples, tokenizer, config.max_seq_length) for split in splits.all()}
-    facts = describe_run(config, device, splits, raw.files)
+    facts = run_facts(config, [run.key for run in plan_runs(config)], device, splits, raw.files)
 
     for run in runs:
         stop.raise_if_requested()
@@ -256,27 +245,3 @@ def write_report(output_dir: Path, report_file: str | None = None, config_hash: 
         report_path = output_dir / (report_file or combined.run.config["report_file"])
         write_atomic(report_path, render_report(combined))
     return report_path
-
-
-def describe_run(config: JobConfig, device: DeviceChoice, splits: Splits, files: dict[str, str]) -> RunFacts:
-    """What every run of this process shares: config, plan, device, data, versions."""
-    split_facts = {
-        split.name: SplitFacts(
-            source=split.source,
-            examples=len(split),
-            labels=encode_classes([e.label for e in split.examples]) if split.name != "train" else None,
-        )
-        for split in splits.all()
-    }
-    return RunFacts(
-        config=config.model_dump(),
-        config_hash=config.config_hash(),
-        planned_runs=[run.key for run in plan_runs(config)],
-        device=DeviceFacts(name=device.name, description=device.description, reason=device.reason),
-        data=DataFacts(**split_facts, sample_seed=config.sample_seed(), files=files),
-        versions=package_versions(),
-        git_commit=git_commit(),
-        threads={key: os.environ.get(key) for key in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")},
-        cpu=CpuFacts(vendor=cpu_vendor(), strided_views=strided_views()),
-        uid=current_uid(),
-    )

@@ -76,6 +76,7 @@ def test_manifest_agrees_with_compose_and_cli(manifest) -> None:
     command = main.commands[spec["args"][0]]
     parsed = command.make_context(command.name, list(spec["args"][1:]))
     assert parsed.params["run_from_index"] is True
+    assert parsed.params["device"] == "gpu"  # a node without a usable GPU fails at once, never trains on CPU
     mounts = compose_mounts()
     assert set(spec["mounts"]) == set(mounts), "mount paths differ from docker-compose.yml"
     assert spec["mounts"]["/app/configs"] is True and spec["mounts"]["/app/reports"] is False
@@ -92,7 +93,12 @@ def test_retries_only_for_retryable_exit_codes() -> None:
     assert rules[-1] == {"onExitCode": "*", "action": "EXIT"}
     job = yaml.safe_load((BATCH / "kubernetes-job.yaml").read_text(encoding="utf-8"))
     fail_rule = job["spec"]["podFailurePolicy"]["rules"][0]
-    assert fail_rule["action"] == "FailJob" and fail_rule["onExitCodes"]["values"] == [1, 2]
+    # Only the failing run's index fails: a diverged full fine-tuning does not stop the LoRA runs.
+    assert fail_rule["action"] == "FailIndex" and fail_rule["onExitCodes"]["values"] == [1, 2]
+    assert job["spec"]["backoffLimitPerIndex"] >= 1 and "backoffLimit" not in job["spec"]
+    assert job["spec"]["podFailurePolicy"]["rules"][1] == {
+        "action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]
+    }  # fmt: skip
     gcp_job = json.loads((BATCH / "gcp-batch-job.json").read_text(encoding="utf-8"))
     policy = gcp_job["taskGroups"][0]["taskSpec"]["lifecyclePolicies"][0]
     assert policy["actionCondition"]["exitCodes"] == [1, 2]
@@ -176,7 +182,7 @@ def test_gcp_job_parses_as_a_cloud_batch_job_with_the_expected_tasks(tmp_path: P
     group = job.task_groups[0]
     runs = planned_count(Path(gcp()["config"]).name)
     assert (group.task_count, group.parallelism) == (runs, runs)
-    assert list(group.task_spec.runnables[0].container.commands) == ["run", "--run-from-index"]
+    assert list(group.task_spec.runnables[0].container.commands) == ["run", "--run-from-index", "--device", "gpu"]
     broken = tmp_path / "job.json"
     broken.write_text(
         (BATCH / "gcp-batch-job.json").read_text(encoding="utf-8").replace('"taskCount"', '"taskCnt"'), encoding="utf-8"

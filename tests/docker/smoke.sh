@@ -110,8 +110,16 @@ docker run --name job-smoke-ro --network none -v "$WORK/ro-reports:/app/reports:
 docker rm job-smoke-ro >/dev/null
 cat "$WORK/ro.log"
 [ "$code" = 2 ] || fail "read-only reports mount: exit $code, expected 2"
-grep -q "cannot write to reports: Read-only file system; it is mounted read-only: mount it read-write (drop ':ro'" "$WORK/ro.log" || fail "no fix in the message"
+grep -q "cannot write to reports: Read-only file system; it is mounted read-only: mount it read-write: drop ':ro'" "$WORK/ro.log" || fail "no fix in the message"
 echo "exit 2 with the fix"
+
+step "make run-cpu exits with the job's own exit code"
+code=0
+make -s run-cpu CONFIG=/smoke/missing.yaml COMPOSE="${COMPOSE[*]}" >"$WORK/make.log" 2>&1 || code=$?
+tail -2 "$WORK/make.log"
+[ "$code" = 2 ] || fail "make run-cpu with a missing config: exit $code, expected the job's 2"
+grep -q "config file /smoke/missing.yaml does not exist" "$WORK/make.log" || fail "no message from the job"
+echo "exit 2"
 
 step "SIGTERM reaches the job: it stops at a step boundary with exit 143"
 rm -rf "${REPORTS_DIR:?}"/*
