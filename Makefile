@@ -9,7 +9,9 @@ COMPOSE ?= docker compose
 # The containers run as the owner of $(REPORTS_DIR) (you; UID 1000 when it is root's), never as root.
 REPORTS_DIR ?= ./reports
 GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
-export REPORTS_DIR GIT_COMMIT
+JOB_VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+SOURCE_URL ?= $(shell git remote get-url origin 2>/dev/null)
+export REPORTS_DIR GIT_COMMIT JOB_VERSION SOURCE_URL
 # `docker compose run` does not always pass the container's exit code on (some compose builds return
 # 0 for a container that exited 3), so run-* read it from the container itself, then remove it.
 CONTAINER := ernie-tnews-job-$(shell date +%s)-$$$$

@@ -1,4 +1,4 @@
-"""Command line: `python -m job run|plan|validate|report|bench|config-reference`. Options only;
+"""Command line: `python -m job run|plan|validate|report|predict|bench|config-reference`. Options only;
 errors become exit codes: 0 success, 1 training failed (NaN loss), 2 bad input (config, data, model, device),
 75 retryable (download or I/O), 128+N killed by signal N (143 for SIGTERM, 130 for Ctrl-C)."""
 
@@ -14,6 +14,7 @@ import click
 
 from job.config import JobConfig, describe_fields, is_plain_file_name, load_config, parse_override
 from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError
+from job.predict import load_saved_model, predictions, read_titles
 from job.strategies import STRATEGY_NAMES
 
 CONFIG_OPTION = click.option(
@@ -197,6 +198,37 @@ def bench(
         fail(exc, exc.exit_code)
     click.echo(format_table(report))
     click.echo(f"\nwritten: {output}")
+
+
+@main.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True,
+              help="A saved model folder: artifacts/<run>/model, .../merged or .../adapter.")  # fmt: skip
+@click.argument("titles", nargs=-1)
+@click.option("--input", "input_file", type=click.Path(path_type=Path), default=None,
+              help="A file of titles: one per line, or CLUE JSON lines with a 'sentence'.")  # fmt: skip
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--max-seq-length", type=click.IntRange(min=8), default=128, show_default=True)
+def predict(
+    model_dir: Path, titles: tuple[str, ...], input_file: Path | None, device: str, batch_size: int, max_seq_length: int
+) -> None:  # fmt: skip
+    """Classify news titles with a saved model; prints one JSON line per title:
+    {"sentence", "label", "label_desc", "probability"}."""
+    try:
+        texts = list(titles) + (read_titles(input_file) if input_file is not None else [])
+        if not texts:
+            raise UserError("no titles: give them as arguments or with --input FILE")
+        from job.device import select_device
+        from job.model import quiet_paddlenlp
+
+        quiet_paddlenlp()
+        chosen = select_device(device)
+        click.echo(f"device: {chosen.description} ({chosen.reason})", err=True)
+        saved = load_saved_model(model_dir)
+        for line in predictions(saved, texts, batch_size, max_seq_length):
+            click.echo(json.dumps(line, ensure_ascii=False))
+    except (UserError, RetryableError) as exc:
+        fail(exc, exc.exit_code)
 
 
 @main.command(name="config-reference")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from job.errors import UserError
 from job.strategies import STRATEGY_NAMES
+from job.textfiles import read_text
 
 StrategyName = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]  # derived from the registry
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -29,7 +30,9 @@ GRID_KEYS = ("seed", "learning_rate", "lora_learning_rate", "full_finetune_learn
 
 # Keys that do not change any strategy's numbers (where results go, which strategies run, how
 # often to log): they are left out of the config hash, so results of split runs can be merged.
-NOT_HASHED_KEYS = frozenset({"output_dir", "report_file", "save_artifacts", "device", "logging_steps", "strategies"})
+NOT_HASHED_KEYS = frozenset(
+    {"output_dir", "report_file", "save_artifacts", "device", "logging_steps", "strategies", "visualdl"}
+)
 
 
 def is_plain_file_name(value: str) -> bool:
@@ -40,7 +43,8 @@ def is_plain_file_name(value: str) -> bool:
 class JobConfig(BaseModel):
     """Every setting of a run. Field descriptions are the config reference (see `job validate`)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan: `max_grad_norm: .inf` or `learning_rate: .nan` would only fail later, as NaN losses.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     # --- the seed's keys ---
     model_name: str = Field("ernie-3.0-medium-zh", description="PaddleNLP model name or a local model folder")
@@ -87,6 +91,9 @@ class JobConfig(BaseModel):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warm-up")
     max_grad_norm: float = Field(1.0, ge=0, description="global gradient-norm clip (0: off)")
     logging_steps: int = Field(10, ge=1, description="steps between loss lines in the log")
+    visualdl: bool = Field(
+        False, description="write VisualDL scalars (loss, learning rate, dev metrics) to output_dir/vdl/<run>"
+    )
     length_bucket_window: int = Field(
         16, ge=0, description="batches per window sorted by length to cut padding (0: plain shuffle)"
     )
@@ -98,6 +105,13 @@ class JobConfig(BaseModel):
         None, description="full FT's own rate or rates (null: learning_rate)"
     )
     full_finetune_batch_size: int | None = Field(None, ge=1, description="full FT's own batch size (null: batch_size)")
+
+    @field_validator("model_name", "output_dir", "report_file", "data_dir")
+    @classmethod
+    def _no_nul_byte(cls, value: str | None) -> str | None:
+        if value is not None and "\0" in value:
+            raise ValueError("contains a NUL byte, which no path can hold")
+        return value
 
     @field_validator("report_file")
     @classmethod
@@ -181,10 +195,6 @@ class JobConfig(BaseModel):
     def output_path(self) -> Path:
         return Path(self.output_dir)
 
-    @property
-    def report_path(self) -> Path:
-        return self.output_path / self.report_file
-
 
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
@@ -216,15 +226,11 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     return validate_config(values, source=str(path) if path else "defaults")
 
 
+CONFIG_LIMIT = 1 << 20  # a config is a few hundred bytes; a megabyte means the wrong file
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"config path {path} is a folder, not a YAML file") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"config file {path} is not UTF-8 text: {exc}") from None
+    text = read_text(path, "config file", limit=CONFIG_LIMIT)
     try:
         data = safe_load(text)
     except yaml.YAMLError as exc:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from job.errors import RetryableError, UserError
+from job.textfiles import read_text
 
 # CLUE TNEWS labels in PaddleNLP's fixed order ("105" and "111" do not exist). Index = class id.
 TNEWS_LABELS: tuple[str, ...] = (
@@ -24,6 +25,14 @@ TNEWS_LABEL_DESC: dict[str, str] = {
 }  # fmt: skip
 LABEL_TO_ID = {label: index for index, label in enumerate(TNEWS_LABELS)}
 NUM_CLASSES = len(TNEWS_LABELS)
+
+
+def name_labels(model_config: Any) -> None:
+    """Write the label names into a model's config before it is saved: id2label/label2id with the
+    TNEWS descriptions (news_tech), and `tnews_label_codes`, the TNEWS code of each class id (109)."""
+    model_config.id2label = {index: TNEWS_LABEL_DESC[code] for index, code in enumerate(TNEWS_LABELS)}
+    model_config.label2id = {TNEWS_LABEL_DESC[code]: index for index, code in enumerate(TNEWS_LABELS)}
+    model_config.tnews_label_codes = list(TNEWS_LABELS)
 
 
 @dataclass(frozen=True)
@@ -86,17 +95,7 @@ def parse_record(record: Any, where: str, require_label: bool = True) -> Example
 
 def read_clue_file(path: Path, require_label: bool = True) -> list[Example] | None:
     """Read a CLUE JSON-lines file. For an optional test file, returns None when it has no labels."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"data file {path} does not exist") from None
-    except OSError as exc:
-        raise RetryableError(f"could not read data file {path}: {exc}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not UTF-8 text ({exc.reason})") from None
+    text = read_text(path, "data file")
     examples: list[Example] = []
     unlabelled = 0
     for number, line in enumerate(text.splitlines(), start=1):

@@ -109,25 +109,51 @@ def last_layer_first_position_only(model: Any) -> Iterator[None]:
         del layer.forward
 
 
+def batched_logits(
+    model: Any, rows: Sequence[Encoded], batch_size: int, pad_id: int
+) -> Iterator[tuple[list[int], Any]]:
+    """(row indices, logits) for length-sorted batches of `rows`, in eval mode, without gradients, with
+    both shortcuts; the model is back in training mode afterwards."""
+    import paddle
+
+    model.eval()
+    batches = length_sorted_batches(rows, batch_size)
+    try:
+        with paddle.no_grad(), lora_merged(model), last_layer_first_position_only(model):
+            for indices, batch in zip(batches, iterate_batches(rows, batches, pad_id), strict=True):
+                logits = model(
+                    input_ids=paddle.to_tensor(batch["input_ids"]),
+                    token_type_ids=paddle.to_tensor(batch["token_type_ids"]),
+                )
+                yield indices, logits
+    finally:
+        model.train()
+
+
 def evaluate(model: Any, rows: Sequence[Encoded], batch_size: int, pad_id: int) -> EvalResult:
     import paddle
     import paddle.nn.functional as F
 
-    model.eval()
     loss_sum = 0.0
     predictions = [0] * len(rows)
-    batches = length_sorted_batches(rows, batch_size)
-    with paddle.no_grad(), lora_merged(model), last_layer_first_position_only(model):
-        for indices, batch in zip(batches, iterate_batches(rows, batches, pad_id), strict=True):
-            logits = model(
-                input_ids=paddle.to_tensor(batch["input_ids"]), token_type_ids=paddle.to_tensor(batch["token_type_ids"])
-            )
-            labels = paddle.to_tensor(batch["labels"])
-            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-            for index, predicted in zip(indices, logits.argmax(axis=-1).numpy().tolist(), strict=True):
-                predictions[index] = int(predicted)
-    model.train()
+    for indices, logits in batched_logits(model, rows, batch_size, pad_id):
+        labels = paddle.to_tensor([rows[i].label for i in indices], dtype="int64")
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        for index, predicted in zip(indices, logits.argmax(axis=-1).numpy().tolist(), strict=True):
+            predictions[index] = int(predicted)
     correct = sum(int(predicted == row.label) for predicted, row in zip(predictions, rows, strict=True))
     return EvalResult(
         accuracy=correct / len(rows), loss=loss_sum / len(rows), examples=len(rows), predictions=predictions
     )
+
+
+def predict(model: Any, rows: Sequence[Encoded], batch_size: int, pad_id: int) -> list[tuple[int, float]]:
+    """(class id, probability) of every row, in the rows' order."""
+    import paddle.nn.functional as F
+
+    out: list[tuple[int, float]] = [(0, 0.0)] * len(rows)
+    for indices, logits in batched_logits(model, rows, batch_size, pad_id):
+        probabilities = F.softmax(logits, axis=-1).numpy()
+        for index, row in zip(indices, probabilities, strict=True):
+            out[index] = (int(row.argmax()), float(row.max()))
+    return out

@@ -17,8 +17,25 @@ from typing import Any
 from job.errors import RetryableError, UserError
 
 
+def looks_like_a_path(model_name: str) -> bool:
+    """A folder rather than a PaddleNLP name: it holds a path separator or starts with '.' or '~'."""
+    return model_name.startswith((".", "~")) or "/" in model_name or "\\" in model_name
+
+
+def check_model_name(model_name: str) -> None:
+    """A URL, or a path that does not exist, is a mistake, not a download to retry (exit 2, not 75)."""
+    if "://" in model_name:
+        raise UserError(
+            f"config key 'model_name': {model_name} is a URL; give a PaddleNLP model name (ernie-3.0-medium-zh) "
+            "or a local folder"
+        )
+    if looks_like_a_path(model_name) and not Path(model_name).expanduser().is_dir():
+        raise UserError(f"config key 'model_name': model folder {model_name} does not exist")
+
+
 def model_limits(model_name: str) -> dict[str, int]:
     """hidden_size and max_position_embeddings, read without building the model."""
+    check_model_name(model_name)
     folder = Path(model_name)
     if folder.is_dir():
         _check_local_model_folder(model_name)
@@ -102,6 +119,13 @@ class LoadedModel:
     model: Any
     head_parameter_names: list[str]  # parameters outside the encoder (classifier head)
     reinitialised: list[str]  # parameters not taken from the checkpoint
+    source: str = ""  # what was loaded: a PaddleNLP name, or a folder's absolute path
+
+
+def model_source(model_name: str) -> str:
+    """How a saved adapter names its base model: the absolute path of a local folder, else the name."""
+    folder = Path(model_name)
+    return str(folder.resolve()) if folder.is_dir() else model_name
 
 
 def load_model(model_name: str, num_classes: int) -> LoadedModel:
@@ -127,7 +151,9 @@ def load_model(model_name: str, num_classes: int) -> LoadedModel:
             f"model '{model_name}': {len(encoder_missing)} encoder weights are not in the checkpoint or have "
             f"another shape (first: {encoder_missing[0]}); is this an ERNIE checkpoint of this size?"
         )
-    return LoadedModel(model=model, head_parameter_names=head, reinitialised=reinitialised)
+    return LoadedModel(
+        model=model, head_parameter_names=head, reinitialised=reinitialised, source=model_source(model_name)
+    )
 
 
 def _check_local_model_folder(model_name: str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from job.config import JobConfig, check_against_model
-from job.data import NUM_CLASSES, Encoded, draw_samples, encode, read_source
+from job.data import NUM_CLASSES, Encoded, draw_samples, encode, name_labels, read_source
 from job.device import (
     Ranks,
     peak_memory_mb,
@@ -167,14 +167,16 @@ def train_one(
         f"({100 * trainable / total:.3f}%)")  # fmt: skip
     paddle.seed(run.seed)  # the same dropout masks for every run of this seed
     reset_peak_memory()
-    with out_of_memory_advice(f"[{key}] training", f"{name}_batch_size", settings.batch_size):
-        outcome = train(model, encoded["train"], settings, pad_id, key, stop, ranks)
-    if not ranks.is_main:
-        return None
-    peak_memory = peak_memory_mb()
-    with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
-        dev = evaluate(model, encoded["dev"], run.eval_batch_size, pad_id)
-        test = evaluate(model, encoded["test"], run.eval_batch_size, pad_id)
+    with scalar_log(config, key, ranks) as log:
+        with out_of_memory_advice(f"[{key}] training", f"{name}_batch_size", settings.batch_size):
+            outcome = train(model, encoded["train"], settings, pad_id, key, stop, ranks, on_step=log.step)
+        if not ranks.is_main:
+            return None
+        peak_memory = peak_memory_mb()
+        with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
+            dev = evaluate(model, encoded["dev"], run.eval_batch_size, pad_id)
+            test = evaluate(model, encoded["test"], run.eval_batch_size, pad_id)
+        log.evaluated(outcome.steps, dev.accuracy, dev.loss)
     say(
         f"[{key}] trained in {outcome.seconds:.1f} s; dev accuracy {dev.accuracy:.4f} loss {dev.loss:.4f}; "
         f"test accuracy {test.accuracy:.4f} loss {test.loss:.4f}"
@@ -210,6 +212,38 @@ def train_one(
     )
 
 
+class ScalarLog:
+    """Training scalars for VisualDL (`visualdl: true`); without it every call does nothing."""
+
+    def __init__(self, writer: Any = None) -> None:
+        self.writer = writer
+
+    def step(self, step: int, loss: float, learning_rate: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag="train/loss", step=step, value=loss)
+            self.writer.add_scalar(tag="train/learning_rate", step=step, value=learning_rate)
+
+    def evaluated(self, step: int, accuracy: float, loss: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag="dev/accuracy", step=step, value=accuracy)
+            self.writer.add_scalar(tag="dev/loss", step=step, value=loss)
+
+
+@contextlib.contextmanager
+def scalar_log(config: JobConfig, key: str, ranks: Ranks) -> Iterator[ScalarLog]:
+    """VisualDL's LogWriter on output_dir/vdl/<run key> (rank 0 only), closed when the run ends."""
+    if not (config.visualdl and ranks.is_main):
+        yield ScalarLog()
+        return
+    from visualdl import LogWriter
+
+    writer = LogWriter(logdir=str(config.output_path / "vdl" / key))
+    try:
+        yield ScalarLog(writer)
+    finally:
+        writer.close()
+
+
 @contextlib.contextmanager
 def out_of_memory_advice(what: str, key: str, batch_size: int) -> Iterator[None]:
     """Paddle reports an exhausted allocator as MemoryError; say which batch size to lower.
@@ -226,6 +260,7 @@ def out_of_memory_advice(what: str, key: str, batch_size: int) -> Iterator[None]
 
 def save_artifacts(run: Run, output_dir: Path, model: Any, tokenizer: Any) -> list[str]:
     folder = output_dir / "artifacts" / run.key
+    name_labels(getattr(model, "model", model).config)  # a LoRAModel keeps the classifier as .model
     try:
         paths = run.strategy.save_artifacts(model, tokenizer, folder)
     except OSError as exc:

@@ -53,15 +53,17 @@ class LoRA:
             trainable_modules=[re.escape(name) for name in loaded.head_parameter_names],
             merge_weights=False,
             tensor_parallel_degree=loaded.model.config.tensor_parallel_degree,
+            base_model_name_or_path=loaded.source,  # the saved adapter says what it adapts
         )
         return LoRAModel(loaded.model, lora_config)
 
     def save_artifacts(self, model: Any, tokenizer: Any, folder: Path) -> list[Path]:
         adapter, merged = folder / "adapter", folder / "merged"
-        model.save_pretrained(str(adapter))  # LoRA weights + trainable head + lora_config.json
+        model.save_pretrained(str(adapter))  # LoRA weights + trainable head + lora_config.json + config.json
+        tokenizer.save_pretrained(str(adapter))  # `job predict` reads any saved folder the same way
         model.merge()  # fold B @ A * scale into the frozen weights, then drop the LoRA layers
         plain = model.restore_original_model()
-        plain.save_pretrained(str(merged))
+        plain.save_pretrained(str(merged), safe_serialization=True)  # safetensors: loading runs no code
         tokenizer.save_pretrained(str(merged))
         return [adapter, merged]
 
@@ -79,7 +81,7 @@ class FullFinetune:
 
     def save_artifacts(self, model: Any, tokenizer: Any, folder: Path) -> list[Path]:
         target = folder / "model"
-        model.save_pretrained(str(target))
+        model.save_pretrained(str(target), safe_serialization=True)  # safetensors: loading runs no code
         tokenizer.save_pretrained(str(target))
         return [target]
 

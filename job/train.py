@@ -7,7 +7,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +111,7 @@ def train(
     label: str,
     stop: StopRequest,
     ranks: Ranks = Ranks(),  # noqa: B008 - a frozen value
+    on_step: Callable[[int, float, float], None] | None = None,
 ) -> TrainOutcome:
     """Train in place. Under a data-parallel launch every rank takes its share of each global batch,
     gradients are averaged by paddle.DataParallel, and only rank 0 shows progress."""
@@ -133,6 +134,7 @@ def train(
             batches, iterate_batches(rows, shard_batches(batches, ranks), pad_id), strict=True
         ):
             stop.raise_if_requested()
+            rate = schedule.last_lr  # the rate this step uses (train_step advances the schedule)
             value = mean_across_ranks(train_step(stepped, batch, optimizer, schedule), ranks)
             if not math.isfinite(value):
                 raise TrainingDiverged(
@@ -142,6 +144,8 @@ def train(
             outcome.samples += len(global_batch)
             outcome.tokens += sum(lengths[i] for i in global_batch)
             outcome.step_losses.append(value)
+            if on_step is not None:
+                on_step(outcome.steps, value, rate)
             elapsed = time.perf_counter() - started
             progress.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}", samples_s=f"{outcome.samples / elapsed:.1f}")
             progress.update()

@@ -33,7 +33,7 @@ def write_vocab(path: Path) -> Path:
     return path
 
 
-def build_tiny_model(folder: Path, num_classes: int = len(TNEWS_LABELS), seed: int = 0) -> Path:
+def build_tiny_model(folder: Path, num_classes: int = len(TNEWS_LABELS), seed: int = 0, dropout: float = 0.1) -> Path:
     """A randomly initialised 2-layer ERNIE with its tokenizer, saved like a PaddleNLP model folder."""
     import paddle
     from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification, ErnieTokenizer
@@ -42,7 +42,8 @@ def build_tiny_model(folder: Path, num_classes: int = len(TNEWS_LABELS), seed: i
     vocab = write_vocab(folder / "vocab.txt")
     tokenizer = ErnieTokenizer(str(vocab))
     paddle.seed(seed)
-    config = ErnieConfig(vocab_size=len(tokenizer.vocab), num_classes=num_classes, **TINY_ERNIE)
+    config = ErnieConfig(vocab_size=len(tokenizer.vocab), num_classes=num_classes, hidden_dropout_prob=dropout,
+                         attention_probs_dropout_prob=dropout, **TINY_ERNIE)  # fmt: skip
     model = ErnieForSequenceClassification(config)
     model.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))

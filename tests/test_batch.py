@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,20 @@ def job_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Pop
 def numbers(results_json: Path) -> list[tuple]:
     data = json.loads(results_json.read_text(encoding="utf-8"))
     return [(r["key"], r["dev"], r["test"], r["step_losses"], r["trainable_params"]) for r in data["runs"]]
+
+
+def run_array_and_single(config: str, shared: Path, single: Path, size: int, variable: str, flag: str) -> None:
+    """Every array index at once into `shared`, then one process into `single`: the same numbers."""
+    tasks = [
+        job_process("run", "--config", config, "--output-dir", str(shared), flag, env={variable: str(index)})
+        for index in range(size)
+    ]
+    for task in tasks:
+        _, err = task.communicate(timeout=600)
+        assert task.returncode == 0, err
+    alone = CliRunner().invoke(main, ["run", "--config", config, "--output-dir", str(single)])
+    assert alone.exit_code == 0, alone.output
+    assert numbers(shared / "results.json") == numbers(single / "results.json")
 
 
 @pytest.mark.parametrize("variable", INDEX_VARIABLES)
@@ -73,33 +86,27 @@ def test_a_rerun_skips_finished_strategies_and_force_retrains(write_config, tmp_
 def test_two_concurrent_array_tasks_merge_to_the_single_process_result(write_config, tmp_path: Path) -> None:
     config = str(write_config(num_epochs=2))
     shared = tmp_path / "shared-out"
-    tasks = [
-        job_process("run", "--config", config, "--output-dir", str(shared), "--strategy-from-index",
-                    env={"JOB_COMPLETION_INDEX": str(index)})
-        for index in (0, 1)
-    ]  # fmt: skip
-    for task in tasks:
-        _, err = task.communicate(timeout=600)
-        assert task.returncode == 0, err
-    single = CliRunner().invoke(main, ["run", "--config", config, "--output-dir", str(tmp_path / "single")])
-    assert single.exit_code == 0, single.output
-    assert numbers(shared / "results.json") == numbers(tmp_path / "single" / "results.json")
+    # The flag's older name still works.
+    run_array_and_single(config, shared, tmp_path / "single", 2, "JOB_COMPLETION_INDEX", "--strategy-from-index")
     report = (shared / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
     assert "| lora (r=4, α=8, dropout=0.1, lr=0.005) |" in report and "| full_finetune (lr=0.005) |" in report
 
 
+@pytest.mark.slow
 def test_sigterm_mid_training_keeps_finished_results_and_a_rerun_completes(write_config, tmp_path: Path) -> None:
     # Full fine-tuning at one example per step for 5 epochs: thousands of steps, seconds of training.
     config = str(write_config(num_epochs=5, full_finetune_batch_size=1, max_train_samples=600, logging_steps=50))
     out = tmp_path / "out"
     process = job_process("run", "--config", config)
-    deadline = time.monotonic() + 300
-    while not (out / "results" / "lora.json").exists():
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
-        time.sleep(0.1)
-    time.sleep(1)  # full fine-tuning is now loading or training
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=120)
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:  # read as it comes (the pipe never fills); signal on a log line, not a timer
+        seen.append(line)
+        if "[full_finetune] step 50/" in line:  # LoRA is saved, full fine-tuning is training
+            process.send_signal(signal.SIGTERM)
+            break
+    _, rest = process.communicate(timeout=120)
+    err = "".join(seen) + rest
     assert process.returncode == 143, err
     assert "stopping: finished runs' results are kept" in err
     assert not (out / "ernie_lora_vs_full_report.md").exists()
@@ -113,6 +120,7 @@ def test_sigterm_mid_training_keeps_finished_results_and_a_rerun_completes(write
     assert (out / "ernie_lora_vs_full_report.md").is_file()
 
 
+@pytest.mark.slow
 def test_every_array_index_of_a_grid_in_parallel_merges_to_the_single_process_report(
     write_config, tmp_path: Path
 ) -> None:
@@ -121,17 +129,7 @@ def test_every_array_index_of_a_grid_in_parallel_merges_to_the_single_process_re
     size = int(listing.output.splitlines()[-1].removeprefix("array size: "))
     assert size == 6
     shared = tmp_path / "grid-out"
-    tasks = [
-        job_process("run", "--config", config, "--output-dir", str(shared), "--run-from-index",
-                    env={"BATCH_TASK_INDEX": str(index)})
-        for index in range(size)
-    ]  # fmt: skip
-    for task in tasks:
-        _, err = task.communicate(timeout=600)
-        assert task.returncode == 0, err
-    single = CliRunner().invoke(main, ["run", "--config", config, "--output-dir", str(tmp_path / "single")])
-    assert single.exit_code == 0, single.output
-    assert numbers(shared / "results.json") == numbers(tmp_path / "single" / "results.json")
+    run_array_and_single(config, shared, tmp_path / "single", size, "BATCH_TASK_INDEX", "--run-from-index")
     merged = json.loads((shared / "results.json").read_text(encoding="utf-8"))
     assert merged["missing_runs"] == [] and len(merged["runs"]) == 6 and merged["comparison"]["seeds"] == [1, 2]
     # With the clock's numbers set equal, the two folders give the same results.json and report.

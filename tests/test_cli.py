@@ -34,6 +34,7 @@ def table_rows(report: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]]
 
 
+@pytest.mark.slow
 def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: Path) -> None:
     config = write_config(num_epochs=10, max_train_samples=600, max_eval_samples=150, learning_rate=1e-2,
                           lora_learning_rate=3e-2)  # fmt: skip
@@ -65,7 +66,8 @@ def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: 
     assert by_name["lora"]["learning_rate"] == 3e-2 and by_name["full_finetune"]["learning_rate"] == 1e-2
     assert by_name["lora"]["trainable_params"] < by_name["full_finetune"]["trainable_params"]
     assert results["run"]["device"]["name"] == "cpu"
-    assert results["run"]["cpu"]["strided_views"] is False and results["run"]["cpu"]["vendor"]
+    assert results["run"]["cpu"]["strided_views"] is False
+    assert results["run"]["cpu"]["vendor"] or not Path("/proc/cpuinfo").is_file()
     assert set(results["run"]["data"]["files"]) == {"train.json", "dev.json"}
     assert results["run"]["planned_runs"] == ["lora", "full_finetune"] and results["missing_runs"] == []
     assert results["run"]["uid"] == os.getuid()
@@ -182,7 +184,10 @@ def test_save_artifacts_lists_saved_models(write_config, tmp_path: Path) -> None
     report = (out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
     for folder in ("artifacts/lora/adapter", "artifacts/lora/merged", "artifacts/full_finetune/model"):
         assert f"`{folder}`" in report
-        assert any((out / folder).glob("*.pdparams")), folder
+        assert any((out / folder).glob("*.safetensors" if folder.endswith(("merged", "model")) else "*.pdparams"))
+    # The full models are safetensors only: loading them runs no pickle.
+    for folder in ("artifacts/lora/merged", "artifacts/full_finetune/model"):
+        assert not list((out / folder).glob("*.pdparams")), folder
 
 
 def test_gpu_on_a_cpu_only_build_exits_2_with_a_clear_message(write_config, tmp_path: Path) -> None:

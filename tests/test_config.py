@@ -183,3 +183,50 @@ def test_bad_grid_values_exit_2_before_anything_is_loaded(write_config, tmp_path
     assert result.exit_code == 2, result.output
     assert f"config key '{override.split('=')[0]}'" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_config_files_that_can_never_be_read_exit_2_at_once(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to(loop)
+    cases = [
+        ("/dev/zero", "config file /dev/zero is larger than 1,048,576 bytes"),
+        (str(loop), f"config file {loop} cannot be read"),
+        (str(tmp_path), "is a directory"),  # click's own check of --config
+    ]
+    for path, message in cases:
+        for command in ("run", "validate"):
+            result = CliRunner().invoke(main, [command, "--config", path, "--set", f"output_dir={tmp_path / 'out'}"])
+            assert result.exit_code == 2, (command, path, result.output)
+            assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"max_grad_norm": float("inf")}, "config key 'max_grad_norm': Input should be a finite number"),
+        ({"learning_rate": float("nan")}, "config key 'learning_rate'"),
+        ({"output_dir": "out\0put"}, "config key 'output_dir': contains a NUL byte"),
+        ({"report_file": "r\0.md"}, "config key 'report_file': contains a NUL byte"),
+    ],
+)
+def test_values_that_would_fail_later_are_refused_now(values: dict, message: str) -> None:
+    with pytest.raises(UserError, match=re.escape(message)):
+        validate_config(values)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "message"),
+    [
+        ("./no/such/model", "model folder ./no/such/model does not exist"),
+        ("/no/such/model", "model folder /no/such/model does not exist"),
+        ("https://example.invalid/ernie", "is a URL; give a PaddleNLP model name"),
+    ],
+)
+def test_a_model_name_that_is_a_missing_path_or_a_url_exits_2(
+    write_config, tmp_path: Path, model_name, message
+) -> None:
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config(model_name=model_name))])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "out" / "results").exists()

@@ -47,3 +47,50 @@ def test_two_process_launch_trains_in_step_and_only_rank_0_writes(write_config, 
         assert record["steps"] == 2 * 19
         assert record["samples_per_second"] > 0
     assert sorted(p.name for p in (out / "results").iterdir()) == ["full_finetune.json", "lora.json"]
+
+
+@pytest.mark.slow
+def test_two_processes_end_with_the_weights_of_one_process_over_the_same_global_batches(
+    write_config, tmp_path: Path
+) -> None:
+    """Without dropout, data-parallel training is the same computation as one process: gradients of
+    the two half-batches, averaged, are the full batch's gradient. Fails without the averaging."""
+    import numpy as np
+    import paddle
+
+    from tests.fixtures import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "no-dropout", dropout=0.0)
+    config = write_config(model_name=str(model), num_epochs=2, max_train_samples=96, batch_size=16,
+                          strategies=["full_finetune"], save_artifacts=True)  # fmt: skip
+    launched = subprocess.run(
+        [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
+         str(tmp_path / "logs"), str(ROOT / "job" / "__main__.py"), "run", "--config", str(config),
+         "--output-dir", str(tmp_path / "two")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    single = subprocess.run(
+        [sys.executable, "-m", "job", "run", "--config", str(config), "--output-dir", str(tmp_path / "one")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    def weights(folder: str) -> dict:
+        from safetensors.numpy import load_file
+
+        saved = load_file(str(tmp_path / folder / "artifacts" / "full_finetune" / "model" / "model.safetensors"))
+        return {name: paddle.to_tensor(value) for name, value in saved.items()}
+
+    def losses(folder: str) -> list[float]:
+        return json.loads((tmp_path / folder / "results.json").read_text(encoding="utf-8"))["runs"][0]["step_losses"]
+
+    two, one = weights("two"), weights("one")
+    assert two.keys() == one.keys()
+    initial = paddle.load(str(model / "model_state.pdparams"))
+    moved = [name for name in one if name in initial and not np.allclose(one[name].numpy(), initial[name].numpy())]
+    assert len(moved) > 10  # training changed the weights, so equal weights mean equal steps
+    for name in one:
+        np.testing.assert_allclose(two[name].numpy(), one[name].numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
+    assert losses("two") == pytest.approx(losses("one"), rel=1e-4)

@@ -78,5 +78,8 @@ def test_evaluate_matches_a_plain_loop_and_restores_the_model(tiny_model: Path, 
     labels = np.array([b["labels"][0] for b in batches])
     loss = float(F.cross_entropy(paddle.to_tensor(logits), paddle.to_tensor(labels), reduction="mean"))
     assert result.accuracy == float((logits.argmax(-1) == labels).mean())
-    assert result.loss == pytest.approx(loss, rel=1e-5)
+    assert result.predictions == logits.argmax(-1).tolist()  # row by row, in the rows' order
+    # Measured: padded batches and single rows differ by 2e-8 (float rounding); ignoring the padding mask
+    # in the [CLS]-only shortcut moves the mean loss by 3e-6 on these rows.
+    assert result.loss == pytest.approx(loss, rel=5e-7)
     assert result.examples == len(rows)

@@ -141,6 +141,7 @@ main(sys.argv[1:], prog_name='job')
 """
 
 
+@pytest.mark.slow
 def test_out_of_memory_names_the_batch_size_to_try(write_config, tmp_path: Path) -> None:
     """A real allocation failure: the address space is capped 1.5 GB above what the libraries use, and
     one batch of 2,048 titles of 128 tokens needs more (attention scores alone are 268 MB a layer)."""

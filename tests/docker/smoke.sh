@@ -45,6 +45,7 @@ max_train_samples: 200
 max_eval_samples: 50
 lora_r: 4
 lora_alpha: 8
+save_artifacts: true
 YAML
 chmod -R a+rX "$SMOKE_DIR"
 # $REPORTS_DIR does not exist yet: Docker creates it (owned by root) and the entrypoint hands it to
@@ -53,6 +54,13 @@ if [ "$(id -u)" -eq 0 ]; then JOB_UID=1000; else JOB_UID=$(id -u); mkdir -p "$RE
 
 step "build the CPU image"
 "${COMPOSE[@]}" build cpu-job
+
+step "provenance labels"
+label() { docker inspect -f "{{index .Config.Labels \"org.opencontainers.image.$1\"}}" ernie-tnews-job:cpu; }
+[ "$(label licenses)" = Apache-2.0 ] || fail "no license label"
+[ "$(label revision)" = "${GIT_COMMIT:-$(git rev-parse HEAD)}" ] || fail "revision label '$(label revision)' is not the commit"
+[ -n "$(label version)" ] || fail "no version label"
+echo "revision $(label revision), version $(label version), licenses $(label licenses)"
 
 step "compose run --rm cpu-job"
 "${COMPOSE[@]}" run --rm cpu-job 2>&1 | tee "$WORK/cpu.log"
@@ -71,6 +79,19 @@ check_report() {
 }
 check_report
 grep -q "device: cpu" "$WORK/cpu.log" || fail "device not reported"
+
+step "predict with the saved models in the image"
+for saved in lora/merged lora/adapter full_finetune/model; do
+  "${COMPOSE[@]}" run --rm cpu-job predict --model "/app/reports/artifacts/$saved" "天地玄的一是" "日月盈了我不" \
+    >"$WORK/predict.out" 2>"$WORK/predict.err" || { cat "$WORK/predict.err"; fail "predict with $saved failed"; }
+  "$PY" - "$WORK/predict.out" <<'PYTHON' || fail "predict with $saved: not two JSON lines with label names"
+import json, sys
+lines = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8") if line.strip()]
+assert len(lines) == 2 and all(set(line) == {"sentence", "label", "label_desc", "probability"} for line in lines)
+assert all(line["label_desc"].startswith("news_") for line in lines), lines
+PYTHON
+  echo "predict $saved: $(head -1 "$WORK/predict.out")"
+done
 
 step "the config mount is read-only"
 probe=$("${COMPOSE[@]}" run --rm --entrypoint sh cpu-job -c 'touch /app/configs/x 2>/dev/null && echo writable || echo read-only')

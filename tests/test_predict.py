@@ -1,0 +1,187 @@
+"""Models people can use afterwards: label names saved with every model, the adapter reloads onto its
+base, and `job predict` runs any saved folder on new titles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from job.cli import main
+from job.data import TNEWS_LABEL_DESC, TNEWS_LABELS
+from tests.fixtures import keywords_for
+
+FOLDERS = ("lora/adapter", "lora/merged", "full_finetune/model")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tnews_dir: Path) -> Path:
+    """A run with saved artifacts: both strategies learn the keyword labels."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("trained")
+    config = folder / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "model_name": str(tiny_model), "data_dir": str(tnews_dir), "max_seq_length": 32, "batch_size": 16,
+        "learning_rate": 1e-2, "lora_learning_rate": 3e-2, "num_epochs": 6, "max_train_samples": 600,
+        "max_eval_samples": 60, "output_dir": str(folder / "out"), "device": "cpu", "lora_r": 4, "lora_alpha": 8,
+        "save_artifacts": True,
+    }), encoding="utf-8")  # fmt: skip
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    return folder / "out" / "artifacts"
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_every_saved_model_carries_the_label_names(trained: Path, folder: str) -> None:
+    config = json.loads((trained / folder / "config.json").read_text(encoding="utf-8"))
+    tech = TNEWS_LABELS.index("109")
+    assert config["id2label"][str(tech)] == "news_tech" and config["label2id"]["news_tech"] == tech
+    assert config["tnews_label_codes"] == list(TNEWS_LABELS)
+
+
+def test_the_adapter_names_its_base_and_reloads_to_the_merged_models_logits(trained: Path, tiny_model: Path) -> None:
+    import paddle
+    from paddlenlp.transformers import AutoModelForSequenceClassification
+
+    from job.predict import load_saved_model
+
+    lora = json.loads((trained / "lora" / "adapter" / "lora_config.json").read_text(encoding="utf-8"))
+    assert lora["base_model_name_or_path"] == str(tiny_model.resolve())
+    ids = paddle.to_tensor([[1, 8, 9, 10, 11, 2], [1, 12, 13, 2, 0, 0]])
+    adapter = load_saved_model(trained / "lora" / "adapter").model
+    merged = AutoModelForSequenceClassification.from_pretrained(str(trained / "lora" / "merged"))
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_model))
+    for model in (adapter, merged, base):
+        model.eval()
+    expected = merged(input_ids=ids).numpy()
+    np.testing.assert_allclose(adapter(input_ids=ids).numpy(), expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(base(input_ids=ids).numpy(), expected, atol=1e-3)  # the adapter did load
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_predict_prints_json_lines_with_label_names(trained: Path, folder: str, tmp_path: Path) -> None:
+    # Titles built from one label's keywords: a model that learned the task names that label.
+    titles = [keywords_for(9) * 2 + "的一是", keywords_for(3) * 2 + "了我不"]
+    listing = tmp_path / "titles.txt"
+    listing.write_text(json.dumps({"sentence": titles[1], "label": "103"}, ensure_ascii=False) + "\n\n", "utf-8")
+    result = CliRunner(mix_stderr=False).invoke(
+        main, ["predict", "--model", str(trained / folder), "--device", "cpu", titles[0], "--input", str(listing)]
+    )
+    assert result.exit_code == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]  # nothing but JSON on stdout
+    assert [line["sentence"] for line in lines] == titles
+    for line in lines:
+        assert set(line) == {"sentence", "label", "label_desc", "probability"}
+        assert TNEWS_LABEL_DESC[line["label"]] == line["label_desc"] and 0 < line["probability"] <= 1
+    if folder == "full_finetune/model":  # learned the keyword labels (tiny LoRA is weaker: see below)
+        assert [line["label"] for line in lines] == [TNEWS_LABELS[9], TNEWS_LABELS[3]]
+
+
+def test_the_adapter_and_the_merged_model_predict_alike(trained: Path) -> None:
+    titles = [keywords_for(index) + "的一是" for index in range(15)]
+
+    def predicted(folder: str) -> list[dict]:
+        result = CliRunner(mix_stderr=False).invoke(main, ["predict", "--model", str(trained / folder), *titles])
+        assert result.exit_code == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    adapter, merged = predicted("lora/adapter"), predicted("lora/merged")
+    assert [line["label"] for line in adapter] == [line["label"] for line in merged]
+    assert [line["probability"] for line in adapter] == pytest.approx(
+        [line["probability"] for line in merged], abs=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp, trained: ["--model", str(tmp / "missing"), "x"], "model folder {tmp}/missing does not exist"),
+        (lambda tmp, trained: ["--model", str(tmp), "x"], "is not a saved model: it has no config.json"),
+        (
+            lambda tmp, trained: ["--model", str(trained / "lora" / "merged"), "--input", str(empty(tmp))],
+            "has no titles",
+        ),
+        (lambda tmp, trained: ["--model", str(trained / "lora" / "merged"), "--input", str(latin1(tmp))], "not UTF-8"),
+        (lambda tmp, trained: ["--model", str(trained / "lora" / "merged")], "no titles: give them as arguments"),
+    ],
+    ids=["missing-folder", "not-a-model", "empty-file", "not-utf8", "no-titles"],
+)
+def test_predicts_bad_inputs_exit_2_naming_them(trained: Path, tmp_path: Path, make, message: str) -> None:
+    result = CliRunner().invoke(main, ["predict", "--device", "cpu", *make(tmp_path, trained)])
+    assert result.exit_code == 2, result.output
+    assert message.format(tmp=tmp_path) in result.output and "Traceback" not in result.output
+
+
+def merged(trained: Path) -> list[str]:
+    return ["--model", str(trained / "lora" / "merged")]
+
+
+def empty(folder: Path) -> Path:
+    path = folder / "empty.txt"
+    path.write_text("\n  \n", encoding="utf-8")
+    return path
+
+
+def latin1(folder: Path) -> Path:
+    path = folder / "latin1.txt"
+    path.write_bytes("caf\xe9\n".encode("latin-1"))
+    return path
+
+
+PICKLE_BOMB = """
+import pathlib, pickle, sys
+class Payload:
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(sys.argv[2]),))
+pathlib.Path(sys.argv[1]).write_bytes(pickle.dumps({"ernie.embeddings.word_embeddings.weight": Payload()}))
+"""
+
+
+def test_a_folder_with_safetensors_never_unpickles_its_pdparams(trained: Path, tmp_path: Path) -> None:
+    """Beside the safetensors weights, a crafted model_state.pdparams whose unpickling touches a file:
+    loading the folder (predict, and as a job's model_name) reads the safetensors and runs no pickle."""
+    import shutil
+    import subprocess
+    import sys
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained / "full_finetune" / "model", folder)
+    marker = tmp_path / "payload-ran"
+    subprocess.run([sys.executable, "-c", PICKLE_BOMB, str(folder / "model_state.pdparams"), str(marker)], check=True)
+    result = CliRunner(mix_stderr=False).invoke(main, ["predict", "--model", str(folder), "天地玄的一是"])
+    assert result.exit_code == 0, result.stderr
+    from job.model import load_model
+
+    load_model(str(folder), 15)
+    assert not marker.exists()
+    import pickle
+
+    pickle.loads((folder / "model_state.pdparams").read_bytes())  # the payload is real: unpickling runs it
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_visualdl_scalars_are_written_only_when_asked(write_config, tmp_path: Path, enabled: bool) -> None:
+    from visualdl import LogReader
+
+    config = write_config(num_epochs=1, visualdl=enabled, warmup_ratio=0.0)
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    vdl = tmp_path / "out" / "vdl"
+    if not enabled:
+        assert not vdl.exists()
+        return
+    records = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))["runs"]
+    for record in records:
+        (log,) = (vdl / record["key"]).glob("vdlrecords.*.log")
+        reader = LogReader(file_path=str(log))
+        losses = [item.value for item in reader.get_data("scalar", "train/loss")]
+        assert losses == pytest.approx(record["step_losses"], rel=1e-5)
+        rates = [item.value for item in reader.get_data("scalar", "train/learning_rate")]
+        assert rates[0] == pytest.approx(record["learning_rate"]) and rates[-1] < rates[0]  # linear decay
+        (accuracy,) = reader.get_data("scalar", "dev/accuracy")
+        assert accuracy.id == record["steps"] and accuracy.value == pytest.approx(record["dev"]["accuracy"])
