@@ -4,6 +4,7 @@ errors become exit codes: 0 success, 1 training failed (NaN loss), 2 bad input (
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 
 import click
 
-from job.config import JobConfig, describe_fields, is_plain_file_name, load_config, parse_override
+from job.config import JobConfig, describe_fields, load_config, parse_override, report_file_problem
 from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError
 from job.predict import load_saved_model, predictions, read_titles
 from job.strategies import STRATEGY_NAMES
@@ -52,6 +53,17 @@ def run_for_task(runs: list[str], environ: dict[str, str]) -> str:
             f"0 to {len(runs) - 1}); set the array size to {len(runs)} (`python -m job plan` lists them)"
         )
     return runs[int(raw)]
+
+
+# Permissions and read-only mounts stay so on a retry: exit 2. A full disk or a vanished mount may not.
+PERMANENT_IO_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def io_failure(exc: OSError, where: Path | str) -> tuple[Exception, int]:
+    """An OSError as the job's own error: UserError (2) when a retry cannot help, else RetryableError (75)."""
+    if exc.errno in PERMANENT_IO_ERRORS:
+        return UserError(f"cannot write to {where}: {exc.strerror}"), UserError.exit_code
+    return RetryableError(f"I/O error: {exc}"), RetryableError.exit_code
 
 
 def fail(exc: Exception, code: int) -> None:
@@ -120,7 +132,7 @@ def run(
             click.echo("stopping: finished runs' results are kept; rerun to complete", err=True)
         fail(exc, exc.exit_code)
     except OSError as exc:  # disk full, a vanished mount: worth a retry, never a traceback
-        fail(RetryableError(f"I/O error: {exc}"), RetryableError.exit_code)
+        fail(*io_failure(exc, exc.filename or "the output folder"))
     click.echo(f"report: {report}")
 
 
@@ -165,11 +177,16 @@ def report(output_dir: Path, report_file: str | None) -> None:
     from job.runner import write_report
 
     try:
-        if report_file is not None and not is_plain_file_name(report_file):
-            raise UserError(f"--report-file {report_file!r} must be a plain file name inside --output-dir")
+        problem = report_file_problem(report_file) if report_file is not None else None
+        if problem:
+            raise UserError(f"--report-file {report_file!r}: {problem.replace('output_dir', '--output-dir')}")
+        if not output_dir.is_dir():  # never create it: a typo must not leave a folder behind
+            raise UserError(f"--output-dir {output_dir} is not a folder of a previous run")
         path = write_report(output_dir, report_file)
     except (UserError, RetryableError) as exc:
         fail(exc, exc.exit_code)
+    except OSError as exc:
+        fail(*io_failure(exc, output_dir))
     click.echo(f"report: {path}")
 
 

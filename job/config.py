@@ -9,6 +9,7 @@ import difflib
 import hashlib
 import json
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from job.errors import UserError
+from job.layout import RESERVED_NAMES
 from job.strategies import STRATEGY_NAMES
 from job.textfiles import read_text
 
@@ -38,6 +40,15 @@ NOT_HASHED_KEYS = frozenset(
 def is_plain_file_name(value: str) -> bool:
     """A name that stays inside its folder: no separators, no '.' or '..', not absolute."""
     return bool(value) and value not in {".", ".."} and Path(value).name == value and "\\" not in value
+
+
+def report_file_problem(value: str) -> str | None:
+    """Why `value` cannot be the report's file name, or None when it can."""
+    if not is_plain_file_name(value):
+        return "must be a plain file name inside output_dir (no folders, no '..')"
+    if value in RESERVED_NAMES:
+        return f"{value!r} is one of the job's own files or folders ({', '.join(sorted(RESERVED_NAMES))})"
+    return None
 
 
 class JobConfig(BaseModel):
@@ -116,8 +127,9 @@ class JobConfig(BaseModel):
     @field_validator("report_file")
     @classmethod
     def _plain_file_name(cls, value: str) -> str:
-        if not is_plain_file_name(value):
-            raise ValueError("must be a plain file name inside output_dir (no folders, no '..')")
+        problem = report_file_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("strategies")
@@ -203,9 +215,26 @@ def _as_list(value: Any) -> list[Any]:
 FIELD_NAMES: tuple[str, ...] = tuple(JobConfig.model_fields)
 
 
+MAX_ALIASES = 16  # a config needs few or none; a "billion laughs" needs dozens
+
+
+class TooManyAliases(yaml.YAMLError):
+    pass
+
+
 class SafeLoader(yaml.SafeLoader):
-    """yaml.SafeLoader (no Python tags) that also reads `5e-5` as a float, as YAML 1.2 does;
-    plain PyYAML (YAML 1.1) would read it as the string '5e-5'."""
+    """yaml.SafeLoader (no Python tags) that also reads `5e-5` as a float, as YAML 1.2 does (plain
+    PyYAML, YAML 1.1, would read it as the string '5e-5'), and refuses more than MAX_ALIASES aliases,
+    so a small file cannot expand into gigabytes when the config is validated or quoted."""
+
+    aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise TooManyAliases(f"more than {MAX_ALIASES} aliases (*name); a config needs few or none")
+        return super().compose_node(parent, index)
 
 
 SafeLoader.add_implicit_resolver(
@@ -270,7 +299,7 @@ def validate_config(values: dict[str, Any], source: str = "settings") -> JobConf
 def _unknown_key_message(key: Any, source: str) -> str:
     close = difflib.get_close_matches(str(key), FIELD_NAMES, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(FIELD_NAMES)}"
-    return f"{source}: unknown config key '{key}'{hint}"
+    return f"{source}: unknown config key {excerpt(str(key))}{hint}"
 
 
 def _validation_message(exc: ValidationError, source: str) -> str:
@@ -283,8 +312,19 @@ def _validation_message(exc: ValidationError, source: str) -> str:
         key, *rest = [str(part) for part in error["loc"]]
         items = [part for part in rest if part.isdigit()]
         item = f" (item {items[0]})" if items else ""
-        lines.append(f"{source}: config key '{key}'{item}: {message} (got {error.get('input')!r})")
+        lines.append(f"{source}: config key '{key}'{item}: {message} (got {excerpt(error.get('input'))})")
     return "\n".join(dict.fromkeys(lines))
+
+
+EXCERPT = reprlib.Repr()  # Python 3.11's Repr takes no arguments
+EXCERPT.maxlevel, EXCERPT.maxlist, EXCERPT.maxdict, EXCERPT.maxstring, EXCERPT.maxother, EXCERPT.maxlong = (
+    2, 4, 4, 80, 80, 40
+)  # fmt: skip
+
+
+def excerpt(value: Any) -> str:
+    """A bounded repr of an input for a message: never the whole of a huge or deeply nested value."""
+    return EXCERPT.repr(value)
 
 
 def _one_branch_per_union(errors: list[Any]) -> list[Any]:

@@ -8,11 +8,14 @@ import contextlib
 import hashlib
 import json
 import logging
+import pickle
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from safetensors import SafetensorError
 
 from job.errors import RetryableError, UserError
 
@@ -141,6 +144,14 @@ def load_model(model_name: str, num_classes: int) -> LoadedModel:
             )
         except OSError as exc:
             raise RetryableError(f"could not load model '{model_name}': {exc}") from None
+        except (ValueError, EOFError, RuntimeError, pickle.UnpicklingError, SafetensorError) as exc:
+            if not Path(model_name).is_dir():
+                raise
+            weights = ", ".join(sorted(p.name for p in weight_files(Path(model_name))))
+            raise UserError(
+                f"model folder {model_name}: its weights ({weights}) cannot be read, truncated or corrupt? "
+                f"({str(exc).strip()[:200]})"
+            ) from None
     prefix = f"{model.base_model_prefix}."
     names = [name for name, _ in model.named_parameters()]
     head = [name for name in names if not name.startswith(prefix)]
@@ -156,14 +167,17 @@ def load_model(model_name: str, num_classes: int) -> LoadedModel:
     )
 
 
+def weight_files(folder: Path) -> list[Path]:
+    return list(folder.glob("*.pdparams")) + list(folder.glob("*.safetensors"))
+
+
 def _check_local_model_folder(model_name: str) -> None:
     folder = Path(model_name)
     if not folder.is_dir():
         return
     if not (folder / "config.json").is_file():
         raise UserError(f"model folder {folder} has no config.json (save the model with save_pretrained)")
-    weights = list(folder.glob("*.pdparams")) + list(folder.glob("*.safetensors"))
-    if not weights:
+    if not weight_files(folder):
         raise UserError(f"model folder {folder} has no weights (*.pdparams or *.safetensors)")
 
 

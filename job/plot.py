@@ -12,9 +12,6 @@ from typing import Any
 
 from job.results import HeadlineRow
 
-LOSS_PLOT = "loss_curves.png"
-PARETO_PLOT = "pareto.png"
-
 
 def smoothed(values: list[float], window: int) -> list[float]:
     """Trailing moving average: per-step losses of small batches are noisy."""

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 
 from job.data import NUM_CLASSES, TNEWS_LABEL_DESC, TNEWS_LABELS
-from job.plot import LOSS_PLOT, PARETO_PLOT
+from job.layout import LOSS_PLOT, PARETO_PLOT
 from job.results import Combined, HeadlineRow, RunFacts, RunResult, Stat
 from job.stats import mean_std
 

@@ -23,11 +23,10 @@ from job.config import JobConfig, StrategyName
 from job.data import Splits
 from job.device import DeviceChoice, cpu_vendor, strided_views
 from job.errors import UserError
+from job.layout import LOCK_FILE, RESULTS_FOLDER
 from job.stats import encode_classes
 from job.strategies import STRATEGY_NAMES
 
-RESULTS_FOLDER = "results"
-RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 2  # 2: grid runs (seed, learning rate), predictions, macro-F1, comparison
 
 
@@ -264,7 +263,7 @@ def output_lock(output_dir: Path) -> Iterator[None]:
     import fcntl
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    with (output_dir / ".lock").open("a") as handle:
+    with (output_dir / LOCK_FILE).open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -23,6 +23,7 @@ from job.device import (
 )
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate
+from job.layout import ARTIFACTS_FOLDER, LOSS_PLOT, PARETO_PLOT, RESULTS_FILE, VISUALDL_FOLDER
 from job.model import (
     count_parameters,
     layer_names,
@@ -34,10 +35,9 @@ from job.model import (
     weights_fingerprint,
 )
 from job.plan import Run, plan_runs
-from job.plot import LOSS_PLOT, PARETO_PLOT, plot_losses, plot_pareto
+from job.plot import plot_losses, plot_pareto
 from job.report import render_report
 from job.results import (
-    RESULTS_FILE,
     ResultRecord,
     RunResult,
     finished_result,
@@ -106,12 +106,19 @@ def pending_runs(config: JobConfig, runs: list[Run], force: bool) -> list[Run]:
 def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: list[str] | None = None) -> Path | None:
     """Train every planned run (or those named in `keys`) not yet done and write the report. Under a
     data-parallel launch only rank 0 evaluates and writes; the other ranks return None."""
+    created = not config.output_path.exists()
     check_output_dir(config.output_path)
     runs = [run for run in plan_runs(config) if keys is None or run.key in keys]
     pending = pending_runs(config, runs, force)
     ranks = process_ranks() if pending else Ranks()
     if pending:
-        train_runs(config, pending, stop, ranks)
+        try:
+            train_runs(config, pending, stop, ranks)
+        except UserError:  # bad data or model: leave no empty output folder behind
+            if created:
+                with contextlib.suppress(OSError):
+                    config.output_path.rmdir()  # only when nothing was written into it
+            raise
     if not ranks.is_main:
         return None
     return write_report(config.output_path, config.report_file, config.config_hash())
@@ -237,7 +244,7 @@ def scalar_log(config: JobConfig, key: str, ranks: Ranks) -> Iterator[ScalarLog]
         return
     from visualdl import LogWriter
 
-    writer = LogWriter(logdir=str(config.output_path / "vdl" / key))
+    writer = LogWriter(logdir=str(config.output_path / VISUALDL_FOLDER / key))
     try:
         yield ScalarLog(writer)
     finally:
@@ -259,7 +266,7 @@ def out_of_memory_advice(what: str, key: str, batch_size: int) -> Iterator[None]
 
 
 def save_artifacts(run: Run, output_dir: Path, model: Any, tokenizer: Any) -> list[str]:
-    folder = output_dir / "artifacts" / run.key
+    folder = output_dir / ARTIFACTS_FOLDER / run.key
     name_labels(getattr(model, "model", model).config)  # a LoRAModel keeps the classifier as .model
     try:
         paths = run.strategy.save_artifacts(model, tokenizer, folder)
