@@ -56,7 +56,7 @@ def run_for_task(runs: list[str], environ: dict[str, str]) -> str:
 
 
 # Permissions and read-only mounts stay so on a retry: exit 2. A full disk or a vanished mount may not.
-PERMANENT_IO_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS)
+PERMANENT_IO_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP)  # ELOOP: a planted link
 
 
 def io_failure(exc: OSError, where: Path | str) -> tuple[Exception, int]:

@@ -110,7 +110,7 @@ def last_layer_first_position_only(model: Any) -> Iterator[None]:
 
 
 def batched_logits(
-    model: Any, rows: Sequence[Encoded], batch_size: int, pad_id: int
+    model: Any, rows: Sequence[Encoded], batch_size: int, pad_id: int, stop: Any = None
 ) -> Iterator[tuple[list[int], Any]]:
     """(row indices, logits) for length-sorted batches of `rows`, in eval mode, without gradients, with
     both shortcuts; the model is back in training mode afterwards."""
@@ -121,6 +121,8 @@ def batched_logits(
     try:
         with paddle.no_grad(), lora_merged(model), last_layer_first_position_only(model):
             for indices, batch in zip(batches, iterate_batches(rows, batches, pad_id), strict=True):
+                if stop is not None:  # a SIGTERM during a long evaluation stops it at the next batch
+                    stop.raise_if_requested()
                 logits = model(
                     input_ids=paddle.to_tensor(batch["input_ids"]),
                     token_type_ids=paddle.to_tensor(batch["token_type_ids"]),
@@ -130,13 +132,13 @@ def batched_logits(
         model.train()
 
 
-def evaluate(model: Any, rows: Sequence[Encoded], batch_size: int, pad_id: int) -> EvalResult:
+def evaluate(model: Any, rows: Sequence[Encoded], batch_size: int, pad_id: int, stop: Any = None) -> EvalResult:
     import paddle
     import paddle.nn.functional as F
 
     loss_sum = 0.0
     predictions = [0] * len(rows)
-    for indices, logits in batched_logits(model, rows, batch_size, pad_id):
+    for indices, logits in batched_logits(model, rows, batch_size, pad_id, stop):
         labels = paddle.to_tensor([rows[i].label for i in indices], dtype="int64")
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
         for index, predicted in zip(indices, logits.argmax(axis=-1).numpy().tolist(), strict=True):

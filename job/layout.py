@@ -3,6 +3,9 @@ would overwrite one of them."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 RESULTS_FOLDER = "results"  # results/<run>.json
 RESULTS_FILE = "results.json"
 LOCK_FILE = ".lock"  # the merge lock
@@ -10,6 +13,34 @@ LOSS_PLOT = "loss_curves.png"
 PARETO_PLOT = "pareto.png"
 ARTIFACTS_FOLDER = "artifacts"  # artifacts/<run>/
 VISUALDL_FOLDER = "vdl"  # vdl/<run>/
+
+FILE_MODE = 0o644  # what the job writes is readable by all and writable by its owner only,
+FOLDER_MODE = 0o755  # whatever the umask (under umask 000 nothing becomes world-writable)
+
+
+def make_folders(folder: Path) -> None:
+    """mkdir -p with FOLDER_MODE for every level it creates (Path.mkdir gives parents the umask's mode)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for level in reversed(missing):
+        try:
+            level.mkdir(mode=FOLDER_MODE)
+        except FileExistsError:  # another array task made it first
+            continue
+        os.chmod(level, FOLDER_MODE)  # mkdir's mode is still masked by the umask
+
+
+def settle_modes(folder: Path) -> None:
+    """FILE_MODE and FOLDER_MODE on everything under `folder` (what a library wrote there)."""
+    for root, _, files in os.walk(folder):
+        os.chmod(root, FOLDER_MODE)
+        for name in files:
+            path = Path(root) / name
+            if not path.is_symlink():
+                os.chmod(path, FILE_MODE)
+
 
 RESERVED_NAMES = frozenset(
     {RESULTS_FOLDER, RESULTS_FILE, LOCK_FILE, LOSS_PLOT, PARETO_PLOT, ARTIFACTS_FOLDER, VISUALDL_FOLDER}

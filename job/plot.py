@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from job.layout import FILE_MODE
 from job.results import HeadlineRow
 
 
@@ -39,7 +40,7 @@ def figure_to(path: Path, **options: Any) -> Iterator[tuple[Any, Any]]:
         yield figure, axes
         figure.tight_layout()
         figure.savefig(temporary, format="png")
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, FILE_MODE)
         os.replace(temporary, path)
     finally:
         plt.close(figure)

@@ -23,7 +23,7 @@ from job.config import JobConfig, StrategyName
 from job.data import Splits
 from job.device import DeviceChoice, cpu_vendor, strided_views
 from job.errors import UserError
-from job.layout import LOCK_FILE, RESULTS_FOLDER
+from job.layout import FILE_MODE, LOCK_FILE, RESULTS_FOLDER, make_folders
 from job.stats import encode_classes
 from job.strategies import STRATEGY_NAMES
 
@@ -187,14 +187,14 @@ class Combined(Record):
 
 def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(path.parent)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)  # readable by the host user when written from a container
+        os.chmod(temporary, FILE_MODE)  # readable by the host user when written from a container
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -262,8 +262,10 @@ def output_lock(output_dir: Path) -> Iterator[None]:
     """An exclusive lock on output_dir (flock: works across processes and containers sharing a volume)."""
     import fcntl
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with (output_dir / LOCK_FILE).open("a") as handle:
+    make_folders(output_dir)
+    # O_NOFOLLOW: a planted .lock symlink must not create or lock a file elsewhere.
+    descriptor = os.open(output_dir / LOCK_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, FILE_MODE)
+    with os.fdopen(descriptor, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

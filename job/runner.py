@@ -23,7 +23,15 @@ from job.device import (
 )
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate
-from job.layout import ARTIFACTS_FOLDER, LOSS_PLOT, PARETO_PLOT, RESULTS_FILE, VISUALDL_FOLDER
+from job.layout import (
+    ARTIFACTS_FOLDER,
+    LOSS_PLOT,
+    PARETO_PLOT,
+    RESULTS_FILE,
+    VISUALDL_FOLDER,
+    make_folders,
+    settle_modes,
+)
 from job.model import (
     count_parameters,
     layer_names,
@@ -64,7 +72,7 @@ def check_output_dir(output_dir: Path) -> None:
     The probe has an unpredictable name and is created exclusively, so it never follows a planted link
     and never meets another task's probe in a shared folder."""
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        make_folders(output_dir)
         descriptor, probe = tempfile.mkstemp(dir=output_dir, prefix=".write-test-")
         os.close(descriptor)
         os.unlink(probe)
@@ -126,6 +134,7 @@ def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: lis
 
 def train_runs(config: JobConfig, runs: list[Run], stop: StopRequest, ranks: Ranks) -> None:
     quiet_paddlenlp()
+    stop.checkpoint()  # importing PaddleNLP resets SIGTERM to the default action (measured): take it back
     check_against_model(config, model_limits(config.model_name))
     lora_runs = [run for run in runs if run.lora is not None]
     names = layer_names(config.model_name) if lora_runs else None
@@ -134,6 +143,7 @@ def train_runs(config: JobConfig, runs: list[Run], stop: StopRequest, ranks: Ran
     raw = read_source(config.data_dir)
     splits = draw_samples(raw, config.max_train_samples, config.max_eval_samples, config.sample_seed())
     device = select_device(config.device)
+    stop.checkpoint()
     say(
         f"device: {device.description} ({device.reason})"
         + (f", rank {ranks.rank} of {ranks.world}" if ranks.world > 1 else "")
@@ -142,8 +152,10 @@ def train_runs(config: JobConfig, runs: list[Run], stop: StopRequest, ranks: Ran
         say(f"{split.name}: {split.source}")
 
     tokenizer = load_tokenizer(config.model_name)
+    stop.checkpoint()
     pad_id = int(tokenizer.pad_token_id)
     encoded = {split.name: encode(split.examples, tokenizer, config.max_seq_length) for split in splits.all()}
+    stop.checkpoint()
     facts = run_facts(config, [run.key for run in plan_runs(config)], device, splits, raw.files)
 
     for run in runs:
@@ -165,6 +177,7 @@ def train_one(
     key, name, settings = run.key, run.strategy.name, run.settings
     paddle.seed(run.seed)  # the same head initialisation for every run of this seed
     loaded = load_model(config.model_name, NUM_CLASSES)
+    stop.checkpoint()
     fingerprint = weights_fingerprint(loaded.model)
     if loaded.reinitialised:
         say(f"[{key}] newly initialised (not in the checkpoint): {', '.join(loaded.reinitialised)}")
@@ -180,9 +193,10 @@ def train_one(
         if not ranks.is_main:
             return None
         peak_memory = peak_memory_mb()
+        say(f"[{key}] evaluating on dev and test")
         with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
-            dev = evaluate(model, encoded["dev"], run.eval_batch_size, pad_id)
-            test = evaluate(model, encoded["test"], run.eval_batch_size, pad_id)
+            dev = evaluate(model, encoded["dev"], run.eval_batch_size, pad_id, stop)
+            test = evaluate(model, encoded["test"], run.eval_batch_size, pad_id, stop)
         log.evaluated(outcome.steps, dev.accuracy, dev.loss)
     say(
         f"[{key}] trained in {outcome.seconds:.1f} s; dev accuracy {dev.accuracy:.4f} loss {dev.loss:.4f}; "
@@ -244,11 +258,13 @@ def scalar_log(config: JobConfig, key: str, ranks: Ranks) -> Iterator[ScalarLog]
         return
     from visualdl import LogWriter
 
+    make_folders(config.output_path / VISUALDL_FOLDER / key)
     writer = LogWriter(logdir=str(config.output_path / VISUALDL_FOLDER / key))
     try:
         yield ScalarLog(writer)
     finally:
         writer.close()
+        settle_modes(config.output_path / VISUALDL_FOLDER / key)
 
 
 @contextlib.contextmanager
@@ -269,7 +285,9 @@ def save_artifacts(run: Run, output_dir: Path, model: Any, tokenizer: Any) -> li
     folder = output_dir / ARTIFACTS_FOLDER / run.key
     name_labels(getattr(model, "model", model).config)  # a LoRAModel keeps the classifier as .model
     try:
+        make_folders(folder)
         paths = run.strategy.save_artifacts(model, tokenizer, folder)
+        settle_modes(folder)
     except OSError as exc:
         raise RetryableError(f"could not save artifacts to {folder}: {exc}") from None
     return [str(path.relative_to(output_dir)) for path in paths]

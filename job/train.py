@@ -36,6 +36,11 @@ class StopRequest:
         if self.signum is not None:
             raise Interrupted(self.signum)
 
+    def checkpoint(self) -> None:
+        """Between phases: take the handlers back (a library may have replaced them) and stop if asked."""
+        self.install()
+        self.raise_if_requested()
+
 
 @dataclass(frozen=True)
 class TrainSettings:

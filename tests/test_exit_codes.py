@@ -135,3 +135,32 @@ def test_array_tasks_merging_at_the_same_time_leave_a_complete_report(write_conf
     assert sorted(run["key"] for run in merged["runs"]) == keys and merged["missing_runs"] == []
     report = (folder / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
     assert all(f"`{key}`" in report for key in keys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "marker",
+    ["device: cpu", "[lora] saved", "[full_finetune] evaluating on dev and test"],
+    ids=["after-imports-before-model-load", "between-runs", "during-evaluation"],
+)
+def test_sigterm_at_every_phase_stops_cleanly_and_keeps_finished_runs(write_config, tmp_path: Path, marker) -> None:
+    config = write_config(num_epochs=1, max_eval_samples=150, eval_batch_size=1)  # evaluation takes a while
+    process = subprocess.Popen(
+        [sys.executable, "-m", "job", "run", "--config", str(config)], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if marker in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    log = "".join(seen) + process.communicate(timeout=300)[1]
+    assert process.returncode == 143, log[-3000:]
+    assert "stopping: finished runs' results are kept" in log
+    assert "Traceback" not in log and "C++ Traceback" not in log
+    results = tmp_path / "out" / "results"
+    saved = sorted(p.name for p in results.glob("*.json")) if results.is_dir() else []
+    assert saved == ([] if marker == "device: cpu" else ["lora.json"])
+    assert not (tmp_path / "out" / "ernie_lora_vs_full_report.md").exists()

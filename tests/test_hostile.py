@@ -114,3 +114,33 @@ def test_bad_data_leaves_no_empty_output_folder(write_config, tmp_path: Path) ->
     result = CliRunner().invoke(main, ["run", "--config", str(write_config(data_dir=str(data)))])
     assert result.exit_code == 2 and "label '999' is not one of the 15 TNEWS labels" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_under_umask_000_nothing_the_job_writes_is_world_writable(write_config, tmp_path: Path) -> None:
+    import stat
+
+    config = write_config(
+        num_epochs=1, save_artifacts=True, visualdl=True, output_dir=str(tmp_path / "a" / "b" / "out")
+    )
+    previous = os.umask(0)
+    try:
+        result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0, result.output
+    paths = [tmp_path / "a", tmp_path / "a" / "b", *(tmp_path / "a").rglob("*")]
+    modes = {path: stat.S_IMODE(path.stat().st_mode) for path in paths}
+    assert any(p.name == ".lock" for p in modes) and any("artifacts" in p.parts for p in modes)
+    wrong = {str(p): oct(m) for p, m in modes.items() if m != (0o755 if p.is_dir() else 0o644)}
+    assert wrong == {}
+
+
+def test_a_planted_lock_link_creates_nothing_outside(write_config, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    target = tmp_path / "elsewhere.txt"
+    (out / ".lock").symlink_to(target)
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config(num_epochs=1, strategies=["lora"]))])
+    assert result.exit_code == 2, result.output
+    assert "Too many levels of symbolic links" in result.output
+    assert not target.exists()
