@@ -18,18 +18,22 @@ FILE_MODE = 0o644  # what the job writes is readable by all and writable by its 
 FOLDER_MODE = 0o755  # whatever the umask (under umask 000 nothing becomes world-writable)
 
 
-def make_folders(folder: Path) -> None:
-    """mkdir -p with FOLDER_MODE for every level it creates (Path.mkdir gives parents the umask's mode)."""
+def make_folders(folder: Path) -> list[Path]:
+    """mkdir -p with FOLDER_MODE for every level it creates (Path.mkdir gives parents the umask's mode).
+    Returns the folders it created, outermost first."""
     missing = []
     while not folder.exists():
         missing.append(folder)
         folder = folder.parent
+    created = []
     for level in reversed(missing):
         try:
             level.mkdir(mode=FOLDER_MODE)
         except FileExistsError:  # another array task made it first
             continue
         os.chmod(level, FOLDER_MODE)  # mkdir's mode is still masked by the umask
+        created.append(level)
+    return created
 
 
 def settle_modes(folder: Path) -> None:

@@ -32,8 +32,15 @@ def check_model_name(model_name: str) -> None:
             f"config key 'model_name': {model_name} is a URL; give a PaddleNLP model name (ernie-3.0-medium-zh) "
             "or a local folder"
         )
-    if looks_like_a_path(model_name) and not Path(model_name).expanduser().is_dir():
+    if looks_like_a_path(model_name) and not _existing_folder(model_name):
         raise UserError(f"config key 'model_name': model folder {model_name} does not exist")
+
+
+def _existing_folder(name: str) -> bool:
+    try:
+        return Path(name).expanduser().is_dir()
+    except RuntimeError:  # `~nobody/...`: no such user, so no such home folder
+        return False
 
 
 def model_limits(model_name: str) -> dict[str, int]:

@@ -67,15 +67,16 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def check_output_dir(output_dir: Path) -> None:
+def check_output_dir(output_dir: Path) -> list[Path]:
     """The output folder must exist or be creatable, and be writable, before any compute is spent.
     The probe has an unpredictable name and is created exclusively, so it never follows a planted link
     and never meets another task's probe in a shared folder."""
     try:
-        make_folders(output_dir)
+        created = make_folders(output_dir)
         descriptor, probe = tempfile.mkstemp(dir=output_dir, prefix=".write-test-")
         os.close(descriptor)
         os.unlink(probe)
+        return created
     except OSError as exc:
         raise UserError(
             f"config key 'output_dir': cannot write to {output_dir}: {exc.strerror}{_fix(exc, output_dir)}"
@@ -114,18 +115,17 @@ def pending_runs(config: JobConfig, runs: list[Run], force: bool) -> list[Run]:
 def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: list[str] | None = None) -> Path | None:
     """Train every planned run (or those named in `keys`) not yet done and write the report. Under a
     data-parallel launch only rank 0 evaluates and writes; the other ranks return None."""
-    created = not config.output_path.exists()
-    check_output_dir(config.output_path)
+    created = check_output_dir(config.output_path)
     runs = [run for run in plan_runs(config) if keys is None or run.key in keys]
     pending = pending_runs(config, runs, force)
     ranks = process_ranks() if pending else Ranks()
     if pending:
         try:
             train_runs(config, pending, stop, ranks)
-        except UserError:  # bad data or model: leave no empty output folder behind
-            if created:
+        except BaseException:  # bad data or model, a failed download: leave no empty output folder behind
+            for folder in reversed(created):
                 with contextlib.suppress(OSError):
-                    config.output_path.rmdir()  # only when nothing was written into it
+                    folder.rmdir()  # only when nothing was written into it
             raise
     if not ranks.is_main:
         return None

@@ -57,7 +57,10 @@ def gcp() -> dict:
 def kubernetes() -> dict:
     job = yaml.safe_load((BATCH / "kubernetes-job.yaml").read_text(encoding="utf-8"))
     container = job["spec"]["template"]["spec"]["containers"][0]
-    mounts = {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"] if m["mountPath"] != "/tmp"}
+    scratch = {"/tmp", "/home/job"}  # emptyDirs, as compose's tmpfs
+    mounts = {
+        m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"] if m["mountPath"] not in scratch
+    }
     return {
         "image": container["image"],
         "args": container["args"],
@@ -194,3 +197,19 @@ def test_gcp_job_parses_as_a_cloud_batch_job_with_the_expected_tasks(tmp_path: P
 def test_schema_check_command_passes_on_the_shipped_manifests() -> None:
     """What `make lint` runs."""
     assert manifest_schemas.main() == 0
+
+
+def test_containers_are_hardened_in_kubernetes_and_compose() -> None:
+    job = yaml.safe_load((BATCH / "kubernetes-job.yaml").read_text(encoding="utf-8"))
+    pod = job["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    context = pod["containers"][0]["securityContext"]
+    assert context == {
+        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}
+    }  # fmt: skip
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    for name in ("cpu-job", "gpu-job"):
+        service = compose["services"][name]
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+        assert set(service["cap_add"]) == {"CHOWN", "SETUID", "SETGID"}  # the entrypoint's hand-over only
+        assert "no-new-privileges:true" in service["security_opt"]

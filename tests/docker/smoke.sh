@@ -93,10 +93,12 @@ PYTHON
   echo "predict $saved: $(head -1 "$WORK/predict.out")"
 done
 
-step "the config mount is read-only"
-probe=$("${COMPOSE[@]}" run --rm --entrypoint sh cpu-job -c 'touch /app/configs/x 2>/dev/null && echo writable || echo read-only')
-[ "$probe" = read-only ] || fail "config mount is $probe"
-echo "configs read-only"
+step "the config mount and the image's own files are read-only"
+for target in /app/configs/x /opt/venv/x /app/job/x; do
+  probe=$("${COMPOSE[@]}" run --rm --entrypoint sh cpu-job -c "touch $target 2>/dev/null && echo writable || echo read-only")
+  [ "$probe" = read-only ] || fail "$target is $probe"
+done
+echo "configs and root file system read-only (the job above ran that way)"
 
 step "fresh clones owned by root, UID 1000 and UID 1234: docker compose run --rm cpu-job, no preparation"
 if [ "$(id -u)" -ne 0 ]; then
