@@ -10,6 +10,7 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 from job.data import TNEWS_LABEL_DESC, TNEWS_LABELS
 
@@ -96,6 +97,24 @@ def build_tnews_folder(folder: Path, train: int = 600, dev: int = 150) -> Path:
     write_jsonl(folder / "train.json", tnews_records(train, seed=1))
     write_jsonl(folder / "dev.json", tnews_records(dev, seed=2))
     return folder
+
+
+def run_tiny(folder: Path, tiny_model: Path, tnews_dir: Path, **overrides: Any) -> Path:
+    """`job run` on the tiny model and data into folder/out (a fast config; keywords override keys)."""
+    import yaml
+    from click.testing import CliRunner
+
+    from job.cli import main
+
+    values = {
+        "model_name": str(tiny_model), "data_dir": str(tnews_dir), "max_seq_length": 32, "batch_size": 16,
+        "device": "cpu", "lora_r": 4, "lora_alpha": 8, "output_dir": str(folder / "out"), **overrides,
+    }  # fmt: skip
+    config = folder / "config.yaml"
+    config.write_text(yaml.safe_dump(values, allow_unicode=True), encoding="utf-8")
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    return folder / "out"
 
 
 if __name__ == "__main__":

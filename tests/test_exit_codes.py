@@ -63,21 +63,26 @@ def test_a_model_folder_without_a_tokenizer_exits_2(write_config, tiny_model: Pa
     assert f"model folder {folder} has no usable tokenizer files" in result.output
 
 
-def test_ctrl_c_stops_at_a_step_boundary_with_exit_130(write_config, tmp_path: Path) -> None:
-    config = write_config(num_epochs=50, full_finetune_batch_size=1, strategies=["full_finetune"], logging_steps=5)
+def run_and_signal_on(config: Path, marker: str, signum: int) -> tuple[subprocess.Popen, str]:
+    """`job run` in a child; send `signum` when a log line holds `marker`. Returns the finished process and
+    its whole log. stderr is read as it comes, so the pipe never fills."""
     process = subprocess.Popen(
         [sys.executable, "-m", "job", "run", "--config", str(config)], cwd=ROOT, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert process.stderr is not None
     seen = []
-    for line in process.stderr:  # read as it comes: the pipe never fills, and the signal lands mid-training
+    for line in process.stderr:
         seen.append(line)
-        if "step 10/" in line:
-            process.send_signal(signal.SIGINT)
+        if marker in line:
+            process.send_signal(signum)
             break
-    rest = process.communicate(timeout=120)[1]
-    log = "".join(seen) + rest
+    return process, "".join(seen) + process.communicate(timeout=300)[1]
+
+
+def test_ctrl_c_stops_at_a_step_boundary_with_exit_130(write_config, tmp_path: Path) -> None:
+    config = write_config(num_epochs=50, full_finetune_batch_size=1, strategies=["full_finetune"], logging_steps=5)
+    process, log = run_and_signal_on(config, "step 10/", signal.SIGINT)  # mid-training
     assert process.returncode == 130, log[-2000:]
     assert "stopping: finished runs' results are kept" in log and "Traceback" not in log
     assert not (tmp_path / "out" / "results").exists()
@@ -145,18 +150,7 @@ def test_array_tasks_merging_at_the_same_time_leave_a_complete_report(write_conf
 )
 def test_sigterm_at_every_phase_stops_cleanly_and_keeps_finished_runs(write_config, tmp_path: Path, marker) -> None:
     config = write_config(num_epochs=1, max_eval_samples=150, eval_batch_size=1)  # evaluation takes a while
-    process = subprocess.Popen(
-        [sys.executable, "-m", "job", "run", "--config", str(config)], cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-    assert process.stderr is not None
-    seen = []
-    for line in process.stderr:
-        seen.append(line)
-        if marker in line:
-            process.send_signal(signal.SIGTERM)
-            break
-    log = "".join(seen) + process.communicate(timeout=300)[1]
+    process, log = run_and_signal_on(config, marker, signal.SIGTERM)
     assert process.returncode == 143, log[-3000:]
     assert "stopping: finished runs' results are kept" in log
     assert "Traceback" not in log and "C++ Traceback" not in log

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from job.cli import main
 from job.data import TNEWS_LABEL_DESC, TNEWS_LABELS
-from tests.fixtures import keywords_for
+from tests.fixtures import keywords_for, run_tiny
 
 FOLDERS = ("lora/adapter", "lora/merged", "full_finetune/model")
 
@@ -20,19 +20,10 @@ FOLDERS = ("lora/adapter", "lora/merged", "full_finetune/model")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tnews_dir: Path) -> Path:
     """A run with saved artifacts: both strategies learn the keyword labels."""
-    import yaml
-
-    folder = tmp_path_factory.mktemp("trained")
-    config = folder / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "model_name": str(tiny_model), "data_dir": str(tnews_dir), "max_seq_length": 32, "batch_size": 16,
-        "learning_rate": 1e-2, "lora_learning_rate": 3e-2, "num_epochs": 6, "max_train_samples": 600,
-        "max_eval_samples": 60, "output_dir": str(folder / "out"), "device": "cpu", "lora_r": 4, "lora_alpha": 8,
-        "save_artifacts": True,
-    }), encoding="utf-8")  # fmt: skip
-    result = CliRunner().invoke(main, ["run", "--config", str(config)])
-    assert result.exit_code == 0, result.output
-    return folder / "out" / "artifacts"
+    out = run_tiny(tmp_path_factory.mktemp("trained"), tiny_model, tnews_dir, learning_rate=1e-2,
+                   lora_learning_rate=3e-2, num_epochs=6, max_train_samples=600, max_eval_samples=60,
+                   save_artifacts=True)  # fmt: skip
+    return out / "artifacts"
 
 
 @pytest.mark.parametrize("folder", FOLDERS)

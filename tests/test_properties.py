@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from job.cli import main
+from tests.fixtures import run_tiny
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -25,17 +26,9 @@ PATH_TEXT = st.text(alphabet="ab./\\ ~-_é\0", min_size=1, max_size=12).filter(l
 
 @pytest.fixture(scope="module")
 def record(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tnews_dir: Path) -> dict:
-    import yaml
-
-    folder = tmp_path_factory.mktemp("record")
-    config = folder / "c.yaml"
-    config.write_text(yaml.safe_dump({
-        "model_name": str(tiny_model), "data_dir": str(tnews_dir), "max_seq_length": 32, "batch_size": 16,
-        "num_epochs": 1, "max_train_samples": 32, "max_eval_samples": 16, "device": "cpu", "lora_r": 4,
-        "strategies": ["lora"], "output_dir": str(folder / "out"),
-    }), encoding="utf-8")  # fmt: skip
-    assert CliRunner().invoke(main, ["run", "--config", str(config)]).exit_code == 0
-    return json.loads((folder / "out" / "results" / "lora.json").read_text(encoding="utf-8"))
+    out = run_tiny(tmp_path_factory.mktemp("record"), tiny_model, tnews_dir, num_epochs=1, max_train_samples=32,
+                   max_eval_samples=16, strategies=["lora"])  # fmt: skip
+    return json.loads((out / "results" / "lora.json").read_text(encoding="utf-8"))
 
 
 def corrupt(record: dict, path: list[str], value: object, delete: bool) -> dict:
