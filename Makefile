@@ -41,7 +41,7 @@ lock: venv ## re-resolve constraints.txt from the venv after changing a pin
 test: venv ## run every test, the slow full-size ones included (offline)
 	$(PY) -m pytest -ra
 
-test-fast: venv ## run the tests without the slow full-size ones
+test-fast: venv ## run the tests without the slow ones (full-size model, real data, processes and signals)
 	$(PY) -m pytest -ra -m "not slow"
 
 bench: venv ## speed of each strategy on the full-size model (table + bench.json; a few minutes)
