@@ -11,6 +11,7 @@ from typing import Any
 
 from job.data import NUM_CLASSES, TNEWS_LABEL_DESC, TNEWS_LABELS, Example, encode
 from job.errors import UserError
+from job.model import looks_like_a_path
 from job.textfiles import read_text
 
 ADAPTER_CONFIG = "lora_config.json"
@@ -78,7 +79,7 @@ def _adapter(folder: Path) -> Any:
     base = LoRAConfig.from_pretrained(str(folder)).base_model_name_or_path
     if not base:
         raise UserError(f"adapter {folder} does not name its base model (lora_config.json base_model_name_or_path)")
-    if (base.startswith(("/", ".")) or "/" in base) and not Path(base).is_dir():
+    if looks_like_a_path(base) and not Path(base).is_dir():
         raise UserError(f"adapter {folder} adapts {base}, which does not exist here")
     model = AutoModelForSequenceClassification.from_pretrained(base, num_classes=NUM_CLASSES)
     return LoRAModel.from_pretrained(model, str(folder))

@@ -219,15 +219,6 @@ def save_result(output_dir: Path, record: ResultRecord) -> Path:
     return path
 
 
-def finished_result(output_dir: Path, key: str, config_hash: str) -> Path | None:
-    """The saved result file of run `key` for this config hash, if there is a valid one."""
-    path = result_path(output_dir, key)
-    if not path.is_file():
-        return None
-    record = read_record(path)
-    return path if record.run.config_hash == config_hash else None
-
-
 def read_record(file: Path) -> ResultRecord:
     """One results/<key>.json, validated; a file that is not a record of this schema is a UserError
     naming the file and the first field at fault."""

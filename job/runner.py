@@ -28,7 +28,6 @@ from job.layout import (
     LOSS_PLOT,
     PARETO_PLOT,
     RESULTS_FILE,
-    VISUALDL_FOLDER,
     make_folders,
     settle_modes,
 )
@@ -48,7 +47,6 @@ from job.report import render_report
 from job.results import (
     ResultRecord,
     RunResult,
-    finished_result,
     load_results,
     now,
     output_lock,
@@ -58,6 +56,7 @@ from job.results import (
     write_atomic,
     write_model,
 )
+from job.scalars import scalar_log
 from job.strategies import check_targets_match
 from job.train import StopRequest, train
 from job.verdict import combine
@@ -100,13 +99,18 @@ def _fix(exc: OSError, output_dir: Path) -> str:
 
 def pending_runs(config: JobConfig, runs: list[Run], force: bool) -> list[Run]:
     """Runs still to train: a saved result of the same config hash counts as done (a rerun after a
-    preemption resumes), unless `force`."""
-    read_records(config.output_path)  # a corrupt or foreign record stops the job now, not after training
+    preemption resumes), unless `force`. Every record is read and validated once, here: a corrupt or
+    foreign record stops the job now, not after training."""
+    config_hash = config.config_hash()
+    done = {
+        record.result.key: path
+        for path, record in read_records(config.output_path).items()
+        if record.run.config_hash == config_hash
+    }
     pending = []
     for run in runs:
-        saved = finished_result(config.output_path, run.key, config.config_hash())
-        if saved and not force:
-            say(f"[{run.key}] already done for config {config.config_hash()} ({saved}); skipping (--force recomputes)")
+        if run.key in done and not force:
+            say(f"[{run.key}] already done for config {config_hash} ({done[run.key]}); skipping (--force recomputes)")
         else:
             pending.append(run)
     return pending
@@ -116,12 +120,13 @@ def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: lis
     """Train every planned run (or those named in `keys`) not yet done and write the report. Under a
     data-parallel launch only rank 0 evaluates and writes; the other ranks return None."""
     created = check_output_dir(config.output_path)
-    runs = [run for run in plan_runs(config) if keys is None or run.key in keys]
+    plan = plan_runs(config)
+    runs = [run for run in plan if keys is None or run.key in keys]
     pending = pending_runs(config, runs, force)
     ranks = process_ranks() if pending else Ranks()
     if pending:
         try:
-            train_runs(config, pending, stop, ranks)
+            train_runs(config, pending, [run.key for run in plan], stop, ranks)
         except BaseException:  # bad data or model, a failed download: leave no empty output folder behind
             for folder in reversed(created):
                 with contextlib.suppress(OSError):
@@ -132,7 +137,8 @@ def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: lis
     return write_report(config.output_path, config.report_file, config.config_hash())
 
 
-def train_runs(config: JobConfig, runs: list[Run], stop: StopRequest, ranks: Ranks) -> None:
+def train_runs(config: JobConfig, runs: list[Run], planned: list[str], stop: StopRequest, ranks: Ranks) -> None:
+    """Train `runs` (pending runs of the plan whose keys are `planned`) and save each one's record."""
     quiet_paddlenlp()
     stop.checkpoint()  # importing PaddleNLP resets SIGTERM to the default action (measured): take it back
     check_against_model(config, model_limits(config.model_name))
@@ -156,7 +162,7 @@ def train_runs(config: JobConfig, runs: list[Run], stop: StopRequest, ranks: Ran
     pad_id = int(tokenizer.pad_token_id)
     encoded = {split.name: encode(split.examples, tokenizer, config.max_seq_length) for split in splits.all()}
     stop.checkpoint()
-    facts = run_facts(config, [run.key for run in plan_runs(config)], device, splits, raw.files)
+    facts = run_facts(config, planned, device, splits, raw.files)
 
     for run in runs:
         stop.raise_if_requested()
@@ -231,40 +237,6 @@ def train_one(
         artifacts=artifacts,
         finished_at=now(),
     )
-
-
-class ScalarLog:
-    """Training scalars for VisualDL (`visualdl: true`); without it every call does nothing."""
-
-    def __init__(self, writer: Any = None) -> None:
-        self.writer = writer
-
-    def step(self, step: int, loss: float, learning_rate: float) -> None:
-        if self.writer is not None:
-            self.writer.add_scalar(tag="train/loss", step=step, value=loss)
-            self.writer.add_scalar(tag="train/learning_rate", step=step, value=learning_rate)
-
-    def evaluated(self, step: int, accuracy: float, loss: float) -> None:
-        if self.writer is not None:
-            self.writer.add_scalar(tag="dev/accuracy", step=step, value=accuracy)
-            self.writer.add_scalar(tag="dev/loss", step=step, value=loss)
-
-
-@contextlib.contextmanager
-def scalar_log(config: JobConfig, key: str, ranks: Ranks) -> Iterator[ScalarLog]:
-    """VisualDL's LogWriter on output_dir/vdl/<run key> (rank 0 only), closed when the run ends."""
-    if not (config.visualdl and ranks.is_main):
-        yield ScalarLog()
-        return
-    from visualdl import LogWriter
-
-    make_folders(config.output_path / VISUALDL_FOLDER / key)
-    writer = LogWriter(logdir=str(config.output_path / VISUALDL_FOLDER / key))
-    try:
-        yield ScalarLog(writer)
-    finally:
-        writer.close()
-        settle_modes(config.output_path / VISUALDL_FOLDER / key)
 
 
 @contextlib.contextmanager

@@ -176,3 +176,16 @@ def test_visualdl_scalars_are_written_only_when_asked(write_config, tmp_path: Pa
         assert rates[0] == pytest.approx(record["learning_rate"]) and rates[-1] < rates[0]  # linear decay
         (accuracy,) = reader.get_data("scalar", "dev/accuracy")
         assert accuracy.id == record["steps"] and accuracy.value == pytest.approx(record["dev"]["accuracy"])
+
+
+def test_an_adapter_whose_base_is_gone_exits_2_naming_it(trained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained / "lora" / "adapter", adapter)
+    config = json.loads((adapter / "lora_config.json").read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = str(tmp_path / "moved-away")
+    (adapter / "lora_config.json").write_text(json.dumps(config), encoding="utf-8")
+    result = CliRunner().invoke(main, ["predict", "--model", str(adapter), "天地玄"])
+    assert result.exit_code == 2, result.output
+    assert f"adapter {adapter} adapts {tmp_path / 'moved-away'}, which does not exist here" in result.output
