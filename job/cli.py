@@ -125,7 +125,7 @@ def run(
         if run_from_index:
             keys = [run_for_task([run.key for run in plan_runs(config)], os.environ)]
         report = run_job(config, stop, force=force, keys=keys)
-        if report is None:  # a data-parallel rank other than 0: rank 0 writes the report
+        if report is None:  # a data-parallel rank other than 0, or runs still missing on object storage
             return
     except (UserError, RetryableError, Interrupted, TrainingDiverged) as exc:
         if isinstance(exc, Interrupted):
@@ -168,21 +168,26 @@ def validate(config_path: Path | None, overrides: tuple[str, ...]) -> None:
 
 @main.command()
 @click.option(
-    "--output-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-    help="Folder of a previous run (holds results/<run>.json).",
+    "--output-dir", required=True,
+    help="Folder (or s3:// / gs:// prefix) of a previous run (holds results/<run>.json).",
 )  # fmt: skip
 @click.option("--report-file", default=None, help="Report file name (default: the one the run used).")
-def report(output_dir: Path, report_file: str | None) -> None:
-    """Rebuild the report, results.json and the plots from the run results saved in output_dir."""
+def report(output_dir: str, report_file: str | None) -> None:
+    """Rebuild the report, results.json and the plots from the run results saved in output_dir, also
+    when some planned runs are missing (they are listed in the report)."""
     from job.runner import write_report
+    from job.storage import open_output, output_dir_problem
 
     try:
         problem = report_file_problem(report_file) if report_file is not None else None
         if problem:
             raise UserError(f"--report-file {report_file!r}: {problem.replace('output_dir', '--output-dir')}")
-        if not output_dir.is_dir():  # never create it: a typo must not leave a folder behind
+        if output_dir_problem(output_dir):
+            raise UserError(f"--output-dir {output_dir!r}: {output_dir_problem(output_dir)}")
+        output = open_output(output_dir)
+        if not output.exists():  # never create it: a typo must not leave a folder behind
             raise UserError(f"--output-dir {output_dir} is not a folder of a previous run")
-        path = write_report(output_dir, report_file)
+        path = write_report(output, report_file)
     except (UserError, RetryableError) as exc:
         fail(exc, exc.exit_code)
     except OSError as exc:
@@ -208,9 +213,9 @@ def bench(
         from job.bench import format_table, run_bench
 
         report = run_bench(config, config_path, steps, warmup, e2e)
-        from job.results import write_json
+        from job.storage import write_atomic
 
-        write_json(output, report)
+        write_atomic(output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     except (UserError, RetryableError) as exc:
         fail(exc, exc.exit_code)
     click.echo(format_table(report))

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from job.errors import UserError
 from job.layout import RESERVED_NAMES
+from job.storage import output_dir_problem
 from job.strategies import STRATEGY_NAMES
 from job.textfiles import read_text
 
@@ -74,7 +75,11 @@ class JobConfig(BaseModel):
     data_seed: Seed | None = Field(
         None, description="seeds the train/dev/test sample, the same rows for every run (null: the first seed)"
     )
-    output_dir: str = Field("reports", min_length=1, description="folder for the report and results")
+    output_dir: str = Field(
+        "reports",
+        min_length=1,
+        description="folder, or s3://bucket/prefix or gs://bucket/prefix, for report and results",
+    )
     report_file: str = Field("ernie_lora_vs_full_report.md", description="report file name inside output_dir")
     save_artifacts: bool = Field(False, description="save the LoRA adapter, merged model and full-FT model")
     lora_r: PositiveInt | list[PositiveInt] = Field(
@@ -122,6 +127,14 @@ class JobConfig(BaseModel):
     def _no_nul_byte(cls, value: str | None) -> str | None:
         if value is not None and "\0" in value:
             raise ValueError("contains a NUL byte, which no path can hold")
+        return value
+
+    @field_validator("output_dir")
+    @classmethod
+    def _folder_or_object_store(cls, value: str) -> str:
+        problem = output_dir_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("report_file")
@@ -202,10 +215,6 @@ class JobConfig(BaseModel):
         """Hash of everything that changes the numbers (not where they are written)."""
         relevant = {k: v for k, v in self.model_dump().items() if k not in NOT_HASHED_KEYS}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-    @property
-    def output_path(self) -> Path:
-        return Path(self.output_dir)
 
 
 def _as_list(value: Any) -> list[Any]:

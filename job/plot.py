@@ -4,13 +4,10 @@ the accuracy/cost trade-off (Pareto) of the headline rows."""
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from job.layout import FILE_MODE
 from job.results import HeadlineRow
 
 
@@ -27,24 +24,19 @@ def smoothed(values: list[float], window: int) -> list[float]:
 
 @contextlib.contextmanager
 def figure_to(path: Path, **options: Any) -> Iterator[tuple[Any, Any]]:
-    """A matplotlib figure saved atomically to `path` (mode 644) when the block ends."""
+    """A matplotlib figure saved to `path` as PNG when the block ends."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(**options)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(handle)
     try:
         yield figure, axes
         figure.tight_layout()
-        figure.savefig(temporary, format="png")
-        os.chmod(temporary, FILE_MODE)
-        os.replace(temporary, path)
+        figure.savefig(path, format="png")
     finally:
         plt.close(figure)
-        Path(temporary).unlink(missing_ok=True)
 
 
 def _seeds_note(row: HeadlineRow) -> str:

@@ -1,19 +1,16 @@
 """Result records: one typed schema for what a run measured and for results.json, written and read
-through the same pydantic models. One JSON file per run (results/<key>.json), written atomically as
-soon as that run finishes, so `job report` can merge them and a killed run never leaves half a file.
+through the same pydantic models. One JSON file per run (results/<key>.json), written whole (job.storage)
+as soon as that run finishes, so `job report` can merge them and a killed run never leaves half a file.
 Run-level facts (versions, commit, device, data) are gathered here too."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import importlib.metadata
 import json
 import os
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,8 +20,9 @@ from job.config import JobConfig, StrategyName
 from job.data import Splits
 from job.device import DeviceChoice, cpu_vendor, strided_views
 from job.errors import UserError
-from job.layout import FILE_MODE, LOCK_FILE, RESULTS_FOLDER, make_folders
+from job.layout import RESULTS_FOLDER
 from job.stats import encode_classes
+from job.storage import Output
 from job.strategies import STRATEGY_NAMES
 
 SCHEMA_VERSION = 2  # 2: grid runs (seed, learning rate), predictions, macro-F1, comparison
@@ -185,52 +183,26 @@ class Combined(Record):
 # ---------------------------------------------------------------- files
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over the target."""
-    make_folders(path.parent)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, FILE_MODE)  # readable by the host user when written from a container
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def result_name(key: str) -> str:
+    return f"{RESULTS_FOLDER}/{key}.json"
 
 
-def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+def save_result(output: Output, record: ResultRecord) -> str:
+    return output.write_text(result_name(record.result.key), record.model_dump_json(indent=2) + "\n")
 
 
-def write_model(path: Path, record: BaseModel) -> None:
-    write_atomic(path, record.model_dump_json(indent=2) + "\n")
-
-
-def result_path(output_dir: Path, key: str) -> Path:
-    return output_dir / RESULTS_FOLDER / f"{key}.json"
-
-
-def save_result(output_dir: Path, record: ResultRecord) -> Path:
-    path = result_path(output_dir, record.result.key)
-    write_model(path, record)
-    return path
-
-
-def read_record(file: Path) -> ResultRecord:
+def read_record(name: str, content: bytes) -> ResultRecord:
     """One results/<key>.json, validated; a file that is not a record of this schema is a UserError
     naming the file and the first field at fault."""
     try:
-        text = file.read_text(encoding="utf-8")
+        text = content.decode("utf-8")
         data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{file} is not a result file of this job: {exc}") from None
+        raise UserError(f"{name} is not a result file of this job: {exc}") from None
     version = data.get("schema_version", 1) if isinstance(data, dict) else None
     if version != SCHEMA_VERSION:
         raise UserError(
-            f"{file} was written by another version of this job (result schema {version}, this job reads "
+            f"{name} was written by another version of this job (result schema {version}, this job reads "
             f"{SCHEMA_VERSION}); move it away or use another output_dir"
         )
     try:
@@ -238,37 +210,19 @@ def read_record(file: Path) -> ResultRecord:
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"])
-        raise UserError(f"{file} is not a result file of this job: field '{field}': {error['msg']}") from None
+        raise UserError(f"{name} is not a result file of this job: field '{field}': {error['msg']}") from None
 
 
-def read_records(output_dir: Path) -> dict[Path, ResultRecord]:
-    """Every record in output_dir/results, validated (see read_record)."""
-    folder = output_dir / RESULTS_FOLDER
-    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    return {file: read_record(file) for file in files}
+def read_records(output: Output) -> dict[str, ResultRecord]:
+    """Every record in the output's results folder, by name, validated (see read_record)."""
+    return {name: read_record(name, content) for name, content in output.record_files().items()}
 
 
-@contextlib.contextmanager
-def output_lock(output_dir: Path) -> Iterator[None]:
-    """An exclusive lock on output_dir (flock: works across processes and containers sharing a volume)."""
-    import fcntl
-
-    make_folders(output_dir)
-    # O_NOFOLLOW: a planted .lock symlink must not create or lock a file elsewhere.
-    descriptor = os.open(output_dir / LOCK_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, FILE_MODE)
-    with os.fdopen(descriptor, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def load_results(output_dir: Path, config_hash: str | None = None) -> list[ResultRecord]:
-    """Every saved record in output_dir. With `config_hash`, records of other configs are skipped (with
+def load_results(output: Output, config_hash: str | None = None) -> list[ResultRecord]:
+    """Every saved record of the output. With `config_hash`, records of other configs are skipped (with
     a message); without it, they must all come from one config. Ordered as the run plan."""
-    records = read_records(output_dir)
-    folder = output_dir / RESULTS_FOLDER
+    records = read_records(output)
+    folder = output.where(RESULTS_FOLDER)
     if config_hash is not None:
         for file in [f for f, r in records.items() if r.run.config_hash != config_hash]:
             print(f"ignoring {file}: it comes from another config", file=sys.stderr)
@@ -277,7 +231,7 @@ def load_results(output_dir: Path, config_hash: str | None = None) -> list[Resul
         raise UserError(f"no saved run results in {folder}; run `python -m job run` first")
     hashes = {record.run.config_hash for record in records.values()}
     if len(hashes) > 1:
-        listing = ", ".join(f"{f.name}={r.run.config_hash}" for f, r in records.items())
+        listing = ", ".join(f"{f.rsplit('/', 1)[-1]}={r.run.config_hash}" for f, r in records.items())
         raise UserError(f"results in {folder} come from different configs ({listing}); rerun or remove the stale ones")
     return sorted(records.values(), key=lambda record: row_order(record.result))
 

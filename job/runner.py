@@ -7,7 +7,6 @@ import contextlib
 import errno
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,7 @@ from job.layout import (
     LOSS_PLOT,
     PARETO_PLOT,
     RESULTS_FILE,
-    make_folders,
-    settle_modes,
+    RESULTS_FOLDER,
 )
 from job.model import (
     count_parameters,
@@ -49,14 +47,12 @@ from job.results import (
     RunResult,
     load_results,
     now,
-    output_lock,
     read_records,
     run_facts,
     save_result,
-    write_atomic,
-    write_model,
 )
 from job.scalars import scalar_log
+from job.storage import Output, open_output
 from job.strategies import check_targets_match
 from job.train import StopRequest, train
 from job.verdict import combine
@@ -66,23 +62,18 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def check_output_dir(output_dir: Path) -> list[Path]:
-    """The output folder must exist or be creatable, and be writable, before any compute is spent.
-    The probe has an unpredictable name and is created exclusively, so it never follows a planted link
-    and never meets another task's probe in a shared folder."""
+def check_output_dir(output: Output) -> list[Path]:
+    """The output folder (or bucket) must exist or be creatable, and be writable, before any compute is
+    spent. Returns the local folders it created."""
     try:
-        created = make_folders(output_dir)
-        descriptor, probe = tempfile.mkstemp(dir=output_dir, prefix=".write-test-")
-        os.close(descriptor)
-        os.unlink(probe)
-        return created
+        return output.check_writable()
     except OSError as exc:
         raise UserError(
-            f"config key 'output_dir': cannot write to {output_dir}: {exc.strerror}{_fix(exc, output_dir)}"
+            f"config key 'output_dir': cannot write to {output.where()}: {exc.strerror}{_fix(exc, output.where())}"
         ) from None
 
 
-def _fix(exc: OSError, output_dir: Path) -> str:
+def _fix(exc: OSError, output_dir: str) -> str:
     """The command that makes the folder writable, for the two causes a user can fix. In the images
     (JOB_IMAGE is set) the folder is a mount, so the fix names the host side."""
     in_image = bool(os.environ.get("JOB_IMAGE"))
@@ -97,14 +88,14 @@ def _fix(exc: OSError, output_dir: Path) -> str:
     return ""
 
 
-def pending_runs(config: JobConfig, runs: list[Run], force: bool) -> list[Run]:
+def pending_runs(config: JobConfig, output: Output, runs: list[Run], force: bool) -> list[Run]:
     """Runs still to train: a saved result of the same config hash counts as done (a rerun after a
     preemption resumes), unless `force`. Every record is read and validated once, here: a corrupt or
     foreign record stops the job now, not after training."""
     config_hash = config.config_hash()
     done = {
         record.result.key: path
-        for path, record in read_records(config.output_path).items()
+        for path, record in read_records(output).items()
         if record.run.config_hash == config_hash
     }
     pending = []
@@ -116,17 +107,18 @@ def pending_runs(config: JobConfig, runs: list[Run], force: bool) -> list[Run]:
     return pending
 
 
-def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: list[str] | None = None) -> Path | None:
+def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: list[str] | None = None) -> str | None:
     """Train every planned run (or those named in `keys`) not yet done and write the report. Under a
     data-parallel launch only rank 0 evaluates and writes; the other ranks return None."""
-    created = check_output_dir(config.output_path)
+    output = open_output(config.output_dir)
+    created = check_output_dir(output)
     plan = plan_runs(config)
     runs = [run for run in plan if keys is None or run.key in keys]
-    pending = pending_runs(config, runs, force)
+    pending = pending_runs(config, output, runs, force)
     ranks = process_ranks() if pending else Ranks()
     if pending:
         try:
-            train_runs(config, pending, [run.key for run in plan], stop, ranks)
+            train_runs(config, output, pending, [run.key for run in plan], stop, ranks)
         except BaseException:  # bad data or model, a failed download: leave no empty output folder behind
             for folder in reversed(created):
                 with contextlib.suppress(OSError):
@@ -134,10 +126,12 @@ def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: lis
             raise
     if not ranks.is_main:
         return None
-    return write_report(config.output_path, config.report_file, config.config_hash())
+    return write_report(output, config.report_file, config.config_hash(), complete_only=output.lock_free)
 
 
-def train_runs(config: JobConfig, runs: list[Run], planned: list[str], stop: StopRequest, ranks: Ranks) -> None:
+def train_runs(
+    config: JobConfig, output: Output, runs: list[Run], planned: list[str], stop: StopRequest, ranks: Ranks
+) -> None:
     """Train `runs` (pending runs of the plan whose keys are `planned`) and save each one's record."""
     quiet_paddlenlp()
     stop.checkpoint()  # importing PaddleNLP resets SIGTERM to the default action (measured): take it back
@@ -166,16 +160,16 @@ def train_runs(config: JobConfig, runs: list[Run], planned: list[str], stop: Sto
 
     for run in runs:
         stop.raise_if_requested()
-        result = train_one(run, config, encoded, pad_id, tokenizer, stop, ranks)
+        result = train_one(run, config, output, encoded, pad_id, tokenizer, stop, ranks)
         if result is None:  # not rank 0
             continue
-        path = save_result(config.output_path, ResultRecord(run=facts, result=result))
+        path = save_result(output, ResultRecord(run=facts, result=result))
         say(f"[{run.key}] saved {path}")
 
 
 def train_one(
-    run: Run, config: JobConfig, encoded: dict[str, list[Encoded]], pad_id: int, tokenizer: Any, stop: StopRequest,
-    ranks: Ranks,
+    run: Run, config: JobConfig, output: Output, encoded: dict[str, list[Encoded]], pad_id: int, tokenizer: Any,
+    stop: StopRequest, ranks: Ranks,
 ) -> RunResult | None:  # fmt: skip
     """Load the model, let the strategy prepare it, train, evaluate: one run of the plan."""
     import paddle
@@ -193,7 +187,7 @@ def train_one(
         f"({100 * trainable / total:.3f}%)")  # fmt: skip
     paddle.seed(run.seed)  # the same dropout masks for every run of this seed
     reset_peak_memory()
-    with scalar_log(config, key, ranks) as log:
+    with scalar_log(config, output, key, ranks) as log:
         with out_of_memory_advice(f"[{key}] training", f"{name}_batch_size", settings.batch_size):
             outcome = train(model, encoded["train"], settings, pad_id, key, stop, ranks, on_step=log.step)
         if not ranks.is_main:
@@ -208,7 +202,7 @@ def train_one(
         f"[{key}] trained in {outcome.seconds:.1f} s; dev accuracy {dev.accuracy:.4f} loss {dev.loss:.4f}; "
         f"test accuracy {test.accuracy:.4f} loss {test.loss:.4f}"
     )
-    artifacts = save_artifacts(run, config.output_path, model, tokenizer) if config.save_artifacts else []
+    artifacts = save_artifacts(run, output, model, tokenizer) if config.save_artifacts else []
     return RunResult(
         key=key,
         index=run.index,
@@ -253,27 +247,38 @@ def out_of_memory_advice(what: str, key: str, batch_size: int) -> Iterator[None]
         ) from None
 
 
-def save_artifacts(run: Run, output_dir: Path, model: Any, tokenizer: Any) -> list[str]:
-    folder = output_dir / ARTIFACTS_FOLDER / run.key
+def save_artifacts(run: Run, output: Output, model: Any, tokenizer: Any) -> list[str]:
+    """The run's models under artifacts/<key>/; returns their names relative to the output."""
+    name = f"{ARTIFACTS_FOLDER}/{run.key}"
     name_labels(getattr(model, "model", model).config)  # a LoRAModel keeps the classifier as .model
     try:
-        make_folders(folder)
-        paths = run.strategy.save_artifacts(model, tokenizer, folder)
-        settle_modes(folder)
+        with output.folder(name) as folder:
+            paths = run.strategy.save_artifacts(model, tokenizer, folder)
     except OSError as exc:
-        raise RetryableError(f"could not save artifacts to {folder}: {exc}") from None
-    return [str(path.relative_to(output_dir)) for path in paths]
+        raise RetryableError(f"could not save artifacts to {output.where(name)}: {exc}") from None
+    return [f"{name}/{path.relative_to(folder).as_posix()}" for path in paths]
 
 
-def write_report(output_dir: Path, report_file: str | None = None, config_hash: str | None = None) -> Path:
+def write_report(
+    output: Output, report_file: str | None = None, config_hash: str | None = None, complete_only: bool = False
+) -> str | None:
     """Merge the saved run records (of `config_hash`, when given) into results.json, the plots and the
-    report (named `report_file`, or as in the runs' config). Under a lock: when array tasks finish
-    together, the last writer has seen every result."""
-    with output_lock(output_dir):
-        combined = combine(load_results(output_dir, config_hash))
-        write_model(output_dir / RESULTS_FILE, combined)
-        plot_losses(combined.headline, output_dir / LOSS_PLOT)
-        plot_pareto(combined.headline, output_dir / PARETO_PLOT)
-        report_path = output_dir / (report_file or combined.run.config["report_file"])
-        write_atomic(report_path, render_report(combined))
-    return report_path
+    report (named `report_file`, or as in the runs' config); returns where the report went.
+
+    A local folder merges under a lock: when array tasks finish together, the last writer has seen
+    every result. With `complete_only` (object storage, no lock), nothing is written unless every
+    planned run is present: writers that see the full set all write the same content, so their order
+    does not matter, and a writer that saw fewer cannot overwrite a complete report with a partial one."""
+    with output.merge_lock():
+        combined = combine(load_results(output, config_hash))
+        if complete_only and combined.missing_runs:
+            done, planned = len(combined.runs), len(combined.runs) + len(combined.missing_runs)
+            say(f"{done} of {planned} planned runs are in {output.where(RESULTS_FOLDER)}; "
+                "the task that saves the last one writes the report")  # fmt: skip
+            return None
+        output.write_text(RESULTS_FILE, combined.model_dump_json(indent=2) + "\n")
+        with output.file(LOSS_PLOT) as path:
+            plot_losses(combined.headline, path)
+        with output.file(PARETO_PLOT) as path:
+            plot_pareto(combined.headline, path)
+        return output.write_text(report_file or combined.run.config["report_file"], render_report(combined))

@@ -9,7 +9,8 @@ from typing import Any
 
 from job.config import JobConfig
 from job.device import Ranks
-from job.layout import VISUALDL_FOLDER, make_folders, settle_modes
+from job.layout import VISUALDL_FOLDER
+from job.storage import Output
 
 
 class ScalarLog:
@@ -30,18 +31,16 @@ class ScalarLog:
 
 
 @contextlib.contextmanager
-def scalar_log(config: JobConfig, key: str, ranks: Ranks) -> Iterator[ScalarLog]:
+def scalar_log(config: JobConfig, output: Output, key: str, ranks: Ranks) -> Iterator[ScalarLog]:
     """VisualDL's LogWriter on output_dir/vdl/<run key> (rank 0 only), closed when the run ends."""
     if not (config.visualdl and ranks.is_main):
         yield ScalarLog()
         return
     from visualdl import LogWriter
 
-    folder = config.output_path / VISUALDL_FOLDER / key
-    make_folders(folder)
-    writer = LogWriter(logdir=str(folder))
-    try:
-        yield ScalarLog(writer)
-    finally:
-        writer.close()
-        settle_modes(folder)
+    with output.folder(f"{VISUALDL_FOLDER}/{key}") as folder:  # on object storage: uploaded when the run ends
+        writer = LogWriter(logdir=str(folder))
+        try:
+            yield ScalarLog(writer)
+        finally:
+            writer.close()

@@ -7,12 +7,16 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from job.data import TNEWS_LABEL_DESC, TNEWS_LABELS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
 # Three keyword characters per label, plus shared filler characters.
@@ -115,6 +119,25 @@ def run_tiny(folder: Path, tiny_model: Path, tnews_dir: Path, **overrides: Any) 
     result = CliRunner().invoke(main, ["run", "--config", str(config)])
     assert result.exit_code == 0, result.output
     return folder / "out"
+
+
+def run_and_signal_on(
+    config: Path, marker: str, signum: int, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """`job run` in a child; send `signum` when a log line holds `marker`. Returns the finished process and
+    its whole log. stderr is read as it comes, so the pipe never fills. `env` adds variables."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "job", "run", "--config", str(config)], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )  # fmt: skip
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if marker in line:
+            process.send_signal(signum)
+            break
+    return process, "".join(seen) + process.communicate(timeout=300)[1]
 
 
 if __name__ == "__main__":

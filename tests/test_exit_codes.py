@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from job.cli import main
+from tests.fixtures import run_and_signal_on
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,23 +64,6 @@ def test_a_model_folder_without_a_tokenizer_exits_2(write_config, tiny_model: Pa
     assert f"model folder {folder} has no usable tokenizer files" in result.output
 
 
-def run_and_signal_on(config: Path, marker: str, signum: int) -> tuple[subprocess.Popen, str]:
-    """`job run` in a child; send `signum` when a log line holds `marker`. Returns the finished process and
-    its whole log. stderr is read as it comes, so the pipe never fills."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "job", "run", "--config", str(config)], cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-    assert process.stderr is not None
-    seen = []
-    for line in process.stderr:
-        seen.append(line)
-        if marker in line:
-            process.send_signal(signum)
-            break
-    return process, "".join(seen) + process.communicate(timeout=300)[1]
-
-
 def test_ctrl_c_stops_at_a_step_boundary_with_exit_130(write_config, tmp_path: Path) -> None:
     config = write_config(num_epochs=50, full_finetune_batch_size=1, strategies=["full_finetune"], logging_steps=5)
     process, log = run_and_signal_on(config, "step 10/", signal.SIGINT)  # mid-training
@@ -105,7 +89,7 @@ if slow:  # this task is slow between reading the records and writing results.js
     job.runner.plot_losses = lambda *args: (time.sleep(4), draw(*args))[1]
 time.sleep(max(0.0, start - time.time()))
 (folder / "staged" / f"{key}.json").rename(folder / "results" / f"{key}.json")  # this task's record lands
-job.runner.write_report(folder)
+job.runner.write_report(job.runner.open_output(folder))
 """
 
 

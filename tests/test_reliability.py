@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from job.cli import main
 from job.config import FIELD_NAMES, validate_config
 from job.errors import UserError
-from job.results import write_atomic
+from job.storage import LocalOutput, write_atomic
 
 yaml_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(10**6), 10**6), st.floats(allow_nan=True), st.text(max_size=20)
@@ -206,7 +206,7 @@ def test_the_write_probe_follows_no_planted_link_and_leaves_nothing(tmp_path: Pa
         (out / f".write-test-{pid}").symlink_to(victim)
     (out / f".write-test-{os.getpid()}").unlink(missing_ok=True)
     (out / f".write-test-{os.getpid()}").symlink_to(victim)
-    check_output_dir(out)
+    check_output_dir(LocalOutput(out))
     assert victim.read_text(encoding="utf-8") == "keep me"
     assert sorted(p.name for p in out.iterdir() if not p.is_symlink()) == []
 
@@ -229,7 +229,7 @@ def test_an_unwritable_output_dir_names_the_fix(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
     with pytest.raises(UserError) as caught:
-        check_output_dir(tmp_path)
+        check_output_dir(LocalOutput(tmp_path))
     assert f"cannot write to {tmp_path}: {os.strerror(error)}; " in str(caught.value) and fix in str(caught.value)
 
 

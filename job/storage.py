@@ -1,0 +1,280 @@
+"""Where the job writes: a local (or NFS) folder, or an object-store prefix (s3://bucket/prefix,
+gs://bucket/prefix) through fsspec. Both give the same operations on names relative to the output:
+read the run records, write a file whole or not at all, let a library fill a folder, and merge.
+
+Merging differs. A local folder merges under an flock, so the last task to finish has seen every
+record. Object stores have no locks, so the merge there is lock-free: a task writes results.json, the
+plots and the report only when it sees every planned run of its config; every task that sees the full
+set writes the same bytes, and a task that sees fewer writes nothing but its own record."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import tempfile
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from job.errors import RetryableError, UserError
+from job.layout import FILE_MODE, LOCK_FILE, RESULTS_FOLDER, make_folders, settle_modes
+
+OBJECT_STORE_SCHEMES = ("s3", "gs")
+
+
+def url_scheme(value: str) -> str | None:
+    """'s3' for 's3://bucket/x'; None for a plain path (also Windows-style 'C:\\x')."""
+    head, separator, _ = value.partition("://")
+    return head.lower() if separator and head.isalnum() and len(head) > 1 else None
+
+
+def output_dir_problem(value: str) -> str | None:
+    """Why `value` cannot be an output_dir, or None when it can."""
+    scheme = url_scheme(value)
+    if scheme is None:
+        return None
+    if scheme not in OBJECT_STORE_SCHEMES:
+        known = ", ".join(f"{name}://" for name in OBJECT_STORE_SCHEMES)
+        return f"{scheme}:// is not supported: use a folder, or an object-store prefix ({known})"
+    bucket = value.split("://", 1)[1].split("/", 1)[0]
+    if not bucket:
+        return f"{value!r} names no bucket: use {scheme}://BUCKET/PREFIX"
+    return None
+
+
+class Output(ABC):
+    """The output folder or prefix. Names are relative ('results/lora.json', 'artifacts/lora')."""
+
+    url: str
+    lock_free: bool  # True: merge only with every planned run present (no lock to take)
+
+    def where(self, name: str = "") -> str:
+        """A name as the user would write it, for messages and the log."""
+        return f"{self.url.rstrip('/')}/{name}" if name else self.url
+
+    @abstractmethod
+    def check_writable(self) -> list[Path]:
+        """Fail before any compute when nothing can be written; returns local folders it created."""
+
+    @abstractmethod
+    def exists(self) -> bool: ...
+
+    @abstractmethod
+    def record_files(self) -> dict[str, bytes]:
+        """The content of every results/*.json, by where() name, in name order."""
+
+    @abstractmethod
+    def write_text(self, name: str, text: str) -> str:
+        """Write a file whole or not at all (a killed task leaves the old one or none); returns where()."""
+
+    @abstractmethod
+    def file(self, name: str) -> contextlib.AbstractContextManager[Path]:
+        """A local path to write the file into; published whole under `name` when the block ends."""
+
+    @abstractmethod
+    def folder(self, name: str) -> contextlib.AbstractContextManager[Path]:
+        """A local folder a library fills (a saved model, VisualDL logs); published under `name`."""
+
+    @contextlib.contextmanager
+    def merge_lock(self) -> Iterator[None]:
+        yield
+
+
+# ---------------------------------------------------------------- a local or NFS folder
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over the target."""
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as stream:
+        stream.write(text)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` that replaces it (mode 644) when the block ends without error."""
+    make_folders(path.parent)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.chmod(temporary, FILE_MODE)  # readable by the host user when written from a container
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+class LocalOutput(Output):
+    lock_free = False
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = str(root)
+
+    def where(self, name: str = "") -> str:
+        return str(self.root / name) if name else str(self.root)
+
+    def check_writable(self) -> list[Path]:
+        """The probe has an unpredictable name and is created exclusively, so it never follows a planted
+        link and never meets another task's probe in a shared folder."""
+        created = make_folders(self.root)
+        descriptor, probe = tempfile.mkstemp(dir=self.root, prefix=".write-test-")
+        os.close(descriptor)
+        os.unlink(probe)
+        return created
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def record_files(self) -> dict[str, bytes]:
+        folder = self.root / RESULTS_FOLDER
+        files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+        return {str(file): file.read_bytes() for file in files}
+
+    def write_text(self, name: str, text: str) -> str:
+        write_atomic(self.root / name, text)
+        return self.where(name)
+
+    def file(self, name: str) -> contextlib.AbstractContextManager[Path]:
+        return atomic_path(self.root / name)
+
+    @contextlib.contextmanager
+    def folder(self, name: str) -> Iterator[Path]:
+        folder = self.root / name
+        make_folders(folder)
+        try:
+            yield folder
+        finally:
+            settle_modes(folder)
+
+    @contextlib.contextmanager
+    def merge_lock(self) -> Iterator[None]:
+        """flock on output_dir/.lock: works across processes and containers sharing a volume (and NFS)."""
+        import fcntl
+
+        make_folders(self.root)
+        # O_NOFOLLOW: a planted .lock symlink must not create or lock a file elsewhere.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+        descriptor = os.open(self.root / LOCK_FILE, flags, FILE_MODE)
+        with os.fdopen(descriptor, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------- an object-store prefix
+
+
+class ObjectOutput(Output):
+    """s3:// (s3fs: the standard AWS credential chain; AWS_ENDPOINT_URL for S3-compatible stores) or
+    gs:// (gcsfs: application default credentials). Every object is written by one PUT (a multipart
+    upload for big files completes only at the end), so a killed task never leaves a partial object."""
+
+    lock_free = True
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.scheme = url_scheme(url) or ""
+        self.path = self.url.split("://", 1)[1]
+        self.bucket = self.path.split("/", 1)[0]
+        self._fs: Any = None
+
+    @property
+    def fs(self) -> Any:
+        if self._fs is None:
+            with self.errors(self.url):
+                import fsspec
+
+                for library in ("gcsfs", "s3fs"):  # they log each give-up with a traceback; errors() says it
+                    logging.getLogger(library).addHandler(logging.NullHandler())
+                # No listing cache: other array tasks add records while this one runs.
+                self._fs = fsspec.filesystem(self.scheme, use_listings_cache=False, skip_instance_cache=True)
+        return self._fs
+
+    def key(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    def check_writable(self) -> list[Path]:
+        with self.errors(f"{self.scheme}://{self.bucket}"):
+            self.fs.info(self.bucket)  # not exists(): it answers False for an unreachable endpoint too
+        probe = f".write-test-{uuid.uuid4().hex}"
+        with self.errors(self.where(probe)):
+            self.fs.pipe_file(self.key(probe), b"")
+        with contextlib.suppress(Exception):  # write without delete rights is enough for the job
+            self.fs.rm_file(self.key(probe))
+        return []
+
+    def exists(self) -> bool:
+        with self.errors(self.url):
+            return bool(self.fs.exists(self.key(RESULTS_FOLDER)))
+
+    def record_files(self) -> dict[str, bytes]:
+        with self.errors(self.where(RESULTS_FOLDER)):
+            keys = sorted(self.fs.glob(self.key(f"{RESULTS_FOLDER}/*.json")))
+            contents = self.fs.cat(keys) if keys else {}
+        return {f"{self.scheme}://{key}": contents[key] for key in keys}
+
+    def write_text(self, name: str, text: str) -> str:
+        with self.errors(self.where(name)):
+            self.fs.pipe_file(self.key(name), text.encode("utf-8"))
+        return self.where(name)
+
+    @contextlib.contextmanager
+    def file(self, name: str) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory(prefix="job-upload-") as folder:
+            path = Path(folder) / Path(name).name
+            yield path
+            with self.errors(self.where(name)):
+                self.fs.put_file(str(path), self.key(name))
+
+    @contextlib.contextmanager
+    def folder(self, name: str) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory(prefix="job-upload-") as folder:
+            yield Path(folder)
+            with self.errors(self.where(name)):
+                for file in sorted(Path(folder).rglob("*")):
+                    if file.is_file():
+                        self.fs.put_file(str(file), self.key(f"{name}/{file.relative_to(folder).as_posix()}"))
+
+    @staticmethod
+    @contextlib.contextmanager
+    def errors(where: str) -> Iterator[None]:
+        """Object-store failures as the job's errors, naming the URL: a missing bucket, denied access or
+        missing credentials exit 2 (a retry fails the same way); anything else, such as an unreachable
+        endpoint, exits 75."""
+        try:
+            yield
+        except (UserError, RetryableError):
+            raise
+        except FileNotFoundError as exc:
+            raise UserError(f"{where}: not found ({reason(exc)}); create the bucket or fix output_dir") from None
+        except PermissionError as exc:
+            raise UserError(
+                f"{where}: access denied ({reason(exc)}); check the credentials and the bucket policy"
+            ) from None
+        except ImportError as exc:
+            raise UserError(f"{where}: this install cannot reach object storage ({exc})") from None
+        except Exception as exc:
+            name = type(exc).__name__
+            if name in ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"):
+                raise UserError(f"{where}: no credentials found ({reason(exc)})") from None
+            if isinstance(exc, OSError) and exc.errno == errno.EINVAL:  # e.g. an invalid bucket name
+                raise UserError(f"{where}: {reason(exc)}") from None
+            raise RetryableError(f"{where}: object store unreachable or failing ({name}: {reason(exc)})") from None
+
+
+def reason(exc: BaseException) -> str:
+    return (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).strip().splitlines()[0]
+
+
+def open_output(output_dir: str | Path) -> Output:
+    """The output for a config's output_dir (already validated by output_dir_problem)."""
+    value = str(output_dir)
+    return ObjectOutput(value) if url_scheme(value) in OBJECT_STORE_SCHEMES else LocalOutput(Path(value))
