@@ -1,4 +1,4 @@
-"""Command line: `python -m job run|plan|validate|report|predict|bench|config-reference`. Options only;
+"""Command line: `python -m job run|plan|validate|prefetch|report|predict|bench|config-reference`. Options only;
 errors become exit codes: 0 success, 1 training failed (NaN loss), 2 bad input (config, data, model, device),
 75 retryable (download or I/O), 128+N killed by signal N (143 for SIGTERM, 130 for Ctrl-C)."""
 
@@ -164,6 +164,25 @@ def validate(config_path: Path | None, overrides: tuple[str, ...]) -> None:
         fail(exc, exc.exit_code)
     click.echo(json.dumps(config.model_dump(), indent=2, ensure_ascii=False))
     click.echo(f"config hash: {config.config_hash()}", err=True)
+
+
+@main.command()
+@CONFIG_OPTION
+@SET_OPTION
+def prefetch(config_path: Path | None, overrides: tuple[str, ...]) -> None:
+    """Download and check everything the config needs (model weights, tokenizer, TNEWS) into the
+    PaddleNLP cache ($PPNLP_HOME), then exit. Run it once before an array job that shares the cache.
+    PPNLP_ENDPOINT points every download at a mirror."""
+    try:
+        config = resolve_config(config_path, overrides)
+        from job.download import prefetch as fetch_all
+
+        for line in fetch_all(config):
+            click.echo(line)
+    except (UserError, RetryableError) as exc:
+        fail(exc, exc.exit_code)
+    except OSError as exc:  # a full or read-only cache
+        fail(*io_failure(exc, exc.filename or "the PaddleNLP cache ($PPNLP_HOME)"))
 
 
 @main.command()

@@ -144,6 +144,9 @@ def read_paddlenlp_tnews() -> RawSplits:
     from paddlenlp.datasets import load_dataset
     from paddlenlp.utils.env import DATA_HOME
 
+    from job.download import fetch_archive, tnews_archive
+
+    fetch_archive(tnews_archive())  # locked and md5-checked: array tasks may share the cache
     try:
         train_ds, dev_ds = load_dataset("clue", "tnews", splits=("train", "dev"))
     except (OSError, RuntimeError) as exc:

@@ -20,6 +20,7 @@ from job.device import (
     reset_peak_memory,
     select_device,
 )
+from job.download import use_mirror
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate
 from job.layout import (
@@ -135,6 +136,7 @@ def train_runs(
     """Train `runs` (pending runs of the plan whose keys are `planned`) and save each one's record."""
     quiet_paddlenlp()
     stop.checkpoint()  # importing PaddleNLP resets SIGTERM to the default action (measured): take it back
+    use_mirror()
     check_against_model(config, model_limits(config.model_name))
     lora_runs = [run for run in runs if run.lora is not None]
     names = layer_names(config.model_name) if lora_runs else None

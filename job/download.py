@@ -1,0 +1,173 @@
+"""First-run downloads, made safe for array jobs sharing one cache ($PPNLP_HOME).
+
+- Mirrors. PaddleNLP reads PPNLP_ENDPOINT only for community models; the built-in models (ERNIE 3.0
+  weights and vocab) and the CLUE datasets have fixed https://bj.bcebos.com/paddlenlp/... URLs.
+  `use_mirror` rewrites those URLs, in PaddleNLP's own tables, to PPNLP_ENDPOINT when it is set, so one
+  variable moves every download to a mirror (or a test server).
+- Models: PaddleNLP downloads them itself, one file at a time under its own file lock, to a temporary
+  file renamed into place.
+- TNEWS: Paddle's dataset download has no lock between processes (two tasks would write the same
+  temporary file), so the job fetches the archive itself: under a file lock, to a temporary file, then
+  extracts the files PaddleNLP lists and checks each against PaddleNLP's md5 before renaming it into
+  place. PaddleNLP then finds them and downloads nothing.
+- `prefetch` does all of that for a config and loads what it fetched, so a queue can warm a shared
+  cache once before an array starts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from job.errors import RetryableError, UserError
+
+PADDLENLP_STORE = "https://bj.bcebos.com/paddlenlp"  # the prefix of every built-in download URL
+TIMEOUT_SECONDS = 60  # per connect and per read; a stalled mirror fails (75) instead of hanging
+
+
+def mirror() -> str | None:
+    value = os.environ.get("PPNLP_ENDPOINT", "").rstrip("/")
+    return value if value and value != PADDLENLP_STORE else None
+
+
+def mirrored(url: str) -> str:
+    base = mirror()
+    return base + url[len(PADDLENLP_STORE) :] if base and url.startswith(PADDLENLP_STORE + "/") else url
+
+
+def use_mirror() -> None:
+    """Point PaddleNLP's built-in model and tokenizer URLs at PPNLP_ENDPOINT (no-op when unset)."""
+    if mirror() is None:
+        return
+    from paddlenlp.transformers import ErnieModel, ErnieTokenizer
+
+    for table in (ErnieModel.pretrained_resource_files_map, ErnieTokenizer.pretrained_resource_files_map):
+        for urls in table.values():
+            for name, url in urls.items():
+                urls[name] = mirrored(url)
+
+
+# ---------------------------------------------------------------- TNEWS
+
+
+@dataclass(frozen=True)
+class Archive:
+    url: str
+    folder: Path  # where PaddleNLP looks for the extracted files
+    members: dict[str, str]  # file inside the archive -> md5 (the files the job reads)
+
+
+def tnews_archive() -> Archive:
+    """CLUE TNEWS as PaddleNLP describes it (URL, cache folder, md5 of train/dev/labels)."""
+    from paddlenlp.datasets.clue import Clue
+    from paddlenlp.utils.env import DATA_HOME
+
+    spec = Clue.BUILDER_CONFIGS["tnews"]
+    members = {
+        spec["splits"][part][0].replace(os.sep, "/"): spec["splits"][part][1] for part in ("train", "dev", "labels")
+    }
+    return Archive(url=mirrored(spec["url"]), folder=Path(DATA_HOME) / Clue.__name__, members=members)
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def missing_members(archive: Archive) -> list[str]:
+    return [
+        member for member, md5 in archive.members.items()
+        if not (archive.folder / member).is_file() or md5_of(archive.folder / member) != md5
+    ]  # fmt: skip
+
+
+def fetch_archive(archive: Archive) -> None:
+    """Download and extract `archive` unless its files are already there and intact. Under a file
+    lock: the first of several tasks downloads, the others wait and find the files."""
+    from filelock import FileLock
+
+    if not missing_members(archive):
+        return
+    archive.folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(archive.folder / ".download.lock")):
+        if not missing_members(archive):  # another task finished it while this one waited
+            return
+        with tempfile.TemporaryDirectory(dir=archive.folder, prefix=".download-") as scratch:
+            zip_path = Path(scratch) / "archive.zip"
+            download(archive.url, zip_path)
+            extract_checked(zip_path, archive, Path(scratch))
+
+
+def extract_checked(zip_path: Path, archive: Archive, scratch: Path) -> None:
+    """Extract the listed members, check each md5, then rename each into place."""
+    try:
+        with zipfile.ZipFile(zip_path) as bundle:
+            for member, md5 in archive.members.items():
+                extracted = Path(bundle.extract(member, scratch / "unpacked"))
+                if md5_of(extracted) != md5:
+                    raise RetryableError(
+                        f"{archive.url}: {member} has md5 {md5_of(extracted)}, PaddleNLP expects {md5}; "
+                        "the download is corrupt or the mirror serves other files"
+                    )
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise RetryableError(f"{archive.url} is not the expected archive: {exc}") from None
+    for member in archive.members:
+        target = archive.folder / member
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(scratch / "unpacked" / member, target)
+
+
+def download(url: str, path: Path) -> None:
+    """Stream `url` to `path` with a progress bar; a short or failed transfer is RetryableError (75)."""
+    import requests
+    from tqdm import tqdm
+
+    try:
+        with requests.get(url, stream=True, timeout=TIMEOUT_SECONDS) as response:
+            if response.status_code == 404 and mirror():  # a wrong mirror stays wrong on a retry
+                raise UserError(f"{url}: not found (404); check PPNLP_ENDPOINT={mirror()}")
+            response.raise_for_status()
+            expected = int(response.headers.get("Content-Length") or 0)
+            written = 0
+            with open(path, "wb") as stream, tqdm(
+                total=expected or None, unit="B", unit_scale=True, desc=f"downloading {url.rsplit('/', 1)[-1]}",
+                file=sys.stderr, disable=None,
+            ) as bar:  # fmt: skip
+                for block in response.iter_content(1 << 20):
+                    stream.write(block)
+                    written += len(block)
+                    bar.update(len(block))
+    except requests.RequestException as exc:
+        raise RetryableError(f"could not download {url}: {exc}") from None
+    if expected and written != expected:
+        raise RetryableError(f"could not download {url}: {written} of {expected} bytes arrived")
+
+
+# ---------------------------------------------------------------- prefetch
+
+
+def prefetch(config: Any) -> list[str]:
+    """Download (if needed) and load everything `config` needs: model weights, tokenizer, and TNEWS
+    unless data_dir is set. Returns one line per item for the log."""
+    from job.data import NUM_CLASSES, read_source
+    from job.model import check_model_name, count_parameters, load_model, load_tokenizer, quiet_paddlenlp
+
+    quiet_paddlenlp()
+    check_model_name(config.model_name)
+    use_mirror()
+    lines = []
+    tokenizer = load_tokenizer(config.model_name)
+    lines.append(f"tokenizer: {config.model_name} ({len(tokenizer.vocab):,} tokens)")
+    loaded = load_model(config.model_name, NUM_CLASSES)
+    lines.append(f"model: {config.model_name} ({count_parameters(loaded.model)[1]:,} parameters, {loaded.source})")
+    raw = read_source(config.data_dir)
+    lines.append(f"data: {raw.origin}: train {len(raw.train):,} rows, dev {len(raw.dev):,} rows")
+    return lines

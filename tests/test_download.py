@@ -1,0 +1,172 @@
+"""The first-run download, served from a local HTTP server on 127.0.0.1 standing in for PaddleNLP's
+store (PPNLP_ENDPOINT): a built-in ERNIE 3.0 model (nano: the same tables and code as medium, a
+smaller file), its vocab, and CLUE TNEWS as a zip of the real train/dev/labels files from ../shared, so
+PaddleNLP's own md5 list checks them. What stays untested here: Baidu's host itself and the official
+zip's own bytes (its md5 is not checked; every file the job reads is)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import os
+import subprocess
+import sys
+import threading
+import zipfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fixtures import ROOT
+
+pytestmark = pytest.mark.slow  # every test starts job processes with a cache of their own
+
+MODEL = "ernie-3.0-nano-zh"
+WEIGHTS = "models/transformers/ernie_3.0/ernie_3.0_nano_zh.pdparams"
+VOCAB = "models/transformers/ernie_3.0/ernie_3.0_nano_zh_vocab.txt"
+TNEWS_ZIP = "datasets/tnews_public.zip"
+
+
+class CountingHandler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        self.server.gets[self.path.lstrip("/")] += 1  # type: ignore[attr-defined]
+        super().do_GET()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def store_files(tmp_path_factory: pytest.TempPathFactory, shared_tnews: Path) -> Path:
+    """What the mirror serves: random nano weights, the ERNIE 3.0 vocab, TNEWS re-zipped."""
+    import paddle
+    from paddlenlp.transformers import ErnieConfig, ErnieModel
+
+    root = tmp_path_factory.mktemp("store")
+    (root / WEIGHTS).parent.mkdir(parents=True)
+    paddle.seed(0)
+    encoder = ErnieModel(ErnieConfig(**ErnieModel.pretrained_init_configuration[MODEL]))
+    paddle.save(encoder.state_dict(), str(root / WEIGHTS))
+    vocab = shared_tnews.parent / "ernie-3.0-medium-zh" / "vocab.txt"
+    if not vocab.is_file():
+        pytest.skip(f"the ERNIE 3.0 vocab is not present at {vocab}")
+    (root / VOCAB).write_bytes(vocab.read_bytes())
+    (root / TNEWS_ZIP).parent.mkdir(parents=True)
+    with zipfile.ZipFile(root / TNEWS_ZIP, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for name in ("train.json", "dev.json", "labels.json"):
+            bundle.write(shared_tnews / name, f"tnews_public/{name}")
+    return root
+
+
+def serve(folder: Path) -> Iterator[tuple[str, Counter]]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(CountingHandler, directory=str(folder)))
+    server.gets = Counter()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", server.gets  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def mirror(store_files: Path) -> Iterator[tuple[str, Counter]]:
+    yield from serve(store_files)
+
+
+def job(*args: str, cache: Path, endpoint: str) -> subprocess.Popen:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "PPNLP_HOME": str(cache), "PPNLP_ENDPOINT": endpoint}
+    return subprocess.Popen([sys.executable, "-m", "job", *args], cwd=ROOT, env=environment, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def write_config(folder: Path, **values) -> Path:
+    config = {
+        "model_name": MODEL, "max_seq_length": 32, "batch_size": 16, "max_train_samples": 48,
+        "max_eval_samples": 16, "device": "cpu", "lora_r": 4, "lora_alpha": 8, "output_dir": str(folder / "out"),
+        **values,
+    }  # fmt: skip
+    path = folder / "config.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def md5_of(path: Path) -> str:
+    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
+def test_two_jobs_on_an_empty_cache_both_finish_and_download_each_file_once(
+    mirror: tuple[str, Counter], store_files: Path, shared_tnews: Path, tmp_path: Path
+) -> None:
+    endpoint, gets = mirror
+    cache = tmp_path / "cache"
+    tasks = [job("run", "--config", str(write_config(tmp_path / name)), cache=cache, endpoint=endpoint)
+             for name in ("a", "b")]  # fmt: skip
+    logs = [task.communicate(timeout=600)[0] for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], "\n".join(log[-2500:] for log in logs)
+    assert gets[TNEWS_ZIP] == 1 and gets[WEIGHTS] == 1, gets
+
+    tnews = cache / "datasets" / "Clue" / "tnews_public"
+    for name in ("train.json", "dev.json", "labels.json"):
+        assert md5_of(tnews / name) == md5_of(shared_tnews / name)
+    weights = cache / "models" / MODEL / "model_state.pdparams"
+    assert weights.read_bytes() == (store_files / WEIGHTS).read_bytes()
+    leftovers = [p.name for p in (cache / "datasets").rglob("*") if p.name.startswith(".download-")]
+    assert leftovers == [] and not list((cache / "models").rglob("*.incomplete"))
+    for name in ("a", "b"):
+        assert (tmp_path / name / "out" / "results.json").is_file()
+
+
+def test_prefetch_fills_the_cache_once_and_then_downloads_nothing(
+    mirror: tuple[str, Counter], tmp_path: Path
+) -> None:
+    endpoint, gets = mirror
+    config = write_config(tmp_path)
+    first = job("prefetch", "--config", str(config), cache=tmp_path / "cache", endpoint=endpoint)
+    output = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, output[-2500:]
+    assert f"model: {MODEL} (" in output and "data: PaddleNLP clue/tnews" in output and "train 53,360 rows" in output
+    downloaded = sum(gets.values())
+
+    again = job("prefetch", "--config", str(config), cache=tmp_path / "cache", endpoint=endpoint)
+    assert again.communicate(timeout=300)[0] and again.returncode == 0
+    assert sum(gets.values()) == downloaded  # everything came from the cache
+    assert not (tmp_path / "out").exists()  # prefetch writes no report folder
+
+
+def test_a_corrupt_archive_exits_75_naming_the_file_and_installs_nothing(
+    store_files: Path, shared_tnews: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad-store"
+    (bad / TNEWS_ZIP).parent.mkdir(parents=True)
+    with zipfile.ZipFile(bad / TNEWS_ZIP, "w") as bundle:
+        bundle.write(shared_tnews / "train.json", "tnews_public/train.json")
+        bundle.writestr("tnews_public/dev.json", (shared_tnews / "dev.json").read_bytes()[:-100])  # cut short
+        bundle.write(shared_tnews / "labels.json", "tnews_public/labels.json")
+    for name in (WEIGHTS, VOCAB):
+        (bad / name).parent.mkdir(parents=True, exist_ok=True)
+        (bad / name).write_bytes((store_files / name).read_bytes())
+    for endpoint, _ in serve(bad):
+        process = job("prefetch", "--config", str(write_config(tmp_path)), cache=tmp_path / "cache", endpoint=endpoint)
+        output = process.communicate(timeout=300)[0]
+    assert process.returncode == 75, output[-2500:]
+    assert "tnews_public/dev.json has md5" in output and "PaddleNLP expects f0660a3339a32e764075c801b42ece3c" in output
+    assert not (tmp_path / "cache" / "datasets" / "Clue" / "tnews_public").exists()
+
+
+def test_a_mirror_without_the_file_exits_2_naming_the_endpoint(store_files: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty-store"
+    for name in (WEIGHTS, VOCAB):  # the model is there, the dataset is not
+        (empty / name).parent.mkdir(parents=True, exist_ok=True)
+        (empty / name).write_bytes((store_files / name).read_bytes())
+    for endpoint, _ in serve(empty):
+        process = job("prefetch", "--config", str(write_config(tmp_path)), cache=tmp_path / "cache", endpoint=endpoint)
+        output = process.communicate(timeout=300)[0]
+    assert process.returncode == 2, output[-2500:]
+    assert f"{endpoint}/{TNEWS_ZIP}: not found (404); check PPNLP_ENDPOINT={endpoint}" in output
