@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -127,3 +128,18 @@ def stop(process: subprocess.Popen) -> None:
         with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def serve_until_stopped(folder: Path, bucket: str) -> None:
+    """`python -m tests.object_store FOLDER BUCKET` (make test-docker): start the store with BUCKET,
+    write its endpoint to FOLDER/endpoint, and run until SIGTERM."""
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    with running_object_store(folder) as store:
+        store.filesystem().mkdir(bucket)
+        (folder / "endpoint").write_text(store.endpoint, encoding="utf-8")
+        stopped.wait()
+
+
+if __name__ == "__main__":
+    serve_until_stopped(Path(sys.argv[1]), sys.argv[2])

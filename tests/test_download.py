@@ -32,7 +32,7 @@ TNEWS_ZIP = "datasets/tnews_public.zip"
 
 
 class CountingHandler(http.server.SimpleHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+    def do_GET(self) -> None:
         self.server.gets[self.path.lstrip("/")] += 1  # type: ignore[attr-defined]
         super().do_GET()
 
@@ -63,7 +63,9 @@ def store_files(tmp_path_factory: pytest.TempPathFactory, shared_tnews: Path) ->
 
 
 def serve(folder: Path) -> Iterator[tuple[str, Counter]]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(CountingHandler, directory=str(folder)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(CountingHandler, directory=str(folder))
+    )
     server.gets = Counter()  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -123,9 +125,7 @@ def test_two_jobs_on_an_empty_cache_both_finish_and_download_each_file_once(
         assert (tmp_path / name / "out" / "results.json").is_file()
 
 
-def test_prefetch_fills_the_cache_once_and_then_downloads_nothing(
-    mirror: tuple[str, Counter], tmp_path: Path
-) -> None:
+def test_prefetch_fills_the_cache_once_and_then_downloads_nothing(mirror: tuple[str, Counter], tmp_path: Path) -> None:
     endpoint, gets = mirror
     config = write_config(tmp_path)
     first = job("prefetch", "--config", str(config), cache=tmp_path / "cache", endpoint=endpoint)

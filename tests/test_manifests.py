@@ -11,6 +11,7 @@ import yaml
 from google.protobuf.json_format import ParseError
 
 from job.cli import main
+from job.storage import OBJECT_STORE_SCHEMES, output_dir_problem, url_scheme
 from tests import manifest_schemas
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def aws() -> dict:
 
 def gcp() -> dict:
     job = json.loads((BATCH / "gcp-batch-job.json").read_text(encoding="utf-8"))
-    runnable = job["taskGroups"][0]["taskSpec"]["runnables"][0]
+    runnable = next(r for r in job["taskGroups"][0]["taskSpec"]["runnables"] if r["container"]["commands"][0] == "run")
     mounts = {}
     for volume in runnable["container"]["volumes"]:
         _, target, *mode = volume.split(":")
@@ -80,12 +81,37 @@ def test_manifest_agrees_with_compose_and_cli(manifest) -> None:
     parsed = command.make_context(command.name, list(spec["args"][1:]))
     assert parsed.params["run_from_index"] is True
     assert parsed.params["device"] == "gpu"  # a node without a usable GPU fails at once, never trains on CPU
+    # Results go to object storage: no shared reports volume, every other mount as in compose.
+    assert url_scheme(parsed.params["output_dir"]) in OBJECT_STORE_SCHEMES
+    assert output_dir_problem(parsed.params["output_dir"]) is None
     mounts = compose_mounts()
-    assert set(spec["mounts"]) == set(mounts), "mount paths differ from docker-compose.yml"
-    assert spec["mounts"]["/app/configs"] is True and spec["mounts"]["/app/reports"] is False
+    assert set(spec["mounts"]) == set(mounts) - {"/app/reports"}, "mount paths differ from docker-compose.yml"
+    assert spec["mounts"]["/app/configs"] is True and spec["mounts"]["/cache"] is False
     config = Path(spec["config"])
     assert config.parent == Path("/app/configs")
     assert (ROOT / "configs" / config.name).is_file()
+
+
+def test_every_manifest_warms_the_shared_cache_with_prefetch() -> None:
+    """Kubernetes: an init container; Cloud Batch: a runnable before the run; both as the CLI parses them,
+    with the job's image, config and cache. (AWS Batch: a prefetch job the array depends on, in the README.)"""
+    job = yaml.safe_load((BATCH / "kubernetes-job.yaml").read_text(encoding="utf-8"))
+    pod = job["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["args"] == ["prefetch"] and init["image"] == pod["containers"][0]["image"]
+    assert init["env"] == pod["containers"][0]["env"]
+    assert {m["mountPath"] for m in init["volumeMounts"]} == {
+        m["mountPath"] for m in pod["containers"][0]["volumeMounts"]
+    }
+    gcp_job = json.loads((BATCH / "gcp-batch-job.json").read_text(encoding="utf-8"))
+    first, second = gcp_job["taskGroups"][0]["taskSpec"]["runnables"]
+    assert first["container"]["commands"] == ["prefetch"]
+    assert {k: v for k, v in first["container"].items() if k != "commands"} == {
+        k: v for k, v in second["container"].items() if k != "commands"
+    }
+    assert first["environment"] == second["environment"]
+    main.commands["prefetch"].make_context("prefetch", [])  # a command the CLI has
+    assert "--depends-on" in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_retries_only_for_retryable_exit_codes() -> None:
@@ -155,29 +181,49 @@ def test_aws_job_definition_is_a_valid_register_job_definition_input(tmp_path: P
     assert 'Unknown parameter in containerProperties: "mountPoint"' in manifest_schemas.aws_errors(broken)
 
 
-def readme_submit_job() -> dict:
-    """The README's `aws batch submit-job` command as SubmitJob parameters (CLI shorthand -> JSON)."""
+LIST_PARAMETERS = {"dependsOn"}  # the CLI's shorthand gives one item of a list
+
+
+def readme_submit_jobs() -> list[dict]:
+    """Every `aws batch submit-job` command of the README as SubmitJob parameters (CLI shorthand or
+    JSON -> parameters)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"`aws batch submit-job ([^`]+)`", readme)
-    assert match, "README shows no `aws batch submit-job` command"
-    words = match.group(1).split()
+    commands = re.findall(r"`aws batch submit-job ([^`]+)`", readme)
+    assert commands, "README shows no `aws batch submit-job` command"
+    return [submit_job_parameters(command) for command in commands]
+
+
+def submit_job_parameters(command: str) -> dict:
+    words = command.split()
     params: dict = {}
     for flag, value in zip(words[::2], words[1::2], strict=True):
         first, *rest = flag.removeprefix("--").split("-")
         name = first + "".join(part.capitalize() for part in rest)
-        if "=" in value:  # shorthand: key=value[,key=value]
+        if value.startswith("'"):  # JSON
+            value = json.loads(value.strip("'"))
+        elif "=" in value:  # shorthand: key=value[,key=value]
             value = {k: int(v) if v.isdigit() else v for k, v in (pair.split("=") for pair in value.split(","))}
-        params[name] = value
+        params[name] = [value] if name in LIST_PARAMETERS else value
     return params
 
 
-def test_readme_submit_job_is_a_valid_submit_job_input(tmp_path: Path) -> None:
-    params = readme_submit_job()
+def readme_submit_job() -> dict:
+    """The README's array submission."""
+    (array,) = [params for params in readme_submit_jobs() if "arrayProperties" in params]
+    return array
+
+
+def test_readme_submit_jobs_are_valid_submit_job_inputs(tmp_path: Path) -> None:
+    """The prefetch job, then the array that depends on it."""
+    prefetch, array = readme_submit_jobs()
     definition = json.loads((BATCH / "aws-batch-job-definition.json").read_text(encoding="utf-8"))
-    assert params["jobDefinition"] == definition["jobDefinitionName"]
-    path = tmp_path / "submit.json"
-    path.write_text(json.dumps(params), encoding="utf-8")
-    assert manifest_schemas.aws_errors(path, "SubmitJob") == ""
+    assert prefetch["containerOverrides"] == {"command": ["prefetch"]} and "arrayProperties" not in prefetch
+    assert array["dependsOn"] == [{"jobId": "PREFETCH_JOB_ID"}]
+    for params in (prefetch, array):
+        assert params["jobDefinition"] == definition["jobDefinitionName"]
+        path = tmp_path / "submit.json"
+        path.write_text(json.dumps(params), encoding="utf-8")
+        assert manifest_schemas.aws_errors(path, "SubmitJob") == ""
 
 
 def test_gcp_job_parses_as_a_cloud_batch_job_with_the_expected_tasks(tmp_path: Path) -> None:
@@ -185,7 +231,11 @@ def test_gcp_job_parses_as_a_cloud_batch_job_with_the_expected_tasks(tmp_path: P
     group = job.task_groups[0]
     runs = planned_count(Path(gcp()["config"]).name)
     assert (group.task_count, group.parallelism) == (runs, runs)
-    assert list(group.task_spec.runnables[0].container.commands) == ["run", "--run-from-index", "--device", "gpu"]
+    commands = [list(runnable.container.commands) for runnable in group.task_spec.runnables]
+    assert commands == [
+        ["prefetch"],
+        ["run", "--run-from-index", "--device", "gpu", "--output-dir", "gs://BUCKET/ernie-tnews"],
+    ]
     broken = tmp_path / "job.json"
     broken.write_text(
         (BATCH / "gcp-batch-job.json").read_text(encoding="utf-8").replace('"taskCount"', '"taskCnt"'), encoding="utf-8"

@@ -136,6 +136,31 @@ cat "$WORK/ro.log"
 grep -q "cannot write to reports: Read-only file system; it is mounted read-only: mount it read-write: drop ':ro'" "$WORK/ro.log" || fail "no fix in the message"
 echo "exit 2 with the fix"
 
+step "output to object storage from the image (SeaweedFS on 127.0.0.1, host network)"
+mkdir -p "$WORK/s3"
+"$PY" -m tests.object_store "$WORK/s3" smoke-bucket >"$WORK/s3.log" 2>&1 &
+store_pid=$!
+for _ in $(seq 120); do [ -f "$WORK/s3/endpoint" ] && break; sleep 0.5; done
+[ -f "$WORK/s3/endpoint" ] || { cat "$WORK/s3.log"; fail "the object store did not start"; }
+endpoint=$(cat "$WORK/s3/endpoint")
+code=0
+docker run --rm --network host --read-only --tmpfs /tmp --tmpfs /home/job --user 1000:1000 \
+  -v "$SMOKE_DIR:/smoke:ro" -e JOB_CONFIG=/smoke/smoke.yaml -e AWS_ENDPOINT_URL="$endpoint" \
+  -e AWS_ACCESS_KEY_ID=writer -e AWS_SECRET_ACCESS_KEY=writer-secret -e AWS_DEFAULT_REGION=us-east-1 \
+  ernie-tnews-job:cpu run --output-dir s3://smoke-bucket/run >"$WORK/s3-job.log" 2>&1 || code=$?
+tail -3 "$WORK/s3-job.log"
+"$PY" - "$endpoint" <<'PYTHON' || { kill "$store_pid"; fail "no complete report in s3://smoke-bucket/run"; }
+import json, sys
+from tests.object_store import ObjectStore
+fs = ObjectStore(sys.argv[1]).filesystem()
+combined = json.loads(fs.cat_file("smoke-bucket/run/results.json"))
+assert combined["missing_runs"] == [] and len(combined["runs"]) == 2, combined["missing_runs"]
+assert fs.exists("smoke-bucket/run/ernie_lora_vs_full_report.md")
+print("s3://smoke-bucket/run:", ", ".join(sorted(p.rsplit("/", 1)[-1] for p in fs.ls("smoke-bucket/run"))))
+PYTHON
+kill "$store_pid"; wait "$store_pid" 2>/dev/null || true
+[ "$code" = 0 ] || fail "job with s3:// output: exit $code"
+
 step "make run-cpu exits with the job's own exit code"
 code=0
 make -s run-cpu CONFIG=/smoke/missing.yaml COMPOSE="${COMPOSE[*]}" >"$WORK/make.log" 2>&1 || code=$?
