@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from job.device import PRECISIONS
 from job.errors import UserError
 from job.layout import RESERVED_NAMES
 from job.storage import output_dir_problem
@@ -109,6 +110,11 @@ class JobConfig(BaseModel):
     logging_steps: int = Field(10, ge=1, description="steps between loss lines in the log")
     visualdl: bool = Field(
         False, description="write VisualDL scalars (loss, learning rate, dev metrics) to output_dir/vdl/<run>"
+    )
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
+        "auto",
+        description="training precision: fp32, bf16 or fp16 (mixed, GPU only) or auto (bf16 on a GPU that "
+        "supports it, else fp32); evaluation runs in fp32",
     )
     length_bucket_window: int = Field(
         16, ge=0, description="batches per window sorted by length to cut padding (0: plain shuffle)"

@@ -146,6 +146,30 @@ def select_device(requested: str) -> DeviceChoice:
     return DeviceChoice("cpu", f"cpu ({threads} threads)", reason)
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(requested: str, device: DeviceChoice) -> str:
+    """The precision training runs in. Mixed precision is for GPUs: on CPU, Paddle's autocast leaves
+    matmuls in fp32 (measured with paddle 3.3.1: a Linear under auto_cast(dtype='bfloat16') returns
+    float32), so bf16/fp16 there would only pretend; `auto` picks bf16 where the GPU supports it."""
+    if requested == "fp32":
+        return "fp32"
+    if device.name != "gpu":
+        if requested == "auto":
+            return "fp32"
+        raise UserError(
+            f"config key 'precision': {requested} needs a GPU (on CPU, Paddle's autocast computes in fp32); "
+            "use precision: auto or fp32 on CPU"
+        )
+    import paddle
+
+    bf16 = bool(paddle.amp.is_bfloat16_supported())
+    if requested == "bf16" and not bf16:
+        raise UserError(f"config key 'precision': {device.description} has no bf16 support; use fp16 or fp32")
+    return "bf16" if requested == "auto" and bf16 else ("fp32" if requested == "auto" else requested)
+
+
 def use_contiguous_kernels() -> None:
     """Paddle 3 makes transpose and slice return strided views by default; on CPU every later reshape,
     scale or matmul then first copies them with a slow generic kernel. Contiguous results made this

@@ -80,7 +80,9 @@ def _summary(combined: Combined) -> str:
         f"model (`{run.config['model_name']}`) on the Chinese TNEWS news-title classification task "
         f"({NUM_CLASSES} classes). {start_note(combined.runs)}",
         "",
-        f"- Device: {run.device.description} ({run.device.reason})",
+        f"- Device: {run.device.description} ({run.device.reason}); training precision "
+        + ", ".join(sorted({r.precision for r in combined.runs}))
+        + ", evaluation fp32",
         f"- Train: {data.train.source}",
         f"- Dev: {data.dev.source}",
         f"- Test: {data.test.source}",

@@ -53,6 +53,7 @@ class RunResult(Record):
     seed: int
     learning_rate: float
     batch_size: int
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # training; evaluation is fp32 (older records: fp32)
     lora_r: int | None
     lora_alpha: int | None
     initial_weights: str  # fingerprint of the weights training started from

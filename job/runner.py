@@ -8,6 +8,7 @@ import errno
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from job.device import (
     peak_memory_mb,
     process_ranks,
     reset_peak_memory,
+    resolve_precision,
     select_device,
 )
 from job.download import use_mirror
@@ -145,9 +147,11 @@ def train_runs(
     raw = read_source(config.data_dir)
     splits = draw_samples(raw, config.max_train_samples, config.max_eval_samples, config.sample_seed())
     device = select_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    runs = [replace(run, settings=replace(run.settings, precision=precision)) for run in runs]
     stop.checkpoint()
     say(
-        f"device: {device.description} ({device.reason})"
+        f"device: {device.description} ({device.reason}), precision {precision}"
         + (f", rank {ranks.rank} of {ranks.world}" if ranks.world > 1 else "")
     )
     for split in splits.all():
@@ -214,6 +218,7 @@ def train_one(
         seed=run.seed,
         learning_rate=settings.learning_rate,
         batch_size=settings.batch_size,
+        precision=settings.precision,
         lora_r=run.lora.r if run.lora else None,
         lora_alpha=run.lora.alpha if run.lora else None,
         initial_weights=fingerprint,

@@ -53,6 +53,7 @@ class TrainSettings:
     seed: int
     logging_steps: int
     bucket_window: int = 0
+    precision: str = "fp32"  # resolved (job.device.resolve_precision): fp32, bf16 or fp16
 
 
 @dataclass
@@ -92,17 +93,39 @@ def build_optimizer(model: Any, settings: TrainSettings, total_steps: int) -> tu
     return optimizer, schedule
 
 
-def train_step(model: Any, batch: dict[str, Any], optimizer: Any, schedule: Any) -> float:
-    """One optimizer step on one padded batch; returns the loss (reading it waits for the step)."""
+AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def loss_scaler(precision: str) -> Any:
+    """fp16 needs loss scaling (its range is small: gradients would underflow); bf16 and fp32 do not."""
+    import paddle
+
+    return paddle.amp.GradScaler(init_loss_scaling=2.0**15) if precision == "fp16" else None
+
+
+def train_step(
+    model: Any, batch: dict[str, Any], optimizer: Any, schedule: Any, precision: str = "fp32", scaler: Any = None
+) -> float:
+    """One optimizer step on one padded batch; returns the loss (reading it waits for the step).
+    Mixed precision is autocast O1: the weights, their gradients and AdamW's state stay fp32 (LoRA
+    adapters included), and only the white-listed ops (matmuls) run in bf16/fp16."""
     import paddle
     import paddle.nn.functional as F
 
-    logits = model(
-        input_ids=paddle.to_tensor(batch["input_ids"]), token_type_ids=paddle.to_tensor(batch["token_type_ids"])
-    )
+    with paddle.amp.auto_cast(enable=precision in AMP_DTYPES, dtype=AMP_DTYPES.get(precision, "float16"), level="O1"):
+        logits = model(
+            input_ids=paddle.to_tensor(batch["input_ids"]), token_type_ids=paddle.to_tensor(batch["token_type_ids"])
+        )
+    if logits.dtype != paddle.float32:  # the loss and its softmax in fp32
+        logits = logits.astype("float32")
     loss = F.cross_entropy(logits, paddle.to_tensor(batch["labels"]))
-    loss.backward()
-    optimizer.step()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:  # unscales the gradients before the optimizer clips and steps; skips the step on inf/NaN
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     schedule.step()
     optimizer.clear_grad()
     return float(loss)
@@ -127,6 +150,7 @@ def train(
     ]
     total_steps = sum(len(batches) for batches in epochs)
     optimizer, schedule = build_optimizer(model, settings, total_steps)
+    scaler = loss_scaler(settings.precision)
     outcome = TrainOutcome(steps=0, samples=0, tokens=0, seconds=0.0)
     model.train()
     stepped = model if ranks.world == 1 else _data_parallel(model)
@@ -140,7 +164,8 @@ def train(
         ):
             stop.raise_if_requested()
             rate = schedule.last_lr  # the rate this step uses (train_step advances the schedule)
-            value = mean_across_ranks(train_step(stepped, batch, optimizer, schedule), ranks)
+            loss = train_step(stepped, batch, optimizer, schedule, settings.precision, scaler)
+            value = mean_across_ranks(loss, ranks)
             if not math.isfinite(value):
                 raise TrainingDiverged(
                     f"{label}: loss became {value} at step {outcome.steps + 1}; lower the learning rate"

@@ -107,6 +107,7 @@ def running_object_store(folder: Path) -> Iterator[ObjectStore]:
         weed, "server", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-s3", f"-s3.port={ports['s3']}", f"-s3.config={identities}", f"-master.port={ports['master']}",
         f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}", "-master.volumeSizeLimitMB=64",
+        "-volume.max=0",  # volume slots from the free disk: every test's bucket takes volumes of its own
         "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",  # no fixed ports, nothing sent out
     ]  # fmt: skip
     with open(log, "wb") as stream:
