@@ -20,6 +20,7 @@ from typing import Any
 from job.config import JobConfig
 from job.data import NUM_CLASSES, Encoded, encode, epoch_batches, iterate_batches, read_clue_file, read_source
 from job.device import peak_memory_mb, reset_peak_memory, select_device
+from job.dropout import training_dropout
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate, length_sorted_batches
 from job.model import LoadedModel, count_parameters, load_model, load_tokenizer, quiet_paddlenlp
@@ -134,12 +135,13 @@ def time_training(model: Any, rows: list[Encoded], run: Run, steps: int, warmup:
     paddle.seed(settings.seed)
     reset_peak_memory()
     times, shapes = [], []
-    for index, batch in enumerate(iterate_batches(rows, batches, 0)):
-        started = time.perf_counter()
-        train_step(model, batch, optimizer, schedule)
-        if index >= warmup:
-            times.append(time.perf_counter() - started)
-            shapes.append(batch["input_ids"].shape)
+    with training_dropout(settings.seed):  # the dropout `job run` trains with
+        for index, batch in enumerate(iterate_batches(rows, batches, 0)):
+            started = time.perf_counter()
+            train_step(model, batch, optimizer, schedule)
+            if index >= warmup:
+                times.append(time.perf_counter() - started)
+                shapes.append(batch["input_ids"].shape)
     return {"times": times, "shapes": [tuple(s) for s in shapes], "peak_memory_mb": peak_memory_mb()}
 
 

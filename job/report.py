@@ -82,7 +82,8 @@ def _summary(combined: Combined) -> str:
         "",
         f"- Device: {run.device.description} ({run.device.reason}); training precision "
         + ", ".join(sorted({r.precision for r in combined.runs}))
-        + ", evaluation fp32",
+        + ", evaluation fp32; dropout "
+        + ", ".join(sorted({r.dropout for r in combined.runs})),
         f"- Train: {data.train.source}",
         f"- Dev: {data.dev.source}",
         f"- Test: {data.test.source}",

@@ -54,6 +54,7 @@ class RunResult(Record):
     learning_rate: float
     batch_size: int
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # training; evaluation is fp32 (older records: fp32)
+    dropout: str = "paddle"  # the dropout training used (job.dropout; older records: Paddle's)
     lora_r: int | None
     lora_alpha: int | None
     initial_weights: str  # fingerprint of the weights training started from

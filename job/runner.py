@@ -219,6 +219,7 @@ def train_one(
         learning_rate=settings.learning_rate,
         batch_size=settings.batch_size,
         precision=settings.precision,
+        dropout=outcome.dropout,
         lora_r=run.lora.r if run.lora else None,
         lora_alpha=run.lora.alpha if run.lora else None,
         initial_weights=fingerprint,

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from job.data import Encoded, epoch_batches, iterate_batches
 from job.device import Ranks, shard_batches, usable_batches
+from job.dropout import PADDLE, training_dropout
 from job.errors import Interrupted, TrainingDiverged
 
 
@@ -64,6 +65,7 @@ class TrainOutcome:
     seconds: float
     step_losses: list[float] = field(default_factory=list)
     optimizer_state_bytes: int = 0
+    dropout: str = PADDLE  # which dropout ran (job.dropout)
 
     @property
     def samples_per_second(self) -> float:
@@ -150,42 +152,43 @@ def train(
     ]
     total_steps = sum(len(batches) for batches in epochs)
     optimizer, schedule = build_optimizer(model, settings, total_steps)
-    scaler = loss_scaler(settings.precision)
     outcome = TrainOutcome(steps=0, samples=0, tokens=0, seconds=0.0)
     model.train()
     stepped = model if ranks.world == 1 else _data_parallel(model)
     stop.install()
     progress = tqdm(total=total_steps, desc=f"train {label}", unit="step", file=sys.stderr,
                     disable=not (sys.stderr.isatty() and ranks.is_main), dynamic_ncols=True)  # fmt: skip
-    started = time.perf_counter()
-    for epoch, batches in enumerate(epochs):
-        for global_batch, batch in zip(
-            batches, iterate_batches(rows, shard_batches(batches, ranks), pad_id), strict=True
-        ):
-            stop.raise_if_requested()
-            rate = schedule.last_lr  # the rate this step uses (train_step advances the schedule)
-            loss = train_step(stepped, batch, optimizer, schedule, settings.precision, scaler)
-            value = mean_across_ranks(loss, ranks)
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"{label}: loss became {value} at step {outcome.steps + 1}; lower the learning rate"
-                )
-            outcome.steps += 1
-            outcome.samples += len(global_batch)
-            outcome.tokens += sum(lengths[i] for i in global_batch)
-            outcome.step_losses.append(value)
-            if on_step is not None:
-                on_step(outcome.steps, value, rate)
-            elapsed = time.perf_counter() - started
-            progress.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}", samples_s=f"{outcome.samples / elapsed:.1f}")
-            progress.update()
-            if ranks.is_main and (outcome.steps % settings.logging_steps == 0 or outcome.steps == total_steps):
-                tqdm.write(
-                    f"[{label}] step {outcome.steps}/{total_steps} epoch {epoch + 1} loss {value:.4f} "
-                    f"lr {schedule.get_lr():.2e} {outcome.samples / elapsed:.1f} samples/s",
-                    file=sys.stderr,
-                )
-    outcome.seconds = time.perf_counter() - started
+    scaler = loss_scaler(settings.precision)
+    with training_dropout(settings.seed) as outcome.dropout:
+        started = time.perf_counter()
+        for epoch, batches in enumerate(epochs):
+            for global_batch, batch in zip(
+                batches, iterate_batches(rows, shard_batches(batches, ranks), pad_id), strict=True
+            ):
+                stop.raise_if_requested()
+                rate = schedule.last_lr  # the rate this step uses (train_step advances the schedule)
+                loss = train_step(stepped, batch, optimizer, schedule, settings.precision, scaler)
+                value = mean_across_ranks(loss, ranks)
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"{label}: loss became {value} at step {outcome.steps + 1}; lower the learning rate"
+                    )
+                outcome.steps += 1
+                outcome.samples += len(global_batch)
+                outcome.tokens += sum(lengths[i] for i in global_batch)
+                outcome.step_losses.append(value)
+                if on_step is not None:
+                    on_step(outcome.steps, value, rate)
+                elapsed = time.perf_counter() - started
+                progress.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}", samples_s=f"{outcome.samples / elapsed:.1f}")
+                progress.update()
+                if ranks.is_main and (outcome.steps % settings.logging_steps == 0 or outcome.steps == total_steps):
+                    tqdm.write(
+                        f"[{label}] step {outcome.steps}/{total_steps} epoch {epoch + 1} loss {value:.4f} "
+                        f"lr {schedule.get_lr():.2e} {outcome.samples / elapsed:.1f} samples/s",
+                        file=sys.stderr,
+                    )
+        outcome.seconds = time.perf_counter() - started
     progress.close()
     outcome.optimizer_state_bytes = state_bytes(optimizer)
     return outcome
