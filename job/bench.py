@@ -8,12 +8,14 @@ first 512 TNEWS training titles; the config's batch size and sequence length; th
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,35 @@ from job.train import build_optimizer, train_step
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BENCH_ROWS = 512
+
+
+WINDOWS = (0, 16)  # plain shuffled batches (the harder case: more padding) and length buckets
+# Targets as shares of what this machine can do, measured in the same run (absolute times differ
+# between machines of the same kind).
+TARGETS = {"lora": ("fraction_of_matmul_peak", 0.80), "full_finetune": ("fraction_of_floor", 0.90)}
+EVAL_TARGET = ("eval_fraction_of_matmul_peak", 0.85)
+# Bytes a training step must move through memory per trainable fp32 parameter, at least: AdamW reads
+# the parameter, its gradient and both moments and writes back the parameter and moments (7 x 4), and
+# clipping reads every gradient once for the global norm (4). Clipping's rescale (8 more) only runs on
+# steps whose norm is above max_grad_norm, so the floor leaves it out.
+FLOOR_BYTES_PER_PARAMETER = 7 * 4 + 4
+
+
+def copy_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
+    """This machine's memory bandwidth as the optimizer sees it: bytes read plus written per second by
+    an in-place scale of a large fp32 tensor with the job's threads (best of a few)."""
+    import paddle
+
+    tensor = paddle.ones([megabytes << 18])
+    best = float("inf")
+    with paddle.no_grad():
+        tensor.scale_(1.0)  # warm-up (and every page touched)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            tensor.scale_(1.0)
+            float(tensor[0])
+            best = min(best, time.perf_counter() - started)
+    return 2 * (megabytes << 20) / best / 1e9
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -122,6 +153,25 @@ def time_evaluation(model: Any, model_config: Any, rows: list[Encoded], batch_si
     return seconds, flops
 
 
+def time_optimizer_step(model: Any, rows: list[Encoded], run: Run, repeats: int = 5) -> float:
+    """Seconds of one optimizer step (clipping and AdamW) on real gradients, best of a few."""
+    import paddle
+    import paddle.nn.functional as F
+
+    optimizer, _ = build_optimizer(model, run.settings, 100)
+    batch = next(iterate_batches(rows, [list(range(run.settings.batch_size))], 0))
+    logits = model(input_ids=paddle.to_tensor(batch["input_ids"]),
+                   token_type_ids=paddle.to_tensor(batch["token_type_ids"]))  # fmt: skip
+    F.cross_entropy(logits, paddle.to_tensor(batch["labels"])).backward()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        optimizer.step()
+        best = min(best, time.perf_counter() - started)
+    optimizer.clear_grad()
+    return best
+
+
 def time_training(model: Any, rows: list[Encoded], run: Run, steps: int, warmup: int) -> dict:
     import paddle
 
@@ -145,8 +195,9 @@ def time_training(model: Any, rows: list[Encoded], run: Run, steps: int, warmup:
     return {"times": times, "shapes": [tuple(s) for s in shapes], "peak_memory_mb": peak_memory_mb()}
 
 
-def bench_strategy(run: Run, rows: list[Encoded], config: JobConfig, steps: int, warmup: int,
-                   peak: float) -> dict[str, Any]:  # fmt: skip
+def bench_strategy(run: Run, rows: list[Encoded], config: JobConfig, steps: int, warmup: int, peak: float,
+                   bandwidth: float, with_eval: bool) -> dict[str, Any]:  # fmt: skip
+    """Training speed of `run` (and, with `with_eval`, evaluation speed) against this machine's floors."""
     loaded, _ = bench_model(config)
     model = run.strategy.prepare(loaded, run)
     trainable, total = count_parameters(model)
@@ -160,20 +211,47 @@ def bench_strategy(run: Run, rows: list[Encoded], config: JobConfig, steps: int,
     tokens = statistics.mean(b * length for b, length in timing["shapes"])
     flops = step_flops(timing["shapes"], non_embedding, model_config.num_hidden_layers, model_config.hidden_size,
                        full=run.strategy.name == "full_finetune")  # fmt: skip
-    eval_rows = rows[:256]
-    eval_seconds, eval_work = time_evaluation(model, model_config, eval_rows, run.eval_batch_size)
-    eval_rate = len(eval_rows) / eval_seconds
     achieved = flops / median / 1e9
-    return {
-        "label": run.label, "trainable_params": trainable, "total_params": total, "timed_steps": len(timing["times"]),
+    matmul_floor = flops / (peak * 1e9)
+    optimizer_floor = FLOOR_BYTES_PER_PARAMETER * trainable / (bandwidth * 1e9)
+    result = {
+        "group": run.group, "strategy": run.strategy.name, "label": run.label,
+        "length_bucket_window": run.settings.bucket_window,
+        "trainable_params": trainable, "total_params": total, "timed_steps": len(timing["times"]),
         "median_ms_per_step": round(1000 * median, 1), "samples_per_second": round(batch / median, 2),
         "tokens_per_second": round(tokens / median, 1), "tokens_per_step": round(tokens, 1),
         "gflop_per_step": round(flops / 1e9, 2), "achieved_gflops": round(achieved, 1),
-        "fraction_of_matmul_peak": round(achieved / peak, 3), "eval_samples_per_second": round(eval_rate, 1),
-        "eval_achieved_gflops": round(eval_work / eval_seconds / 1e9, 1),
-        "eval_fraction_of_matmul_peak": round(eval_work / eval_seconds / 1e9 / peak, 3),
-        "eval_vs_train_throughput": round(eval_rate / (batch / median), 2), "peak_memory_mb": timing["peak_memory_mb"],
+        "fraction_of_matmul_peak": round(achieved / peak, 3),
+        "optimizer_ms": round(1000 * time_optimizer_step(model, rows, run), 1),
+        "optimizer_floor_ms": round(1000 * optimizer_floor, 1), "matmul_floor_ms": round(1000 * matmul_floor, 1),
+        "fraction_of_floor": round((matmul_floor + optimizer_floor) / median, 3),
+        "peak_memory_mb": timing["peak_memory_mb"],
     }  # fmt: skip
+    if with_eval:
+        eval_rows = rows[:256]
+        eval_seconds, eval_work = time_evaluation(model, model_config, eval_rows, run.eval_batch_size)
+        eval_rate = len(eval_rows) / eval_seconds
+        result.update({
+            "eval_samples_per_second": round(eval_rate, 1),
+            "eval_achieved_gflops": round(eval_work / eval_seconds / 1e9, 1),
+            "eval_fraction_of_matmul_peak": round(eval_work / eval_seconds / 1e9 / peak, 3),
+            "eval_vs_train_throughput": round(eval_rate / (batch / median), 2),
+        })  # fmt: skip
+    return result
+
+
+def targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each target of TARGETS / EVAL_TARGET for each benched run that has the measure: met or missed."""
+    checked = []
+    for result in runs:
+        wanted = [TARGETS[result["strategy"]]]
+        wanted += [EVAL_TARGET] if EVAL_TARGET[0] in result else []
+        for measure, target in wanted:
+            checked.append({
+                "run": result["group"], "length_bucket_window": result["length_bucket_window"], "measure": measure,
+                "value": result[measure], "target": target, "met": result[measure] >= target,
+            })  # fmt: skip
+    return checked
 
 
 def end_to_end_seconds(config_path: Path | None, model: Any, tokenizer: Any, data_dir: str | None) -> float:
@@ -204,18 +282,35 @@ def one_run_per_group(config: JobConfig) -> list[Run]:
 
 
 def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: int, e2e: bool) -> dict[str, Any]:
+    """One run per headline row, each with plain shuffled batches and with length buckets (WINDOWS),
+    evaluation once per row; then the targets, and optionally `job run` end to end."""
     quiet_paddlenlp()
     device = select_device(config.device)
     peak = matmul_peak_gflops()
+    bandwidth = copy_bandwidth_gbs()
     tokenizer = bench_tokenizer(config)
     titles, source = bench_titles(config)
     rows = encode(titles, tokenizer, config.max_seq_length)
     _, model_source = bench_model(config)
-    results = {run.group: bench_strategy(run, rows, config, steps, warmup, peak) for run in one_run_per_group(config)}
+    results = [
+        bench_strategy(
+            replace(run, settings=replace(run.settings, bucket_window=window)),
+            rows,
+            config,
+            steps,
+            warmup,
+            peak,
+            bandwidth,
+            with_eval=window == WINDOWS[0],
+        )
+        for run in one_run_per_group(config)
+        for window in WINDOWS
+    ]
     report: dict[str, Any] = {
         "device": device.description, "threads": os.environ.get("OMP_NUM_THREADS"), "model": model_source,
         "data": f"{source}, first {len(rows)} training titles", "batch_size": config.batch_size,
-        "max_seq_length": config.max_seq_length, "matmul_peak_gflops": round(peak, 1), "strategies": results,
+        "max_seq_length": config.max_seq_length, "matmul_peak_gflops": round(peak, 1),
+        "copy_bandwidth_gbs": round(bandwidth, 1), "runs": results, "targets": targets(results),
     }  # fmt: skip
     if e2e:
         local_data = None if config.data_dir or source == "PaddleNLP clue/tnews" else str(Path(source).parent)
@@ -224,32 +319,35 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
     return report
 
 
+def percent(result: dict[str, Any], key: str) -> str:
+    return f"{100 * result[key]:.0f}%" if key in result else "-"
+
+
 def format_table(report: dict[str, Any]) -> str:
-    columns = (
-        "ms/step",
-        "samples/s",
-        "tokens/s",
-        "GFLOP/step",
-        "GFLOP/s",
-        "of peak",
-        "eval samples/s",
-        "eval of peak",
-        "peak MB",
-    )
+    columns = ("window", "ms/step", "samples/s", "tokens/s", "GFLOP/s", "of peak", "optim ms", "optim floor",
+               "of floor", "eval samples/s", "eval of peak", "peak MB")  # fmt: skip
     lines = [
-        f"device {report['device']}, matmul peak {report['matmul_peak_gflops']} GFLOP/s, model {report['model']}",
+        f"device {report['device']}, matmul peak {report['matmul_peak_gflops']} GFLOP/s, copy bandwidth "
+        f"{report['copy_bandwidth_gbs']} GB/s, model {report['model']}",
         f"data {report['data']}, batch {report['batch_size']}, max_seq_length {report['max_seq_length']}",
         "",
-        f"{'strategy':44}" + "".join(f"{c:>15}" for c in columns),
+        f"{'run':44}" + "".join(f"{c:>13}" for c in columns),
     ]
-    for result in report["strategies"].values():
-        share, eval_share = (
-            f"{100 * result[key]:.0f}%" for key in ("fraction_of_matmul_peak", "eval_fraction_of_matmul_peak")
+    for result in report["runs"]:
+        share = functools.partial(percent, result)
+        values = (result["length_bucket_window"], result["median_ms_per_step"], result["samples_per_second"],
+                  result["tokens_per_second"], result["achieved_gflops"], share("fraction_of_matmul_peak"),
+                  result["optimizer_ms"], result["optimizer_floor_ms"], share("fraction_of_floor"),
+                  result.get("eval_samples_per_second", "-"), share("eval_fraction_of_matmul_peak"),
+                  result["peak_memory_mb"])  # fmt: skip
+        lines.append(f"{result['label']:44}" + "".join(f"{v!s:>13}" for v in values))
+    lines += ["", "targets (shares of this machine's own floors, measured above):"]
+    for target in report["targets"]:
+        lines.append(
+            f"  {'met   ' if target['met'] else 'MISSED'} {target['run']:16} "
+            f"window {target['length_bucket_window']:>2}  {target['measure']:30} "
+            f"{100 * target['value']:.0f}% (target {100 * target['target']:.0f}%)"
         )
-        values = (result["median_ms_per_step"], result["samples_per_second"], result["tokens_per_second"],
-                  result["gflop_per_step"], result["achieved_gflops"], share, result["eval_samples_per_second"],
-                  eval_share, result["peak_memory_mb"])  # fmt: skip
-        lines.append(f"{result['label']:44}" + "".join(f"{v!s:>15}" for v in values))
     if "end_to_end_seconds" in report:
         lines += ["", f"end to end (load, train, evaluate, report; every strategy): {report['end_to_end_seconds']} s"]
     return "\n".join(lines)

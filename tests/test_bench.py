@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from job.bench import eval_flops, matmul_peak_gflops, step_flops
@@ -19,22 +20,39 @@ def test_bench_writes_every_number_for_every_strategy(write_config, tmp_path: Pa
     )
     assert result.exit_code == 0, result.output
     report = json.loads(output.read_text(encoding="utf-8"))
-    assert set(report["strategies"]) == {"lora", "full_finetune"}
+    runs = {(run["group"], run["length_bucket_window"]): run for run in report["runs"]}
+    assert set(runs) == {(group, window) for group in ("lora", "full_finetune") for window in (0, 16)}
     assert report["model"].endswith("(checkpoint)")
-    assert report["matmul_peak_gflops"] > 0
-    for numbers in report["strategies"].values():
+    assert report["matmul_peak_gflops"] > 0 and report["copy_bandwidth_gbs"] > 0
+    for numbers in runs.values():
         assert numbers["timed_steps"] == 20
-        assert numbers["median_ms_per_step"] > 0 and numbers["eval_samples_per_second"] > 0
-        assert numbers["gflop_per_step"] > 0 and numbers["eval_achieved_gflops"] > 0
-        assert abs(numbers["eval_achieved_gflops"] / report["matmul_peak_gflops"]
-                   - numbers["eval_fraction_of_matmul_peak"]) < 0.01  # fmt: skip
+        assert numbers["median_ms_per_step"] > 0 and numbers["gflop_per_step"] > 0
         assert (
             abs(numbers["achieved_gflops"] / report["matmul_peak_gflops"] - numbers["fraction_of_matmul_peak"]) < 0.01
         )
-    full, lora = report["strategies"]["full_finetune"], report["strategies"]["lora"]
-    assert lora["trainable_params"] < full["trainable_params"]
+        floor = (numbers["matmul_floor_ms"] + numbers["optimizer_floor_ms"]) / numbers["median_ms_per_step"]
+        assert abs(floor - numbers["fraction_of_floor"]) < 0.01 and numbers["optimizer_ms"] > 0
+        # The optimizer's floor: 32 bytes per trainable parameter at the measured bandwidth.
+        expected = 32 * numbers["trainable_params"] / (report["copy_bandwidth_gbs"] * 1e9) * 1000
+        assert numbers["optimizer_floor_ms"] == pytest.approx(expected, abs=0.1)
+    for group in ("lora", "full_finetune"):  # evaluation is timed once per row
+        evaluated = runs[(group, 0)]
+        assert evaluated["eval_samples_per_second"] > 0 and "eval_samples_per_second" not in runs[(group, 16)]
+        assert abs(evaluated["eval_achieved_gflops"] / report["matmul_peak_gflops"]
+                   - evaluated["eval_fraction_of_matmul_peak"]) < 0.01  # fmt: skip
+    assert runs[("lora", 0)]["trainable_params"] < runs[("full_finetune", 0)]["trainable_params"]
+    checked = {(t["run"], t["length_bucket_window"], t["measure"]): t for t in report["targets"]}
+    assert set(checked) == {
+        *{("lora", w, "fraction_of_matmul_peak") for w in (0, 16)},
+        *{("full_finetune", w, "fraction_of_floor") for w in (0, 16)},
+        ("lora", 0, "eval_fraction_of_matmul_peak"), ("full_finetune", 0, "eval_fraction_of_matmul_peak"),
+    }  # fmt: skip
+    for target in checked.values():
+        assert target["met"] == (target["value"] >= target["target"])
+        assert ("met   " if target["met"] else "MISSED") in result.output
     assert report["end_to_end_seconds"] > 0
     assert "ms/step" in result.output and "lora (r=4, α=8, dropout=0.1, lr=0.005)" in result.output
+    assert "targets (shares of this machine's own floors" in result.output
 
 
 def test_flop_count_follows_the_formula() -> None:
