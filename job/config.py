@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from job.device import PRECISIONS
 from job.errors import UserError
@@ -135,18 +143,11 @@ class JobConfig(BaseModel):
             raise ValueError("contains a NUL byte, which no path can hold")
         return value
 
-    @field_validator("output_dir")
+    @field_validator("output_dir", "report_file")
     @classmethod
-    def _folder_or_object_store(cls, value: str) -> str:
-        problem = output_dir_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
-    @field_validator("report_file")
-    @classmethod
-    def _plain_file_name(cls, value: str) -> str:
-        problem = report_file_problem(value)
+    def _usable_place(cls, value: str, info: ValidationInfo) -> str:
+        """output_dir: a folder or an object-store prefix; report_file: a plain name inside it."""
+        problem = (output_dir_problem if info.field_name == "output_dir" else report_file_problem)(value)
         if problem:
             raise ValueError(problem)
         return value

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import tempfile
@@ -192,8 +193,7 @@ class ObjectOutput(Output):
             with self.errors(self.url):
                 import fsspec
 
-                for library in ("gcsfs", "s3fs"):  # they log each give-up with a traceback; errors() says it
-                    logging.getLogger(library).addHandler(logging.NullHandler())
+                quiet_libraries()
                 # No listing cache: other array tasks add records while this one runs.
                 self._fs = fsspec.filesystem(self.scheme, use_listings_cache=False, skip_instance_cache=True)
         return self._fs
@@ -268,6 +268,13 @@ class ObjectOutput(Output):
             if isinstance(exc, OSError) and exc.errno == errno.EINVAL:  # e.g. an invalid bucket name
                 raise UserError(f"{where}: {reason(exc)}") from None
             raise RetryableError(f"{where}: object store unreachable or failing ({name}: {reason(exc)})") from None
+
+
+@functools.cache
+def quiet_libraries() -> None:
+    """gcsfs and s3fs log each give-up with a traceback; ObjectOutput.errors says it in one line."""
+    for library in ("gcsfs", "s3fs"):
+        logging.getLogger(library).addHandler(logging.NullHandler())
 
 
 def reason(exc: BaseException) -> str:

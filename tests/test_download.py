@@ -140,33 +140,39 @@ def test_prefetch_fills_the_cache_once_and_then_downloads_nothing(mirror: tuple[
     assert not (tmp_path / "out").exists()  # prefetch writes no report folder
 
 
+def prefetch_from(store: Path, tmp_path: Path) -> tuple[int, str, str]:
+    """`job prefetch` on an empty cache against a server of `store`: exit code, log, endpoint."""
+    for endpoint, _ in serve(store):
+        process = job("prefetch", "--config", str(write_config(tmp_path)), cache=tmp_path / "cache", endpoint=endpoint)
+        output = process.communicate(timeout=300)[0]
+    return process.returncode, output, endpoint
+
+
+def with_the_model(store: Path, store_files: Path) -> Path:
+    """`store` serving the model files of `store_files`."""
+    for name in (WEIGHTS, VOCAB):
+        (store / name).parent.mkdir(parents=True, exist_ok=True)
+        (store / name).write_bytes((store_files / name).read_bytes())
+    return store
+
+
 def test_a_corrupt_archive_exits_75_naming_the_file_and_installs_nothing(
     store_files: Path, shared_tnews: Path, tmp_path: Path
 ) -> None:
-    bad = tmp_path / "bad-store"
+    bad = with_the_model(tmp_path / "bad-store", store_files)
     (bad / TNEWS_ZIP).parent.mkdir(parents=True)
     with zipfile.ZipFile(bad / TNEWS_ZIP, "w") as bundle:
         bundle.write(shared_tnews / "train.json", "tnews_public/train.json")
         bundle.writestr("tnews_public/dev.json", (shared_tnews / "dev.json").read_bytes()[:-100])  # cut short
         bundle.write(shared_tnews / "labels.json", "tnews_public/labels.json")
-    for name in (WEIGHTS, VOCAB):
-        (bad / name).parent.mkdir(parents=True, exist_ok=True)
-        (bad / name).write_bytes((store_files / name).read_bytes())
-    for endpoint, _ in serve(bad):
-        process = job("prefetch", "--config", str(write_config(tmp_path)), cache=tmp_path / "cache", endpoint=endpoint)
-        output = process.communicate(timeout=300)[0]
-    assert process.returncode == 75, output[-2500:]
+    code, output, _ = prefetch_from(bad, tmp_path)
+    assert code == 75, output[-2500:]
     assert "tnews_public/dev.json has md5" in output and "PaddleNLP expects f0660a3339a32e764075c801b42ece3c" in output
     assert not (tmp_path / "cache" / "datasets" / "Clue" / "tnews_public").exists()
 
 
 def test_a_mirror_without_the_file_exits_2_naming_the_endpoint(store_files: Path, tmp_path: Path) -> None:
-    empty = tmp_path / "empty-store"
-    for name in (WEIGHTS, VOCAB):  # the model is there, the dataset is not
-        (empty / name).parent.mkdir(parents=True, exist_ok=True)
-        (empty / name).write_bytes((store_files / name).read_bytes())
-    for endpoint, _ in serve(empty):
-        process = job("prefetch", "--config", str(write_config(tmp_path)), cache=tmp_path / "cache", endpoint=endpoint)
-        output = process.communicate(timeout=300)[0]
-    assert process.returncode == 2, output[-2500:]
+    empty = with_the_model(tmp_path / "empty-store", store_files)  # the model is there, the dataset is not
+    code, output, endpoint = prefetch_from(empty, tmp_path)
+    assert code == 2, output[-2500:]
     assert f"{endpoint}/{TNEWS_ZIP}: not found (404); check PPNLP_ENDPOINT={endpoint}" in output
