@@ -33,9 +33,11 @@ class BulkDropout:
         """paddle.nn.functional.dropout's signature; what this class does not cover goes to Paddle's."""
         if isinstance(p, float | int) and p == 0:  # as Paddle's: the input itself
             return x
-        if not (training and axis is None and mode == "upscale_in_train" and isinstance(p, float | int) and 0 < p < 1):
-            return self.fallback(x, p=p, axis=axis, training=training, mode=mode, name=name, **options)
         import paddle
+
+        covered = training and axis is None and mode == "upscale_in_train" and x.dtype == paddle.float32
+        if not (covered and isinstance(p, float | int) and 0 < p < 1):
+            return self.fallback(x, p=p, axis=axis, training=training, mode=mode, name=name, **options)
 
         # from_dlpack shares the mask's memory (to_tensor would copy it: about 1.7 ns an element here).
         return x * paddle.from_dlpack(self.mask(tuple(x.shape), float(p)))
