@@ -21,13 +21,13 @@ from typing import Any
 
 from job.config import JobConfig
 from job.data import NUM_CLASSES, Encoded, encode, epoch_batches, iterate_batches, read_clue_file, read_source
-from job.device import peak_memory_mb, reset_peak_memory, select_device
+from job.device import peak_memory_mb, reset_peak_memory, resolve_precision, select_device
 from job.dropout import training_dropout
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate, length_sorted_batches
 from job.model import LoadedModel, count_parameters, load_model, load_tokenizer, quiet_paddlenlp
 from job.plan import Run, plan_runs
-from job.train import build_optimizer, train_step
+from job.train import build_optimizer, loss_scaler, train_step
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BENCH_ROWS = 512
@@ -189,10 +189,11 @@ def time_training(model: Any, rows: list[Encoded], run: Run, steps: int, warmup:
     paddle.seed(settings.seed)
     reset_peak_memory()
     times, shapes = [], []
+    scaler = loss_scaler(settings.precision)
     with training_dropout(settings.seed):  # the dropout `job run` trains with
         for index, batch in enumerate(iterate_batches(rows, batches, 0)):
             started = time.perf_counter()
-            train_step(model, batch, optimizer, schedule)
+            train_step(model, batch, optimizer, schedule, settings.precision, scaler)
             if index >= warmup:
                 times.append(time.perf_counter() - started)
                 shapes.append(batch["input_ids"].shape)
@@ -290,6 +291,7 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
     evaluation once per row; then the targets, and optionally `job run` end to end."""
     quiet_paddlenlp()
     device = select_device(config.device)
+    precision = resolve_precision(config.precision, device)  # what `job run` would train with here
     peak = matmul_peak_gflops()
     bandwidth = copy_bandwidth_gbs()
     tokenizer = bench_tokenizer(config)
@@ -298,7 +300,7 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
     _, model_source = bench_model(config)
     results = [
         bench_strategy(
-            replace(run, settings=replace(run.settings, bucket_window=window)),
+            replace(run, settings=replace(run.settings, bucket_window=window, precision=precision)),
             rows,
             config,
             steps,
@@ -313,7 +315,7 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
     report: dict[str, Any] = {
         "device": device.description, "threads": os.environ.get("OMP_NUM_THREADS"), "model": model_source,
         "data": f"{source}, first {len(rows)} training titles", "batch_size": config.batch_size,
-        "max_seq_length": config.max_seq_length, "matmul_peak_gflops": round(peak, 1),
+        "max_seq_length": config.max_seq_length, "precision": precision, "matmul_peak_gflops": round(peak, 1),
         "copy_bandwidth_gbs": round(bandwidth, 1), "runs": results, "targets": targets(results),
     }  # fmt: skip
     if e2e:

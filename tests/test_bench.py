@@ -24,6 +24,7 @@ def test_bench_writes_every_number_for_every_strategy(write_config, tmp_path: Pa
     assert set(runs) == {(group, window) for group in ("lora", "full_finetune") for window in (0, 16)}
     assert report["model"].endswith("(checkpoint)")
     assert report["matmul_peak_gflops"] > 0 and report["copy_bandwidth_gbs"] > 0
+    assert report["precision"] == "fp32"  # what `job run` trains with on CPU
     for numbers in runs.values():
         assert numbers["timed_steps"] == 20
         assert numbers["median_ms_per_step"] > 0 and numbers["gflop_per_step"] > 0
