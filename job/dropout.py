@@ -28,16 +28,16 @@ class BulkDropout:
         self.generator = np.random.Generator(np.random.SFC64(seed))  # NumPy's fastest bit generator
         self.fallback = fallback
 
-    def __call__(self, x: Any, p: float = 0.5, axis: Any = None, training: bool = True,
-                 mode: str = "upscale_in_train", name: str | None = None, **options: Any) -> Any:  # fmt: skip
+    def __call__(self, x: Any, p: float = 0.5, axis: Any = None, training: bool = True, inplace: bool = False,
+                 mode: str = "upscale_in_train", name: str | None = None) -> Any:  # fmt: skip
         """paddle.nn.functional.dropout's signature; what this class does not cover goes to Paddle's."""
         if isinstance(p, float | int) and p == 0:  # as Paddle's: the input itself
             return x
         import paddle
 
-        covered = training and axis is None and mode == "upscale_in_train" and x.dtype == paddle.float32
+        covered = training and not inplace and axis is None and mode == "upscale_in_train" and x.dtype == paddle.float32
         if not (covered and isinstance(p, float | int) and 0 < p < 1):
-            return self.fallback(x, p=p, axis=axis, training=training, mode=mode, name=name, **options)
+            return self.fallback(x, p=p, axis=axis, training=training, inplace=inplace, mode=mode, name=name)
 
         # from_dlpack shares the mask's memory (to_tensor would copy it: about 1.7 ns an element here).
         return x * paddle.from_dlpack(self.mask(tuple(x.shape), float(p)))

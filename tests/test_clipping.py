@@ -1,5 +1,5 @@
 """The training loop's gradient clipping (job.train.build_optimizer): a global norm above max_grad_norm
-is scaled down to it; a norm below is left exactly as it is."""
+is scaled down to it; a norm below is left exactly as it is; the clipped gradients are Paddle's own, bit for bit."""
 
 from __future__ import annotations
 
@@ -42,3 +42,37 @@ def test_max_grad_norm_zero_turns_clipping_off() -> None:
     settings = TrainSettings(1e-3, 8, 1, 0.0, 0.0, 0.0, seed=0, logging_steps=1)
     optimizer, _ = build_optimizer(paddle.nn.Linear(4, 3), settings, 10)
     assert optimizer._grad_clip is None
+
+
+def paddle_and_ours(norm: float, dtype: str = "float32") -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The same gradients (a large one among them) clipped to norm 1 by Paddle's ClipGradByGlobalNorm
+    and by job.clipping.GlobalNormClip."""
+    import paddle
+
+    from job.clipping import GlobalNormClip
+
+    paddle.seed(3)
+    shapes = [[300_000], [768, 768], [768], [3, 5]]
+    params = [paddle.create_parameter(shape, dtype) for shape in shapes]
+    grads = [paddle.randn(shape).astype(dtype) for shape in shapes]
+    total = float(np.sqrt(sum(float((g.astype("float32") ** 2).sum()) for g in grads)))
+    grads = [(g.astype("float32") * (norm / total)).astype(dtype) for g in grads]
+    results = []
+    for clip in (paddle.nn.ClipGradByGlobalNorm(1.0), GlobalNormClip(1.0)):
+        copies = [g.clone() for g in grads]
+        results.append([g.astype("float32").numpy() for _, g in clip(list(zip(params, copies, strict=True)))])
+    return results[0], results[1]
+
+
+@pytest.mark.parametrize("norm", [7.3, 1.0001, 0.999])
+def test_clipped_gradients_equal_paddles_bit_for_bit(norm: float) -> None:
+    theirs, ours = paddle_and_ours(norm)
+    assert all(np.array_equal(a, b) for a, b in zip(theirs, ours, strict=True))
+    if norm > 1:  # it did clip
+        assert float(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in ours))) == pytest.approx(1.0)
+
+
+def test_gradients_it_does_not_cover_go_to_paddles_clipping() -> None:
+    theirs, ours = paddle_and_ours(4.0, dtype="float64")
+    assert all(np.array_equal(a, b) for a, b in zip(theirs, ours, strict=True))
+    assert not np.array_equal(ours[1], paddle_and_ours(0.5, dtype="float64")[1][1])

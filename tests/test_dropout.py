@@ -67,6 +67,8 @@ def test_evaluation_and_other_modes_go_to_paddle_and_paddle_is_restored_after() 
         assert np.array_equal(paddle.nn.Dropout(0.0)(x).numpy(), x.numpy())
         downscaled = F.dropout(x, p=0.5, training=True, mode="downscale_in_infer")  # Paddle's own
         assert set(np.unique(downscaled.numpy())) <= {0.0, 1.0}
+        positional = F.dropout(x, 0.5, None, True, False, "downscale_in_infer")  # Paddle's argument order
+        assert set(np.unique(positional.numpy())) <= {0.0, 1.0}
         assert bulk.fallback is original
     assert F.dropout is original
 

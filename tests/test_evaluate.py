@@ -1,5 +1,6 @@
-"""Evaluation's shortcuts (LoRA folded in, last layer on the first position only) give the model's own
-numbers, and leave the model exactly as they found it."""
+"""Evaluation's shortcuts (LoRA folded in, last layer on the first position only, bias inside the
+matmul, dropout skipped) give the model's own numbers, and leave the model and Paddle exactly as they
+found them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from job.data import draw_samples, encode, iterate_batches, read_local_folder
 from job.evaluate import (
     evaluate,
+    inference_kernels,
     last_encoder_layer,
     last_layer_first_position_only,
     length_sorted_batches,
@@ -47,7 +49,7 @@ def test_shortcuts_give_the_models_own_logits(strategy: str, tiny_model: Path, t
     assert last_encoder_layer(model) is not None  # the shortcut applies to both
     model.eval()
     expected = plain_logits(model, batches)
-    with lora_merged(model), last_layer_first_position_only(model):
+    with lora_merged(model), last_layer_first_position_only(model), inference_kernels():
         fast = plain_logits(model, batches)
     for got, want in zip(fast, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -62,7 +64,9 @@ def test_evaluate_matches_a_plain_loop_and_restores_the_model(tiny_model: Path, 
     train_briefly(model, tiny_model, tnews_dir)
     rows = eval_rows(tiny_model, tnews_dir)
     before = snapshot(model)
+    paddles = F.linear, F.dropout
     result = evaluate(model, rows, 16, 0)
+    assert (F.linear, F.dropout) == paddles
 
     after = snapshot(model)
     assert before.keys() == after.keys()
