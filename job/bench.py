@@ -234,13 +234,13 @@ def bench_strategy(run: Run, rows: list[Encoded], config: JobConfig, steps: int,
         "group": run.group, "strategy": run.strategy.name, "label": run.label,
         "length_bucket_window": run.settings.bucket_window,
         "trainable_params": trainable, "total_params": total, "timed_steps": len(timing["times"]),
-        "median_ms_per_step": round(1000 * median, 1), "samples_per_second": round(batch / median, 2),
-        "tokens_per_second": round(tokens / median, 1), "tokens_per_step": round(tokens, 1),
-        "gflop_per_step": round(flops / 1e9, 2), "achieved_gflops": round(achieved, 1),
-        "fraction_of_matmul_peak": round(achieved / peak, 3),
-        "optimizer_ms": round(1000 * time_optimizer_step(model, rows, run), 1),
-        "optimizer_floor_ms": round(1000 * optimizer_floor, 1), "matmul_floor_ms": round(1000 * matmul_floor, 1),
-        "fraction_of_floor": round((matmul_floor + optimizer_floor) / median, 3),
+        "median_ms_per_step": figures(1000 * median), "samples_per_second": figures(batch / median),
+        "tokens_per_second": figures(tokens / median), "tokens_per_step": figures(tokens),
+        "gflop_per_step": figures(flops / 1e9), "achieved_gflops": figures(achieved),
+        "fraction_of_matmul_peak": figures(achieved / peak),
+        "optimizer_ms": figures(1000 * time_optimizer_step(model, rows, run)),
+        "optimizer_floor_ms": figures(1000 * optimizer_floor), "matmul_floor_ms": figures(1000 * matmul_floor),
+        "fraction_of_floor": figures((matmul_floor + optimizer_floor) / median),
         "peak_memory_mb": timing["peak_memory_mb"],
     }  # fmt: skip
     if with_eval:
@@ -248,12 +248,18 @@ def bench_strategy(run: Run, rows: list[Encoded], config: JobConfig, steps: int,
         eval_seconds, eval_work = time_evaluation(model, model_config, eval_rows, run.eval_batch_size)
         eval_rate = len(eval_rows) / eval_seconds
         result.update({
-            "eval_samples_per_second": round(eval_rate, 1),
-            "eval_achieved_gflops": round(eval_work / eval_seconds / 1e9, 1),
-            "eval_fraction_of_matmul_peak": round(eval_work / eval_seconds / 1e9 / peak, 3),
-            "eval_vs_train_throughput": round(eval_rate / (batch / median), 2),
+            "eval_samples_per_second": figures(eval_rate),
+            "eval_achieved_gflops": figures(eval_work / eval_seconds / 1e9),
+            "eval_fraction_of_matmul_peak": figures(eval_work / eval_seconds / 1e9 / peak),
+            "eval_vs_train_throughput": figures(eval_rate / (batch / median)),
         })  # fmt: skip
     return result
+
+
+def figures(value: float, significant: int = 4) -> float:
+    """`value` to `significant` figures: a tiny model's 0.04 ms stays 0.04, never 0.0, on a fast CPU, and
+    every ratio in bench.json can be rebuilt from its parts to 0.1%."""
+    return float(f"{value:.{significant}g}")
 
 
 def targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -326,8 +332,8 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
     report: dict[str, Any] = {
         "device": device.description, "threads": os.environ.get("OMP_NUM_THREADS"), "model": model_source,
         "data": f"{source}, first {len(rows)} training titles", "batch_size": config.batch_size,
-        "max_seq_length": config.max_seq_length, "precision": precision, "matmul_peak_gflops": round(peak, 1),
-        "copy_bandwidth_gbs": round(bandwidth, 1), "runs": results, "targets": targets(results),
+        "max_seq_length": config.max_seq_length, "precision": precision, "matmul_peak_gflops": figures(peak),
+        "copy_bandwidth_gbs": figures(bandwidth), "runs": results, "targets": targets(results),
     }  # fmt: skip
     if e2e:
         local_data = None if config.data_dir or source == "PaddleNLP clue/tnews" else str(Path(source).parent)

@@ -46,6 +46,7 @@ class Split:
     name: str
     examples: list[Example]
     source: str  # where the rows came from, for the report
+    rows: list[int] = field(default_factory=list)  # each example's row number in its source file
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -70,6 +71,12 @@ class Splits:
 
     def all(self) -> list[Split]:
         return [self.train, self.dev, self.test]
+
+    def identity(self) -> str:
+        """sha256 (16 hex digits) of the train, dev and test row numbers: runs with the same identity
+        trained and were scored on the same rows of the same files (the files' own hashes are recorded)."""
+        text = ";".join(f"{split.name}:{','.join(map(str, split.rows))}" for split in self.all())
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- reading
@@ -178,59 +185,50 @@ def read_source(data_dir: str | None) -> RawSplits:
 
 
 def draw_samples(raw: RawSplits, max_train: int | None, max_eval: int | None, seed: int) -> Splits:
-    """Seeded samples. Without a labelled test split, test is carved from train, disjoint by text."""
-    dev_rows = _seeded_subset(raw.dev, max_eval, random.Random(f"{seed}-dev"))
-    dev = Split(
-        "dev",
-        dev_rows,
-        f"{raw.origin}: dev, {len(dev_rows):,} of {len(raw.dev):,} rows"
-        + _short(dev_rows, max_eval, "max_eval_samples"),
-    )
+    """Seeded samples. Without a labelled test split, test is carved from train, disjoint by text.
+    Each split keeps the row numbers it took from its source file (Splits.identity)."""
+
+    def sampled(name: str, source: list[Example], pool: Sequence[int], limit: int | None, key: str) -> Split:
+        rows = _seeded_subset(pool, limit, random.Random(f"{seed}-{name}"))
+        note = f"{raw.origin}: {name}, {len(rows):,} of {len(source):,} rows" + _short(rows, limit, key)
+        return Split(name, [source[i] for i in rows], note, rows)
+
+    dev = sampled("dev", raw.dev, range(len(raw.dev)), max_eval, "max_eval_samples")
     if raw.test is not None:
-        test_rows = _seeded_subset(raw.test, max_eval, random.Random(f"{seed}-test"))
-        test = Split(
-            "test",
-            test_rows,
-            f"{raw.origin}: test, {len(test_rows):,} of {len(raw.test):,} rows"
-            + _short(test_rows, max_eval, "max_eval_samples"),
-        )
-        train_pool = raw.train
+        test = sampled("test", raw.test, range(len(raw.test)), max_eval, "max_eval_samples")
+        train_pool: Sequence[int] = range(len(raw.train))
     else:
         test_size = max_eval if max_eval is not None else len(raw.dev)
         test_rows, train_pool = _carve_test(raw.train, test_size, random.Random(f"{seed}-carve"))
         test = Split(
             "test",
-            test_rows,
+            [raw.train[i] for i in test_rows],
             f"{raw.origin}: carved from train (the public test split has no labels), {len(test_rows):,} rows "
             "with sentences that never occur in the training sample",
+            test_rows,
         )
-    train_rows = _seeded_subset(train_pool, max_train, random.Random(f"{seed}-train"))
-    train = Split(
-        "train",
-        train_rows,
-        f"{raw.origin}: train, {len(train_rows):,} of {len(raw.train):,} rows"
-        + _short(train_rows, max_train, "max_train_samples"),
-    )
+    train = sampled("train", raw.train, train_pool, max_train, "max_train_samples")
     for split in (train, dev, test):
         if not split.examples:
             raise UserError(f"the {split.name} split is empty after sampling ({split.source})")
     return Splits(train=train, dev=dev, test=test)
 
 
-def _short(rows: Sequence[Example], limit: int | None, key: str) -> str:
+def _short(rows: Sequence[int], limit: int | None, key: str) -> str:
     """A note when the split has fewer rows than asked for: all of them are used, and the report says so."""
     return f" ({key} is {limit:,}: fewer rows exist, all are used)" if limit is not None and len(rows) < limit else ""
 
 
-def _seeded_subset(rows: Sequence[Example], limit: int | None, rng: random.Random) -> list[Example]:
+def _seeded_subset(rows: Sequence[int], limit: int | None, rng: random.Random) -> list[int]:
+    """`limit` of the row numbers `rows`, drawn with `rng`, in file order (all of them when there are fewer)."""
     if limit is None or limit >= len(rows):
         return list(rows)
     return [rows[i] for i in sorted(rng.sample(range(len(rows)), limit))]
 
 
-def _carve_test(rows: Sequence[Example], size: int, rng: random.Random) -> tuple[list[Example], list[Example]]:
+def _carve_test(rows: Sequence[Example], size: int, rng: random.Random) -> tuple[list[int], list[int]]:
     """Take `size` rows with distinct sentences for test; the rest, minus any row sharing a test
-    sentence, stays for training (train.json repeats some sentences)."""
+    sentence, stays for training (train.json repeats some sentences). Returns both as row numbers."""
     order = list(range(len(rows)))
     rng.shuffle(order)
     test_indices: list[int] = []
@@ -241,9 +239,8 @@ def _carve_test(rows: Sequence[Example], size: int, rng: random.Random) -> tuple
         if rows[index].sentence not in test_sentences:
             test_sentences.add(rows[index].sentence)
             test_indices.append(index)
-    test = [rows[i] for i in sorted(test_indices)]
-    remaining = [row for row in rows if row.sentence not in test_sentences]
-    return test, remaining
+    remaining = [i for i, row in enumerate(rows) if row.sentence not in test_sentences]
+    return sorted(test_indices), remaining
 
 
 # ---------------------------------------------------------------- tokens and batches

@@ -52,23 +52,29 @@ def render_report(combined: Combined) -> str:
 
 
 def start_note(runs: Sequence[RunResult]) -> str:
-    """Said only when the recorded fingerprints show it: runs of one seed share their initial weights."""
+    """Said only when the records show it: the rows every run saw (their recorded sample identity), and
+    that runs of one seed shared their initial weights (their recorded fingerprints)."""
+    samples = list(dict.fromkeys(r.sample for r in runs))
+    if len(samples) > 1:
+        rows = "The runs did NOT all see the same rows: " + ", ".join(f"{r.key} `{r.sample}`" for r in runs) + "."
+    else:
+        rows = f"Every run saw the same training, dev and test rows (sample `{samples[0]}`)."
     by_seed: dict[int, set[str]] = {}
     for r in runs:
         by_seed.setdefault(r.seed, set()).add(r.initial_weights)
     if any(len(prints) > 1 for prints in by_seed.values()):
         listing = ", ".join(f"{r.key} `{r.initial_weights}`" for r in runs)
-        return f"The runs of a seed did NOT all start from the same initial weights: {listing}."
+        return f"{rows} The runs of a seed did NOT all start from the same initial weights: {listing}."
     if len(by_seed) == 1:
         only = next(iter(by_seed.values()))
         return (
-            f"Every row started from the same initial weights (fingerprint `{next(iter(only))}`) and saw the "
-            "same batches in the same order."
+            f"{rows} Every row started from the same initial weights (fingerprint `{next(iter(only))}`) and saw "
+            "the same batches in the same order."
         )
     listing = ", ".join(f"seed {seed} `{next(iter(prints))}`" for seed, prints in sorted(by_seed.items()))
     return (
-        f"Every run saw the same training, dev and test rows; runs of the same seed started from the same "
-        f"initial weights and saw the same batches in the same order ({listing})."
+        f"{rows} Runs of the same seed started from the same initial weights and saw the same batches in the "
+        f"same order ({listing})."
     )
 
 

@@ -25,7 +25,7 @@ from job.stats import encode_classes
 from job.storage import Output
 from job.strategies import STRATEGY_NAMES
 
-SCHEMA_VERSION = 2  # 2: grid runs (seed, learning rate), predictions, macro-F1, comparison
+SCHEMA_VERSION = 3  # 2: grid runs (seed, learning rate), predictions, macro-F1, comparison; 3: sample
 
 
 class Record(BaseModel):
@@ -58,6 +58,7 @@ class RunResult(Record):
     lora_r: int | None
     lora_alpha: int | None
     initial_weights: str  # fingerprint of the weights training started from
+    sample: str  # identity of the train, dev and test rows the run saw (job.data.Splits.identity)
     trainable_params: int
     total_params: int
     training_seconds: float
@@ -119,7 +120,7 @@ class RunFacts(Record):
 class ResultRecord(Record):
     """results/<key>.json"""
 
-    schema_version: Literal[2] = SCHEMA_VERSION
+    schema_version: Literal[3] = SCHEMA_VERSION
     run: RunFacts
     result: RunResult
 
@@ -174,7 +175,7 @@ class Comparison(Record):
 
 
 class Combined(Record):
-    schema_version: Literal[2] = SCHEMA_VERSION
+    schema_version: Literal[3] = SCHEMA_VERSION
     run: RunFacts
     headline: list[HeadlineRow]
     comparison: Comparison | None

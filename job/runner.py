@@ -163,10 +163,11 @@ def train_runs(
     encoded = {split.name: encode(split.examples, tokenizer, config.max_seq_length) for split in splits.all()}
     stop.checkpoint()
     facts = run_facts(config, planned, device, splits, raw.files)
+    sample = splits.identity()
 
     for run in runs:
         stop.raise_if_requested()
-        result = train_one(run, config, output, encoded, pad_id, tokenizer, stop, ranks)
+        result = train_one(run, config, output, encoded, pad_id, tokenizer, stop, ranks, sample=sample)
         if result is None:  # not rank 0
             continue
         path = save_result(output, ResultRecord(run=facts, result=result))
@@ -175,9 +176,10 @@ def train_runs(
 
 def train_one(
     run: Run, config: JobConfig, output: Output, encoded: dict[str, list[Encoded]], pad_id: int, tokenizer: Any,
-    stop: StopRequest, ranks: Ranks,
+    stop: StopRequest, ranks: Ranks, *, sample: str,
 ) -> RunResult | None:  # fmt: skip
-    """Load the model, let the strategy prepare it, train, evaluate: one run of the plan."""
+    """Load the model, let the strategy prepare it, train, evaluate: one run of the plan (on the rows
+    whose identity is `sample`)."""
     import paddle
 
     key, name, settings = run.key, run.strategy.name, run.settings
@@ -223,6 +225,7 @@ def train_one(
         lora_r=run.lora.r if run.lora else None,
         lora_alpha=run.lora.alpha if run.lora else None,
         initial_weights=fingerprint,
+        sample=sample,
         trainable_params=trainable,
         total_params=total,
         training_seconds=round(outcome.seconds, 3),

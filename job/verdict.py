@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from job.errors import UserError
 from job.results import Combined, Comparison, HeadlineRow, ResultRecord, RunFacts, RunResult, Stat
 from job.stats import (
     BOOTSTRAP_RESAMPLES,
@@ -168,10 +169,25 @@ def verdict_sentence(c: Comparison) -> str:
     return f"LoRA is {amount}{direction} full fine-tuning {evidence}: {conclusion}."
 
 
+def check_same_sample(results: Sequence[RunResult]) -> None:
+    """The paired statistics compare runs title by title: every run must have trained and been scored on
+    the same rows. Runs whose recorded samples differ are never compared (a UserError naming them)."""
+    by_sample: dict[str, list[str]] = {}
+    for result in results:
+        by_sample.setdefault(result.sample, []).append(result.key)
+    if len(by_sample) > 1:
+        listing = "; ".join(f"sample {sample}: {', '.join(keys)}" for sample, keys in by_sample.items())
+        raise UserError(
+            f"the runs did not all see the same training, dev and test rows ({listing}); their results cannot "
+            "be compared: were the data files changed between runs? Rerun the stale ones with --force"
+        )
+
+
 def combine(records: Sequence[ResultRecord]) -> Combined:
     """results.json: the run's facts once, the headline rows, the comparison, then every run."""
     facts = records[0].run
     results = [record.result for record in records]
+    check_same_sample(results)
     present = {result.key for result in results}
     planned = list(dict.fromkeys(key for record in records for key in record.run.planned_runs))
     strategies = list(dict.fromkeys(result.strategy for result in results))

@@ -29,22 +29,27 @@ def answers(labels: list[int], right: int, start: int = 0) -> list[int]:
 def result(
     strategy: str, *, lr: float, seed: int, dev_right: int, test_right: int, labels: list[int], index: int = 0,
     seconds: float = 50.0, trainable: int | None = None, total: int = 75_734_031, dev_loss: float = 1.0,
-    test_predictions: list[int] | None = None, test_start: int = 0,
+    test_predictions: list[int] | None = None, test_start: int = 0, sample: str = "5a3e1f0c9b7d2468",
+    rank: int | None = None,
 ) -> RunResult:  # fmt: skip
+    """One run's record. `rank` makes it a row of a LoRA rank sweep (group lora_r<rank>_a<2 rank>)."""
     lora = strategy == "lora"
-    label = f"lora (r=16, α=32, dropout=0.1, lr={lr:g})" if lora else f"full_finetune (lr={lr:g})"
+    r = rank or 16
+    label = f"lora (r={r}, α={2 * r}, dropout=0.1, lr={lr:g})" if lora else f"full_finetune (lr={lr:g})"
+    group = f"lora_r{r}_a{2 * r}" if rank else strategy
     return RunResult(
-        key=f"{strategy}_lr{lr:g}_s{seed}",
+        key=f"{group}_lr{lr:g}_s{seed}",
         index=index,
-        group=strategy,
+        group=group,
         strategy=strategy,
         label=label,
         seed=seed,
         learning_rate=lr,
         batch_size=8,
-        lora_r=16 if lora else None,
-        lora_alpha=32 if lora else None,
+        lora_r=r if lora else None,
+        lora_alpha=2 * r if lora else None,
         initial_weights=f"weights-of-seed-{seed}",
+        sample=sample,
         trainable_params=trainable if trainable is not None else (306_447 if lora else 75_439_119),
         total_params=total if lora else 75_439_119,
         training_seconds=seconds,

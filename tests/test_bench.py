@@ -25,22 +25,25 @@ def test_bench_writes_every_number_for_every_strategy(write_config, tmp_path: Pa
     assert report["model"].endswith("(checkpoint)")
     assert report["matmul_peak_gflops"] > 0 and report["copy_bandwidth_gbs"] > 0
     assert report["precision"] == "fp32"  # what `job run` trains with on CPU
-    for numbers in runs.values():
+    for numbers in runs.values():  # every ratio rebuilt from its parts: values carry 4 significant figures
         assert numbers["timed_steps"] == 20
-        assert numbers["median_ms_per_step"] > 0 and numbers["gflop_per_step"] > 0
-        assert (
-            abs(numbers["achieved_gflops"] / report["matmul_peak_gflops"] - numbers["fraction_of_matmul_peak"]) < 0.01
-        )
+        assert numbers["median_ms_per_step"] > 0 and numbers["gflop_per_step"] > 0 and numbers["optimizer_ms"] > 0
+        share = numbers["achieved_gflops"] / report["matmul_peak_gflops"]
+        assert share == pytest.approx(numbers["fraction_of_matmul_peak"], rel=0.005)
         floor = (numbers["matmul_floor_ms"] + numbers["optimizer_floor_ms"]) / numbers["median_ms_per_step"]
-        assert abs(floor - numbers["fraction_of_floor"]) < 0.01 and numbers["optimizer_ms"] > 0
-        # The optimizer's floor: 32 bytes per trainable parameter at the measured bandwidth.
-        expected = 32 * numbers["trainable_params"] / (report["copy_bandwidth_gbs"] * 1e9) * 1000
-        assert numbers["optimizer_floor_ms"] == pytest.approx(expected, abs=0.1)
+        assert floor == pytest.approx(numbers["fraction_of_floor"], rel=0.005)
+        assert numbers["matmul_floor_ms"] > 0 and numbers["optimizer_floor_ms"] > 0
+    # The optimizer's floor is a fixed number of bytes per trainable parameter: it scales with them.
+    lora, full = runs[("lora", 0)], runs[("full_finetune", 0)]
+    assert lora["optimizer_floor_ms"] / full["optimizer_floor_ms"] == pytest.approx(
+        lora["trainable_params"] / full["trainable_params"], rel=0.005
+    )
     for group in ("lora", "full_finetune"):  # evaluation is timed once per row
         evaluated = runs[(group, 0)]
         assert evaluated["eval_samples_per_second"] > 0 and "eval_samples_per_second" not in runs[(group, 16)]
-        assert abs(evaluated["eval_achieved_gflops"] / report["matmul_peak_gflops"]
-                   - evaluated["eval_fraction_of_matmul_peak"]) < 0.01  # fmt: skip
+        assert evaluated["eval_achieved_gflops"] / report["matmul_peak_gflops"] == pytest.approx(
+            evaluated["eval_fraction_of_matmul_peak"], rel=0.005
+        )
     assert runs[("lora", 0)]["trainable_params"] < runs[("full_finetune", 0)]["trainable_params"]
     checked = {(t["run"], t["length_bucket_window"], t["measure"]): t for t in report["targets"]}
     assert set(checked) == {

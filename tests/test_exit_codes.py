@@ -4,12 +4,9 @@ failed, a full disk), 2 for input that can never work, 130 for Ctrl-C."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -70,60 +67,6 @@ def test_ctrl_c_stops_at_a_step_boundary_with_exit_130(write_config, tmp_path: P
     assert process.returncode == 130, log[-2000:]
     assert "stopping: finished runs' results are kept" in log and "Traceback" not in log
     assert not (tmp_path / "out" / "results").exists()
-
-
-def write_record(folder: Path, key: str, template: dict) -> None:
-    record = json.loads(json.dumps(template))
-    record["result"].update(key=key, index=int(key.rsplit("_s", 1)[1]), seed=int(key.rsplit("_s", 1)[1]))
-    record["run"]["planned_runs"] = [f"lora_s{i}" for i in range(8)]
-    (folder / "staged" / f"{key}.json").write_text(json.dumps(record), encoding="utf-8")
-
-
-MERGE = """
-import sys, time
-from pathlib import Path
-import job.runner
-folder, key, start, slow = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4] == "slow"
-if slow:  # this task is slow between reading the records and writing results.json (inside the lock)
-    draw = job.runner.plot_losses
-    job.runner.plot_losses = lambda *args: (time.sleep(4), draw(*args))[1]
-time.sleep(max(0.0, start - time.time()))
-(folder / "staged" / f"{key}.json").rename(folder / "results" / f"{key}.json")  # this task's record lands
-job.runner.write_report(job.runner.open_output(folder))
-"""
-
-
-@pytest.mark.slow
-def test_array_tasks_merging_at_the_same_time_leave_a_complete_report(write_config, tmp_path: Path) -> None:
-    """Task A adds its record and starts merging, but is slow to write; task B adds its record a second
-    later and merges at once. Without the lock, A's results.json (read before B's record existed)
-    lands last and B's run is lost; with it, B merges after A and sees both."""
-    import time
-
-    config = str(write_config(num_epochs=1, strategies=["lora"]))
-    assert CliRunner().invoke(main, ["run", "--config", config]).exit_code == 0
-    template = json.loads((tmp_path / "out" / "results" / "lora.json").read_text(encoding="utf-8"))
-    folder = tmp_path / "merge"
-    (folder / "results").mkdir(parents=True)
-    (folder / "staged").mkdir()
-    keys = [f"lora_s{i}" for i in range(8)]
-    for key in keys:
-        write_record(folder, key, template)
-    for key in keys[:6]:  # runs that finished earlier
-        (folder / "staged" / f"{key}.json").rename(folder / "results" / f"{key}.json")
-    start = time.time() + 5  # after both interpreters have imported the job
-    tasks = [
-        subprocess.Popen([sys.executable, "-c", MERGE, str(folder), key, str(start + delay), speed], cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
-        for key, delay, speed in ((keys[6], 0.0, "slow"), (keys[7], 1.5, "fast"))
-    ]  # fmt: skip
-    for task in tasks:
-        _, err = task.communicate(timeout=300)
-        assert task.returncode == 0, err
-    merged = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-    assert sorted(run["key"] for run in merged["runs"]) == keys and merged["missing_runs"] == []
-    report = (folder / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
-    assert all(f"`{key}`" in report for key in keys)
 
 
 @pytest.mark.slow
