@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +15,10 @@ import yaml
 from job.device import set_cpu_thread_defaults
 
 set_cpu_thread_defaults()  # before Paddle is imported, as `python -m job` does
+# PaddleNLP's cache ($PPNLP_HOME) is read when PaddleNLP is imported: an empty one of the suite's own, so
+# a download test never finds a file a user (or an earlier run) cached.
+os.environ["PPNLP_HOME"] = tempfile.mkdtemp(prefix="ppnlp-home-")
+atexit.register(shutil.rmtree, os.environ["PPNLP_HOME"], ignore_errors=True)
 
 from tests.fixtures import build_tiny_encoder, build_tiny_model, build_tnews_folder  # noqa: E402
 

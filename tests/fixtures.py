@@ -11,6 +11,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -121,14 +122,42 @@ def run_tiny(folder: Path, tiny_model: Path, tnews_dir: Path, **overrides: Any) 
     return folder / "out"
 
 
+# `python -m job` in a child that stops at the first stderr write holding the marker until the parent's
+# signal has been sent (the parent then creates the go file): the child can never finish first.
+HOLD_AT_MARKER = """
+import pathlib, runpy, sys, time
+marker, go = sys.argv[1], pathlib.Path(sys.argv[2])
+class Hold:
+    def __init__(self, stream):
+        self.stream, self.held = stream, False
+    def write(self, text):
+        written = self.stream.write(text)
+        if not self.held and marker in text:
+            self.held = True
+            self.stream.flush()
+            while not go.exists():  # the signal's handler runs during this wait
+                time.sleep(0.005)
+        return written
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+sys.stderr = Hold(sys.stderr)
+sys.argv = ["job", *sys.argv[3:]]
+runpy.run_module("job", run_name="__main__", alter_sys=True)
+"""
+
+
 def run_and_signal_on(
     config: Path, marker: str, signum: int, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen, str]:
-    """`job run` in a child; send `signum` when a log line holds `marker`. Returns the finished process and
-    its whole log. stderr is read as it comes, so the pipe never fills. `env` adds variables."""
+    """`job run` in a child; send `signum` when a log line holds `marker`, while the child waits right
+    after writing that line (so the signal always lands at that point, however loaded the machine).
+    Returns the finished process and its whole log. stderr is read as it comes, so the pipe never
+    fills. `env` adds variables."""
+    go = Path(tempfile.mkdtemp(prefix="signal-")) / "sent"
     process = subprocess.Popen(
-        [sys.executable, "-m", "job", "run", "--config", str(config)], cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        [sys.executable, "-c", HOLD_AT_MARKER, marker, str(go), "run", "--config", str(config)], cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )  # fmt: skip
     assert process.stderr is not None
     seen = []
@@ -136,8 +165,12 @@ def run_and_signal_on(
         seen.append(line)
         if marker in line:
             process.send_signal(signum)
+            go.touch()
             break
-    return process, "".join(seen) + process.communicate(timeout=300)[1]
+    log = "".join(seen) + process.communicate(timeout=300)[1]
+    go.unlink(missing_ok=True)
+    go.parent.rmdir()
+    return process, log
 
 
 if __name__ == "__main__":

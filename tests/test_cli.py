@@ -72,6 +72,8 @@ def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: 
     assert results["run"]["planned_runs"] == ["lora", "full_finetune"] and results["missing_runs"] == []
     assert results["run"]["uid"] == os.getuid()
     # Predictions, macro-F1 and per-class accuracy agree with the recorded labels.
+    from sklearn.metrics import f1_score, recall_score
+
     from job.stats import decode_classes
 
     gold = decode_classes(results["run"]["data"]["test"]["labels"])
@@ -79,7 +81,11 @@ def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: 
         predicted = decode_classes(r["test"]["predictions"])
         assert len(predicted) == len(gold) == r["test"]["examples"] == 150
         assert r["test"]["accuracy"] == sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(gold)
-        assert 0 <= r["test"]["macro_f1"] <= 1 and len(r["test"]["per_class_accuracy"]) == 15
+        assert r["test"]["macro_f1"] == pytest.approx(f1_score(gold, predicted, average="macro"))
+        recall = recall_score(gold, predicted, average=None, labels=range(15), zero_division=0)
+        present = [cls in gold for cls in range(15)]
+        assert r["test"]["per_class_accuracy"] == [pytest.approx(v) if here else None
+                                                   for v, here in zip(recall, present, strict=True)]  # fmt: skip
     # One seed: plain numbers, a verdict with its interval and test, and no claim beyond it.
     comparison = results["comparison"]
     assert comparison["selected"] == {"lora": ["lora"], "full_finetune": ["full_finetune"]}

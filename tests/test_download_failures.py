@@ -1,0 +1,145 @@
+"""A network failure at any first-run download exits 75, so a queue retries it: the TNEWS archive, a
+model's config, its weights and its tokenizer, each against a mirror (PPNLP_ENDPOINT) that closes the
+connection without an answer or a port where nothing listens."""
+
+from __future__ import annotations
+
+import copy
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from job.cli import main
+from tests.fixtures import write_vocab
+
+BUILT_IN = "ernie-3.0-nano-zh"  # a built-in name: PaddleNLP downloads its weights and vocab
+
+
+class Mirror(http.server.BaseHTTPRequestHandler):
+    """Serves the files in `server.files` by name; any other request gets its connection closed unanswered."""
+
+    def do_GET(self) -> None:
+        name = self.path.rsplit("/", 1)[-1]
+        self.server.requested.append(self.path)  # type: ignore[attr-defined]
+        body = self.server.files.get(name)  # type: ignore[attr-defined]
+        if body is None:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_HEAD = do_GET  # PaddleNLP asks whether a file exists before it downloads it
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def failing_mirror(tmp_path: Path) -> Iterator[http.server.ThreadingHTTPServer]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Mirror)
+    server.files = {}  # type: ignore[attr-defined]
+    server.requested = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def refused_endpoint() -> str:
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(autouse=True)
+def paddlenlp_urls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """use_mirror rewrites PaddleNLP's URL tables in place (every ERNIE class shares them): each test starts
+    from the original URLs and leaves them so."""
+    from paddlenlp.transformers import ErnieModel, ErnieTokenizer
+
+    tables = [ErnieModel.pretrained_resource_files_map, ErnieTokenizer.pretrained_resource_files_map]
+    saved = [copy.deepcopy(table) for table in tables]
+    yield
+    for table, original in zip(tables, saved, strict=True):
+        table.clear()
+        table.update(original)
+
+
+def community_store_at(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PaddleNLP builds its community-model URLs from PPNLP_ENDPOINT once, at import (bos_download.py):
+    set them as a process started with PPNLP_ENDPOINT=`endpoint` has them."""
+    import importlib
+
+    bos_download = importlib.import_module("paddlenlp.utils.download.bos_download")  # the module, not its function
+    original = bos_download.ENDPOINT
+    for name in ("BOS_URL_TEMPLATE", "BOS_URL_TEMPLATE_WITHOUT_REVISION"):
+        monkeypatch.setattr(bos_download, name, endpoint + getattr(bos_download, name)[len(original) :])
+    monkeypatch.setattr(bos_download, "ENDPOINT", endpoint)
+
+
+def run_against(endpoint: str, config: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    monkeypatch.setenv("PPNLP_ENDPOINT", endpoint)
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize("failure", ["closed", "refused"])
+def test_a_failed_tnews_download_exits_75(failure, failing_mirror, write_config, monkeypatch) -> None:
+    endpoint = refused_endpoint() if failure == "refused" else f"http://127.0.0.1:{failing_mirror.server_port}"
+    code, output = run_against(endpoint, write_config(data_dir=None), monkeypatch)
+    assert code == 75, output
+    assert f"could not download {endpoint}/datasets/tnews_public.zip" in output
+    assert failure == "refused" or failing_mirror.requested == ["/datasets/tnews_public.zip"]
+
+
+@pytest.mark.parametrize("failure", ["closed", "refused"])
+def test_a_failed_tokenizer_download_exits_75(failure, failing_mirror, write_config, monkeypatch) -> None:
+    endpoint = refused_endpoint() if failure == "refused" else f"http://127.0.0.1:{failing_mirror.server_port}"
+    code, output = run_against(endpoint, write_config(model_name=BUILT_IN), monkeypatch)
+    assert code == 75, output
+    assert f"could not load the tokenizer of '{BUILT_IN}'" in output
+    assert failure == "refused" or any(path.endswith("_vocab.txt") for path in failing_mirror.requested)
+
+
+def test_a_failed_weights_download_exits_75(failing_mirror, write_config, monkeypatch, tmp_path: Path) -> None:
+    vocab = write_vocab(tmp_path / "vocab.txt").read_bytes()
+    failing_mirror.files["ernie_3.0_nano_zh_vocab.txt"] = vocab  # the tokenizer arrives, the weights do not
+    code, output = run_against(f"http://127.0.0.1:{failing_mirror.server_port}", write_config(model_name=BUILT_IN),
+                               monkeypatch)  # fmt: skip
+    assert code == 75, output
+    assert f"could not load model '{BUILT_IN}'" in output
+    assert any(path.endswith("ernie_3.0_nano_zh.pdparams") for path in failing_mirror.requested)
+
+
+@pytest.mark.parametrize("failure", ["closed", "refused"])
+def test_a_failed_model_config_download_exits_75(failure, failing_mirror, write_config, monkeypatch) -> None:
+    """A name PaddleNLP does not build in: its config.json is fetched from the community store."""
+    endpoint = refused_endpoint() if failure == "refused" else f"http://127.0.0.1:{failing_mirror.server_port}"
+    community_store_at(endpoint, monkeypatch)
+    code, output = run_against(endpoint, write_config(model_name="ernie-community-x"), monkeypatch)
+    assert code == 75, output
+    assert "could not get the config of model 'ernie-community-x'" in output
+    assert failure == "refused" or "/models/community/ernie-community-x/config.json" in failing_mirror.requested
+
+
+def test_a_community_model_whose_tokenizer_cannot_be_fetched_exits_75(
+    failing_mirror, write_config, monkeypatch, tiny_model: Path
+) -> None:
+    """The config arrives and every tokenizer file fails: PaddleNLP then fails an assertion of its own,
+    which must still be a retryable download failure, not a crash."""
+    failing_mirror.files["config.json"] = (tiny_model / "config.json").read_bytes()
+    endpoint = f"http://127.0.0.1:{failing_mirror.server_port}"
+    community_store_at(endpoint, monkeypatch)
+    code, output = run_against(endpoint, write_config(model_name="ernie-community-x"), monkeypatch)
+    assert code == 75, output
+    assert "could not load the tokenizer of 'ernie-community-x'" in output
