@@ -129,14 +129,18 @@ import pathlib, runpy, sys, time
 marker, go = sys.argv[1], pathlib.Path(sys.argv[2])
 class Hold:
     def __init__(self, stream):
-        self.stream, self.held = stream, False
+        self.stream, self.seen, self.held = stream, "", False
     def write(self, text):
         written = self.stream.write(text)
-        if not self.held and marker in text:
-            self.held = True
-            self.stream.flush()
-            while not go.exists():  # the signal's handler runs during this wait
-                time.sleep(0.005)
+        if not self.held:
+            self.seen = (self.seen + text)[-4096:]
+            # print() writes its text and its newline apart: hold once the marker's line is complete
+            if marker in self.seen and "\\n" in self.seen[self.seen.index(marker):]:
+                self.held = True
+                self.stream.flush()
+                deadline = time.monotonic() + 600  # a parent that died never sends it
+                while not go.exists() and time.monotonic() < deadline:  # the handler runs during this wait
+                    time.sleep(0.005)
         return written
     def __getattr__(self, name):
         return getattr(self.stream, name)
