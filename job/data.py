@@ -46,7 +46,7 @@ class Split:
     name: str
     examples: list[Example]
     source: str  # where the rows came from, for the report
-    rows: list[int] = field(default_factory=list)  # each example's row number in its source file
+    rows: list[int]  # each example's row number in its source file
 
     def __len__(self) -> int:
         return len(self.examples)

@@ -52,13 +52,10 @@ def render_report(combined: Combined) -> str:
 
 
 def start_note(runs: Sequence[RunResult]) -> str:
-    """Said only when the records show it: the rows every run saw (their recorded sample identity), and
-    that runs of one seed shared their initial weights (their recorded fingerprints)."""
-    samples = list(dict.fromkeys(r.sample for r in runs))
-    if len(samples) > 1:
-        rows = "The runs did NOT all see the same rows: " + ", ".join(f"{r.key} `{r.sample}`" for r in runs) + "."
-    else:
-        rows = f"Every run saw the same training, dev and test rows (sample `{samples[0]}`)."
+    """Said only when the records show it: the rows every run saw (their recorded sample identity; the
+    merge never combines runs of different samples) and that runs of one seed shared their initial
+    weights (their recorded fingerprints)."""
+    rows = f"Every run saw the same training, dev and test rows (sample `{runs[0].sample}`)."
     by_seed: dict[int, set[str]] = {}
     for r in runs:
         by_seed.setdefault(r.seed, set()).add(r.initial_weights)
