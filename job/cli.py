@@ -5,15 +5,18 @@ errors become exit codes: 0 success, 1 training failed (NaN loss), 2 bad input (
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from job.config import JobConfig, describe_fields, load_config, parse_override, report_file_problem
+from job.device_faults import as_job_error
 from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError
 from job.predict import load_saved_model, predictions, read_titles
 from job.strategies import STRATEGY_NAMES
@@ -71,6 +74,34 @@ def fail(exc: Exception, code: int) -> None:
     sys.exit(code)
 
 
+def exit_codes(io_where: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Every command's failures as the exit codes of the module docstring, in one place. A GPU, driver
+    or NCCL fault (Paddle raises them as OSError) is told apart from a real I/O error first
+    (job.device_faults); an OSError left is I/O on `io_where` (formatted with the command's options)."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(command)
+        def guarded(*args: Any, **kwargs: Any) -> None:
+            try:
+                command(*args, **kwargs)
+            except Interrupted as exc:
+                click.echo("stopping: finished runs' results are kept; rerun to complete", err=True)
+                fail(exc, exc.exit_code)
+            except (UserError, RetryableError, TrainingDiverged) as exc:
+                fail(exc, exc.exit_code)
+            except (OSError, RuntimeError) as exc:
+                fault = as_job_error(exc)
+                if fault is not None:
+                    fail(fault, fault.exit_code)
+                if not isinstance(exc, OSError):
+                    raise
+                fail(*io_failure(exc, exc.filename or io_where.format(**kwargs)))
+
+        return guarded
+
+    return decorate
+
+
 def resolve_config(config_path: Path | None, overrides: tuple[str, ...], **options: Any) -> JobConfig:
     """YAML, then --set, then the dedicated options (which win)."""
     values = dict(parse_override(item) for item in overrides)
@@ -101,6 +132,7 @@ def main() -> None:
     help=f"Array task: train run i of `job plan`, i from {', '.join(INDEX_VARIABLES)}.",
 )  # fmt: skip
 @click.option("--force", is_flag=True, help="Retrain strategies whose result for this config already exists.")
+@exit_codes("the output folder")  # disk full, a vanished mount: worth a retry, never a traceback
 def run(
     config_path: Path | None, overrides: tuple[str, ...], device: str | None, output_dir: str | None,
     strategies: tuple[str, ...], run_from_index: bool, force: bool,
@@ -114,25 +146,18 @@ def run(
 
     stop = StopRequest()
     stop.install()
-    try:
-        config = resolve_config(
-            config_path, overrides, device=device, output_dir=output_dir, strategies=list(strategies) or None
-        )
-        from job.plan import plan_runs
-        from job.runner import run_job
+    config = resolve_config(
+        config_path, overrides, device=device, output_dir=output_dir, strategies=list(strategies) or None
+    )
+    from job.plan import plan_runs
+    from job.runner import run_job
 
-        keys = None
-        if run_from_index:
-            keys = [run_for_task([run.key for run in plan_runs(config)], os.environ)]
-        report = run_job(config, stop, force=force, keys=keys)
-        if report is None:  # a data-parallel rank other than 0, or runs still missing on object storage
-            return
-    except (UserError, RetryableError, Interrupted, TrainingDiverged) as exc:
-        if isinstance(exc, Interrupted):
-            click.echo("stopping: finished runs' results are kept; rerun to complete", err=True)
-        fail(exc, exc.exit_code)
-    except OSError as exc:  # disk full, a vanished mount: worth a retry, never a traceback
-        fail(*io_failure(exc, exc.filename or "the output folder"))
+    keys = None
+    if run_from_index:
+        keys = [run_for_task([run.key for run in plan_runs(config)], os.environ)]
+    report = run_job(config, stop, force=force, keys=keys)
+    if report is None:  # a data-parallel rank other than 0, or runs still missing on object storage
+        return
     click.echo(f"report: {report}")
 
 
@@ -141,13 +166,11 @@ def run(
 @SET_OPTION
 @click.option("--strategy", "strategies", type=click.Choice(STRATEGY_NAMES), multiple=True,
               help="Only this strategy's runs (repeatable), as `job run --strategy`.")  # fmt: skip
+@exit_codes("the config")
 def plan(config_path: Path | None, overrides: tuple[str, ...], strategies: tuple[str, ...]) -> None:
     """Print the planned runs, one line each (array index, key, settings), then the array size a batch
     queue needs. Loads and writes nothing."""
-    try:
-        config = resolve_config(config_path, overrides, strategies=list(strategies) or None)
-    except UserError as exc:
-        fail(exc, exc.exit_code)
+    config = resolve_config(config_path, overrides, strategies=list(strategies) or None)
     from job.plan import format_plan, plan_runs
 
     click.echo(format_plan(plan_runs(config)))
@@ -156,12 +179,10 @@ def plan(config_path: Path | None, overrides: tuple[str, ...], strategies: tuple
 @main.command()
 @CONFIG_OPTION
 @SET_OPTION
+@exit_codes("the config")
 def validate(config_path: Path | None, overrides: tuple[str, ...]) -> None:
     """Check the config and print it resolved (JSON), without loading or writing anything."""
-    try:
-        config = resolve_config(config_path, overrides)
-    except UserError as exc:
-        fail(exc, exc.exit_code)
+    config = resolve_config(config_path, overrides)
     click.echo(json.dumps(config.model_dump(), indent=2, ensure_ascii=False))
     click.echo(f"config hash: {config.config_hash()}", err=True)
 
@@ -169,20 +190,16 @@ def validate(config_path: Path | None, overrides: tuple[str, ...]) -> None:
 @main.command()
 @CONFIG_OPTION
 @SET_OPTION
+@exit_codes("the PaddleNLP cache ($PPNLP_HOME)")  # a full or read-only cache
 def prefetch(config_path: Path | None, overrides: tuple[str, ...]) -> None:
     """Download and check everything the config needs (model weights, tokenizer, TNEWS) into the
     PaddleNLP cache ($PPNLP_HOME), then exit. Run it once before an array job that shares the cache.
     PPNLP_ENDPOINT points every download at a mirror."""
-    try:
-        config = resolve_config(config_path, overrides)
-        from job.download import prefetch as fetch_all
+    config = resolve_config(config_path, overrides)
+    from job.download import prefetch as fetch_all
 
-        for line in fetch_all(config):
-            click.echo(line)
-    except (UserError, RetryableError) as exc:
-        fail(exc, exc.exit_code)
-    except OSError as exc:  # a full or read-only cache
-        fail(*io_failure(exc, exc.filename or "the PaddleNLP cache ($PPNLP_HOME)"))
+    for line in fetch_all(config):
+        click.echo(line)
 
 
 @main.command()
@@ -191,26 +208,22 @@ def prefetch(config_path: Path | None, overrides: tuple[str, ...]) -> None:
     help="Folder (or s3:// / gs:// prefix) of a previous run (holds results/<run>.json).",
 )  # fmt: skip
 @click.option("--report-file", default=None, help="Report file name (default: the one the run used).")
+@exit_codes("{output_dir}")
 def report(output_dir: str, report_file: str | None) -> None:
     """Rebuild the report, results.json and the plots from the run results saved in output_dir, also
     when some planned runs are missing (they are listed in the report)."""
     from job.runner import write_report
     from job.storage import open_output, output_dir_problem
 
-    try:
-        problem = report_file_problem(report_file) if report_file is not None else None
-        if problem:
-            raise UserError(f"--report-file {report_file!r}: {problem.replace('output_dir', '--output-dir')}")
-        if output_dir_problem(output_dir):
-            raise UserError(f"--output-dir {output_dir!r}: {output_dir_problem(output_dir)}")
-        output = open_output(output_dir)
-        if not output.exists():  # never create it: a typo must not leave a folder behind
-            raise UserError(f"--output-dir {output_dir} is not a folder of a previous run")
-        path = write_report(output, report_file)
-    except (UserError, RetryableError) as exc:
-        fail(exc, exc.exit_code)
-    except OSError as exc:
-        fail(*io_failure(exc, output_dir))
+    problem = report_file_problem(report_file) if report_file is not None else None
+    if problem:
+        raise UserError(f"--report-file {report_file!r}: {problem.replace('output_dir', '--output-dir')}")
+    if output_dir_problem(output_dir):
+        raise UserError(f"--output-dir {output_dir!r}: {output_dir_problem(output_dir)}")
+    output = open_output(output_dir)
+    if not output.exists():  # never create it: a typo must not leave a folder behind
+        raise UserError(f"--output-dir {output_dir} is not a folder of a previous run")
+    path = write_report(output, report_file)
     click.echo(f"report: {path}")
 
 
@@ -223,20 +236,18 @@ def report(output_dir: str, report_file: str | None) -> None:
 @click.option("--warmup", type=click.IntRange(min=1), default=3, show_default=True, help="Untimed steps first.")
 @click.option("--e2e/--no-e2e", default=True, show_default=True,
               help="Also time `job run` of the whole config end to end (a few minutes).")  # fmt: skip
+@exit_codes("{output}")
 def bench(
     config_path: Path | None, overrides: tuple[str, ...], output: Path, steps: int, warmup: int, e2e: bool
 ) -> None:
     """Measure training and evaluation speed of each strategy on the full-size model, as a table and JSON."""
-    try:
-        config = resolve_config(config_path, overrides)
-        from job.bench import format_table, run_bench
+    config = resolve_config(config_path, overrides)
+    from job.bench import format_table, run_bench
 
-        report = run_bench(config, config_path, steps, warmup, e2e)
-        from job.storage import write_atomic
+    report = run_bench(config, config_path, steps, warmup, e2e)
+    from job.storage import write_atomic
 
-        write_atomic(output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    except (UserError, RetryableError) as exc:
-        fail(exc, exc.exit_code)
+    write_atomic(output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     click.echo(format_table(report))
     click.echo(f"\nwritten: {output}")
 
@@ -250,26 +261,24 @@ def bench(
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--max-seq-length", type=click.IntRange(min=8), default=128, show_default=True)
+@exit_codes("{model_dir}")
 def predict(
     model_dir: Path, titles: tuple[str, ...], input_file: Path | None, device: str, batch_size: int, max_seq_length: int
 ) -> None:  # fmt: skip
     """Classify news titles with a saved model; prints one JSON line per title:
     {"sentence", "label", "label_desc", "probability"}."""
-    try:
-        texts = list(titles) + (read_titles(input_file) if input_file is not None else [])
-        if not texts:
-            raise UserError("no titles: give them as arguments or with --input FILE")
-        from job.device import select_device
-        from job.model import quiet_paddlenlp
+    texts = list(titles) + (read_titles(input_file) if input_file is not None else [])
+    if not texts:
+        raise UserError("no titles: give them as arguments or with --input FILE")
+    from job.device import select_device
+    from job.model import quiet_paddlenlp
 
-        quiet_paddlenlp()
-        chosen = select_device(device)
-        click.echo(f"device: {chosen.description} ({chosen.reason})", err=True)
-        saved = load_saved_model(model_dir)
-        for line in predictions(saved, texts, batch_size, max_seq_length):
-            click.echo(json.dumps(line, ensure_ascii=False))
-    except (UserError, RetryableError) as exc:
-        fail(exc, exc.exit_code)
+    quiet_paddlenlp()
+    chosen = select_device(device)
+    click.echo(f"device: {chosen.description} ({chosen.reason})", err=True)
+    saved = load_saved_model(model_dir)
+    for line in predictions(saved, texts, batch_size, max_seq_length):
+        click.echo(json.dumps(line, ensure_ascii=False))
 
 
 @main.command(name="config-reference")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from job.device_faults import DeviceFault, device_fault
 from job.errors import UserError
 
 
@@ -97,17 +98,37 @@ class DeviceChoice:
     name: str  # "cpu" or "gpu"
     description: str  # for logs and the report
     reason: str
+    capability: tuple[int, int] | None = None  # a GPU's compute capability, (8, 0) for an A100
 
 
-def gpu_available() -> tuple[bool, str]:
+@dataclass(frozen=True)
+class GpuCheck:
+    """Whether Paddle can use a GPU here, why not when it cannot, and the device fault when asking
+    failed (a driver too old for the build, a stub libcuda.so...)."""
+
+    usable: bool
+    why: str
+    fault: DeviceFault | None = None
+
+
+def gpu_available() -> GpuCheck:
+    """Asks Paddle, never crashes: on a node whose driver cannot serve this build, Paddle's device count
+    raises the CUDA error (paddle/phi/backends/gpu/cuda/cuda_info.cc enforces cudaGetDeviceCount), and
+    that comes back as `fault` for the caller to act on as the `device` setting says."""
     import paddle
 
     if not paddle.is_compiled_with_cuda():
-        return False, "this Paddle build has no CUDA support"
-    count = paddle.device.cuda.device_count()
+        return GpuCheck(False, "this Paddle build has no CUDA support")
+    try:
+        count = paddle.device.cuda.device_count()
+    except (OSError, RuntimeError) as exc:
+        fault = device_fault(exc)
+        if fault is None:
+            raise
+        return GpuCheck(False, f"the GPU cannot be used ({fault.detail})", fault)
     if count == 0:
-        return False, "Paddle has CUDA support but sees no GPU"
-    return True, f"{count} GPU(s) visible"
+        return GpuCheck(False, "Paddle has CUDA support but sees no GPU")
+    return GpuCheck(True, f"{count} GPU(s) visible")
 
 
 def keep_freed_memory() -> None:
@@ -127,32 +148,46 @@ def keep_freed_memory() -> None:
 
 
 def select_device(requested: str) -> DeviceChoice:
-    """Pick and activate the device. `gpu` without a usable GPU is a user error."""
+    """Pick and activate the device. `gpu` without a usable GPU is an error (exit 2). A GPU build whose
+    driver fails when asked stops `gpu` and `auto` alike with the fault's own exit code and fix: no
+    fallback to CPU is possible in that process, since paddle.seed then seeds every CUDA device and
+    raises the same CUDA error (paddle/framework/random.py), and hours of training on the CPU of a GPU
+    node would be the wrong answer anyway."""
     import paddle
 
-    has_gpu, why = gpu_available()
-    if requested == "gpu" and not has_gpu:
-        raise UserError(f"device 'gpu' was requested but {why}; use --device cpu or --device auto")
-    if requested in ("gpu", "auto") and has_gpu:
+    check = gpu_available()
+    if requested != "cpu" and check.fault is not None:
+        raise check.fault.error()
+    if requested == "gpu" and not check.usable:
+        raise UserError(f"device 'gpu' was requested but {check.why}; use --device cpu or --device auto")
+    if requested in ("gpu", "auto") and check.usable:
         # Under paddle.distributed.launch each process is given its own GPU (FLAGS_selected_gpus).
         index = int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0] or 0)  # noqa: SIM112 - Paddle's name
         paddle.set_device(f"gpu:{index}")
         name = paddle.device.cuda.get_device_name(index)
-        return DeviceChoice("gpu", f"gpu:{index} ({name})", f"{requested}: {why}")
+        major, minor = paddle.device.cuda.get_device_capability(index)
+        description = f"gpu:{index} ({name}, compute capability {major}.{minor})"
+        return DeviceChoice("gpu", description, f"{requested}: {check.why}", (major, minor))
     paddle.set_device("cpu")
     use_contiguous_kernels()
     threads = os.environ.get("OMP_NUM_THREADS", "?")
-    reason = "requested" if requested == "cpu" else f"auto: {why}, falling back to CPU"
+    reason = "requested" if requested == "cpu" else f"auto: {check.why}, falling back to CPU"
     return DeviceChoice("cpu", f"cpu ({threads} threads)", reason)
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
+# Compute capabilities: bf16 tensor cores from Ampere (8.0), fp16 tensor cores from Volta (7.0).
+# Paddle's own is_bfloat16_supported answers from the same number (>= 80) on CUDA.
+BF16_CAPABILITY = (8, 0)
+FP16_CAPABILITY = (7, 0)
+
 
 def resolve_precision(requested: str, device: DeviceChoice) -> str:
     """The precision training runs in. Mixed precision is for GPUs: on CPU, Paddle's autocast leaves
     matmuls in fp32 (measured with paddle 3.3.1: a Linear under auto_cast(dtype='bfloat16') returns
-    float32), so bf16/fp16 there would only pretend; `auto` picks bf16 where the GPU supports it."""
+    float32), so bf16/fp16 there would only pretend. On a GPU `auto` is bf16 from compute capability
+    8.0 (A100, L4, H100), fp16 with the loss scaler on 7.x (V100, T4), fp32 below."""
     if requested == "fp32":
         return "fp32"
     if device.name != "gpu":
@@ -162,12 +197,17 @@ def resolve_precision(requested: str, device: DeviceChoice) -> str:
             f"config key 'precision': {requested} needs a GPU (on CPU, Paddle's autocast computes in fp32); "
             "use precision: auto or fp32 on CPU"
         )
-    import paddle
-
-    bf16 = bool(paddle.amp.is_bfloat16_supported())
-    if requested == "bf16" and not bf16:
-        raise UserError(f"config key 'precision': {device.description} has no bf16 support; use fp16 or fp32")
-    return "bf16" if requested == "auto" and bf16 else ("fp32" if requested == "auto" else requested)
+    capability = device.capability or (0, 0)
+    if requested == "bf16" and capability < BF16_CAPABILITY:
+        raise UserError(
+            f"config key 'precision': {device.description} has no bf16 support (it needs compute capability "
+            "8.0 or newer); use fp16 or fp32"
+        )
+    if requested != "auto":
+        return requested
+    if capability >= BF16_CAPABILITY:
+        return "bf16"
+    return "fp16" if capability >= FP16_CAPABILITY else "fp32"
 
 
 def use_contiguous_kernels() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from safetensors import SafetensorError
 
+from job.device_faults import raise_if_device_fault
 from job.errors import RetryableError, UserError
 
 
@@ -150,8 +151,10 @@ def load_model(model_name: str, num_classes: int) -> LoadedModel:
                 model_name, num_classes=num_classes, ignore_mismatched_sizes=True
             )
         except OSError as exc:
+            raise_if_device_fault(exc)  # the weights are placed on the GPU as they load
             raise RetryableError(f"could not load model '{model_name}': {exc}") from None
         except (ValueError, EOFError, RuntimeError, pickle.UnpicklingError, SafetensorError) as exc:
+            raise_if_device_fault(exc)
             if not Path(model_name).is_dir():
                 raise
             weights = ", ".join(sorted(p.name for p in weight_files(Path(model_name))))

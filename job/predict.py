@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from job.data import NUM_CLASSES, TNEWS_LABEL_DESC, TNEWS_LABELS, Example, encode
+from job.device_faults import raise_if_device_fault
 from job.errors import UserError
 from job.model import looks_like_a_path
 from job.textfiles import read_text
@@ -63,6 +64,7 @@ def load_saved_model(folder: Path) -> SavedModel:
             model = AutoModelForSequenceClassification.from_pretrained(str(folder))
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise_if_device_fault(exc)
         raise UserError(f"{folder} is not a model this job can load: {exc}") from None
     config = getattr(model, "model", model).config
     codes = list(getattr(config, "tnews_label_codes", None) or TNEWS_LABELS)

@@ -22,6 +22,7 @@ from job.device import (
     resolve_precision,
     select_device,
 )
+from job.device_faults import raise_if_device_fault
 from job.download import use_mirror
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate
@@ -266,6 +267,7 @@ def save_artifacts(run: Run, output: Output, model: Any, tokenizer: Any) -> list
         with output.folder(name) as folder:
             paths = run.strategy.save_artifacts(model, tokenizer, folder)
     except OSError as exc:
+        raise_if_device_fault(exc)  # the weights are copied from the GPU as they are saved
         raise RetryableError(f"could not save artifacts to {output.where(name)}: {exc}") from None
     return [f"{name}/{path.relative_to(folder).as_posix()}" for path in paths]
 

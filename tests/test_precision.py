@@ -24,6 +24,31 @@ def test_auto_is_fp32_on_cpu_and_fp32_stays_fp32() -> None:
     assert resolve_precision("fp32", CPU) == "fp32"
 
 
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [((9, 0), "bf16"), ((8, 0), "bf16"), ((8, 6), "bf16"), ((7, 5), "fp16"), ((7, 0), "fp16"), ((6, 1), "fp32")],
+)
+def test_auto_on_a_gpu_is_bf16_from_ampere_fp16_on_volta_and_turing_and_fp32_below(
+    capability: tuple[int, int], expected: str
+) -> None:
+    gpu = DeviceChoice("gpu", f"gpu:0 (compute capability {capability})", "requested", capability)
+    assert resolve_precision("auto", gpu) == expected
+    assert resolve_precision("fp16", gpu) == "fp16" and resolve_precision("fp32", gpu) == "fp32"
+
+
+def test_bf16_on_a_gpu_before_ampere_exits_2_naming_what_it_needs() -> None:
+    t4 = DeviceChoice("gpu", "gpu:0 (Tesla T4, compute capability 7.5)", "requested", (7, 5))
+    with pytest.raises(UserError, match=r"Tesla T4.*has no bf16 support.*compute capability 8\.0"):
+        resolve_precision("bf16", t4)
+
+
+def test_fp16_training_gets_the_loss_scaler_and_the_others_do_not() -> None:
+    from job.train import loss_scaler
+
+    assert loss_scaler("fp16") is not None
+    assert loss_scaler("bf16") is None and loss_scaler("fp32") is None
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_on_cpu_exits_2_naming_the_key(write_config, precision: str) -> None:
     with pytest.raises(UserError, match=f"'precision': {precision} needs a GPU"):

@@ -1,0 +1,137 @@
+"""GPU, driver and NCCL faults told apart from I/O errors, each with the exit code a queue needs and
+the fix.
+
+Paddle raises a failed CUDA, cuBLAS, cuDNN, cuRAND or NCCL call as an EXTERNAL error, and its pybind
+translator (paddle/fluid/pybind/exception.cc) hands that to Python as an `OSError` whose text is
+`(External) <what failed> (at <file>:<line>)`; other kinds keep their name the same way (3.3.1's
+`core.__unittest_throw_exception__` gives `(PermissionDenied) ... (at ...)`, tested). The CUDA part is
+built by paddle/phi/core/enforce.h as `CUDA error(<code>), <cudaGetErrorString>. [Hint: '<enum>'. ...]`,
+and NCCL's as `NCCL error(<code>), <ncclGetErrorString>.`. Told by type alone, "CUDA driver version is
+insufficient" would read as an I/O error and be retried (exit 75) on every queue, for hours.
+
+A fault of the node or the image (a driver too old for the image's CUDA, a GPU architecture the wheel
+has no kernels for, no GPU in the container, an NCCL set-up that cannot work) exits 2 with its fix;
+anything else the device reports (an ECC error, a lost GPU, a peer that died) exits 75.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from job.errors import RetryableError, UserError
+
+# The oldest Linux driver each CUDA build of Paddle runs on. 12.6 is Paddle's own install docs; 11.8
+# and 12.9 are NVIDIA's CUDA toolkit release notes (the GA driver of that toolkit).
+DRIVER_FLOORS = {"11.8": "520.61.05", "12.6": "550.54.14", "12.9": "575.51.03"}
+PADDLE_INDEX = "https://www.paddlepaddle.org.cn/packages/stable/{build}/"
+IMAGE_CUDA = "12.6"  # Dockerfile.gpu's default PADDLE_INDEX_URL (cu126)
+NEWEST_BUILD = "cu129"  # the wheels with Blackwell (sm_100, sm_120) kernels
+
+PERMANENT_CUDA = {
+    34: "libcuda.so in the container is CUDA's stub, not the host's driver: run with the NVIDIA container "
+    "toolkit (--gpus all; compose: gpu-job; Kubernetes: the NVIDIA device plugin)",
+    35: "the NVIDIA driver on this node is older than this image's CUDA {cuda} runtime needs: install driver "
+    ">= {floor}, or build the image for an older CUDA with --build-arg PADDLE_INDEX_URL="
+    + PADDLE_INDEX.format(build="cu118"),
+    100: "the container sees no GPU: run it with --gpus all (compose: gpu-job; Kubernetes: request "
+    "nvidia.com/gpu), or use --device cpu",
+    101: "CUDA_VISIBLE_DEVICES (or --gpus) names a GPU this node does not have; `nvidia-smi -L` lists them",
+    209: "this Paddle build has no kernels for this GPU's architecture: for Blackwell (sm_100, sm_120) build "
+    f"the image with --build-arg PADDLE_INDEX_URL={PADDLE_INDEX.format(build=NEWEST_BUILD)}",
+    803: "the node's NVIDIA kernel module and driver libraries are of different versions (a driver update "
+    "without a reboot?): reboot the node or reinstall the driver",
+    804: "this GPU cannot use CUDA forward compatibility: install a driver >= {floor} for CUDA {cuda}",
+}
+NCCL_FIX = (
+    "NCCL could not set up communication between the GPUs: give the container shared memory "
+    "(compose sets shm_size: 8gb; Kubernetes: an emptyDir with medium: Memory at /dev/shm), and rerun with "
+    "NCCL_DEBUG=INFO for the cause"
+)
+ARCH_FIX = PERMANENT_CUDA[209]
+LIBRARY_FIX = (
+    "a CUDA library did not load: in the GPU image LD_LIBRARY_PATH covers /usr/local/nvidia/lib64 (GKE, "
+    "Container-Optimized OS) and the NVIDIA container toolkit mounts libcuda.so; elsewhere install the "
+    "NVIDIA driver, or use --device cpu"
+)
+
+CUDA_ERROR = re.compile(r"CUDA error\((\d+)\)")
+NCCL_ERROR = re.compile(r"NCCL error\((\d+)\)")
+# ncclUnhandledCudaError (1) carries a CUDA fault of its own; ncclRemoteError (6) is a peer that failed
+# or went away. System, internal and usage errors (2-5) come back on every retry of the same set-up.
+NCCL_TRANSIENT = (1, 6)
+# Paddle's dynload (paddle/phi/backends/dynload/dynamic_loader.cc) when a CUDA library is missing.
+LIBRARY_MISSING = re.compile(r"dynamic library \((lib[\w.+-]+)\) that Paddle depends on is not configured correctly")
+
+
+@dataclass(frozen=True)
+class DeviceFault:
+    """What the device reported, and whether the node or image must change before a retry can help."""
+
+    detail: str  # Paddle's message, first line, without its source location
+    fix: str | None  # None: transient, retry
+
+    def error(self) -> UserError | RetryableError:
+        if self.fix is not None:
+            return UserError(f"GPU fault: {self.detail}; {self.fix}")
+        return RetryableError(f"GPU fault (retrying may help): {self.detail}")
+
+
+def device_fault(exc: BaseException) -> DeviceFault | None:
+    """The device fault `exc` reports, or None when it is something else (a real I/O error)."""
+    if not isinstance(exc, OSError | RuntimeError):
+        return None
+    text = str(exc)
+    cuda, nccl, library = CUDA_ERROR.search(text), NCCL_ERROR.search(text), LIBRARY_MISSING.search(text)
+    if not (cuda or nccl or library or "(External)" in text or "ExternalError" in text):
+        return None
+    detail = _summary(text)
+    if library:
+        return DeviceFault(detail, LIBRARY_FIX)
+    if cuda:
+        fix = PERMANENT_CUDA.get(int(cuda.group(1)))
+        return DeviceFault(detail, fix.format(cuda=_cuda_version(), floor=driver_floor()) if fix else None)
+    if nccl:
+        return DeviceFault(detail, None if int(nccl.group(1)) in NCCL_TRANSIENT else NCCL_FIX)
+    if "ARCH_MISMATCH" in text:  # cuBLAS / cuDNN: no kernel for this architecture
+        return DeviceFault(detail, ARCH_FIX)
+    return DeviceFault(detail, None)
+
+
+def as_job_error(exc: BaseException) -> UserError | RetryableError | None:
+    """`exc` as the job's own error when it is a device fault, else None."""
+    fault = device_fault(exc)
+    return fault.error() if fault is not None else None
+
+
+def raise_if_device_fault(exc: BaseException) -> None:
+    """In an `except OSError` meant for files or downloads: a device fault is raised as what it is."""
+    error = as_job_error(exc)
+    if error is not None:
+        raise error from None
+
+
+def _summary(text: str) -> str:
+    """The line that says what failed: Paddle's summary line when it printed a C++ traceback first,
+    without the `(at file:line)` of its source and the hint's long prose."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    wanted = next((line for line in lines if "error(" in line or line.startswith("(")), lines[0] if lines else text)
+    wanted = re.sub(r"\s*\(at [^)]*\)\s*$", "", wanted)
+    return wanted[:300]
+
+
+def _cuda_version() -> str:
+    """The CUDA version this Paddle was built with ("12.6"), or the image's default when unknown."""
+    try:
+        import paddle
+
+        version = str(paddle.version.cuda())
+    except (ImportError, AttributeError):
+        return IMAGE_CUDA
+    return version if re.fullmatch(r"\d+\.\d+", version) else IMAGE_CUDA
+
+
+def driver_floor(cuda: str | None = None) -> str:
+    """The oldest driver for CUDA `cuda` (default: this Paddle build's), e.g. "550.54.14"."""
+    cuda = cuda or _cuda_version()
+    return DRIVER_FLOORS.get(cuda, f"the one NVIDIA's CUDA {cuda} release notes give")
