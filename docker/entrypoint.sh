@@ -4,13 +4,13 @@
 # whoever owns the folder on the host; the job itself never runs as root. A root-owned folder (one
 # Docker just created, or a root user's clone) is handed to the image's user, UID 1000, first.
 # Started as another user (Kubernetes runAsUser, --user), it changes nothing.
-# `launch ARGS` runs `python -m paddle.distributed.launch ARGS` (data-parallel), anything else
+# `launch ARGS` runs `python -m job launch ARGS` (paddle.distributed.launch, data-parallel), anything else
 # `python -m job ARGS`.
 # `exec` twice: Python ends up as PID 1 and receives SIGTERM itself (exit 143 on docker stop).
 set -eu
 if [ "${1:-}" = launch ]; then
   shift
-  set -- -m paddle.distributed.launch "$@"
+  set -- -m job launch "$@"
 else
   set -- -m job "$@"
 fi
@@ -30,5 +30,11 @@ if [ "$uid" = 0 ]; then
   chown "$default_uid:$default_gid" "$reports" 2>/dev/null || true
   uid=$default_uid
   gid=$default_gid
+fi
+# Where the host makes the GPU device nodes group-owned (a `video` or `nvidia` group, mode 0660), the job
+# keeps those groups, or CUDA finds no device; every other supplementary group, and root's, is dropped.
+device_groups=$(stat -c %g /dev/nvidia* 2>/dev/null | grep -vx 0 | sort -un | paste -sd, - || true)
+if [ -n "$device_groups" ]; then
+  exec setpriv --reuid="$uid" --regid="$gid" --groups="$device_groups" --no-new-privs -- python "$@"
 fi
 exec setpriv --reuid="$uid" --regid="$gid" --clear-groups --no-new-privs -- python "$@"

@@ -204,7 +204,7 @@ def time_training(model: Any, rows: list[Encoded], run: Run, steps: int, warmup:
     with training_dropout(settings.seed):  # the dropout `job run` trains with
         for index, batch in enumerate(iterate_batches(rows, batches, 0)):
             started = time.perf_counter()
-            train_step(model, batch, optimizer, schedule, settings.precision, scaler)
+            float(train_step(model, batch, optimizer, schedule, settings.precision, scaler))  # waits for the step
             if index >= warmup:
                 times.append(time.perf_counter() - started)
                 shapes.append(batch["input_ids"].shape)

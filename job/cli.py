@@ -1,5 +1,5 @@
-"""Command line: `python -m job run|plan|validate|prefetch|report|predict|bench|config-reference`. Options only;
-errors become exit codes: 0 success, 1 training failed (NaN loss), 2 bad input (config, data, model, device),
+"""Command line: `python -m job run|plan|validate|prefetch|report|predict|bench|doctor|launch|config-reference`.
+Options only; errors become exit codes: 0 success, 1 training failed (NaN loss), 2 bad input (config, data, model, device),
 75 retryable (download or I/O), 128+N killed by signal N (143 for SIGTERM, 130 for Ctrl-C)."""
 
 from __future__ import annotations
@@ -279,6 +279,17 @@ def predict(
     saved = load_saved_model(model_dir)
     for line in predictions(saved, texts, batch_size, max_seq_length):
         click.echo(json.dumps(line, ensure_ascii=False))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("launcher_args", nargs=-1, type=click.UNPROCESSED)
+def launch(launcher_args: tuple[str, ...]) -> None:
+    """Data-parallel training: `python -m paddle.distributed.launch LAUNCHER_ARGS` (e.g. `--gpus 0,1
+    job/__main__.py run --config C`), with the ranks' logs in reports/launch-logs unless --log_dir is
+    given, and exit 143 when stopped by SIGTERM (130 for Ctrl-C), as `job run` does."""
+    from job.launch import launch as run_launcher
+
+    sys.exit(run_launcher(list(launcher_args)))
 
 
 @main.command(name="config-reference")

@@ -53,11 +53,17 @@ def cpu_vendor(cpuinfo: str | None = None) -> str:
 AMD_VENDORS = ("AuthenticAMD", "HygonGenuine")  # Hygon CPUs are AMD Zen designs
 
 
+def local_ranks() -> int:
+    """Processes paddle.distributed.launch starts on this machine (PADDLE_LOCAL_SIZE), 1 otherwise."""
+    raw = os.environ.get("PADDLE_LOCAL_SIZE", "")
+    return int(raw) if raw.isascii() and raw.isdigit() and int(raw) > 0 else 1
+
+
 def set_cpu_thread_defaults(vendor: str | None = None) -> bool:
-    """Use every available core, and MKL's fast kernels on AMD, unless the user chose otherwise.
-    Returns whether the job chose OMP_NUM_THREADS itself."""
+    """Use every available core, shared out between the ranks a launch starts here, and MKL's fast
+    kernels on AMD, unless the user chose otherwise. Returns whether the job chose OMP_NUM_THREADS."""
     chosen = "OMP_NUM_THREADS" not in os.environ
-    os.environ.setdefault("OMP_NUM_THREADS", str(available_cpus()))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cpus() // local_ranks())))
     if (vendor if vendor is not None else cpu_vendor()) in AMD_VENDORS:
         os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
     return chosen
@@ -225,6 +231,30 @@ def strided_views() -> bool:
     import paddle
 
     return bool(paddle.get_flags("FLAGS_use_stride_kernel")["FLAGS_use_stride_kernel"])
+
+
+def on_gpu() -> bool:
+    """Whether Paddle computes on a GPU now. Then every host read of a tensor (float(loss), a bool of a
+    comparison) waits for the device to finish all queued work, so the training loop reads losses once
+    per logging_steps and clips without reading (job.train); on CPU every op has finished when it returns,
+    so a read costs nothing."""
+    import paddle
+
+    return paddle.device.get_device().startswith("gpu")
+
+
+def batch_on_device(arrays: dict[str, Any]) -> dict[str, Any]:
+    """A batch's arrays as tensors on the current device. On a GPU they go through pinned host memory and
+    a copy the host does not wait for (Tensor._copy_to(place, blocking=False): an async copy on Paddle's
+    stream), so building the next batch overlaps the device's work; from pageable memory the copy would
+    hold the host until the device caught up. On CPU a plain to_tensor."""
+    import paddle
+
+    place = paddle.framework._current_expected_place()
+    if not isinstance(place, paddle.CUDAPlace):
+        return {key: paddle.to_tensor(value) for key, value in arrays.items()}
+    pinned = paddle.CUDAPinnedPlace()
+    return {key: paddle.to_tensor(value, place=pinned)._copy_to(place, False) for key, value in arrays.items()}
 
 
 def reset_peak_memory() -> None:

@@ -13,8 +13,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from job import device
 from job.data import Encoded, epoch_batches, iterate_batches
-from job.device import Ranks, shard_batches, usable_batches
+from job.device import Ranks, batch_on_device, shard_batches, usable_batches
 from job.dropout import PADDLE, training_dropout
 from job.errors import Interrupted, TrainingDiverged
 
@@ -76,18 +77,30 @@ def no_weight_decay(parameter_name: str) -> bool:
     return "bias" in parameter_name or "norm" in parameter_name
 
 
+def gradient_clip(max_norm: float) -> Any:
+    """Global-norm clipping (None for max_norm 0). On CPU the job's in-place rescale (job.clipping), which
+    reads the norm on the host to skip unclipped steps; on a GPU that read would wait for the device every
+    step, so Paddle's own ClipGradByGlobalNorm without auto_skip_clip: it multiplies every gradient by
+    max_norm / max(norm, max_norm), on the device, with no read (paddle/nn/clip.py). Both give the same
+    gradients: the factor is exactly 1 when the norm is within the limit (tested)."""
+    import paddle
+
+    from job.clipping import GlobalNormClip
+
+    if max_norm <= 0:
+        return None
+    return paddle.nn.ClipGradByGlobalNorm(max_norm) if device.on_gpu() else GlobalNormClip(max_norm)
+
+
 def build_optimizer(model: Any, settings: TrainSettings, total_steps: int) -> tuple[Any, Any]:
     """AdamW over the trainable parameters only: frozen weights get no gradient and no state."""
     import paddle
     from paddlenlp.transformers import LinearDecayWithWarmup
 
-    from job.clipping import GlobalNormClip
-
     trainable = [(name, p) for name, p in model.named_parameters() if not p.stop_gradient]
     decayed = {p.name for name, p in trainable if not no_weight_decay(name)}
     schedule = LinearDecayWithWarmup(settings.learning_rate, total_steps, float(settings.warmup_ratio))
-    # Paddle's global-norm clipping, with its rescale as an in-place scale (job.clipping: same numbers).
-    clip = GlobalNormClip(settings.max_grad_norm) if settings.max_grad_norm > 0 else None
+    clip = gradient_clip(settings.max_grad_norm)
     optimizer = paddle.optimizer.AdamW(
         learning_rate=schedule,
         parameters=[p for _, p in trainable],
@@ -109,21 +122,26 @@ def loss_scaler(precision: str) -> Any:
 
 
 def train_step(
-    model: Any, batch: dict[str, Any], optimizer: Any, schedule: Any, precision: str = "fp32", scaler: Any = None
-) -> float:
-    """One optimizer step on one padded batch; returns the loss (reading it waits for the step).
+    model: Any, batch: dict[str, Any], optimizer: Any, schedule: Any, precision: str = "fp32", scaler: Any = None,
+    share: float = 1.0,
+) -> Any:  # fmt: skip
+    """One optimizer step on one padded batch; returns the loss as a tensor on the device, unread
+    (reading it waits for the step). Under data parallelism `share` is this rank's rows over the global
+    batch's, times the number of ranks: paddle.DataParallel averages the ranks' gradients with equal
+    weights, so a rank holding 4 of 7 rows must count for 4/7 of the step, as in one process.
     Mixed precision is autocast O1: the weights, their gradients and AdamW's state stay fp32 (LoRA
     adapters included), and only the white-listed ops (matmuls) run in bf16/fp16."""
     import paddle
     import paddle.nn.functional as F
 
+    tensors = batch_on_device(batch)
     with paddle.amp.auto_cast(enable=precision in AMP_DTYPES, dtype=AMP_DTYPES.get(precision, "float16"), level="O1"):
-        logits = model(
-            input_ids=paddle.to_tensor(batch["input_ids"]), token_type_ids=paddle.to_tensor(batch["token_type_ids"])
-        )
+        logits = model(input_ids=tensors["input_ids"], token_type_ids=tensors["token_type_ids"])
     if logits.dtype != paddle.float32:  # the loss and its softmax in fp32
         logits = logits.astype("float32")
-    loss = F.cross_entropy(logits, paddle.to_tensor(batch["labels"]))
+    loss = F.cross_entropy(logits, tensors["labels"])
+    if share != 1.0:
+        loss = loss * share
     if scaler is None:
         loss.backward()
         optimizer.step()
@@ -133,7 +151,7 @@ def train_step(
         scaler.update()
     schedule.step()
     optimizer.clear_grad()
-    return float(loss)
+    return loss.detach()
 
 
 def train(
@@ -162,7 +180,15 @@ def train(
     progress = tqdm(total=total_steps, desc=f"train {label}", unit="step", file=sys.stderr,
                     disable=not (sys.stderr.isatty() and ranks.is_main), dynamic_ncols=True)  # fmt: skip
     scaler = loss_scaler(settings.precision)
-    with training_dropout(settings.seed) as outcome.dropout:
+    # Losses stay on the device and are read in one go every `read_every` steps: every step on CPU (a
+    # read is free there), every logging_steps on a GPU (each read waits for the device).
+    read_every = settings.logging_steps if device.on_gpu() else 1
+    unread: list[tuple[Any, float]] = []  # (loss tensor, learning rate) of the steps not read yet
+    if ranks.world > 1:  # each rank its own dropout masks (Paddle's GPU generator, or job.dropout's on CPU)
+        import paddle
+
+        paddle.seed(rank_seed(settings.seed, ranks))
+    with training_dropout(rank_seed(settings.seed, ranks)) as outcome.dropout:
         started = time.perf_counter()
         for epoch, batches in enumerate(epochs):
             for global_batch, batch in zip(
@@ -170,22 +196,29 @@ def train(
             ):
                 stop.raise_if_requested()
                 rate = schedule.last_lr  # the rate this step uses (train_step advances the schedule)
-                loss = train_step(stepped, batch, optimizer, schedule, settings.precision, scaler)
-                value = mean_across_ranks(loss, ranks)
-                if not math.isfinite(value):
-                    raise TrainingDiverged(
-                        f"{label}: loss became {value} at step {outcome.steps + 1}; lower the learning rate"
-                    )
+                share = len(batch["labels"]) * ranks.world / len(global_batch)
+                loss = train_step(stepped, batch, optimizer, schedule, settings.precision, scaler, share)
+                unread.append((loss, rate))
                 outcome.steps += 1
                 outcome.samples += len(global_batch)
                 outcome.tokens += sum(lengths[i] for i in global_batch)
-                outcome.step_losses.append(value)
-                if on_step is not None:
-                    on_step(outcome.steps, value, rate)
+                logged = outcome.steps % settings.logging_steps == 0 or outcome.steps == total_steps
+                if len(unread) < read_every and not logged:
+                    continue
+                first = outcome.steps - len(unread) + 1
+                for step, (value, step_rate) in enumerate(
+                    zip(read_losses(unread, ranks), (r for _, r in unread), strict=True), first
+                ):
+                    if not math.isfinite(value):
+                        raise TrainingDiverged(f"{label}: loss became {value} at step {step}; lower the learning rate")
+                    outcome.step_losses.append(value)
+                    if on_step is not None:
+                        on_step(step, value, step_rate)
+                progress.update(len(unread))
+                unread.clear()
                 elapsed = time.perf_counter() - started
                 progress.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}", samples_s=f"{outcome.samples / elapsed:.1f}")
-                progress.update()
-                if ranks.is_main and (outcome.steps % settings.logging_steps == 0 or outcome.steps == total_steps):
+                if ranks.is_main and logged:
                     tqdm.write(
                         f"[{label}] step {outcome.steps}/{total_steps} epoch {epoch + 1} loss {value:.4f} "
                         f"lr {schedule.get_lr():.2e} {outcome.samples / elapsed:.1f} samples/s",
@@ -203,16 +236,31 @@ def _data_parallel(model: Any) -> Any:
     return paddle.DataParallel(model)
 
 
-def mean_across_ranks(value: float, ranks: Ranks) -> float:
-    """The loss every rank logs and checks: the mean over ranks, so all stop on NaN together."""
-    if ranks.world == 1:
-        return value
-    import paddle
-    import paddle.distributed as dist
+def rank_seed(seed: int, ranks: Ranks) -> int:
+    """The dropout seed of this rank: the run's seed on rank 0 (so one process draws what it always
+    drew), a seed derived from (seed, rank) on the others; the same masks on every rank would drop the
+    same positions of different rows together."""
+    if ranks.rank == 0:
+        return seed
+    import numpy as np
 
-    tensor = paddle.to_tensor([value], dtype="float32")
-    dist.all_reduce(tensor)
-    return float(tensor) / ranks.world
+    return int(np.random.SeedSequence([seed, ranks.rank]).generate_state(1)[0])
+
+
+def read_losses(unread: list[tuple[Any, float]], ranks: Ranks) -> list[float]:
+    """The losses of the unread steps, as the mean over ranks (so every rank stops on NaN together), in
+    one host read: the tensors are stacked on the device and, under data parallelism, averaged with one
+    all-reduce for the whole window."""
+    import paddle
+
+    if len(unread) == 1 and ranks.world == 1:
+        return [float(unread[0][0])]
+    stacked = paddle.stack([loss.reshape([]) for loss, _ in unread]).astype("float32")
+    if ranks.world > 1:
+        import paddle.distributed as dist
+
+        dist.all_reduce(stacked)
+    return [value / ranks.world for value in stacked.numpy().tolist()]
 
 
 def state_bytes(optimizer: Any) -> int:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from job.device import Ranks, shard_batches, usable_batches
+from job.device import Ranks, available_cpus, set_cpu_thread_defaults, shard_batches, usable_batches
+from job.launch import launcher_command
+from job.train import rank_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +25,58 @@ def test_each_rank_takes_its_share_of_every_global_batch() -> None:
     assert usable_batches(batches, Ranks(0, 2)) == [[0, 1, 2, 3], [4, 5, 6]]
     assert [sorted(a + b) for a, b in zip(first, second, strict=True)] == usable_batches(batches, Ranks(1, 2))
     assert shard_batches(batches, Ranks()) == batches
+
+
+@pytest.mark.parametrize(("cores", "local", "threads"), [(8, "2", "4"), (8, "3", "2"), (2, "4", "1"), (8, "", "8")])
+def test_each_local_rank_takes_its_share_of_the_cores(
+    monkeypatch: pytest.MonkeyPatch, cores: int, local: str, threads: str
+) -> None:
+    import job.device
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("PADDLE_LOCAL_SIZE", local)
+    monkeypatch.setattr(job.device, "available_cpus", lambda: cores)
+    assert set_cpu_thread_defaults("GenuineIntel") is True
+    assert os.environ["OMP_NUM_THREADS"] == threads
+
+
+def test_each_rank_draws_its_own_dropout_masks_and_rank_0_those_of_one_process() -> None:
+    seeds = [rank_seed(42, Ranks(rank, 4)) for rank in range(4)]
+    assert seeds[0] == 42 == rank_seed(42, Ranks())
+    assert len(set(seeds)) == 4 and seeds == [rank_seed(42, Ranks(rank, 4)) for rank in range(4)]
+    assert rank_seed(43, Ranks(1, 4)) != seeds[1]
+
+
+def test_the_launcher_logs_into_the_reports_folder_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOB_REPORTS_DIR", "/app/reports")
+    command = launcher_command(["--gpus", "0,1", "job/__main__.py", "run"])
+    assert command[1:5] == ["-m", "paddle.distributed.launch", "--log_dir", "/app/reports/launch-logs"]
+    assert command[-4:] == ["--gpus", "0,1", "job/__main__.py", "run"]
+    assert launcher_command(["--log_dir=/x", "job/__main__.py"]).count("--log_dir=/x") == 1
+    assert "/app/reports/launch-logs" not in launcher_command(["--log_dir", "/x", "job/__main__.py"])
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_the_ranks_cleanly_with_exit_143(write_config, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    config = write_config(num_epochs=200, strategies=["lora"], logging_steps=1)
+    reports = tmp_path / "reports"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "job", "launch", "--nproc_per_node", "1", str(ROOT / "job" / "__main__.py"), "run",
+         "--config", str(config)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "JOB_REPORTS_DIR": str(reports)},
+    )  # fmt: skip
+    log = reports / "launch-logs" / "workerlog.0"
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and "[lora] step 2/" in log.read_text(encoding="utf-8")):
+        assert process.poll() is None and time.monotonic() < deadline, "the rank never trained"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    assert "stopping: finished runs' results are kept" in log.read_text(encoding="utf-8")
 
 
 @pytest.mark.slow

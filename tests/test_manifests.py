@@ -263,3 +263,50 @@ def test_containers_are_hardened_in_kubernetes_and_compose() -> None:
         assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
         assert set(service["cap_add"]) == {"CHOWN", "SETUID", "SETGID"}  # the entrypoint's hand-over only
         assert "no-new-privileges:true" in service["security_opt"]
+
+
+# ---------------------------------------------------------------- the GPU platforms
+
+
+def dockerfile_env(path: Path) -> dict[str, str]:
+    """The ENV values a Dockerfile sets (continuation lines joined)."""
+    text = path.read_text(encoding="utf-8").replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            env.update(re.findall(r"(\w+)=(\S+)", line))
+    return env
+
+
+def test_the_gpu_image_finds_the_driver_where_gke_and_the_nvidia_runtime_put_it() -> None:
+    env = dockerfile_env(ROOT / "Dockerfile.gpu")
+    assert env["LD_LIBRARY_PATH"].split(":")[:2] == ["/usr/local/nvidia/lib64", "/usr/local/nvidia/lib"]
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert "compute" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")
+
+
+def test_the_driver_floor_and_the_blackwell_build_arg_are_stated_where_users_read_them() -> None:
+    from job.device_faults import DRIVER_FLOORS, NEWEST_BUILD, PADDLE_INDEX
+
+    dockerfile = (ROOT / "Dockerfile.gpu").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    default_index = re.search(r"ARG PADDLE_INDEX_URL=(\S+)", dockerfile).group(1)
+    assert default_index == PADDLE_INDEX.format(build="cu126")
+    for text in (dockerfile, readme):
+        assert f">= {DRIVER_FLOORS['12.6']}" in text and "525.60.13" not in text
+        assert PADDLE_INDEX.format(build=NEWEST_BUILD) in text and "Blackwell" in text
+
+
+def test_the_kubernetes_job_tolerates_the_gpu_taint_and_says_when_to_name_the_runtime() -> None:
+    text = (BATCH / "kubernetes-job.yaml").read_text(encoding="utf-8")
+    pod = yaml.safe_load(text)["spec"]["template"]["spec"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert "# runtimeClassName: nvidia" in text
+    assert "runtimeClassName: nvidia" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_multi_gpu_runs_keep_their_logs_in_the_reports_folder() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "--log_dir /tmp" not in makefile and "launch --gpus $(GPUS)" in makefile
+    entrypoint = (ROOT / "docker" / "entrypoint.sh").read_text(encoding="utf-8")
+    assert 'set -- -m job launch "$@"' in entrypoint  # through the job's launcher: exit 143, logs kept
