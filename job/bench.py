@@ -21,7 +21,7 @@ from typing import Any
 
 from job.config import JobConfig
 from job.data import NUM_CLASSES, Encoded, encode, epoch_batches, iterate_batches, read_clue_file, read_source
-from job.device import peak_memory_mb, reset_peak_memory, resolve_precision, select_device
+from job.device import peak_memory_mb, reset_peak_memory, resolve_eval_batch_size, resolve_precision, select_device
 from job.dropout import training_dropout
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate, length_sorted_batches
@@ -245,7 +245,7 @@ def bench_strategy(run: Run, rows: list[Encoded], config: JobConfig, steps: int,
     }  # fmt: skip
     if with_eval:
         eval_rows = rows[:256]
-        eval_seconds, eval_work = time_evaluation(model, model_config, eval_rows, run.eval_batch_size)
+        eval_seconds, eval_work = time_evaluation(model, model_config, eval_rows, int(run.eval_batch_size))
         eval_rate = len(eval_rows) / eval_seconds
         result.update({
             "eval_samples_per_second": figures(eval_rate),
@@ -309,6 +309,7 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
     quiet_paddlenlp()
     device = select_device(config.device)
     precision = resolve_precision(config.precision, device)  # what `job run` would train with here
+    eval_batch_size = resolve_eval_batch_size(config.eval_batch_size, device)
     peak = matmul_peak_gflops()
     bandwidth = copy_bandwidth_gbs()
     tokenizer = bench_tokenizer(config)
@@ -317,7 +318,11 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
     _, model_source = bench_model(config)
     results = [
         bench_strategy(
-            replace(run, settings=replace(run.settings, bucket_window=window, precision=precision)),
+            replace(
+                run,
+                settings=replace(run.settings, bucket_window=window, precision=precision),
+                eval_batch_size=eval_batch_size,
+            ),
             rows,
             config,
             steps,
@@ -332,7 +337,8 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
     report: dict[str, Any] = {
         "device": device.description, "threads": os.environ.get("OMP_NUM_THREADS"), "model": model_source,
         "data": f"{source}, first {len(rows)} training titles", "batch_size": config.batch_size,
-        "max_seq_length": config.max_seq_length, "precision": precision, "matmul_peak_gflops": figures(peak),
+        "max_seq_length": config.max_seq_length, "precision": precision, "eval_batch_size": eval_batch_size,
+        "matmul_peak_gflops": figures(peak),
         "copy_bandwidth_gbs": figures(bandwidth), "runs": results, "targets": targets(results),
     }  # fmt: skip
     if e2e:

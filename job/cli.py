@@ -1,6 +1,7 @@
 """Command line: `python -m job run|plan|validate|prefetch|report|predict|bench|doctor|launch|config-reference`.
-Options only; errors become exit codes: 0 success, 1 training failed (NaN loss), 2 bad input (config, data, model, device),
-75 retryable (download or I/O), 128+N killed by signal N (143 for SIGTERM, 130 for Ctrl-C)."""
+Options only; errors become exit codes: 0 success, 1 training failed (NaN loss), 2 bad input (config, data,
+model, device, a GPU node or image that must change), 75 retryable (download, I/O, a passing GPU fault),
+128+N killed by signal N (143 for SIGTERM, 130 for Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -259,23 +260,26 @@ def bench(
 @click.option("--input", "input_file", type=click.Path(path_type=Path), default=None,
               help="A file of titles: one per line, or CLUE JSON lines with a 'sentence'.")  # fmt: skip
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Titles per forward pass. Default: 16 on CPU, 128 on a GPU (as eval_batch_size: auto).")  # fmt: skip
 @click.option("--max-seq-length", type=click.IntRange(min=8), default=128, show_default=True)
 @exit_codes("{model_dir}")
 def predict(
-    model_dir: Path, titles: tuple[str, ...], input_file: Path | None, device: str, batch_size: int, max_seq_length: int
+    model_dir: Path, titles: tuple[str, ...], input_file: Path | None, device: str, batch_size: int | None,
+    max_seq_length: int,
 ) -> None:  # fmt: skip
     """Classify news titles with a saved model; prints one JSON line per title:
     {"sentence", "label", "label_desc", "probability"}."""
     texts = list(titles) + (read_titles(input_file) if input_file is not None else [])
     if not texts:
         raise UserError("no titles: give them as arguments or with --input FILE")
-    from job.device import select_device
+    from job.device import resolve_eval_batch_size, select_device
     from job.model import quiet_paddlenlp
 
     quiet_paddlenlp()
     chosen = select_device(device)
-    click.echo(f"device: {chosen.description} ({chosen.reason})", err=True)
+    batch_size = resolve_eval_batch_size(batch_size or "auto", chosen)
+    click.echo(f"device: {chosen.description} ({chosen.reason}); batch size {batch_size}", err=True)
     saved = load_saved_model(model_dir)
     for line in predictions(saved, texts, batch_size, max_seq_length):
         click.echo(json.dumps(line, ensure_ascii=False))

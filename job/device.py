@@ -216,6 +216,14 @@ def resolve_precision(requested: str, device: DeviceChoice) -> str:
     return "fp16" if capability >= FP16_CAPABILITY else "fp32"
 
 
+EVAL_BATCH_SIZES = {"cpu": 16, "gpu": 128}  # what `auto` means; the reasons are in the config reference
+
+
+def resolve_eval_batch_size(requested: int | str, device: DeviceChoice) -> int:
+    """The evaluation (and predict) batch size: the number given, or for `auto` the device's default."""
+    return EVAL_BATCH_SIZES[device.name] if requested == "auto" else int(requested)
+
+
 def use_contiguous_kernels() -> None:
     """Paddle 3 makes transpose and slice return strided views by default; on CPU every later reshape,
     scale or matmul then first copies them with a slow generic kernel. Contiguous results made this

@@ -85,7 +85,9 @@ def _summary(combined: Combined) -> str:
         "",
         f"- Device: {run.device.description} ({run.device.reason}); training precision "
         + ", ".join(sorted({r.precision for r in combined.runs}))
-        + ", evaluation fp32; dropout "
+        + ", evaluation fp32 in batches of "
+        + ", ".join(str(size) for size in sorted({r.eval_batch_size for r in combined.runs}))
+        + "; dropout "
         + ", ".join(sorted({r.dropout for r in combined.runs})),
         f"- Train: {data.train.source}",
         f"- Dev: {data.dev.source}",

@@ -25,7 +25,7 @@ from job.stats import encode_classes
 from job.storage import Output
 from job.strategies import STRATEGY_NAMES
 
-SCHEMA_VERSION = 3  # 2: grid runs (seed, learning rate), predictions, macro-F1, comparison; 3: sample
+SCHEMA_VERSION = 4  # 2: grid runs (seed, learning rate), predictions, macro-F1, comparison; 3: sample; 4: eval batch
 
 
 class Record(BaseModel):
@@ -54,6 +54,7 @@ class RunResult(Record):
     learning_rate: float
     batch_size: int
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # training; evaluation is fp32 (older records: fp32)
+    eval_batch_size: int  # as resolved for the device (config `auto`: job.device.resolve_eval_batch_size)
     dropout: str = "paddle"  # the dropout training used (job.dropout; older records: Paddle's)
     lora_r: int | None
     lora_alpha: int | None
@@ -120,7 +121,7 @@ class RunFacts(Record):
 class ResultRecord(Record):
     """results/<key>.json"""
 
-    schema_version: Literal[3] = SCHEMA_VERSION
+    schema_version: Literal[4] = SCHEMA_VERSION
     run: RunFacts
     result: RunResult
 
@@ -175,7 +176,7 @@ class Comparison(Record):
 
 
 class Combined(Record):
-    schema_version: Literal[3] = SCHEMA_VERSION
+    schema_version: Literal[4] = SCHEMA_VERSION
     run: RunFacts
     headline: list[HeadlineRow]
     comparison: Comparison | None

@@ -19,6 +19,7 @@ from job.device import (
     peak_memory_mb,
     process_ranks,
     reset_peak_memory,
+    resolve_eval_batch_size,
     resolve_precision,
     select_device,
 )
@@ -149,11 +150,15 @@ def train_runs(
     splits = draw_samples(raw, config.max_train_samples, config.max_eval_samples, config.sample_seed())
     device = select_device(config.device)
     precision = resolve_precision(config.precision, device)
-    runs = [replace(run, settings=replace(run.settings, precision=precision)) for run in runs]
+    runs = [
+        replace(run, settings=replace(run.settings, precision=precision),
+                eval_batch_size=resolve_eval_batch_size(run.eval_batch_size, device))
+        for run in runs
+    ]  # fmt: skip
     stop.checkpoint()
     say(
-        f"device: {device.description} ({device.reason}), precision {precision}"
-        + (f", rank {ranks.rank} of {ranks.world}" if ranks.world > 1 else "")
+        f"device: {device.description} ({device.reason}), precision {precision}, evaluation batch "
+        f"{runs[0].eval_batch_size}" + (f", rank {ranks.rank} of {ranks.world}" if ranks.world > 1 else "")
     )
     for split in splits.all():
         say(f"{split.name}: {split.source}")
@@ -222,6 +227,7 @@ def train_one(
         learning_rate=settings.learning_rate,
         batch_size=settings.batch_size,
         precision=settings.precision,
+        eval_batch_size=run.eval_batch_size,
         dropout=outcome.dropout,
         lora_r=run.lora.r if run.lora else None,
         lora_alpha=run.lora.alpha if run.lora else None,

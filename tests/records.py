@@ -46,6 +46,7 @@ def result(
         seed=seed,
         learning_rate=lr,
         batch_size=8,
+        eval_batch_size=16,
         lora_r=r if lora else None,
         lora_alpha=2 * r if lora else None,
         initial_weights=f"weights-of-seed-{seed}",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from job.device import Ranks, available_cpus, set_cpu_thread_defaults, shard_batches, usable_batches
+from job.device import Ranks, set_cpu_thread_defaults, shard_batches, usable_batches
 from job.launch import launcher_command
 from job.train import rank_seed
 

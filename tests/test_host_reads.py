@@ -6,6 +6,7 @@ equal the CPU path's."""
 from __future__ import annotations
 
 import collections
+import itertools
 from pathlib import Path
 
 import paddle
@@ -37,8 +38,10 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
     return counts
 
 
-def trained(tiny_model: Path, tnews_dir: Path, monkeypatch: pytest.MonkeyPatch, *, gpu: bool, strategy: str,
-            counts: collections.Counter | None = None, learning_rate: float = 5e-3) -> tuple[list[float], list[int]]:  # fmt: skip
+def trained(
+    tiny_model: Path, tnews_dir: Path, monkeypatch: pytest.MonkeyPatch, *, gpu: bool, strategy: str,
+    counts: collections.Counter | None = None,
+) -> tuple[list[float], list[int]]:  # fmt: skip
     """Train `strategy` for 2 epochs of the tiny model; returns the step losses and, per step, the host
     reads made since the previous step began."""
     monkeypatch.setattr(device, "on_gpu", lambda: gpu)
@@ -48,7 +51,7 @@ def trained(tiny_model: Path, tnews_dir: Path, monkeypatch: pytest.MonkeyPatch, 
     paddle.seed(0)
     loaded = load_model(str(tiny_model), 15)
     model = STRATEGIES[strategy].prepare(loaded, _run_for(strategy))
-    settings = TrainSettings(learning_rate, 16, 2, 0.01, 0.1, 1.0, seed=0, logging_steps=LOGGING_STEPS)
+    settings = TrainSettings(5e-3, 16, 2, 0.01, 0.1, 1.0, seed=0, logging_steps=LOGGING_STEPS)
     per_step: list[int] = []
     original = job.train.train_step
 
@@ -61,7 +64,7 @@ def trained(tiny_model: Path, tnews_dir: Path, monkeypatch: pytest.MonkeyPatch, 
     paddle.seed(0)
     outcome = train(model, rows, settings, int(tokenizer.pad_token_id), strategy, StopRequest())
     monkeypatch.setattr(job.train, "train_step", original)
-    return outcome.step_losses, [b - a for a, b in zip(per_step, per_step[1:], strict=False)]
+    return outcome.step_losses, [b - a for a, b in itertools.pairwise(per_step)]
 
 
 def _run_for(strategy: str):

@@ -26,7 +26,7 @@ def test_a_grid_yields_one_run_per_strategy_rate_and_seed() -> None:
     third = runs[3]  # every setting resolved on the run itself, no lists left
     assert (third.strategy.name, third.learning_rate, third.seed) == ("lora", 5e-4, 42)
     assert (third.lora.r, third.lora.alpha, third.lora.dropout) == (16, 32, 0.1)
-    assert third.settings.batch_size == 8 and third.eval_batch_size == 16
+    assert third.settings.batch_size == 8 and third.eval_batch_size == "auto"  # resolved once the device is known
     assert third.label == "lora (r=16, α=32, dropout=0.1, lr=0.0005)"
 
 

@@ -84,3 +84,25 @@ def test_paddle_on_cpu_computes_in_fp32_under_autocast_which_is_why_cpu_refuses_
     with paddle.amp.auto_cast(enable=True, dtype="bfloat16", level="O1"):
         assert layer(paddle.ones([2, 8])).dtype == paddle.float32
     assert not paddle.amp.GradScaler(init_loss_scaling=2.0**15).is_enable()
+
+
+def test_eval_batch_size_auto_is_16_on_cpu_and_128_on_a_gpu_and_a_number_stays() -> None:
+    from job.device import resolve_eval_batch_size
+
+    gpu = DeviceChoice("gpu", "gpu:0 (NVIDIA L4, compute capability 8.9)", "requested", (8, 9))
+    assert resolve_eval_batch_size("auto", CPU) == 16 and resolve_eval_batch_size("auto", gpu) == 128
+    assert resolve_eval_batch_size(48, CPU) == resolve_eval_batch_size(48, gpu) == 48
+
+
+def test_the_resolved_eval_batch_size_is_recorded_per_run_and_reported(
+    tiny_model: Path, tnews_dir: Path, tmp_path: Path
+) -> None:
+    out = run_tiny(tmp_path, tiny_model, tnews_dir, strategies=["lora"], max_train_samples=32, max_eval_samples=16,
+                   eval_batch_size="auto")  # fmt: skip
+    combined = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert combined["run"]["config"]["eval_batch_size"] == "auto"
+    assert [run["eval_batch_size"] for run in combined["runs"]] == [16]
+    report = (out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+    assert "evaluation fp32 in batches of 16" in report
+    reference = CliRunner().invoke(main, ["config-reference"]).output
+    assert "eval_batch_size" in reference and "128 on a GPU" in reference
