@@ -21,7 +21,7 @@ define compose_run
 	docker rm $(CONTAINER) >/dev/null 2>&1; exit $$code
 endef
 
-.PHONY: help venv lock bench test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
+.PHONY: help venv lock bench doctor test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ test-fast: venv ## run the tests without the slow ones (full-size model, real da
 
 bench: venv ## speed of each strategy on the full-size model (table + bench.json; a few minutes)
 	$(PY) -m job bench --config $(CONFIG) --output bench.json
+
+doctor: venv ## check this machine: Paddle build, device, a training step of each strategy, writable folders
+	$(PY) -m job doctor --config $(CONFIG)
 
 run-local: venv ## run the job in the venv: make run-local CONFIG=configs/x.yaml
 	$(PY) -m job run --config $(CONFIG)

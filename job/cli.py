@@ -285,6 +285,31 @@ def predict(
         click.echo(json.dumps(line, ensure_ascii=False))
 
 
+@main.command()
+@CONFIG_OPTION
+@SET_OPTION
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), help="Override config key 'device'.")
+@click.option("--output-dir", type=str, help="Override config key 'output_dir'.")
+@exit_codes("{output_dir}")
+def doctor(config_path: Path | None, overrides: tuple[str, ...], device: str | None, output_dir: str | None) -> None:
+    """Check this node and image: the Paddle build, driver, devices and compute capability, one tiny
+    training step of each strategy in each precision the device supports, an all-reduce across several
+    GPUs, output_dir and the model cache writable; on CPU the threads, MKL and matmul peak. One line per
+    check, PASS or FAIL with the fix; exit 0 when all pass, 2 otherwise."""
+    config = resolve_config(config_path, overrides, device=device, output_dir=output_dir)
+    from job.doctor import run_checks
+    from job.model import quiet_paddlenlp
+
+    quiet_paddlenlp()
+    failed = 0
+    for check in run_checks(config):
+        click.echo(check.line())
+        failed += not check.passed
+    click.echo(f"{'all checks passed' if not failed else f'{failed} check(s) failed'}")
+    if failed:
+        sys.exit(UserError.exit_code)
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("launcher_args", nargs=-1, type=click.UNPROCESSED)
 def launch(launcher_args: tuple[str, ...]) -> None:

@@ -1,0 +1,288 @@
+"""`python -m job doctor`: the self-check a user runs on a new node or in the image, one line per check,
+PASS or FAIL with the fix. It builds a tiny random ERNIE in memory (no download) and takes one real
+training step of every strategy in every precision the device supports, through the job's own step.
+
+GPU branches (driver, devices, mixed precision steps, the NCCL all-reduce) run only where there is a
+GPU; on CPU the doctor reports the CPU facts the job's speed depends on."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from job.config import JobConfig
+from job.device import (
+    AMD_VENDORS,
+    BF16_CAPABILITY,
+    FP16_CAPABILITY,
+    DeviceChoice,
+    cpu_vendor,
+    gpu_available,
+    resolve_precision,
+    select_device,
+)
+from job.device_faults import device_fault, driver_floor
+from job.errors import RetryableError, UserError
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        fix = f" -> fix: {self.fix}" if self.fix and not self.passed else ""
+        return f"{'PASS' if self.passed else 'FAIL'}  {self.name}: {self.detail}{fix}"
+
+
+def paddle_build() -> Check:
+    import paddle
+
+    if not paddle.is_compiled_with_cuda():
+        return Check("paddle build", True, f"paddlepaddle {paddle.__version__}, CPU only (no CUDA)")
+    return Check("paddle build", True, f"paddlepaddle-gpu {paddle.__version__}, CUDA {paddle.version.cuda()}, "
+                 f"cuDNN {paddle.version.cudnn()}")  # fmt: skip
+
+
+def driver_version(proc_file: Path = Path("/proc/driver/nvidia/version")) -> str | None:
+    """The NVIDIA kernel module's version (the host's driver, visible in every container), or None."""
+    try:
+        match = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+(?:\.\d+)+)", proc_file.read_text(encoding="utf-8"))
+    except OSError:
+        return None
+    return match.group(1) if match else None
+
+
+def driver_check(version: str | None) -> Check:
+    """The host's driver against the floor of this Paddle's CUDA build."""
+    floor = driver_floor()
+    if version is None:
+        return Check("driver", False, "no NVIDIA kernel module (/proc/driver/nvidia/version)",
+                     "install the NVIDIA driver on the host and run with the NVIDIA container toolkit")  # fmt: skip
+    old = [int(part) for part in version.split(".")] < [int(part) for part in floor.split(".")]
+    if old:
+        return Check("driver", False, f"{version}, older than {floor}", f"install driver >= {floor}")
+    return Check("driver", True, f"{version} (this build needs >= {floor})")
+
+
+def device_checks(requested: str) -> tuple[list[Check], DeviceChoice | None]:
+    """The device the job would pick, with its facts; None when there is none to train on."""
+    checks: list[Check] = []
+    import paddle
+
+    if paddle.is_compiled_with_cuda():
+        checks.append(driver_check(driver_version()))
+    check = gpu_available()
+    if check.fault is not None:
+        checks.append(Check("devices", False, check.why, check.fault.fix or "retry on a healthy node"))
+        return checks, None
+    if requested == "gpu" and not check.usable:
+        fix = "use the GPU image (make build-gpu) with --gpus all" if "no CUDA" in check.why else "run with --gpus all"
+        checks.append(Check("devices", False, check.why, fix))
+        return checks, None
+    try:
+        chosen = select_device(requested)
+    except (UserError, RetryableError) as exc:
+        checks.append(Check("devices", False, str(exc)))
+        return checks, None
+    checks.append(Check("devices", True, f"{chosen.description} ({chosen.reason})"))
+    if chosen.name == "gpu":
+        capability = chosen.capability or (0, 0)
+        bf16 = "yes" if capability >= BF16_CAPABILITY else "no"
+        fp16 = "yes" if capability >= FP16_CAPABILITY else "no"
+        auto = resolve_precision("auto", chosen)
+        detail = f"{capability[0]}.{capability[1]}: bf16 {bf16}, fp16 tensor cores {fp16}, precision auto = {auto}"
+        checks.append(Check("compute capability", True, detail))
+    return checks, chosen
+
+
+def precisions_to_try(device: DeviceChoice) -> list[str]:
+    """fp32 everywhere, and on a GPU each mixed precision it supports."""
+    if device.name != "gpu":
+        return ["fp32"]
+    capability = device.capability or (0, 0)
+    return (
+        ["fp32"]
+        + (["fp16"] if capability >= FP16_CAPABILITY else [])
+        + (["bf16"] if capability >= BF16_CAPABILITY else [])
+    )
+
+
+def tiny_model(seed: int = 0) -> Any:
+    """A 2-layer ERNIE with random weights, built in memory (no download)."""
+    import paddle
+    from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
+
+    paddle.seed(seed)
+    config = ErnieConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64, num_classes=3)  # fmt: skip
+    return ErnieForSequenceClassification(config)
+
+
+def step_checks(device: DeviceChoice) -> Iterator[Check]:
+    """One real training step of every strategy in each precision, through the job's own step."""
+    import numpy as np
+
+    from job.model import LoadedModel
+    from job.plan import plan_runs
+    from job.strategies import STRATEGY_NAMES
+    from job.train import build_optimizer, loss_scaler, train_step
+
+    runs = {
+        run.strategy.name: run for run in plan_runs(JobConfig(lora_r=4, lora_alpha=8, strategies=list(STRATEGY_NAMES)))
+    }
+    generator = np.random.default_rng(0)
+    batch = {
+        "input_ids": generator.integers(1, 64, size=(4, 16)).astype("int64"),
+        "token_type_ids": np.zeros((4, 16), dtype="int64"),
+        "labels": generator.integers(0, 3, size=(4,)).astype("int64"),
+    }
+    for precision in precisions_to_try(device):
+        for name, run in runs.items():
+            what = f"{name} step ({precision})"
+            try:
+                model = tiny_model()
+                head = [n for n, _ in model.named_parameters() if not n.startswith("ernie.")]
+                model = run.strategy.prepare(LoadedModel(model, head, reinitialised=[]), run)
+                model.train()
+                optimizer, schedule = build_optimizer(model, run.settings, 10)
+                loss = float(train_step(model, batch, optimizer, schedule, precision, loss_scaler(precision)))
+            except (OSError, RuntimeError, ValueError) as exc:
+                fault = device_fault(exc)
+                fix = (fault.fix or "retry on a healthy node") if fault else "report this with the message"
+                yield Check(what, False, (fault.detail if fault else str(exc).strip().splitlines()[0][:300]), fix)
+                continue
+            if math.isfinite(loss):
+                yield Check(what, True, f"loss {loss:.4f}")
+            else:
+                yield Check(
+                    what,
+                    False,
+                    f"loss {loss}",
+                    "the device computes wrong numbers: try precision fp32, or another node",
+                )
+
+
+# One process per GPU: each all-reduces a tensor of ones; every rank must then hold the world size.
+ALL_REDUCE = """
+import paddle, paddle.distributed as dist
+dist.init_parallel_env()
+ones = paddle.ones([1024])
+dist.all_reduce(ones)
+expected = dist.get_world_size()
+assert float(ones.min()) == float(ones.max()) == expected, (float(ones.min()), expected)
+print("all-reduce ok", expected)
+"""
+
+
+COLLECTIVE_FIX = (
+    "rerun with NCCL_DEBUG=INFO; give the container shared memory (compose: shm_size; Kubernetes: /dev/shm)"
+)
+
+
+def all_reduce_check(processes: int, gpus: bool, timeout: float = 300) -> Check:
+    """An all-reduce across `processes` ranks under paddle.distributed.launch (NCCL on GPUs, gloo on CPU)."""
+    with tempfile.TemporaryDirectory(prefix="doctor-") as folder:
+        script = Path(folder) / "all_reduce.py"
+        script.write_text(ALL_REDUCE, encoding="utf-8")
+        devices = (
+            ["--gpus", ",".join(str(i) for i in range(processes))] if gpus else ["--nproc_per_node", str(processes)]
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "paddle.distributed.launch",
+            *devices,
+            "--log_dir",
+            str(Path(folder) / "logs"),
+            str(script),
+        ]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return Check("all-reduce", False, f"{processes} ranks did not finish in {timeout:.0f} s", COLLECTIVE_FIX)
+        logs = "".join(
+            p.read_text(encoding="utf-8", errors="replace") for p in sorted((Path(folder) / "logs").glob("workerlog.*"))
+        )
+    if result.returncode == 0 and logs.count("all-reduce ok") == processes:
+        return Check("all-reduce", True, f"{processes} ranks ({'NCCL' if gpus else 'gloo'}) agree")
+    text = logs + result.stderr
+    fault = device_fault(OSError(text)) if "error(" in text else None
+    detail = fault.detail if fault else (text.strip().splitlines() or ["no output"])[-1][:300]
+    return Check("all-reduce", False, detail, fault.fix if fault and fault.fix else COLLECTIVE_FIX)
+
+
+def writable_checks(config: JobConfig) -> Iterator[Check]:
+    from paddlenlp.utils.env import PPNLP_HOME
+
+    from job.storage import open_output
+
+    output = open_output(config.output_dir)
+    try:
+        created = output.check_writable()
+    except OSError as exc:
+        yield Check("output_dir", False, f"{output.where()}: {exc.strerror or exc}",
+                    "mount the folder read-write and owned by the job's user, or set output_dir")  # fmt: skip
+    except (UserError, RetryableError) as exc:
+        yield Check("output_dir", False, str(exc))
+    else:
+        for folder in reversed(created):  # the doctor leaves nothing behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        yield Check("output_dir", True, f"{output.where()} is writable")
+    cache = Path(PPNLP_HOME)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache, prefix=".doctor-"):
+            pass
+    except OSError as exc:
+        yield Check("model cache", False, f"{cache} ($PPNLP_HOME): {exc.strerror or exc}",
+                    "point PPNLP_HOME at a writable folder (the images use the volume at /cache)")  # fmt: skip
+    else:
+        yield Check("model cache", True, f"{cache} ($PPNLP_HOME) is writable")
+
+
+def cpu_checks() -> Iterator[Check]:
+    from job.bench import matmul_peak_gflops
+
+    vendor = cpu_vendor() or "unknown vendor"
+    mkl = os.environ.get("MKL_DEBUG_CPU_TYPE")
+    mkl_note = f"MKL_DEBUG_CPU_TYPE={mkl}" if mkl else "MKL picks its own kernels"
+    if vendor in AMD_VENDORS and mkl != "5":
+        yield Check("MKL", False, f"{vendor} without MKL_DEBUG_CPU_TYPE=5 (MKL's slow path on AMD, about 2x slower)",
+                    "unset MKL_DEBUG_CPU_TYPE and let the job set it, or set it to 5")  # fmt: skip
+    else:
+        yield Check("MKL", True, f"{vendor}, {mkl_note}")
+    yield Check("threads", True, f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    yield Check(
+        "matmul peak", True, f"{matmul_peak_gflops(seconds=1.0):.0f} GFLOP/s fp32 (job bench measures it longer)"
+    )
+
+
+def run_checks(config: JobConfig) -> Iterator[Check]:
+    """Every check, in order; each yielded as soon as it is known."""
+    yield paddle_build()
+    checks, device = device_checks(config.device)
+    yield from checks
+    if device is not None:
+        yield from step_checks(device)
+        if device.name == "gpu":
+            import paddle
+
+            count = paddle.device.cuda.device_count()
+            if count > 1:
+                yield all_reduce_check(count, gpus=True)
+        else:
+            yield from cpu_checks()
+    yield from writable_checks(config)

@@ -1,0 +1,105 @@
+"""`job doctor`: one PASS/FAIL line per check, the fix beside every failure, exit 0 only when all pass.
+The CPU branches run here for real (a training step of each strategy, the writable folders, the CPU
+facts, an all-reduce across two gloo ranks); the GPU branches are fed Paddle's own failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import paddle
+import pytest
+from click.testing import CliRunner
+
+import job.train
+from job.cli import main
+from job.device import DeviceChoice
+from job.doctor import all_reduce_check, driver_check, driver_version, precisions_to_try
+from tests.test_device_faults import INSUFFICIENT_DRIVER, raising
+
+
+def doctor(tmp_path: Path, *args: str):
+    return CliRunner().invoke(main, ["doctor", "--output-dir", str(tmp_path / "out"), *args])
+
+
+def test_on_this_cpu_every_check_passes_and_nothing_is_left_behind(tmp_path: Path) -> None:
+    result = doctor(tmp_path)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert all(line.startswith("PASS  ") for line in lines[:-1]) and lines[-1] == "all checks passed"
+    names = [line.split(":")[0][6:] for line in lines[:-1]]
+    assert names == ["paddle build", "devices", "lora step (fp32)", "full_finetune step (fp32)", "MKL", "threads",
+                     "matmul peak", "output_dir", "model cache"]  # fmt: skip
+    assert "GFLOP/s" in lines[names.index("matmul peak")]
+    assert not (tmp_path / "out").exists()  # the probe's folder is removed again
+
+
+def test_an_output_dir_that_cannot_be_written_fails_with_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(main, ["doctor", "--output-dir", str(tmp_path / "file" / "out")])
+    assert result.exit_code == 2, result.output
+    assert "FAIL  output_dir: " in result.output and "-> fix: mount the folder read-write" in result.output
+    assert result.output.splitlines()[-1] == "1 check(s) failed"
+
+
+def test_a_model_cache_that_cannot_be_written_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import paddlenlp.utils.env
+
+    (tmp_path / "cache").write_text("not a folder")
+    monkeypatch.setattr(paddlenlp.utils.env, "PPNLP_HOME", str(tmp_path / "cache"))
+    result = doctor(tmp_path)
+    assert result.exit_code == 2 and "FAIL  model cache: " in result.output and "PPNLP_HOME" in result.output
+
+
+def test_a_step_with_a_non_finite_loss_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = job.train.train_step
+    monkeypatch.setattr(job.train, "train_step", lambda *a, **k: real(*a, **k) * float("nan"))
+    result = doctor(tmp_path)
+    assert result.exit_code == 2
+    assert "FAIL  lora step (fp32): loss nan -> fix: " in result.output
+    assert "FAIL  full_finetune step (fp32): loss nan" in result.output
+
+
+def test_a_driver_too_old_fails_the_device_check_with_the_driver_it_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: True)
+    monkeypatch.setattr(paddle.version, "cuda", lambda: "12.6")
+    monkeypatch.setattr(paddle.version, "cudnn", lambda: "9.5.1")
+    monkeypatch.setattr(paddle.device.cuda, "device_count", raising(INSUFFICIENT_DRIVER))
+    result = doctor(tmp_path, "--device", "gpu")
+    assert result.exit_code == 2, result.output
+    assert "PASS  paddle build: paddlepaddle-gpu 3.3.1, CUDA 12.6, cuDNN 9.5.1" in result.output
+    assert "FAIL  devices: the GPU cannot be used ((External) CUDA error(35)" in result.output
+    assert "-> fix: the NVIDIA driver on this node is older than this image's CUDA 12.6 runtime needs: install " \
+           "driver >= 550.54.14" in result.output  # fmt: skip
+    assert "step (" not in result.output  # no device: no steps tried
+    assert "PASS  output_dir" in result.output  # the other checks still run
+
+
+def test_the_driver_is_read_from_the_kernel_module_and_checked_against_the_builds_floor(tmp_path: Path) -> None:
+    proc = tmp_path / "version"
+    proc.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.183.01  Sun May 12 19:39:15 UTC 2024\n"
+                    "GCC version:  gcc version 12.2.0\n")  # fmt: skip
+    assert driver_version(proc) == "535.183.01"
+    assert driver_version(tmp_path / "missing") is None
+    old = driver_check("535.183.01")
+    assert not old.passed and old.fix == "install driver >= 550.54.14"
+    assert driver_check("550.54.14").passed and driver_check("570.86.10").passed
+    assert not driver_check(None).passed
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"), [((9, 0), ["fp32", "fp16", "bf16"]), ((7, 5), ["fp32", "fp16"]), ((6, 1), ["fp32"])]
+)
+def test_steps_are_tried_in_every_precision_the_gpu_supports(capability: tuple[int, int], expected: list[str]) -> None:
+    assert precisions_to_try(DeviceChoice("gpu", "gpu:0", "requested", capability)) == expected
+    assert precisions_to_try(DeviceChoice("cpu", "cpu", "requested")) == ["fp32"]
+
+
+@pytest.mark.slow
+def test_an_all_reduce_across_two_ranks_agrees_and_a_hung_one_fails_with_the_fix() -> None:
+    check = all_reduce_check(2, gpus=False)
+    assert check.passed, check.line()
+    assert check.detail == "2 ranks (gloo) agree"
+    hung = all_reduce_check(2, gpus=False, timeout=0.5)
+    assert not hung.passed and "NCCL_DEBUG=INFO" in hung.fix
