@@ -21,7 +21,14 @@ from typing import Any
 
 from job.config import JobConfig
 from job.data import NUM_CLASSES, Encoded, encode, epoch_batches, iterate_batches, read_clue_file, read_source
-from job.device import peak_memory_mb, reset_peak_memory, resolve_eval_batch_size, resolve_precision, select_device
+from job.device import (
+    on_gpu,
+    peak_memory_mb,
+    reset_peak_memory,
+    resolve_eval_batch_size,
+    resolve_precision,
+    select_device,
+)
 from job.dropout import training_dropout
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate, length_sorted_batches
@@ -45,19 +52,32 @@ EVAL_TARGET = ("eval_fraction_of_matmul_peak", 0.85)
 FLOOR_BYTES_PER_PARAMETER = 7 * 4 + 4
 
 
+def synchronize() -> None:
+    """On a GPU, wait until every queued kernel has run (they run asynchronously); nothing on CPU, where
+    every op has finished when it returns."""
+    import paddle
+
+    if on_gpu():
+        paddle.device.synchronize()
+
+
 def copy_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
-    """This machine's memory bandwidth: bytes read plus written per second, the best of a NumPy copy
-    (one thread) and an in-place Paddle scale with the job's threads over a large fp32 array (measured
-    here: 23 and 17 GB/s; AdamW reached about the first)."""
+    """The training device's memory bandwidth: bytes read plus written per second. On CPU the best of a
+    NumPy copy (one thread) and an in-place Paddle scale with the job's threads over a large fp32 array
+    (measured here: 23 and 17 GB/s; AdamW reached about the first); on a GPU the in-place scale alone, on
+    the device (host memory is not what AdamW reads there)."""
     import numpy as np
     import paddle
 
-    source = np.ones(megabytes << 18, dtype=np.float32)
-    target = np.empty_like(source)
     tensor = paddle.ones([megabytes << 18])
+    copies = [lambda: float(tensor.scale_(1.0)[0])]  # the read waits for the scale, on any device
+    if not on_gpu():
+        source = np.ones(megabytes << 18, dtype=np.float32)
+        target = np.empty_like(source)
+        copies.insert(0, lambda: np.copyto(target, source))
     best = float("inf")
     with paddle.no_grad():
-        for copy in (lambda: np.copyto(target, source), lambda: float(tensor.scale_(1.0)[0])):
+        for copy in copies:
             copy()  # warm-up: every page touched
             for _ in range(repeats):
                 started = time.perf_counter()
@@ -66,20 +86,40 @@ def copy_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
     return 2 * (megabytes << 20) / best / 1e9
 
 
-def matmul_peak_gflops(sizes: tuple[int, ...] = (1536, 1920, 2048), seconds: float = 3.0) -> float:
-    """What this machine's BLAS reaches with the job's threads: the best rate of large fp32 matmuls of a
-    few sizes, timed over and over for a few seconds. Both matter here: the first second ran at about
-    two thirds of the rate reached later (200-235 against about 300 GFLOP/s), and a power-of-two size
-    alone sometimes stayed 10-15% below its neighbours."""
+CPU_PEAK_SIZES = (1536, 1920, 2048)
+GPU_PEAK_SIZES = (4096, 6144, 8192)  # large enough to fill an H100's SMs; 2048 leaves them part idle
+
+
+def peak_setup(precision: str, gpu: bool) -> tuple[tuple[int, ...], str]:
+    """Sizes and dtype of the matmul peak: on CPU fp32 (Paddle trains fp32 there); on a GPU the training
+    dtype, so bf16/fp16 runs are measured against the tensor cores they use."""
+    if not gpu:
+        return CPU_PEAK_SIZES, "float32"
+    return GPU_PEAK_SIZES, {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")
+
+
+def tf32_matmuls() -> bool:
+    """Whether fp32 matmuls may run as TF32 on a GPU (Paddle's cuBLAS switch, unless NVIDIA_TF32_OVERRIDE=0)."""
     import paddle
 
-    operands = [(paddle.randn([size, size]), paddle.randn([size, size])) for size in sizes]
+    return bool(paddle.base.core.get_cublas_switch()) and os.environ.get("NVIDIA_TF32_OVERRIDE") != "0"
+
+
+def matmul_peak_gflops(sizes: tuple[int, ...] = CPU_PEAK_SIZES, seconds: float = 3.0, dtype: str = "float32") -> float:
+    """What this device reaches with the job's threads: the best rate of large matmuls of a few sizes,
+    timed over and over for a few seconds, each between device syncs. Both matter on CPU: the first
+    second ran at about two thirds of the rate reached later (200-235 against about 300 GFLOP/s), and a
+    power-of-two size alone sometimes stayed 10-15% below its neighbours."""
+    import paddle
+
+    operands = [(paddle.randn([size, size]).astype(dtype), paddle.randn([size, size]).astype(dtype)) for size in sizes]
     best = 0.0
     deadline = time.perf_counter() + seconds
     while True:
         for a, b in operands:
+            synchronize()
             started = time.perf_counter()
-            float(paddle.matmul(a, b)[0, 0])
+            float(paddle.matmul(a, b)[0, 0])  # the read waits for the product
             best = max(best, 2 * a.shape[0] ** 3 / (time.perf_counter() - started) / 1e9)
         if time.perf_counter() >= deadline:
             return best
@@ -180,8 +220,10 @@ def time_optimizer_step(model: Any, rows: list[Encoded], run: Run, repeats: int 
         with paddle.no_grad():
             for grad, original in gradients:
                 paddle.assign(original, output=grad)
+        synchronize()
         started = time.perf_counter()
         optimizer.step()
+        synchronize()
         best = min(best, time.perf_counter() - started)
     optimizer.clear_grad()
     return best
@@ -310,7 +352,9 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
     device = select_device(config.device)
     precision = resolve_precision(config.precision, device)  # what `job run` would train with here
     eval_batch_size = resolve_eval_batch_size(config.eval_batch_size, device)
-    peak = matmul_peak_gflops()
+    gpu = device.name == "gpu"
+    sizes, dtype = peak_setup(precision, gpu)
+    peak = matmul_peak_gflops(sizes, dtype=dtype)
     bandwidth = copy_bandwidth_gbs()
     tokenizer = bench_tokenizer(config)
     titles, source = bench_titles(config)
@@ -338,7 +382,8 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
         "device": device.description, "threads": os.environ.get("OMP_NUM_THREADS"), "model": model_source,
         "data": f"{source}, first {len(rows)} training titles", "batch_size": config.batch_size,
         "max_seq_length": config.max_seq_length, "precision": precision, "eval_batch_size": eval_batch_size,
-        "matmul_peak_gflops": figures(peak),
+        "matmul_peak_gflops": figures(peak), "matmul_peak_dtype": dtype,
+        "tf32": tf32_matmuls() if gpu and dtype == "float32" else None,
         "copy_bandwidth_gbs": figures(bandwidth), "runs": results, "targets": targets(results),
     }  # fmt: skip
     if e2e:
@@ -356,7 +401,8 @@ def format_table(report: dict[str, Any]) -> str:
     columns = ("window", "ms/step", "samples/s", "tokens/s", "GFLOP/s", "of peak", "optim ms", "optim floor",
                "of floor", "eval samples/s", "eval of peak", "peak MB")  # fmt: skip
     lines = [
-        f"device {report['device']}, matmul peak {report['matmul_peak_gflops']} GFLOP/s, copy bandwidth "
+        f"device {report['device']}, matmul peak {report['matmul_peak_gflops']} GFLOP/s "
+        f"({report['matmul_peak_dtype']}{', TF32 on' if report.get('tf32') else ''}), copy bandwidth "
         f"{report['copy_bandwidth_gbs']} GB/s, model {report['model']}",
         f"data {report['data']}, batch {report['batch_size']}, max_seq_length {report['max_seq_length']}",
         "",

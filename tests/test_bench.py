@@ -24,6 +24,8 @@ def test_bench_writes_every_number_for_every_strategy(write_config, tmp_path: Pa
     assert set(runs) == {(group, window) for group in ("lora", "full_finetune") for window in (0, 16)}
     assert report["model"].endswith("(checkpoint)")
     assert report["matmul_peak_gflops"] > 0 and report["copy_bandwidth_gbs"] > 0
+    assert report["matmul_peak_dtype"] == "float32" and report["tf32"] is None  # CPU: fp32, no TF32 question
+    assert report["eval_batch_size"] == 32  # the config's own number (auto would be 16 on CPU)
     assert report["precision"] == "fp32"  # what `job run` trains with on CPU
     for numbers in runs.values():  # every ratio rebuilt from its parts: values carry 4 significant figures
         assert numbers["timed_steps"] == 20
@@ -78,3 +80,28 @@ def test_eval_flops_count_the_last_layer_on_cls_only() -> None:
 
 def test_matmul_peak_is_measured() -> None:
     assert matmul_peak_gflops(sizes=(64, 256), seconds=0.01) > 0
+
+
+def test_the_peak_is_measured_in_the_training_dtype_at_gpu_sizes_on_a_gpu_and_as_before_on_cpu() -> None:
+    from job.bench import peak_setup
+
+    assert peak_setup("fp32", gpu=False) == peak_setup("auto", gpu=False) == ((1536, 1920, 2048), "float32")
+    sizes, dtype = peak_setup("bf16", gpu=True)
+    assert dtype == "bfloat16" and min(sizes) >= 4096 and max(sizes) >= 8192
+    assert peak_setup("fp16", gpu=True)[1] == "float16" and peak_setup("fp32", gpu=True)[1] == "float32"
+    assert matmul_peak_gflops(sizes=(64,), seconds=0.01, dtype="float64") > 0  # the dtype is the one measured
+
+
+def test_on_a_gpu_the_bandwidth_is_the_devices_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forced GPU path on CPU: no NumPy (host) copy is timed, only Paddle's in-place scale on the device."""
+    import numpy as np
+
+    import job.bench
+
+    copied = []
+    monkeypatch.setattr(np, "copyto", lambda *a, **k: copied.append(1))
+    monkeypatch.setattr(job.bench, "on_gpu", lambda: True)
+    assert job.bench.copy_bandwidth_gbs(megabytes=8, repeats=2) > 0 and copied == []
+    monkeypatch.setattr(job.bench, "on_gpu", lambda: False)
+    job.bench.copy_bandwidth_gbs(megabytes=8, repeats=2)
+    assert copied  # on CPU the NumPy copy still counts
