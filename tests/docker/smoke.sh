@@ -19,7 +19,7 @@ WORK=$(mktemp -d)
 export SMOKE_DIR="$WORK/smoke" REPORTS_DIR="$WORK/reports"
 ROOT=$PWD
 cleanup() {
-  docker rm -f job-smoke-sigterm job-smoke-owner job-smoke-ro >/dev/null 2>&1 || true
+  docker rm -f job-smoke-sigterm job-smoke-owner job-smoke-ro job-smoke-launch >/dev/null 2>&1 || true
   for clone in "$WORK"/clone-*; do
     [ -d "$clone" ] && (cd "$clone" && "${COMPOSE[@]}" down -v >/dev/null 2>&1) || true
   done
@@ -190,6 +190,33 @@ PADDLE_PACKAGE=paddlepaddle PADDLE_INDEX_URL='' "${COMPOSE[@]}" build gpu-job
 "${COMPOSE[@]}" run --rm gpu-job 2>&1 | tee "$WORK/gpu.log"
 grep -q "auto: this Paddle build has no CUDA support, falling back to CPU" "$WORK/gpu.log" || fail "no CPU fallback message"
 check_report
+
+step "GPU image: the job keeps the groups that own the GPU device nodes, and no others"
+# A device node owned by group 44 (video) with mode 0660, as some hosts make /dev/nvidia*; `python` on
+# PATH is replaced by a probe that prints the groups the entrypoint handed over.
+mknod "$WORK/nvidia0" c 1 3 && chgrp 44 "$WORK/nvidia0" && chmod 660 "$WORK/nvidia0"
+mkdir -p "$WORK/probe" && printf '#!/bin/sh\nid -G\n' >"$WORK/probe/python" && chmod 755 "$WORK/probe/python"
+groups=$(docker run --rm --network none --device "$WORK/nvidia0:/dev/nvidia0" -v "$WORK/probe:/probe:ro" \
+  -v "$REPORTS_DIR:/app/reports" -e PATH=/probe:/opt/venv/bin:/usr/bin:/bin ernie-tnews-job:gpu run)
+[ "$groups" = "1000 44" ] || [ "$groups" = "$JOB_UID 44" ] || fail "groups with a group-owned /dev/nvidia0: '$groups', expected the user's and 44"
+groups=$(docker run --rm --network none -v "$WORK/probe:/probe:ro" -v "$REPORTS_DIR:/app/reports" \
+  -e PATH=/probe:/opt/venv/bin:/usr/bin:/bin ernie-tnews-job:gpu run)
+[ "$groups" = "$JOB_UID" ] || fail "groups without GPU devices: '$groups', expected only $JOB_UID"
+echo "with /dev/nvidia0 of group 44: groups $(echo "$groups") + 44; without: $groups"
+
+step "GPU image: launch (data-parallel) stops with 143 on docker stop and keeps the ranks' logs"
+rm -rf "${REPORTS_DIR:?}"/*
+"${COMPOSE[@]}" run -d --name job-smoke-launch gpu-job launch --nproc_per_node 1 /app/job/__main__.py run \
+  --set num_epochs=400 --strategy full_finetune >/dev/null
+for _ in $(seq 180); do grep -s "step 10/" "$REPORTS_DIR/launch-logs/workerlog.0" >/dev/null && break; sleep 1; done
+docker stop -t 30 job-smoke-launch >/dev/null
+code=$(docker wait job-smoke-launch)
+docker logs job-smoke-launch >"$WORK/launch.log" 2>&1
+docker rm job-smoke-launch >/dev/null
+tail -3 "$REPORTS_DIR/launch-logs/workerlog.0"
+[ "$code" = 143 ] || { tail -20 "$WORK/launch.log"; fail "launch: exit code $code after SIGTERM, expected 143"; }
+grep -q "stopping: finished runs' results are kept" "$REPORTS_DIR/launch-logs/workerlog.0" || fail "launch: no shutdown message in the rank's log"
+echo "exit 143, rank log in reports/launch-logs"
 
 step "image sizes"
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep ernie-tnews-job
