@@ -45,7 +45,7 @@ test-fast: venv ## run the tests without the slow ones (full-size model, real da
 	$(PY) -m pytest -ra -m "not slow"
 
 bench: venv ## speed of each strategy on the full-size model (table + bench.json; a few minutes)
-	$(PY) -m job bench --config $(CONFIG) --output bench.json
+	JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(CONFIG) --output bench.json
 
 doctor: venv ## check this machine: Paddle build, device, a training step of each strategy, writable folders
 	$(PY) -m job doctor --config $(CONFIG)
@@ -53,12 +53,13 @@ doctor: venv ## check this machine: Paddle build, device, a training step of eac
 run-local: venv ## run the job in the venv: make run-local CONFIG=configs/x.yaml
 	$(PY) -m job run --config $(CONFIG)
 
-lint: venv ## ruff, hadolint, the compose file, and the batch manifests against the services' schemas
+lint: venv ## ruff, hadolint, the compose file, the batch manifests against the services' schemas, import cycles
 	$(VENV)/bin/ruff check job tests
 	$(VENV)/bin/ruff format --check job tests
 	$(VENV)/bin/hadolint Dockerfile.cpu Dockerfile.gpu
 	$(COMPOSE) --profile '*' config -q
 	$(PY) -m tests.manifest_schemas
+	$(PY) -m tests.import_graph
 
 build-cpu: ## build the CPU image (ernie-tnews-job:cpu)
 	$(COMPOSE) build cpu-job

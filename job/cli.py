@@ -143,7 +143,7 @@ def run(
     A run whose result for the same config is already in output_dir is skipped, so rerunning an
     interrupted command resumes it. Each finished run's result is saved at once; the report merges
     all results of this config found in output_dir."""
-    from job.train import StopRequest
+    from job.signals import StopRequest
 
     stop = StopRequest()
     stop.install()
@@ -197,7 +197,7 @@ def prefetch(config_path: Path | None, overrides: tuple[str, ...]) -> None:
     PaddleNLP cache ($PPNLP_HOME), then exit. Run it once before an array job that shares the cache.
     PPNLP_ENDPOINT points every download at a mirror."""
     config = resolve_config(config_path, overrides)
-    from job.download import prefetch as fetch_all
+    from job.runner import prefetch as fetch_all
 
     for line in fetch_all(config):
         click.echo(line)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import reprlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +21,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -28,7 +30,7 @@ from job.device import PRECISIONS
 from job.errors import UserError
 from job.layout import RESERVED_NAMES
 from job.storage import output_dir_problem
-from job.strategies import STRATEGY_NAMES
+from job.strategies import STRATEGIES, STRATEGY_NAMES
 from job.textfiles import read_text
 
 StrategyName = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]  # derived from the registry
@@ -36,9 +38,16 @@ PositiveInt = Annotated[int, Field(ge=1)]
 MAX_SEED = 2**32 - 1  # Paddle's and NumPy's generators take seeds up to here
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Rate = Annotated[float, Field(gt=0, le=1)]
+
+
+def own_key(strategy: str, setting: str) -> str:
+    """The config key of a strategy's own setting: `lora_learning_rate`, `full_finetune_batch_size`."""
+    return f"{strategy}_{setting}"
+
+
 # Keys that take one value or a list; a list makes one run per value (the grid). No empty lists and no
 # repeated values: either would make runs that are not what the user meant.
-GRID_KEYS = ("seed", "learning_rate", "lora_learning_rate", "full_finetune_learning_rate")
+GRID_KEYS = ("seed", "learning_rate", *(own_key(name, "learning_rate") for name in STRATEGY_NAMES))
 
 # Keys that do not change any strategy's numbers (where results go, which strategies run, how
 # often to log): they are left out of the config hash, so results of split runs can be merged.
@@ -61,8 +70,17 @@ def report_file_problem(value: str) -> str | None:
     return None
 
 
-class JobConfig(BaseModel):
-    """Every setting of a run. Field descriptions are the config reference (see `job validate`)."""
+@dataclass(frozen=True)
+class OwnSettings:
+    """A strategy's own learning rates and batch size, or None where it takes the shared value."""
+
+    learning_rate: float | list[float] | None
+    batch_size: int | None
+
+
+class CommonConfig(BaseModel):
+    """Every setting shared by the strategies; JobConfig adds each registered strategy's own keys.
+    Field descriptions are the config reference (see `job config-reference`)."""
 
     # allow_inf_nan: `max_grad_norm: .inf` or `learning_rate: .nan` would only fail later, as NaN losses.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
@@ -110,7 +128,7 @@ class JobConfig(BaseModel):
         description="regexes (full match) of the layers LoRA wraps",
     )
     strategies: list[StrategyName] = Field(
-        ["lora", "full_finetune"], min_length=1, description="strategies to run, in this order"
+        list(STRATEGY_NAMES), min_length=1, description="strategies to run, in this order (default: every one)"
     )
     eval_batch_size: PositiveInt | Literal["auto"] = Field(
         "auto",
@@ -131,14 +149,6 @@ class JobConfig(BaseModel):
     length_bucket_window: int = Field(
         16, ge=0, description="batches per window sorted by length to cut padding (0: plain shuffle)"
     )
-    lora_learning_rate: Rate | list[Rate] | None = Field(
-        None, description="LoRA's own rate or rates (null: learning_rate)"
-    )
-    lora_batch_size: int | None = Field(None, ge=1, description="LoRA's own batch size (null: batch_size)")
-    full_finetune_learning_rate: Rate | list[Rate] | None = Field(
-        None, description="full FT's own rate or rates (null: learning_rate)"
-    )
-    full_finetune_batch_size: int | None = Field(None, ge=1, description="full FT's own batch size (null: batch_size)")
 
     @field_validator("model_name", "output_dir", "report_file", "data_dir")
     @classmethod
@@ -164,14 +174,14 @@ class JobConfig(BaseModel):
             raise ValueError(f"lists {', '.join(duplicates)} more than once")
         return value
 
-    @field_validator("lora_r", "lora_alpha", *GRID_KEYS)
+    @field_validator("lora_r", "lora_alpha", *GRID_KEYS, check_fields=False)
     @classmethod
     def _non_empty_list(cls, value: Any) -> Any:
         if isinstance(value, list) and not value:
             raise ValueError("an empty list; give a number or a list of numbers")
         return value
 
-    @field_validator(*GRID_KEYS)
+    @field_validator(*GRID_KEYS, check_fields=False)
     @classmethod
     def _no_repeated_value(cls, value: Any) -> Any:
         if isinstance(value, list):
@@ -183,7 +193,7 @@ class JobConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _sweep_pairs(self) -> JobConfig:
+    def _sweep_pairs(self) -> CommonConfig:
         if isinstance(self.lora_alpha, list) and len(self.lora_alpha) != len(_as_list(self.lora_r)):
             raise ValueError(
                 f"config key 'lora_alpha': a list of {len(self.lora_alpha)} values needs as many ranks in "
@@ -218,9 +228,17 @@ class JobConfig(BaseModel):
         """The seed of the data sample: `data_seed`, else the first seed."""
         return self.seeds()[0] if self.data_seed is None else self.data_seed
 
+    def own(self, strategy: str) -> OwnSettings:
+        """The strategy's own settings, read from its keys (`<strategy>_learning_rate`, ...)."""
+        return OwnSettings(*(getattr(self, own_key(strategy, setting)) for setting in OWN_SETTINGS))
+
     def learning_rates_for(self, strategy: str) -> list[float]:
-        own = getattr(self, f"{strategy}_learning_rate")
+        own = self.own(strategy).learning_rate
         return _as_list(self.learning_rate if own is None else own)
+
+    def batch_size_for(self, strategy: str) -> int:
+        own = self.own(strategy).batch_size
+        return self.batch_size if own is None else own
 
     def config_hash(self) -> str:
         """Hash of everything that changes the numbers (not where they are written)."""
@@ -231,6 +249,28 @@ class JobConfig(BaseModel):
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
+
+OWN_SETTINGS = ("learning_rate", "batch_size")  # the order of OwnSettings' fields
+
+
+def _own_fields() -> dict[str, Any]:
+    """Each registered strategy's own keys, in registry order, typed and described like the shared ones."""
+    fields: dict[str, Any] = {}
+    for name, strategy in STRATEGIES.items():
+        fields[own_key(name, "learning_rate")] = (
+            Rate | list[Rate] | None,
+            Field(None, description=f"{strategy.title}'s own rate or rates (null: learning_rate)"),
+        )
+        fields[own_key(name, "batch_size")] = (
+            int | None,
+            Field(None, ge=1, description=f"{strategy.title}'s own batch size (null: batch_size)"),
+        )
+    return fields
+
+
+# The strategies' own keys come from the registry: a new strategy gets them without an edit here.
+JobConfig = create_model("JobConfig", __base__=CommonConfig, __module__=__name__, **_own_fields())
+JobConfig.__doc__ = "Every setting of a run: the shared keys and each strategy's own."
 
 FIELD_NAMES: tuple[str, ...] = tuple(JobConfig.model_fields)
 
@@ -370,7 +410,7 @@ def check_against_model(config: JobConfig, model_limits: dict[str, int]) -> None
         )
     hidden = model_limits.get("hidden_size")
     largest = max(rank for rank, _ in config.lora_pairs())
-    if hidden and "lora" in config.strategies and largest > hidden:
+    if hidden and any(STRATEGIES[name].uses_lora for name in config.strategies) and largest > hidden:
         raise UserError(f"config key 'lora_r': {largest} is larger than the model's hidden size {hidden}")
 
 

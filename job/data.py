@@ -128,11 +128,8 @@ def read_clue_file(path: Path, require_label: bool = True) -> list[Example] | No
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def read_local_folder(folder: Path) -> RawSplits:

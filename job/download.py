@@ -22,7 +22,6 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from job.errors import RetryableError, UserError
 
@@ -75,11 +74,8 @@ def tnews_archive() -> Archive:
 
 
 def md5_of(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(stream, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def missing_members(archive: Archive) -> list[str]:
@@ -149,25 +145,3 @@ def download(url: str, path: Path) -> None:
         raise RetryableError(f"could not download {url}: {exc}") from None
     if expected and written != expected:
         raise RetryableError(f"could not download {url}: {written} of {expected} bytes arrived")
-
-
-# ---------------------------------------------------------------- prefetch
-
-
-def prefetch(config: Any) -> list[str]:
-    """Download (if needed) and load everything `config` needs: model weights, tokenizer, and TNEWS
-    unless data_dir is set. Returns one line per item for the log."""
-    from job.data import NUM_CLASSES, read_source
-    from job.model import check_model_name, count_parameters, load_model, load_tokenizer, quiet_paddlenlp
-
-    quiet_paddlenlp()
-    check_model_name(config.model_name)
-    use_mirror()
-    lines = []
-    tokenizer = load_tokenizer(config.model_name)
-    lines.append(f"tokenizer: {config.model_name} ({len(tokenizer.vocab):,} tokens)")
-    loaded = load_model(config.model_name, NUM_CLASSES)
-    lines.append(f"model: {config.model_name} ({count_parameters(loaded.model)[1]:,} parameters, {loaded.source})")
-    raw = read_source(config.data_dir)
-    lines.append(f"data: {raw.origin}: train {len(raw.train):,} rows, dev {len(raw.dev):,} rows")
-    return lines

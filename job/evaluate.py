@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from job.data import NUM_CLASSES, Encoded, iterate_batches
+from job.model import classifier_of
 from job.results import SplitResult
 from job.stats import encode_classes, macro_f1, per_class_accuracy
 
@@ -129,7 +130,7 @@ def last_encoder_layer(model: Any) -> Any | None:
     import paddle
     from paddlenlp.transformers import ErnieForSequenceClassification
 
-    model = getattr(model, "model", model)  # LoRAModel keeps the wrapped model here
+    model = classifier_of(model)
     if not isinstance(model, ErnieForSequenceClassification):
         return None
     layer = model.ernie.encoder.layers[-1]

@@ -202,6 +202,11 @@ def load_tokenizer(model_name: str) -> Any:
         raise RetryableError(f"could not load the tokenizer of '{model_name}': {exc}") from None
 
 
+def classifier_of(model: Any) -> Any:
+    """The classifier itself: a LoRAModel keeps the model it wraps as `.model`."""
+    return getattr(model, "model", model)
+
+
 def count_parameters(model: Any) -> tuple[int, int]:
     """(trainable, total) element counts."""
     trainable = total = 0

@@ -10,53 +10,12 @@ rate chosen on dev.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from job.config import JobConfig
-from job.strategies import STRATEGIES, Strategy
+from job.runs import LoRASettings, Run
+from job.strategies import STRATEGIES
 from job.train import TrainSettings
 
-
-@dataclass(frozen=True)
-class LoRASettings:
-    r: int
-    alpha: int
-    dropout: float
-    target_modules: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Run:
-    index: int  # position in the plan: array task i trains run i
-    key: str  # names results/<key>.json and artifacts/<key>/
-    group: str  # the headline row this run belongs to (same strategy and LoRA shape)
-    strategy: Strategy
-    settings: TrainSettings  # learning rate, batch size, seed, epochs, optimizer and batching
-    eval_batch_size: int | str  # "auto" until the device is known (job.device.resolve_eval_batch_size)
-    lora: LoRASettings | None = None
-
-    @property
-    def seed(self) -> int:
-        return self.settings.seed
-
-    @property
-    def learning_rate(self) -> float:
-        return self.settings.learning_rate
-
-    @property
-    def label(self) -> str:
-        """The row label: strategy, LoRA shape and learning rate (not the seed: seeds share a row)."""
-        return self.strategy.label(self)
-
-    def describe(self) -> str:
-        """Every setting of the run on one line (`job plan`)."""
-        s = self.settings
-        lora = f"r={self.lora.r} alpha={self.lora.alpha} dropout={self.lora.dropout:g} " if self.lora else ""
-        return (
-            f"strategy={self.strategy.name} {lora}lr={s.learning_rate:g} seed={s.seed} batch_size={s.batch_size} "
-            f"epochs={s.num_epochs} weight_decay={s.weight_decay:g} warmup_ratio={s.warmup_ratio:g} "
-            f"max_grad_norm={s.max_grad_norm:g} length_bucket_window={s.bucket_window}"
-        )
+__all__ = ["LoRASettings", "Run", "format_plan", "plan_runs"]
 
 
 def plan_runs(config: JobConfig) -> list[Run]:
@@ -64,7 +23,7 @@ def plan_runs(config: JobConfig) -> list[Run]:
     learning rate and seed in the config's order. Array task i trains the i-th."""
     runs: list[Run] = []
     for name in config.strategies:
-        shapes = _lora_shapes(config) if name == "lora" else [None]
+        shapes = _lora_shapes(config) if STRATEGIES[name].uses_lora else [None]
         rates, seeds = config.learning_rates_for(name), config.seeds()
         several = len(shapes) * len(rates) * len(seeds) > 1
         for lora in shapes:
@@ -95,10 +54,9 @@ def _lora_shapes(config: JobConfig) -> list[LoRASettings]:
 
 
 def _train_settings(config: JobConfig, strategy: str, learning_rate: float, seed: int) -> TrainSettings:
-    own_batch = getattr(config, f"{strategy}_batch_size")
     return TrainSettings(
         learning_rate=learning_rate,
-        batch_size=config.batch_size if own_batch is None else own_batch,
+        batch_size=config.batch_size_for(strategy),
         num_epochs=config.num_epochs,
         weight_decay=config.weight_decay,
         warmup_ratio=config.warmup_ratio,

@@ -12,7 +12,7 @@ from typing import Any
 from job.data import NUM_CLASSES, TNEWS_LABEL_DESC, TNEWS_LABELS, Example, encode
 from job.device_faults import raise_if_device_fault
 from job.errors import UserError
-from job.model import looks_like_a_path
+from job.model import classifier_of, looks_like_a_path
 from job.textfiles import read_text
 
 ADAPTER_CONFIG = "lora_config.json"
@@ -66,7 +66,7 @@ def load_saved_model(folder: Path) -> SavedModel:
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise_if_device_fault(exc)
         raise UserError(f"{folder} is not a model this job can load: {exc}") from None
-    config = getattr(model, "model", model).config
+    config = classifier_of(model).config
     codes = list(getattr(config, "tnews_label_codes", None) or TNEWS_LABELS)
     if len(codes) != NUM_CLASSES or not hasattr(config, "id2label"):
         raise UserError(f"{folder} is not a TNEWS classifier of {NUM_CLASSES} classes")

@@ -10,6 +10,7 @@ from job.data import NUM_CLASSES, TNEWS_LABEL_DESC, TNEWS_LABELS
 from job.layout import LOSS_PLOT, PARETO_PLOT
 from job.results import Combined, HeadlineRow, RunFacts, RunResult, Stat
 from job.stats import mean_std
+from job.strategies import baseline, compared
 
 TITLE = "# ERNIE 3.0 Medium: LoRA vs Full Fine-Tuning"
 COLUMNS = (
@@ -237,8 +238,9 @@ def _megabytes(value: float) -> str:
 def observations(combined: Combined) -> list[str]:
     rows, run = combined.headline, combined.run
     lines = [_cost_line(row, run) for row in rows]
-    lora = [row for row in rows if row.strategy == "lora"]
-    full = next((row for row in rows if row.strategy == "full_finetune"), None)
+    adapted, base = compared()[0].name, baseline().name
+    lora = [row for row in rows if row.strategy == adapted]
+    full = next((row for row in rows if row.strategy == base), None)
     if full is not None:
         for row in lora:
             name = "LoRA" if len(lora) == 1 else row.label
@@ -248,10 +250,10 @@ def observations(combined: Combined) -> list[str]:
             )
     if combined.comparison is not None:
         c = combined.comparison
-        chosen = f" ({c.labels['lora']} against {c.labels['full_finetune']})" if len(lora) > 1 else ""
+        chosen = f" ({c.labels[adapted]} against {c.labels[base]})" if len(lora) > 1 else ""
         lines.append(f"Verdict{chosen}: {c.verdict}")
         if full is not None:
-            lines.append(_time_line(next(r for r in lora if r.label == c.labels["lora"]), full))
+            lines.append(_time_line(next(r for r in lora if r.label == c.labels[adapted]), full))
     lines += _caveats(rows, combined)
     return lines
 

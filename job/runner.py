@@ -8,16 +8,15 @@ import errno
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from job.config import JobConfig, check_against_model
+from job.config import JobConfig, check_against_model, own_key
 from job.data import NUM_CLASSES, Encoded, draw_samples, encode, name_labels, read_source
 from job.device import (
-    Ranks,
+    DeviceChoice,
     peak_memory_mb,
-    process_ranks,
     reset_peak_memory,
     resolve_eval_batch_size,
     resolve_precision,
@@ -35,6 +34,8 @@ from job.layout import (
     RESULTS_FOLDER,
 )
 from job.model import (
+    check_model_name,
+    classifier_of,
     count_parameters,
     layer_names,
     load_model,
@@ -46,9 +47,11 @@ from job.model import (
 )
 from job.plan import Run, plan_runs
 from job.plot import plot_losses, plot_pareto
+from job.ranks import Ranks, process_ranks
 from job.report import render_report
 from job.results import (
     ResultRecord,
+    RunFacts,
     RunResult,
     load_results,
     now,
@@ -57,9 +60,10 @@ from job.results import (
     save_result,
 )
 from job.scalars import scalar_log
+from job.signals import StopRequest
 from job.storage import Output, open_output
 from job.strategies import check_targets_match
-from job.train import StopRequest, train
+from job.train import train
 from job.verdict import combine
 
 
@@ -134,20 +138,79 @@ def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: lis
     return write_report(output, config.report_file, config.config_hash(), complete_only=output.lock_free)
 
 
+@dataclass(frozen=True)
+class Session:
+    """What every run of one job shares, built once by `setup_session`; each run is then
+    `train_one(session, run)`."""
+
+    config: JobConfig
+    output: Output
+    stop: StopRequest
+    ranks: Ranks
+    device: DeviceChoice
+    tokenizer: Any
+    pad_id: int
+    encoded: dict[str, list[Encoded]]  # the train, dev and test rows, tokenised
+    facts: RunFacts
+    sample: str  # identity of those rows (job.data.Splits.identity)
+
+
 def train_runs(
     config: JobConfig, output: Output, runs: list[Run], planned: list[str], stop: StopRequest, ranks: Ranks
 ) -> None:
     """Train `runs` (pending runs of the plan whose keys are `planned`) and save each one's record."""
+    session, runs = setup_session(config=config, output=output, runs=runs, planned=planned, stop=stop, ranks=ranks)
+    for run in runs:
+        stop.raise_if_requested()
+        result = train_one(session, run)
+        if result is None:  # not rank 0
+            continue
+        path = save_result(output, ResultRecord(run=session.facts, result=result))
+        say(f"[{run.key}] saved {path}")
+
+
+def setup_session(
+    *, config: JobConfig, output: Output, runs: list[Run], planned: list[str], stop: StopRequest, ranks: Ranks
+) -> tuple[Session, list[Run]]:
+    """The named steps before any run trains: the model's limits and LoRA targets, the data sample,
+    the device (and with it each run's precision and evaluation batch), the tokenised rows."""
     quiet_paddlenlp()
     stop.checkpoint()  # importing PaddleNLP resets SIGTERM to the default action (measured): take it back
     use_mirror()
+    _check_model(config, runs)
+    raw = read_source(config.data_dir)
+    splits = draw_samples(raw, config.max_train_samples, config.max_eval_samples, config.sample_seed())
+    device, runs = _setup_device(config, runs)
+    stop.checkpoint()
+    say(
+        f"device: {device.description} ({device.reason}), precision {runs[0].settings.precision}, evaluation batch "
+        f"{runs[0].eval_batch_size}" + (f", rank {ranks.rank} of {ranks.world}" if ranks.world > 1 else "")
+    )
+    for split in splits.all():
+        say(f"{split.name}: {split.source}")
+    tokenizer = load_tokenizer(config.model_name)
+    stop.checkpoint()
+    encoded = {split.name: encode(split.examples, tokenizer, config.max_seq_length) for split in splits.all()}
+    stop.checkpoint()
+    session = Session(
+        config=config, output=output, stop=stop, ranks=ranks, device=device, tokenizer=tokenizer,
+        pad_id=int(tokenizer.pad_token_id), encoded=encoded,
+        facts=run_facts(config, planned, device, splits, raw.files), sample=splits.identity(),
+    )  # fmt: skip
+    return session, runs
+
+
+def _check_model(config: JobConfig, runs: list[Run]) -> None:
+    """Before any run trains: a LoRA target typo must not surface after full fine-tuning."""
     check_against_model(config, model_limits(config.model_name))
     lora_runs = [run for run in runs if run.lora is not None]
     names = layer_names(config.model_name) if lora_runs else None
-    if names is not None:  # before any run trains: a typo must not surface after full fine-tuning
+    if names is not None:
         check_targets_match(names, lora_runs[0].lora.target_modules)
-    raw = read_source(config.data_dir)
-    splits = draw_samples(raw, config.max_train_samples, config.max_eval_samples, config.sample_seed())
+
+
+def _setup_device(config: JobConfig, runs: list[Run]) -> tuple[DeviceChoice, list[Run]]:
+    """Pick the device, and resolve what depends on it in every run (precision, evaluation batch)."""
     device = select_device(config.device)
     precision = resolve_precision(config.precision, device)
     runs = [
@@ -155,41 +218,17 @@ def train_runs(
                 eval_batch_size=resolve_eval_batch_size(run.eval_batch_size, device))
         for run in runs
     ]  # fmt: skip
-    stop.checkpoint()
-    say(
-        f"device: {device.description} ({device.reason}), precision {precision}, evaluation batch "
-        f"{runs[0].eval_batch_size}" + (f", rank {ranks.rank} of {ranks.world}" if ranks.world > 1 else "")
-    )
-    for split in splits.all():
-        say(f"{split.name}: {split.source}")
-
-    tokenizer = load_tokenizer(config.model_name)
-    stop.checkpoint()
-    pad_id = int(tokenizer.pad_token_id)
-    encoded = {split.name: encode(split.examples, tokenizer, config.max_seq_length) for split in splits.all()}
-    stop.checkpoint()
-    facts = run_facts(config, planned, device, splits, raw.files)
-    sample = splits.identity()
-
-    for run in runs:
-        stop.raise_if_requested()
-        result = train_one(run, config, output, encoded, pad_id, tokenizer, stop, ranks, sample=sample)
-        if result is None:  # not rank 0
-            continue
-        path = save_result(output, ResultRecord(run=facts, result=result))
-        say(f"[{run.key}] saved {path}")
+    return device, runs
 
 
-def train_one(
-    run: Run, config: JobConfig, output: Output, encoded: dict[str, list[Encoded]], pad_id: int, tokenizer: Any,
-    stop: StopRequest, ranks: Ranks, *, sample: str,
-) -> RunResult | None:  # fmt: skip
-    """Load the model, let the strategy prepare it, train, evaluate: one run of the plan (on the rows
-    whose identity is `sample`)."""
+def train_one(session: Session, run: Run) -> RunResult | None:
+    """Load the model, let the strategy prepare it, train, evaluate: one run of the plan, on the
+    session's rows. None on a data-parallel rank other than 0."""
     import paddle
 
     key, name, settings = run.key, run.strategy.name, run.settings
     paddle.seed(run.seed)  # the same head initialisation for every run of this seed
+    config, stop, ranks, encoded, pad_id = session.config, session.stop, session.ranks, session.encoded, session.pad_id
     loaded = load_model(config.model_name, NUM_CLASSES)
     stop.checkpoint()
     fingerprint = weights_fingerprint(loaded.model)
@@ -201,9 +240,11 @@ def train_one(
         f"({100 * trainable / total:.3f}%)")  # fmt: skip
     paddle.seed(run.seed)  # the same dropout masks for every run of this seed
     reset_peak_memory()
-    with scalar_log(config, output, key, ranks) as log:
-        with out_of_memory_advice(f"[{key}] training", f"{name}_batch_size", settings.batch_size):
-            outcome = train(model, encoded["train"], settings, pad_id, key, stop, ranks, on_step=log.step)
+    with scalar_log(config, session.output, key, ranks) as log:
+        with out_of_memory_advice(f"[{key}] training", own_key(name, "batch_size"), settings.batch_size):
+            outcome = train(
+                model, encoded["train"], settings, pad_id=pad_id, label=key, stop=stop, ranks=ranks, on_step=log.step
+            )
         if not ranks.is_main:
             return None
         peak_memory = peak_memory_mb()
@@ -216,7 +257,7 @@ def train_one(
         f"[{key}] trained in {outcome.seconds:.1f} s; dev accuracy {dev.accuracy:.4f} loss {dev.loss:.4f}; "
         f"test accuracy {test.accuracy:.4f} loss {test.loss:.4f}"
     )
-    artifacts = save_artifacts(run, output, model, tokenizer) if config.save_artifacts else []
+    artifacts = save_artifacts(run, session.output, model, session.tokenizer) if config.save_artifacts else []
     return RunResult(
         key=key,
         index=run.index,
@@ -232,7 +273,7 @@ def train_one(
         lora_r=run.lora.r if run.lora else None,
         lora_alpha=run.lora.alpha if run.lora else None,
         initial_weights=fingerprint,
-        sample=sample,
+        sample=session.sample,
         trainable_params=trainable,
         total_params=total,
         training_seconds=round(outcome.seconds, 3),
@@ -268,7 +309,7 @@ def out_of_memory_advice(what: str, key: str, batch_size: int) -> Iterator[None]
 def save_artifacts(run: Run, output: Output, model: Any, tokenizer: Any) -> list[str]:
     """The run's models under artifacts/<key>/; returns their names relative to the output."""
     name = f"{ARTIFACTS_FOLDER}/{run.key}"
-    name_labels(getattr(model, "model", model).config)  # a LoRAModel keeps the classifier as .model
+    name_labels(classifier_of(model).config)
     try:
         with output.folder(name) as folder:
             paths = run.strategy.save_artifacts(model, tokenizer, folder)
@@ -301,3 +342,22 @@ def write_report(
         with output.file(PARETO_PLOT) as path:
             plot_pareto(combined.headline, path)
         return output.write_text(report_file or combined.run.config["report_file"], render_report(combined))
+
+
+# ---------------------------------------------------------------- prefetch
+
+
+def prefetch(config: JobConfig) -> list[str]:
+    """Download (if needed) and load everything `config` needs: model weights, tokenizer, and TNEWS
+    unless data_dir is set. Returns one line per item for the log."""
+    quiet_paddlenlp()
+    check_model_name(config.model_name)
+    use_mirror()
+    lines = []
+    tokenizer = load_tokenizer(config.model_name)
+    lines.append(f"tokenizer: {config.model_name} ({len(tokenizer.vocab):,} tokens)")
+    loaded = load_model(config.model_name, NUM_CLASSES)
+    lines.append(f"model: {config.model_name} ({count_parameters(loaded.model)[1]:,} parameters, {loaded.source})")
+    raw = read_source(config.data_dir)
+    lines.append(f"data: {raw.origin}: train {len(raw.train):,} rows, dev {len(raw.dev):,} rows")
+    return lines

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from job.config import JobConfig
-from job.device import Ranks
 from job.layout import VISUALDL_FOLDER
+from job.ranks import Ranks
 from job.storage import Output
 
 

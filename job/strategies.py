@@ -2,8 +2,8 @@
 (which parameters train), names its rows, and knows how to save what it trained; the training loop is
 shared (job/train.py) and the run plan (job/plan.py) gives each run its settings.
 
-Adding a strategy: write a class with `name`, `label`, `prepare` and `save_artifacts`, and add it to
-STRATEGIES. The config's `strategies` choices, the CLI's `--strategy` choices and the plan derive
+Adding a strategy: write a class with the attributes and methods of `job.runs.Strategy`, and add it
+to STRATEGIES. The config's `strategies` choices, the CLI's `--strategy` choices and the plan derive
 from STRATEGIES; `<name>_learning_rate` and `<name>_batch_size` config keys give it its own rate and
 batch size.
 """
@@ -12,27 +12,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from job.errors import UserError
 from job.model import LoadedModel
-
-if TYPE_CHECKING:
-    from job.plan import Run
-
-
-class Strategy(Protocol):
-    name: str
-
-    def label(self, run: Run) -> str: ...
-
-    def prepare(self, loaded: LoadedModel, run: Run) -> Any: ...
-
-    def save_artifacts(self, model: Any, tokenizer: Any, folder: Path) -> list[Path]: ...
+from job.runs import Run, Strategy
 
 
 class LoRA:
     name = "lora"
+    title = "LoRA"
+    uses_lora = True
+    is_baseline = False
+    trains_every_weight = False  # frozen weights: input gradients only (4 x params x tokens)
 
     def label(self, run: Run) -> str:
         assert run.lora is not None
@@ -70,6 +62,10 @@ class LoRA:
 
 class FullFinetune:
     name = "full_finetune"
+    title = "full FT"
+    uses_lora = False
+    is_baseline = True
+    trains_every_weight = True
 
     def label(self, run: Run) -> str:
         return f"{self.name} (lr={run.learning_rate:g})"
@@ -100,3 +96,13 @@ def check_targets_match(names: list[str], patterns: tuple[str, ...] | list[str])
 # The one place strategy names are written; the order is the report's row order.
 STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in (LoRA(), FullFinetune())}
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
+
+
+def baseline() -> Strategy:
+    """The strategy every other one is compared with (full fine-tuning)."""
+    return next(strategy for strategy in STRATEGIES.values() if strategy.is_baseline)
+
+
+def compared() -> list[Strategy]:
+    """The strategies compared with the baseline, in registry order."""
+    return [strategy for strategy in STRATEGIES.values() if not strategy.is_baseline]

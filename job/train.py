@@ -4,7 +4,6 @@ and decay, global-norm clipping, a progress bar, wall-clock timing, stop on sign
 from __future__ import annotations
 
 import math
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -15,33 +14,11 @@ from tqdm import tqdm
 
 from job import device
 from job.data import Encoded, epoch_batches, iterate_batches
-from job.device import Ranks, batch_on_device, shard_batches, usable_batches
+from job.device import batch_on_device
 from job.dropout import PADDLE, training_dropout
-from job.errors import Interrupted, TrainingDiverged
-
-
-class StopRequest:
-    """Set by SIGTERM/SIGINT; the loop stops at the next step boundary instead of dying mid-write."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-
-    def install(self) -> None:
-        """Idempotent; called again right before training in case a library replaced the handlers."""
-        signal.signal(signal.SIGTERM, self)
-        signal.signal(signal.SIGINT, self)
-
-    def raise_if_requested(self) -> None:
-        if self.signum is not None:
-            raise Interrupted(self.signum)
-
-    def checkpoint(self) -> None:
-        """Between phases: take the handlers back (a library may have replaced them) and stop if asked."""
-        self.install()
-        self.raise_if_requested()
+from job.errors import TrainingDiverged
+from job.ranks import Ranks, shard_batches, usable_batches
+from job.signals import StopRequest
 
 
 @dataclass(frozen=True)
@@ -158,6 +135,7 @@ def train(
     model: Any,
     rows: Sequence[Encoded],
     settings: TrainSettings,
+    *,
     pad_id: int,
     label: str,
     stop: StopRequest,

@@ -19,6 +19,7 @@ from job.stats import (
     mean_std,
     paired_bootstrap_ci,
 )
+from job.strategies import baseline, compared
 
 
 def stat(values: Sequence[float]) -> Stat:
@@ -96,7 +97,8 @@ def best_row(rows: Sequence[HeadlineRow], strategy: str) -> HeadlineRow | None:
 
 def compare(rows: Sequence[HeadlineRow], results: Sequence[RunResult], facts: RunFacts) -> Comparison | None:
     """LoRA's chosen row against full fine-tuning's, seed by seed on the same test titles."""
-    lora, full = best_row(rows, "lora"), best_row(rows, "full_finetune")
+    adapted, base = compared()[0].name, baseline().name
+    lora, full = best_row(rows, adapted), best_row(rows, base)
     labels_text = facts.data.test.labels
     if lora is None or full is None or not labels_text:
         return None
@@ -117,8 +119,8 @@ def compare(rows: Sequence[HeadlineRow], results: Sequence[RunResult], facts: Ru
     difference, low, high = paired_bootstrap_ci(lora_correct, full_correct, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
     significant = (low > 0 or high < 0) and mcnemar_agrees([p for p, _, _ in tests.values()])
     comparison = Comparison(
-        selected={"lora": [lora_by_seed[s].key for s in seeds], "full_finetune": [full_by_seed[s].key for s in seeds]},
-        labels={"lora": lora.label, "full_finetune": full.label},
+        selected={adapted: [lora_by_seed[s].key for s in seeds], base: [full_by_seed[s].key for s in seeds]},
+        labels={adapted: lora.label, base: full.label},
         seeds=seeds,
         test_examples=int(gold.size),
         accuracy_difference=difference,

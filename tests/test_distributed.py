@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from job.device import Ranks, set_cpu_thread_defaults, shard_batches, usable_batches
+from job.device import set_cpu_thread_defaults
 from job.launch import launcher_command
+from job.ranks import Ranks, shard_batches, usable_batches
 from job.train import rank_seed
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,8 +17,9 @@ from job import device
 from job.data import draw_samples, encode, read_source
 from job.errors import TrainingDiverged
 from job.model import load_model, load_tokenizer
+from job.signals import StopRequest
 from job.strategies import STRATEGIES
-from job.train import StopRequest, TrainSettings, train
+from job.train import TrainSettings, train
 
 READS = ("__float__", "__bool__", "__int__", "__index__", "item", "numpy", "tolist")
 LOGGING_STEPS = 4
@@ -62,7 +63,7 @@ def trained(
 
     monkeypatch.setattr(job.train, "train_step", step)
     paddle.seed(0)
-    outcome = train(model, rows, settings, int(tokenizer.pad_token_id), strategy, StopRequest())
+    outcome = train(model, rows, settings, pad_id=int(tokenizer.pad_token_id), label=strategy, stop=StopRequest())
     monkeypatch.setattr(job.train, "train_step", original)
     return outcome.step_losses, [b - a for a, b in itertools.pairwise(per_step)]
 

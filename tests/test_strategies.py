@@ -12,8 +12,9 @@ from job.data import NUM_CLASSES, draw_samples, encode, read_local_folder
 from job.errors import UserError
 from job.model import count_parameters, load_model, load_tokenizer
 from job.plan import Run, plan_runs
+from job.signals import StopRequest
 from job.strategies import STRATEGIES
-from job.train import StopRequest, TrainSettings, train
+from job.train import TrainSettings, train
 from tests.fixtures import TINY_ERNIE
 
 HIDDEN = TINY_ERNIE["hidden_size"]
@@ -44,7 +45,7 @@ def train_briefly(model, tiny_model: Path, tnews_dir: Path) -> None:
     splits = draw_samples(read_local_folder(tnews_dir), 64, 8, seed=1)
     rows = encode(splits.train.examples, tokenizer, 32)
     settings = TrainSettings(1e-2, 16, 1, 0.01, 0.0, 1.0, seed=1, logging_steps=100)
-    train(model, rows, settings, tokenizer.pad_token_id, "test", StopRequest())
+    train(model, rows, settings, pad_id=tokenizer.pad_token_id, label="test", stop=StopRequest())
 
 
 def test_lora_trainable_count_follows_the_formula(tiny_model: Path) -> None:
