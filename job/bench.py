@@ -22,6 +22,7 @@ from typing import Any
 from job.config import JobConfig
 from job.data import NUM_CLASSES, Encoded, encode, epoch_batches, iterate_batches, read_clue_file, read_source
 from job.device import (
+    batch_on_device,
     on_gpu,
     peak_memory_mb,
     reset_peak_memory,
@@ -32,7 +33,7 @@ from job.device import (
 from job.dropout import training_dropout
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate, length_sorted_batches
-from job.model import LoadedModel, count_parameters, load_model, load_tokenizer, quiet_paddlenlp
+from job.model import LoadedModel, classify, count_parameters, load_model, load_tokenizer, quiet_paddlenlp
 from job.plan import Run, plan_runs
 from job.strategies import STRATEGIES
 from job.train import build_optimizer, loss_scaler, train_step
@@ -230,9 +231,8 @@ def time_optimizer_step(model: Any, rows: list[Encoded], run: Run, repeats: int 
 
     optimizer, _ = build_optimizer(model, run.settings, 100)
     batch = next(iterate_batches(rows, [list(range(run.settings.batch_size))], 0))
-    logits = model(input_ids=paddle.to_tensor(batch["input_ids"]),
-                   token_type_ids=paddle.to_tensor(batch["token_type_ids"]))  # fmt: skip
-    F.cross_entropy(logits, paddle.to_tensor(batch["labels"])).backward()
+    tensors = batch_on_device(batch)
+    F.cross_entropy(classify(model, tensors), tensors["labels"]).backward()
     gradients = [(p.grad, p.grad.clone()) for p in model.parameters() if p.grad is not None]
     best = float("inf")
     for _ in range(repeats):

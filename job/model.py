@@ -207,6 +207,11 @@ def classifier_of(model: Any) -> Any:
     return getattr(model, "model", model)
 
 
+def classify(model: Any, tensors: dict[str, Any]) -> Any:
+    """The logits of one batch whose tensors are on the device (job.device.batch_on_device)."""
+    return model(input_ids=tensors["input_ids"], token_type_ids=tensors["token_type_ids"])
+
+
 def count_parameters(model: Any) -> tuple[int, int]:
     """(trainable, total) element counts."""
     trainable = total = 0

@@ -26,6 +26,7 @@ from job.device_faults import raise_if_device_fault
 from job.download import use_mirror
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate
+from job.facts import now, run_facts
 from job.layout import (
     ARTIFACTS_FOLDER,
     LOSS_PLOT,
@@ -48,17 +49,9 @@ from job.model import (
 from job.plan import Run, plan_runs
 from job.plot import plot_losses, plot_pareto
 from job.ranks import Ranks, process_ranks
+from job.records import load_results, read_records, save_result
 from job.report import render_report
-from job.results import (
-    ResultRecord,
-    RunFacts,
-    RunResult,
-    load_results,
-    now,
-    read_records,
-    run_facts,
-    save_result,
-)
+from job.results import ResultRecord, RunFacts, RunResult
 from job.scalars import scalar_log
 from job.signals import StopRequest
 from job.storage import Output, open_output

@@ -17,6 +17,7 @@ from job.data import Encoded, epoch_batches, iterate_batches
 from job.device import batch_on_device
 from job.dropout import PADDLE, training_dropout
 from job.errors import TrainingDiverged
+from job.model import classify
 from job.ranks import Ranks, shard_batches, usable_batches
 from job.signals import StopRequest
 
@@ -113,7 +114,7 @@ def train_step(
 
     tensors = batch_on_device(batch)
     with paddle.amp.auto_cast(enable=precision in AMP_DTYPES, dtype=AMP_DTYPES.get(precision, "float16"), level="O1"):
-        logits = model(input_ids=tensors["input_ids"], token_type_ids=tensors["token_type_ids"])
+        logits = classify(model, tensors)
     if logits.dtype != paddle.float32:  # the loss and its softmax in fp32
         logits = logits.astype("float32")
     loss = F.cross_entropy(logits, tensors["labels"])

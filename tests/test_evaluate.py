@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 
 from job.data import draw_samples, encode, iterate_batches, read_local_folder
-from job.evaluate import (
-    evaluate,
-    inference_kernels,
-    last_encoder_layer,
-    last_layer_first_position_only,
-    length_sorted_batches,
-    lora_merged,
-)
+from job.evaluate import evaluate, length_sorted_batches
+from job.inference import inference_kernels, last_encoder_layer, last_layer_first_position_only, lora_merged
 from job.model import load_tokenizer
 from tests.test_strategies import prepared, snapshot, train_briefly
 

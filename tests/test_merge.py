@@ -16,7 +16,7 @@ import pytest
 
 import job.runner
 from job.layout import LOCK_FILE, RESULTS_FILE
-from job.results import save_result
+from job.records import save_result
 from job.storage import open_output
 from tests.records import records, result
 

@@ -1,0 +1,74 @@
+"""The record files: results/<key>.json, one per run, written whole (job.storage) and read back strictly
+through the schema of job.results."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from pydantic import ValidationError
+
+from job.errors import UserError
+from job.layout import RESULTS_FOLDER
+from job.results import SCHEMA_VERSION, ResultRecord, RunResult
+from job.storage import Output
+from job.strategies import STRATEGY_NAMES
+
+
+def result_name(key: str) -> str:
+    return f"{RESULTS_FOLDER}/{key}.json"
+
+
+def save_result(output: Output, record: ResultRecord) -> str:
+    return output.write_text(result_name(record.result.key), record.model_dump_json(indent=2) + "\n")
+
+
+def read_record(name: str, content: bytes) -> ResultRecord:
+    """One results/<key>.json, validated; a file that is not a record of this schema is a UserError
+    naming the file and the first field at fault."""
+    try:
+        text = content.decode("utf-8")
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{name} is not a result file of this job: {exc}") from None
+    version = data.get("schema_version", 1) if isinstance(data, dict) else None
+    if version != SCHEMA_VERSION:
+        raise UserError(
+            f"{name} was written by another version of this job (result schema {version}, this job reads "
+            f"{SCHEMA_VERSION}); move it away or use another output_dir"
+        )
+    try:
+        return ResultRecord.model_validate_json(text)  # JSON mode: arrays are tuples, nothing else coerced
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"])
+        raise UserError(f"{name} is not a result file of this job: field '{field}': {error['msg']}") from None
+
+
+def read_records(output: Output) -> dict[str, ResultRecord]:
+    """Every record in the output's results folder, by name, validated (see read_record)."""
+    return {name: read_record(name, content) for name, content in output.record_files().items()}
+
+
+def load_results(output: Output, config_hash: str | None = None) -> list[ResultRecord]:
+    """Every saved record of the output. With `config_hash`, records of other configs are skipped (with
+    a message); without it, they must all come from one config. Ordered as the run plan."""
+    records = read_records(output)
+    folder = output.where(RESULTS_FOLDER)
+    if config_hash is not None:
+        for file in [f for f, r in records.items() if r.run.config_hash != config_hash]:
+            print(f"ignoring {file}: it comes from another config", file=sys.stderr)
+            del records[file]
+    if not records:
+        raise UserError(f"no saved run results in {folder}; run `python -m job run` first")
+    hashes = {record.run.config_hash for record in records.values()}
+    if len(hashes) > 1:
+        listing = ", ".join(f"{f.rsplit('/', 1)[-1]}={r.run.config_hash}" for f, r in records.items())
+        raise UserError(f"results in {folder} come from different configs ({listing}); rerun or remove the stale ones")
+    return sorted(records.values(), key=lambda record: row_order(record.result))
+
+
+def row_order(result: RunResult) -> tuple[int, int, int, int]:
+    """As the run plan: strategies in the registry's order (LoRA first), a rank sweep by rank, then
+    the plan index (learning rate, seed)."""
+    return STRATEGY_NAMES.index(result.strategy), result.lora_r or 0, result.lora_alpha or 0, result.index
