@@ -19,8 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from job.batches import Encoded, encode, epoch_batches, iterate_batches
 from job.config import JobConfig
-from job.data import NUM_CLASSES, Encoded, encode, epoch_batches, iterate_batches, read_clue_file, read_source
+from job.data import read_clue_file, read_source
 from job.device import (
     batch_on_device,
     on_gpu,
@@ -33,6 +34,7 @@ from job.device import (
 from job.dropout import training_dropout
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate, length_sorted_batches
+from job.labels import NUM_CLASSES
 from job.model import LoadedModel, classify, count_parameters, load_model, load_tokenizer, quiet_paddlenlp
 from job.plan import Run, plan_runs
 from job.strategies import STRATEGIES

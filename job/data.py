@@ -1,38 +1,16 @@
-"""TNEWS data: sources, the label map, seeded samples, the carved test split, tokenization, batches."""
+"""TNEWS data: the examples and splits, read from a local folder or PaddleNLP's download, each record checked."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from job.errors import RetryableError, UserError
+from job.labels import LABEL_TO_ID, TNEWS_LABELS
 from job.textfiles import read_text
-
-# CLUE TNEWS labels in PaddleNLP's fixed order ("105" and "111" do not exist). Index = class id.
-TNEWS_LABELS: tuple[str, ...] = (
-    "100", "101", "102", "103", "104", "106", "107", "108", "109", "110", "112", "113", "114", "115", "116",
-)  # fmt: skip
-TNEWS_LABEL_DESC: dict[str, str] = {
-    "100": "news_story", "101": "news_culture", "102": "news_entertainment", "103": "news_sports",
-    "104": "news_finance", "106": "news_house", "107": "news_car", "108": "news_edu", "109": "news_tech",
-    "110": "news_military", "112": "news_travel", "113": "news_world", "114": "news_stock",
-    "115": "news_agriculture", "116": "news_game",
-}  # fmt: skip
-LABEL_TO_ID = {label: index for index, label in enumerate(TNEWS_LABELS)}
-NUM_CLASSES = len(TNEWS_LABELS)
-
-
-def name_labels(model_config: Any) -> None:
-    """Write the label names into a model's config before it is saved: id2label/label2id with the
-    TNEWS descriptions (news_tech), and `tnews_label_codes`, the TNEWS code of each class id (109)."""
-    model_config.id2label = {index: TNEWS_LABEL_DESC[code] for index, code in enumerate(TNEWS_LABELS)}
-    model_config.label2id = {TNEWS_LABEL_DESC[code]: index for index, code in enumerate(TNEWS_LABELS)}
-    model_config.tnews_label_codes = list(TNEWS_LABELS)
 
 
 @dataclass(frozen=True)
@@ -77,9 +55,6 @@ class Splits:
         trained and were scored on the same rows of the same files (the files' own hashes are recorded)."""
         text = ";".join(f"{split.name}:{','.join(map(str, split.rows))}" for split in self.all())
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------- reading
 
 
 def parse_record(record: Any, where: str, require_label: bool = True) -> Example | None:
@@ -176,131 +151,3 @@ def read_paddlenlp_tnews() -> RawSplits:
 
 def read_source(data_dir: str | None) -> RawSplits:
     return read_local_folder(Path(data_dir)) if data_dir else read_paddlenlp_tnews()
-
-
-# ---------------------------------------------------------------- sampling
-
-
-def draw_samples(raw: RawSplits, max_train: int | None, max_eval: int | None, seed: int) -> Splits:
-    """Seeded samples. Without a labelled test split, test is carved from train, disjoint by text.
-    Each split keeps the row numbers it took from its source file (Splits.identity)."""
-
-    def sampled(name: str, source: list[Example], pool: Sequence[int], limit: int | None, key: str) -> Split:
-        rows = _seeded_subset(pool, limit, random.Random(f"{seed}-{name}"))
-        note = f"{raw.origin}: {name}, {len(rows):,} of {len(source):,} rows" + _short(rows, limit, key)
-        return Split(name, [source[i] for i in rows], note, rows)
-
-    dev = sampled("dev", raw.dev, range(len(raw.dev)), max_eval, "max_eval_samples")
-    if raw.test is not None:
-        test = sampled("test", raw.test, range(len(raw.test)), max_eval, "max_eval_samples")
-        train_pool: Sequence[int] = range(len(raw.train))
-    else:
-        test_size = max_eval if max_eval is not None else len(raw.dev)
-        test_rows, train_pool = _carve_test(raw.train, test_size, random.Random(f"{seed}-carve"))
-        test = Split(
-            "test",
-            [raw.train[i] for i in test_rows],
-            f"{raw.origin}: carved from train (the public test split has no labels), {len(test_rows):,} rows "
-            "with sentences that never occur in the training sample",
-            test_rows,
-        )
-    train = sampled("train", raw.train, train_pool, max_train, "max_train_samples")
-    for split in (train, dev, test):
-        if not split.examples:
-            raise UserError(f"the {split.name} split is empty after sampling ({split.source})")
-    return Splits(train=train, dev=dev, test=test)
-
-
-def _short(rows: Sequence[int], limit: int | None, key: str) -> str:
-    """A note when the split has fewer rows than asked for: all of them are used, and the report says so."""
-    return f" ({key} is {limit:,}: fewer rows exist, all are used)" if limit is not None and len(rows) < limit else ""
-
-
-def _seeded_subset(rows: Sequence[int], limit: int | None, rng: random.Random) -> list[int]:
-    """`limit` of the row numbers `rows`, drawn with `rng`, in file order (all of them when there are fewer)."""
-    if limit is None or limit >= len(rows):
-        return list(rows)
-    return [rows[i] for i in sorted(rng.sample(range(len(rows)), limit))]
-
-
-def _carve_test(rows: Sequence[Example], size: int, rng: random.Random) -> tuple[list[int], list[int]]:
-    """Take `size` rows with distinct sentences for test; the rest, minus any row sharing a test
-    sentence, stays for training (train.json repeats some sentences). Returns both as row numbers."""
-    order = list(range(len(rows)))
-    rng.shuffle(order)
-    test_indices: list[int] = []
-    test_sentences: set[str] = set()
-    for index in order:
-        if len(test_indices) == size:
-            break
-        if rows[index].sentence not in test_sentences:
-            test_sentences.add(rows[index].sentence)
-            test_indices.append(index)
-    remaining = [i for i, row in enumerate(rows) if row.sentence not in test_sentences]
-    return sorted(test_indices), remaining
-
-
-# ---------------------------------------------------------------- tokens and batches
-
-
-@dataclass(frozen=True)
-class Encoded:
-    input_ids: list[int]
-    token_type_ids: list[int]
-    label: int
-
-
-def encode(examples: Sequence[Example], tokenizer: Any, max_seq_length: int) -> list[Encoded]:
-    sentences = [example.sentence for example in examples]
-    tokens = tokenizer(sentences, max_length=max_seq_length, truncation=True, return_token_type_ids=True)
-    return [
-        Encoded(ids, types, example.label)
-        for ids, types, example in zip(tokens["input_ids"], tokens["token_type_ids"], examples, strict=True)
-    ]
-
-
-def epoch_batches(
-    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, bucket_window: int = 0
-) -> list[list[int]]:
-    """Index batches for one epoch; the order depends only on (seed, epoch), so every strategy sees
-    the same batches in the same order.
-
-    With `bucket_window` > 0, rows are sorted by length within each window of that many batches of the
-    seeded order, cut into batches, and those batches shuffled within the window: batches of similar
-    lengths waste less padding, while every window still draws from the whole seeded order."""
-    rng = random.Random(f"{seed}-epoch-{epoch}")
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    if bucket_window <= 0:
-        return _chunks(order, batch_size)
-    batches: list[list[int]] = []
-    span = bucket_window * batch_size
-    for start in range(0, len(order), span):
-        window = sorted(order[start : start + span], key=lambda index: lengths[index])
-        window_batches = _chunks(window, batch_size)
-        rng.shuffle(window_batches)
-        batches.extend(window_batches)
-    return batches
-
-
-def _chunks(items: list[int], size: int) -> list[list[int]]:
-    return [items[start : start + size] for start in range(0, len(items), size)]
-
-
-def collate(rows: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
-    """Pad to the longest sentence in this batch (dynamic padding), as numpy arrays."""
-    import numpy as np
-
-    width = max(len(row.input_ids) for row in rows)
-    input_ids = np.full((len(rows), width), pad_id, dtype="int64")
-    token_type_ids = np.zeros((len(rows), width), dtype="int64")
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row.input_ids)] = row.input_ids
-        token_type_ids[i, : len(row.token_type_ids)] = row.token_type_ids
-    labels = np.array([row.label for row in rows], dtype="int64")
-    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "labels": labels}
-
-
-def iterate_batches(rows: Sequence[Encoded], batches: Sequence[Sequence[int]], pad_id: int) -> Iterator[dict[str, Any]]:
-    for batch in batches:
-        yield collate([rows[i] for i in batch], pad_id)

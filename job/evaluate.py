@@ -7,9 +7,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from job.data import NUM_CLASSES, Encoded, iterate_batches
+from job.batches import Encoded, iterate_batches
 from job.device import batch_on_device
 from job.inference import inference_kernels, last_layer_first_position_only, lora_merged
+from job.labels import NUM_CLASSES
 from job.model import classify
 from job.results import SplitResult
 from job.stats import encode_classes, macro_f1, per_class_accuracy

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from job.data import NUM_CLASSES, TNEWS_LABEL_DESC, TNEWS_LABELS, Example, encode
+from job.batches import encode
+from job.data import Example
 from job.device_faults import raise_if_device_fault
 from job.errors import UserError
+from job.labels import NUM_CLASSES, TNEWS_LABEL_DESC, TNEWS_LABELS
 from job.model import classifier_of, looks_like_a_path
 from job.textfiles import read_text
 

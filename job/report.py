@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from job.data import NUM_CLASSES, TNEWS_LABEL_DESC, TNEWS_LABELS
+from job.labels import NUM_CLASSES, TNEWS_LABEL_DESC, TNEWS_LABELS
 from job.layout import LOSS_PLOT, PARETO_PLOT
 from job.results import Combined, HeadlineRow, RunFacts, RunResult, Stat
 from job.stats import mean_std

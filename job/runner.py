@@ -12,8 +12,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from job.batches import Encoded, encode
 from job.config import JobConfig, check_against_model, own_key
-from job.data import NUM_CLASSES, Encoded, draw_samples, encode, name_labels, read_source
+from job.data import read_source
 from job.device import (
     DeviceChoice,
     peak_memory_mb,
@@ -27,6 +28,7 @@ from job.download import use_mirror
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate
 from job.facts import now, run_facts
+from job.labels import NUM_CLASSES, name_labels
 from job.layout import (
     ARTIFACTS_FOLDER,
     LOSS_PLOT,
@@ -52,6 +54,7 @@ from job.ranks import Ranks, process_ranks
 from job.records import load_results, read_records, save_result
 from job.report import render_report
 from job.results import ResultRecord, RunFacts, RunResult
+from job.sampling import draw_samples
 from job.scalars import scalar_log
 from job.signals import StopRequest
 from job.storage import Output, open_output

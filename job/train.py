@@ -13,7 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 from job import device
-from job.data import Encoded, epoch_batches, iterate_batches
+from job.batches import Encoded, epoch_batches, iterate_batches
 from job.device import batch_on_device
 from job.dropout import PADDLE, training_dropout
 from job.errors import TrainingDiverged

@@ -77,7 +77,7 @@ def test_every_dropout_of_the_tiny_model_draws_from_it_while_training(tiny_model
     draws every mask from the job's generator (counted), and Paddle's kernel is never called."""
     import paddle
 
-    from job.data import NUM_CLASSES
+    from job.labels import NUM_CLASSES
     from job.model import load_model
 
     model = load_model(str(tiny_model), NUM_CLASSES).model

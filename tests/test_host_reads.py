@@ -14,9 +14,11 @@ import pytest
 
 import job.train
 from job import device
-from job.data import draw_samples, encode, read_source
+from job.batches import encode
+from job.data import read_source
 from job.errors import TrainingDiverged
 from job.model import load_model, load_tokenizer
+from job.sampling import draw_samples
 from job.signals import StopRequest
 from job.strategies import STRATEGIES
 from job.train import TrainSettings, train

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from job.cli import main
-from job.data import TNEWS_LABEL_DESC, TNEWS_LABELS
+from job.labels import TNEWS_LABEL_DESC, TNEWS_LABELS
 from tests.fixtures import keywords_for, make_sentence, run_tiny
 
 FOLDERS = ("lora/adapter", "lora/merged", "full_finetune/model")

@@ -7,11 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from job.batches import encode
 from job.config import validate_config
-from job.data import NUM_CLASSES, draw_samples, encode, read_local_folder
+from job.data import read_local_folder
 from job.errors import UserError
+from job.labels import NUM_CLASSES
 from job.model import count_parameters, load_model, load_tokenizer
 from job.plan import Run, plan_runs
+from job.sampling import draw_samples
 from job.signals import StopRequest
 from job.strategies import STRATEGIES
 from job.train import TrainSettings, train

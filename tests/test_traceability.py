@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from job.data import draw_samples, read_local_folder
+from job.data import read_local_folder
 from job.predict import load_saved_model, predictions
+from job.sampling import draw_samples
 from job.stats import decode_classes
 from tests.fixtures import run_tiny
 

@@ -1,0 +1,68 @@
+"""Seeded samples of the splits, and the test split carved from train when the public test has no labels."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from job.data import Example, RawSplits, Split, Splits
+from job.errors import UserError
+
+
+def draw_samples(raw: RawSplits, max_train: int | None, max_eval: int | None, seed: int) -> Splits:
+    """Seeded samples. Without a labelled test split, test is carved from train, disjoint by text.
+    Each split keeps the row numbers it took from its source file (Splits.identity)."""
+
+    def sampled(name: str, source: list[Example], pool: Sequence[int], limit: int | None, key: str) -> Split:
+        rows = _seeded_subset(pool, limit, random.Random(f"{seed}-{name}"))
+        note = f"{raw.origin}: {name}, {len(rows):,} of {len(source):,} rows" + _short(rows, limit, key)
+        return Split(name, [source[i] for i in rows], note, rows)
+
+    dev = sampled("dev", raw.dev, range(len(raw.dev)), max_eval, "max_eval_samples")
+    if raw.test is not None:
+        test = sampled("test", raw.test, range(len(raw.test)), max_eval, "max_eval_samples")
+        train_pool: Sequence[int] = range(len(raw.train))
+    else:
+        test_size = max_eval if max_eval is not None else len(raw.dev)
+        test_rows, train_pool = _carve_test(raw.train, test_size, random.Random(f"{seed}-carve"))
+        test = Split(
+            "test",
+            [raw.train[i] for i in test_rows],
+            f"{raw.origin}: carved from train (the public test split has no labels), {len(test_rows):,} rows "
+            "with sentences that never occur in the training sample",
+            test_rows,
+        )
+    train = sampled("train", raw.train, train_pool, max_train, "max_train_samples")
+    for split in (train, dev, test):
+        if not split.examples:
+            raise UserError(f"the {split.name} split is empty after sampling ({split.source})")
+    return Splits(train=train, dev=dev, test=test)
+
+
+def _short(rows: Sequence[int], limit: int | None, key: str) -> str:
+    """A note when the split has fewer rows than asked for: all of them are used, and the report says so."""
+    return f" ({key} is {limit:,}: fewer rows exist, all are used)" if limit is not None and len(rows) < limit else ""
+
+
+def _seeded_subset(rows: Sequence[int], limit: int | None, rng: random.Random) -> list[int]:
+    """`limit` of the row numbers `rows`, drawn with `rng`, in file order (all of them when there are fewer)."""
+    if limit is None or limit >= len(rows):
+        return list(rows)
+    return [rows[i] for i in sorted(rng.sample(range(len(rows)), limit))]
+
+
+def _carve_test(rows: Sequence[Example], size: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """Take `size` rows with distinct sentences for test; the rest, minus any row sharing a test
+    sentence, stays for training (train.json repeats some sentences). Returns both as row numbers."""
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    test_indices: list[int] = []
+    test_sentences: set[str] = set()
+    for index in order:
+        if len(test_indices) == size:
+            break
+        if rows[index].sentence not in test_sentences:
+            test_sentences.add(rows[index].sentence)
+            test_indices.append(index)
+    remaining = [i for i, row in enumerate(rows) if row.sentence not in test_sentences]
+    return sorted(test_indices), remaining
