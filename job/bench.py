@@ -22,19 +22,12 @@ from typing import Any
 from job.batches import Encoded, encode, epoch_batches, iterate_batches
 from job.config import JobConfig
 from job.data import read_clue_file, read_source
-from job.device import (
-    batch_on_device,
-    on_gpu,
-    peak_memory_mb,
-    reset_peak_memory,
-    resolve_eval_batch_size,
-    resolve_precision,
-    select_device,
-)
+from job.device import batch_on_device, on_gpu, resolve_eval_batch_size, resolve_precision, select_device
 from job.dropout import training_dropout
 from job.errors import RetryableError, UserError
 from job.evaluate import evaluate, length_sorted_batches
 from job.labels import NUM_CLASSES
+from job.memory import peak_memory_mb, reset_peak_memory
 from job.model import LoadedModel, classify, count_parameters, load_model, load_tokenizer, quiet_paddlenlp
 from job.plan import Run, plan_runs
 from job.strategies import STRATEGIES

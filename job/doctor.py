@@ -20,16 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from job.config import JobConfig
-from job.device import (
-    AMD_VENDORS,
-    BF16_CAPABILITY,
-    FP16_CAPABILITY,
-    DeviceChoice,
-    cpu_vendor,
-    gpu_available,
-    resolve_precision,
-    select_device,
-)
+from job.cpu import AMD_VENDORS, cpu_vendor
+from job.device import BF16_CAPABILITY, FP16_CAPABILITY, DeviceChoice, gpu_available, resolve_precision, select_device
 from job.device_faults import device_fault, driver_floor
 from job.errors import RetryableError, UserError
 

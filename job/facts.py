@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from job.config import JobConfig
+from job.cpu import cpu_vendor
 from job.data import Splits
-from job.device import DeviceChoice, cpu_vendor, strided_views
+from job.device import DeviceChoice, strided_views
 from job.results import CpuFacts, DataFacts, DeviceFacts, RunFacts, SplitFacts
 from job.stats import encode_classes
 

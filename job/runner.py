@@ -15,14 +15,7 @@ from typing import Any
 from job.batches import Encoded, encode
 from job.config import JobConfig, check_against_model, own_key
 from job.data import read_source
-from job.device import (
-    DeviceChoice,
-    peak_memory_mb,
-    reset_peak_memory,
-    resolve_eval_batch_size,
-    resolve_precision,
-    select_device,
-)
+from job.device import DeviceChoice, resolve_eval_batch_size, resolve_precision, select_device
 from job.device_faults import raise_if_device_fault
 from job.download import use_mirror
 from job.errors import RetryableError, UserError
@@ -36,6 +29,7 @@ from job.layout import (
     RESULTS_FILE,
     RESULTS_FOLDER,
 )
+from job.memory import peak_memory_mb, reset_peak_memory
 from job.model import (
     check_model_name,
     classifier_of,
