@@ -19,19 +19,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from job.batches import Encoded, encode, epoch_batches, iterate_batches
-from job.config import JobConfig
-from job.data import read_clue_file, read_source
-from job.device import batch_on_device, on_gpu, resolve_eval_batch_size, resolve_precision, select_device
-from job.dropout import training_dropout
+from job.config.plan import Run, plan_runs
+from job.config.schema import JobConfig
+from job.data.batches import Encoded, encode, epoch_batches, iterate_batches
+from job.data.labels import NUM_CLASSES
+from job.data.sources import read_clue_file, read_source
 from job.errors import RetryableError, UserError
-from job.evaluate import evaluate, length_sorted_batches
-from job.labels import NUM_CLASSES
-from job.memory import peak_memory_mb, reset_peak_memory
-from job.model import LoadedModel, classify, count_parameters, load_model, load_tokenizer, quiet_paddlenlp
-from job.plan import Run, plan_runs
-from job.strategies import STRATEGIES
-from job.train import build_optimizer, loss_scaler, train_step
+from job.training.device import batch_on_device, on_gpu, resolve_eval_batch_size, resolve_precision, select_device
+from job.training.dropout import training_dropout
+from job.training.evaluate import evaluate, length_sorted_batches
+from job.training.loop import build_optimizer, loss_scaler, train_step
+from job.training.memory import peak_memory_mb, reset_peak_memory
+from job.training.model import LoadedModel, classify, count_parameters, load_model, load_tokenizer, quiet_paddlenlp
+from job.training.strategies import STRATEGIES
 
 BENCH_DATA_VARIABLE = "JOB_BENCH_DATA"  # a folder with tnews/train.json and ernie-3.0-medium-zh/vocab.txt
 

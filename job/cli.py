@@ -16,11 +16,11 @@ from typing import Any
 
 import click
 
-from job.config import JobConfig, describe_fields, load_config, parse_override, report_file_problem
-from job.device_faults import as_job_error
+from job.config.schema import JobConfig, describe_fields, load_config, parse_override, report_file_problem
 from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError
 from job.predict import load_saved_model, predictions, read_titles
-from job.strategies import STRATEGY_NAMES
+from job.training.device_faults import as_job_error
+from job.training.strategies import STRATEGY_NAMES
 
 CONFIG_OPTION = click.option(
     "--config",
@@ -78,7 +78,7 @@ def fail(exc: Exception, code: int) -> None:
 def exit_codes(io_where: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Every command's failures as the exit codes of the module docstring, in one place. A GPU, driver
     or NCCL fault (Paddle raises them as OSError) is told apart from a real I/O error first
-    (job.device_faults); an OSError left is I/O on `io_where` (formatted with the command's options)."""
+    (job.training.device_faults); an OSError left is I/O on `io_where` (formatted with the command's options)."""
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(command)
@@ -143,15 +143,15 @@ def run(
     A run whose result for the same config is already in output_dir is skipped, so rerunning an
     interrupted command resumes it. Each finished run's result is saved at once; the report merges
     all results of this config found in output_dir."""
-    from job.signals import StopRequest
+    from job.training.signals import StopRequest
 
     stop = StopRequest()
     stop.install()
     config = resolve_config(
         config_path, overrides, device=device, output_dir=output_dir, strategies=list(strategies) or None
     )
-    from job.plan import plan_runs
-    from job.runner import run_job
+    from job.config.plan import plan_runs
+    from job.pipeline import run_job
 
     keys = None
     if run_from_index:
@@ -172,7 +172,7 @@ def plan(config_path: Path | None, overrides: tuple[str, ...], strategies: tuple
     """Print the planned runs, one line each (array index, key, settings), then the array size a batch
     queue needs. Loads and writes nothing."""
     config = resolve_config(config_path, overrides, strategies=list(strategies) or None)
-    from job.plan import format_plan, plan_runs
+    from job.config.plan import format_plan, plan_runs
 
     click.echo(format_plan(plan_runs(config)))
 
@@ -197,7 +197,7 @@ def prefetch(config_path: Path | None, overrides: tuple[str, ...]) -> None:
     PaddleNLP cache ($PPNLP_HOME), then exit. Run it once before an array job that shares the cache.
     PPNLP_ENDPOINT points every download at a mirror."""
     config = resolve_config(config_path, overrides)
-    from job.runner import prefetch as fetch_all
+    from job.pipeline import prefetch as fetch_all
 
     for line in fetch_all(config):
         click.echo(line)
@@ -213,8 +213,8 @@ def prefetch(config_path: Path | None, overrides: tuple[str, ...]) -> None:
 def report(output_dir: str, report_file: str | None) -> None:
     """Rebuild the report, results.json and the plots from the run results saved in output_dir, also
     when some planned runs are missing (they are listed in the report)."""
-    from job.runner import write_report
-    from job.storage import open_output, output_dir_problem
+    from job.output.storage import open_output, output_dir_problem
+    from job.pipeline import write_report
 
     problem = report_file_problem(report_file) if report_file is not None else None
     if problem:
@@ -246,7 +246,7 @@ def bench(
     from job.bench import format_table, run_bench
 
     report = run_bench(config, config_path, steps, warmup, e2e)
-    from job.storage import write_atomic
+    from job.output.storage import write_atomic
 
     write_atomic(output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     click.echo(format_table(report))
@@ -273,8 +273,8 @@ def predict(
     texts = list(titles) + (read_titles(input_file) if input_file is not None else [])
     if not texts:
         raise UserError("no titles: give them as arguments or with --input FILE")
-    from job.device import resolve_eval_batch_size, select_device
-    from job.model import quiet_paddlenlp
+    from job.training.device import resolve_eval_batch_size, select_device
+    from job.training.model import quiet_paddlenlp
 
     quiet_paddlenlp()
     chosen = select_device(device)
@@ -298,7 +298,7 @@ def doctor(config_path: Path | None, overrides: tuple[str, ...], device: str | N
     check, PASS or FAIL with the fix; exit 0 when all pass, 2 otherwise."""
     config = resolve_config(config_path, overrides, device=device, output_dir=output_dir)
     from job.doctor import run_checks
-    from job.model import quiet_paddlenlp
+    from job.training.model import quiet_paddlenlp
 
     quiet_paddlenlp()
     failed = 0

@@ -19,11 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from job.config import JobConfig
-from job.cpu import AMD_VENDORS, cpu_vendor
-from job.device import BF16_CAPABILITY, FP16_CAPABILITY, DeviceChoice, gpu_available, resolve_precision, select_device
-from job.device_faults import device_fault, driver_floor
+from job.config.schema import JobConfig
 from job.errors import RetryableError, UserError
+from job.training.cpu import AMD_VENDORS, cpu_vendor
+from job.training.device import (
+    BF16_CAPABILITY,
+    FP16_CAPABILITY,
+    DeviceChoice,
+    gpu_available,
+    resolve_precision,
+    select_device,
+)
+from job.training.device_faults import device_fault, driver_floor
 
 
 @dataclass(frozen=True)
@@ -126,10 +133,10 @@ def step_checks(device: DeviceChoice) -> Iterator[Check]:
     """One real training step of every strategy in each precision, through the job's own step."""
     import numpy as np
 
-    from job.model import LoadedModel
-    from job.plan import plan_runs
-    from job.strategies import STRATEGY_NAMES
-    from job.train import build_optimizer, loss_scaler, train_step
+    from job.config.plan import plan_runs
+    from job.training.loop import build_optimizer, loss_scaler, train_step
+    from job.training.model import LoadedModel
+    from job.training.strategies import STRATEGY_NAMES
 
     runs = {
         run.strategy.name: run for run in plan_runs(JobConfig(lora_r=4, lora_alpha=8, strategies=list(STRATEGY_NAMES)))
@@ -218,7 +225,7 @@ def all_reduce_check(processes: int, gpus: bool, timeout: float = 300) -> Check:
 def writable_checks(config: JobConfig) -> Iterator[Check]:
     from paddlenlp.utils.env import PPNLP_HOME
 
-    from job.storage import open_output
+    from job.output.storage import open_output
 
     output = open_output(config.output_dir)
     try:

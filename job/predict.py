@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from job.batches import encode
-from job.data import Example
-from job.device_faults import raise_if_device_fault
+from job.data.batches import encode
+from job.data.labels import NUM_CLASSES, TNEWS_LABEL_DESC, TNEWS_LABELS
+from job.data.sources import Example
+from job.data.textfiles import read_text
 from job.errors import UserError
-from job.labels import NUM_CLASSES, TNEWS_LABEL_DESC, TNEWS_LABELS
-from job.model import classifier_of, looks_like_a_path
-from job.textfiles import read_text
+from job.training.device_faults import raise_if_device_fault
+from job.training.model import classifier_of, looks_like_a_path
 
 ADAPTER_CONFIG = "lora_config.json"
 
@@ -91,7 +91,7 @@ def _adapter(folder: Path) -> Any:
 
 def predictions(saved: SavedModel, titles: list[str], batch_size: int, max_seq_length: int) -> Iterator[dict]:
     """One JSON-ready line per title: sentence, TNEWS label code, label_desc, probability."""
-    from job.evaluate import predict
+    from job.training.evaluate import predict
 
     rows = encode([Example(sentence=title, label=0) for title in titles], saved.tokenizer, max_seq_length)
     for title, (class_id, probability) in zip(

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from job.labels import TNEWS_LABEL_DESC, TNEWS_LABELS
+from job.data.labels import TNEWS_LABEL_DESC, TNEWS_LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
 

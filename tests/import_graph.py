@@ -1,6 +1,7 @@
 """The import graph of the `job` package, from every import statement in it: module level, inside
-functions and under TYPE_CHECKING alike. `make lint` runs this module; it prints each cycle and exits 1
-when there is one. tests/test_structure.py calls the same functions."""
+functions and under TYPE_CHECKING alike, and its layers. `make lint` runs this module; it prints each
+cycle and each import that runs upwards, and exits 1 when there is one. tests/test_structure.py calls
+the same functions."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def imported(path: Path, known: set[str], root: Path = PACKAGE) -> set[str]:
         else:
             continue
         for target in targets:
-            while target and target not in known:  # `job.device.on_gpu` imports job.device
+            while target and target not in known:  # `job.training.device.on_gpu` imports job.training.device
                 target = target.rpartition(".")[0]
             if target and target != name:
                 found.add(target)
@@ -85,12 +86,32 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return sorted(groups)
 
 
+# Bottom to top: a module may import its own layer and those below it. The commands (cli, pipeline,
+# bench, predict, doctor, launch) are the top layer.
+LAYERS = ("job.errors", "job.output", "job.data", "job.training", "job.config", "job.results")
+
+
+def layer(module: str) -> int:
+    for index, prefix in enumerate(LAYERS):
+        if module == prefix or module.startswith(prefix + "."):
+            return index
+    return len(LAYERS)
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[str]:
+    """`a -> b` for every import of a module in a higher layer than the importer's."""
+    return [f"{a} -> {b}" for a, targets in sorted(edges.items()) for b in sorted(targets) if layer(b) > layer(a)]
+
+
 def main() -> int:
-    found = cycles(graph())
+    edges = graph()
+    found, upward = cycles(edges), upward_imports(edges)
     for group in found:
         print("import cycle: " + " -> ".join(group))
-    print(f"job/: {len(graph())} modules, {len(found)} import cycle(s)")
-    return 1 if found else 0
+    for line in upward:
+        print(f"import runs upwards: {line}")
+    print(f"job/: {len(edges)} modules, {len(found)} import cycle(s), {len(upward)} upward import(s)")
+    return 1 if found or upward else 0
 
 
 if __name__ == "__main__":

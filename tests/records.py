@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from job.results import CpuFacts, DataFacts, DeviceFacts, ResultRecord, RunFacts, RunResult, SplitFacts, SplitResult
-from job.stats import encode_classes, macro_f1, per_class_accuracy
+from job.results.schema import (
+    CpuFacts,
+    DataFacts,
+    DeviceFacts,
+    ResultRecord,
+    RunFacts,
+    RunResult,
+    SplitFacts,
+    SplitResult,
+)
+from job.results.stats import encode_classes, macro_f1, per_class_accuracy
 
 CLASSES = 15
 

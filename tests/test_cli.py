@@ -74,7 +74,7 @@ def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: 
     # Predictions, macro-F1 and per-class accuracy agree with the recorded labels.
     from sklearn.metrics import f1_score, recall_score
 
-    from job.stats import decode_classes
+    from job.results.stats import decode_classes
 
     gold = decode_classes(results["run"]["data"]["test"]["labels"])
     for r in results["runs"]:
@@ -271,7 +271,7 @@ def test_a_rank_sweep_gives_one_row_per_rank_from_the_same_weights(write_config,
 
 
 def test_a_sweep_of_ranks_with_one_alpha_and_mismatched_lists(write_config) -> None:
-    from job.config import validate_config
+    from job.config.schema import validate_config
     from job.errors import UserError
 
     assert validate_config({"lora_r": [4, 8], "lora_alpha": 16}).lora_pairs() == [(4, 16), (8, 16)]
@@ -285,7 +285,7 @@ def test_a_sweep_of_ranks_with_one_alpha_and_mismatched_lists(write_config) -> N
 
 # Pinned on the tiny model (update deliberately when batching, dropout, the loop or evaluation are
 # meant to change the numbers, and say why in the commit). Last change: dropout masks drawn in bulk
-# from NumPy's SFC64 (job.dropout) instead of Paddle's CPU kernel.
+# from NumPy's SFC64 (job.training.dropout) instead of Paddle's CPU kernel.
 GOLDEN_STEP_LOSSES = {
     "lora": [2.70717, 2.709538, 2.699882, 2.704785],
     "full_finetune": [2.706838, 2.707651, 2.698988, 2.705649],

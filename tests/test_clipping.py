@@ -1,4 +1,4 @@
-"""The training loop's gradient clipping (job.train.build_optimizer): a global norm above max_grad_norm
+"""The training loop's gradient clipping (job.training.loop.build_optimizer): a global norm above max_grad_norm
 is scaled down to it; a norm below is left exactly as it is; the clipped gradients are Paddle's own, bit for bit."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from job.train import TrainSettings, build_optimizer
+from job.training.loop import TrainSettings, build_optimizer
 
 
 def clipped(norm: float, max_grad_norm: float) -> tuple[float, np.ndarray, np.ndarray]:
@@ -46,10 +46,10 @@ def test_max_grad_norm_zero_turns_clipping_off() -> None:
 
 def paddle_and_ours(norm: float, dtype: str = "float32") -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The same gradients (a large one among them) clipped to norm 1 by Paddle's ClipGradByGlobalNorm
-    and by job.clipping.GlobalNormClip."""
+    and by job.training.clipping.GlobalNormClip."""
     import paddle
 
-    from job.clipping import GlobalNormClip
+    from job.training.clipping import GlobalNormClip
 
     paddle.seed(3)
     shapes = [[300_000], [768, 768], [768], [3, 5]]

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from job.cli import main
-from job.config import JobConfig, load_config, parse_override, validate_config
+from job.config.schema import JobConfig, load_config, parse_override, validate_config
 from job.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_override_changes_the_config_and_its_hash() -> None:
 
 
 def test_per_strategy_overrides_apply_to_their_strategy_only() -> None:
-    from job.plan import plan_runs
+    from job.config.plan import plan_runs
 
     config = validate_config({"learning_rate": 3e-5, "lora_learning_rate": 5e-4, "lora_batch_size": 16})
     lora, full = plan_runs(config)

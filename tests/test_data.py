@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from job.batches import Encoded, collate, epoch_batches
-from job.data import Example, RawSplits, read_clue_file, read_local_folder
+from job.data.batches import Encoded, collate, epoch_batches
+from job.data.labels import LABEL_TO_ID, TNEWS_LABELS
+from job.data.sampling import draw_samples
+from job.data.sources import Example, RawSplits, read_clue_file, read_local_folder
 from job.errors import UserError
-from job.labels import LABEL_TO_ID, TNEWS_LABELS
-from job.sampling import draw_samples
 from tests.fixtures import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,8 +109,8 @@ def test_collate_pads_to_the_longest_in_the_batch() -> None:
 
 
 def test_tokenizer_truncates_to_max_seq_length(tiny_model: Path) -> None:
-    from job.batches import encode
-    from job.model import load_tokenizer
+    from job.data.batches import encode
+    from job.training.model import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model))
     rows = encode([Example("天地玄黄宇宙洪荒日月盈昃", 0)], tokenizer, max_seq_length=8)
@@ -144,7 +144,7 @@ def test_real_tnews_through_the_paddlenlp_cache(shared_tnews: Path, tmp_path: Pa
     for name in ("train.json", "dev.json", "labels.json"):
         os.symlink(shared_tnews / name, cache / name)
     code = (
-        "from job.data import read_paddlenlp_tnews\nfrom job.sampling import draw_samples\n"
+        "from job.data.sources import read_paddlenlp_tnews\nfrom job.data.sampling import draw_samples\n"
         "raw = read_paddlenlp_tnews()\n"
         "s = draw_samples(raw, 512, 256, 42)\n"
         "print(len(raw.train), len(raw.dev), raw.test, len(s.test), s.train.examples[0].label)\n"

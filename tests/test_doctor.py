@@ -10,10 +10,10 @@ import paddle
 import pytest
 from click.testing import CliRunner
 
-import job.train
+import job.training.loop
 from job.cli import main
-from job.device import DeviceChoice
 from job.doctor import all_reduce_check, driver_check, driver_version, precisions_to_try
+from job.training.device import DeviceChoice
 from tests.test_device_faults import INSUFFICIENT_DRIVER, raising
 
 
@@ -51,8 +51,8 @@ def test_a_model_cache_that_cannot_be_written_fails(tmp_path: Path, monkeypatch:
 
 
 def test_a_step_with_a_non_finite_loss_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = job.train.train_step
-    monkeypatch.setattr(job.train, "train_step", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = job.training.loop.train_step
+    monkeypatch.setattr(job.training.loop, "train_step", lambda *a, **k: real(*a, **k) * float("nan"))
     result = doctor(tmp_path)
     assert result.exit_code == 2
     assert "FAIL  lora step (fp32): loss nan -> fix: " in result.output

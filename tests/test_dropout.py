@@ -1,4 +1,4 @@
-"""The bulk-drawn seeded dropout (job.dropout): the same seed gives the same masks, the kept fraction
+"""The bulk-drawn seeded dropout (job.training.dropout): the same seed gives the same masks, the kept fraction
 is 1 - p within sampling error, the expectation is preserved, gradients flow through the mask, and
 every dropout of the model goes through it while training (and only then)."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from job.dropout import LEVELS, NAME, BulkDropout, bulk_dropout, training_dropout
+from job.training.dropout import LEVELS, NAME, BulkDropout, bulk_dropout, training_dropout
 
 
 def dropped(seed: int, shape=(64, 33, 768), p: float = 0.1) -> np.ndarray:
@@ -77,8 +77,8 @@ def test_every_dropout_of_the_tiny_model_draws_from_it_while_training(tiny_model
     draws every mask from the job's generator (counted), and Paddle's kernel is never called."""
     import paddle
 
-    from job.labels import NUM_CLASSES
-    from job.model import load_model
+    from job.data.labels import NUM_CLASSES
+    from job.training.model import load_model
 
     model = load_model(str(tiny_model), NUM_CLASSES).model
     model.train()

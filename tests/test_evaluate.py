@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from job.batches import encode, iterate_batches
-from job.data import read_local_folder
-from job.evaluate import evaluate, length_sorted_batches
-from job.inference import inference_kernels, last_encoder_layer, last_layer_first_position_only, lora_merged
-from job.model import load_tokenizer
-from job.sampling import draw_samples
+from job.data.batches import encode, iterate_batches
+from job.data.sampling import draw_samples
+from job.data.sources import read_local_folder
+from job.training.evaluate import evaluate, length_sorted_batches
+from job.training.inference import inference_kernels, last_encoder_layer, last_layer_first_position_only, lora_merged
+from job.training.model import load_tokenizer
 from tests.test_strategies import prepared, snapshot, train_briefly
 
 

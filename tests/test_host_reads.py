@@ -1,6 +1,6 @@
 """On a GPU every host read of a tensor waits for the device, so the training loop reads nothing inside
 a step: losses are read once per logging_steps, and clipping never reads its norm. Here the GPU code
-path is forced on CPU (job.device.on_gpu) and every Tensor read is counted; the losses recorded must
+path is forced on CPU (job.training.device.on_gpu) and every Tensor read is counted; the losses recorded must
 equal the CPU path's."""
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ from pathlib import Path
 import paddle
 import pytest
 
-import job.train
-from job import device
-from job.batches import encode
-from job.data import read_source
+import job.training.loop
+from job.data.batches import encode
+from job.data.sampling import draw_samples
+from job.data.sources import read_source
 from job.errors import TrainingDiverged
-from job.model import load_model, load_tokenizer
-from job.sampling import draw_samples
-from job.signals import StopRequest
-from job.strategies import STRATEGIES
-from job.train import TrainSettings, train
+from job.training import device
+from job.training.loop import TrainSettings, train
+from job.training.model import load_model, load_tokenizer
+from job.training.signals import StopRequest
+from job.training.strategies import STRATEGIES
 
 READS = ("__float__", "__bool__", "__int__", "__index__", "item", "numpy", "tolist")
 LOGGING_STEPS = 4
@@ -56,23 +56,23 @@ def trained(
     model = STRATEGIES[strategy].prepare(loaded, _run_for(strategy))
     settings = TrainSettings(5e-3, 16, 2, 0.01, 0.1, 1.0, seed=0, logging_steps=LOGGING_STEPS)
     per_step: list[int] = []
-    original = job.train.train_step
+    original = job.training.loop.train_step
 
     def step(*args, **kwargs):
         if counts is not None:
             per_step.append(sum(counts.values()))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(job.train, "train_step", step)
+    monkeypatch.setattr(job.training.loop, "train_step", step)
     paddle.seed(0)
     outcome = train(model, rows, settings, pad_id=int(tokenizer.pad_token_id), label=strategy, stop=StopRequest())
-    monkeypatch.setattr(job.train, "train_step", original)
+    monkeypatch.setattr(job.training.loop, "train_step", original)
     return outcome.step_losses, [b - a for a, b in itertools.pairwise(per_step)]
 
 
 def _run_for(strategy: str):
-    from job.config import JobConfig
-    from job.plan import plan_runs
+    from job.config.plan import plan_runs
+    from job.config.schema import JobConfig
 
     return plan_runs(JobConfig(strategies=[strategy], lora_r=4, lora_alpha=8))[0]
 
@@ -95,7 +95,7 @@ def test_the_gpu_path_clips_with_paddles_clip_that_never_reads_the_norm(
     monkeypatch: pytest.MonkeyPatch, reads: collections.Counter
 ) -> None:
     monkeypatch.setattr(device, "on_gpu", lambda: True)
-    clip = job.train.gradient_clip(1.0)
+    clip = job.training.loop.gradient_clip(1.0)
     assert type(clip) is paddle.nn.ClipGradByGlobalNorm and clip.auto_skip_clip is False
     parameters = [paddle.create_parameter([64, 64], "float32") for _ in range(3)]
     before = sum(reads.values())
@@ -107,13 +107,13 @@ def test_the_gpu_path_clips_with_paddles_clip_that_never_reads_the_norm(
 def test_a_nan_found_at_a_later_read_still_names_the_step_where_it_first_appeared(
     tiny_model: Path, tnews_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = job.train.train_step
+    original = job.training.loop.train_step
     steps = iter(range(1, 1000))
 
     def poisoned(*args, **kwargs):
         loss = original(*args, **kwargs)
         return loss * float("nan") if next(steps) >= 6 else loss  # steps 6 on are NaN
 
-    monkeypatch.setattr(job.train, "train_step", poisoned)
+    monkeypatch.setattr(job.training.loop, "train_step", poisoned)
     with pytest.raises(TrainingDiverged, match="loss became nan at step 6;"):
         trained(tiny_model, tnews_dir, monkeypatch, gpu=True, strategy="lora")

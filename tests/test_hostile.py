@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from job.cli import main
-from job.layout import RESERVED_NAMES
+from job.output.layout import RESERVED_NAMES
 
 BILLION_LAUGHS = """\
 a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]

@@ -11,7 +11,7 @@ import yaml
 from google.protobuf.json_format import ParseError
 
 from job.cli import main
-from job.storage import OBJECT_STORE_SCHEMES, output_dir_problem, url_scheme
+from job.output.storage import OBJECT_STORE_SCHEMES, output_dir_problem, url_scheme
 from tests import manifest_schemas
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,8 +134,8 @@ def test_retries_only_for_retryable_exit_codes() -> None:
 
 
 def planned_count(config_name: str) -> int:
-    from job.config import load_config
-    from job.plan import plan_runs
+    from job.config.plan import plan_runs
+    from job.config.schema import load_config
 
     return len(plan_runs(load_config(ROOT / "configs" / config_name)))
 
@@ -286,7 +286,7 @@ def test_the_gpu_image_finds_the_driver_where_gke_and_the_nvidia_runtime_put_it(
 
 
 def test_the_driver_floor_and_the_blackwell_build_arg_are_stated_where_users_read_them() -> None:
-    from job.device_faults import DRIVER_FLOORS, NEWEST_BUILD, PADDLE_INDEX
+    from job.training.device_faults import DRIVER_FLOORS, NEWEST_BUILD, PADDLE_INDEX
 
     dockerfile = (ROOT / "Dockerfile.gpu").read_text(encoding="utf-8")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")

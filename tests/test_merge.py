@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-import job.runner
-from job.layout import LOCK_FILE, RESULTS_FILE
-from job.records import save_result
-from job.storage import open_output
+import job.pipeline
+from job.output.layout import LOCK_FILE, RESULTS_FILE
+from job.output.storage import open_output
+from job.results.records import save_result
 from tests.records import records, result
 
 LABELS = [i % 15 for i in range(200)]
@@ -59,7 +59,7 @@ def test_array_tasks_merging_at_the_same_time_leave_a_complete_report(
     for record in every[:7]:
         save_result(output, record)
     a_has_read, b_finished = threading.Event(), threading.Event()
-    real_combine = job.runner.combine
+    real_combine = job.pipeline.combine
 
     def combine(loaded):
         combined = real_combine(loaded)
@@ -68,12 +68,12 @@ def test_array_tasks_merging_at_the_same_time_leave_a_complete_report(
             wait_until(lambda: b_finished.is_set() or someone_waits_for(folder / LOCK_FILE), "task B")
         return combined
 
-    monkeypatch.setattr(job.runner, "combine", combine)
+    monkeypatch.setattr(job.pipeline, "combine", combine)
     errors: list[BaseException] = []
 
     def task_a() -> None:
         try:
-            job.runner.write_report(output)
+            job.pipeline.write_report(output)
         except BaseException as exc:  # reported by the test's thread
             errors.append(exc)
 
@@ -81,7 +81,7 @@ def test_array_tasks_merging_at_the_same_time_leave_a_complete_report(
         try:
             wait_until(a_has_read.is_set, "task A")
             save_result(output, every[7])  # B's record lands while A merges
-            job.runner.write_report(output)
+            job.pipeline.write_report(output)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -106,12 +106,12 @@ def test_a_lock_free_merge_writes_nothing_until_every_planned_run_is_present(tmp
     every = planned_records(3)
     for record in every[:2]:
         save_result(output, record)
-    assert job.runner.write_report(output, complete_only=True) is None
+    assert job.pipeline.write_report(output, complete_only=True) is None
     assert "2 of 3 planned runs are in" in capsys.readouterr().err
     written = sorted(p.name for p in folder.rglob("*") if p.is_file() and p.name != LOCK_FILE)
     assert written == sorted(f"{record.result.key}.json" for record in every[:2])
     save_result(output, every[2])  # the last task's record: it writes the merge
-    assert job.runner.write_report(output, complete_only=True) == str(folder / REPORT)
+    assert job.pipeline.write_report(output, complete_only=True) == str(folder / REPORT)
     assert json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8"))["missing_runs"] == []
 
 
@@ -121,7 +121,7 @@ def test_a_local_merge_with_runs_missing_writes_a_partial_report_naming_them(tmp
     every = planned_records(4)
     for record in every[:2]:
         save_result(output, record)
-    job.runner.write_report(output)
+    job.pipeline.write_report(output)
     missing = [record.result.key for record in every[2:]]
     assert json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8"))["missing_runs"] == missing
     report = (folder / REPORT).read_text(encoding="utf-8")

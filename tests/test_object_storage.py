@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from job.cli import main
-from job.records import read_record
+from job.results.records import read_record
 from tests.fixtures import ROOT, run_and_signal_on
 from tests.object_store import READER, ObjectStore, free_port_pair, running_object_store
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from job.cli import main
-from job.config import validate_config
-from job.plan import plan_runs
+from job.config.plan import plan_runs
+from job.config.schema import validate_config
 
 GRID = {
     "seed": [42, 43, 44],

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from job.cli import main
-from job.device import DeviceChoice, resolve_precision
 from job.errors import UserError
+from job.training.device import DeviceChoice, resolve_precision
 from tests.fixtures import run_tiny
 
 CPU = DeviceChoice("cpu", "cpu (2 threads)", "requested")
@@ -43,7 +43,7 @@ def test_bf16_on_a_gpu_before_ampere_exits_2_naming_what_it_needs() -> None:
 
 
 def test_fp16_training_gets_the_loss_scaler_and_the_others_do_not() -> None:
-    from job.train import loss_scaler
+    from job.training.loop import loss_scaler
 
     assert loss_scaler("fp16") is not None
     assert loss_scaler("bf16") is None and loss_scaler("fp32") is None
@@ -87,7 +87,7 @@ def test_paddle_on_cpu_computes_in_fp32_under_autocast_which_is_why_cpu_refuses_
 
 
 def test_eval_batch_size_auto_is_16_on_cpu_and_128_on_a_gpu_and_a_number_stays() -> None:
-    from job.device import resolve_eval_batch_size
+    from job.training.device import resolve_eval_batch_size
 
     gpu = DeviceChoice("gpu", "gpu:0 (NVIDIA L4, compute capability 8.9)", "requested", (8, 9))
     assert resolve_eval_batch_size("auto", CPU) == 16 and resolve_eval_batch_size("auto", gpu) == 128

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from job.cli import main
-from job.labels import TNEWS_LABEL_DESC, TNEWS_LABELS
+from job.data.labels import TNEWS_LABEL_DESC, TNEWS_LABELS
 from tests.fixtures import keywords_for, make_sentence, run_tiny
 
 FOLDERS = ("lora/adapter", "lora/merged", "full_finetune/model")
@@ -161,7 +161,7 @@ def test_a_folder_with_safetensors_never_unpickles_its_pdparams(trained: Path, t
     subprocess.run([sys.executable, "-c", PICKLE_BOMB, str(folder / "model_state.pdparams"), str(marker)], check=True)
     result = CliRunner(mix_stderr=False).invoke(main, ["predict", "--model", str(folder), "天地玄的一是"])
     assert result.exit_code == 0, result.stderr
-    from job.model import load_model
+    from job.training.model import load_model
 
     load_model(str(folder), 15)
     assert not marker.exists()

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from job.cli import main
-from job.config import FIELD_NAMES, validate_config
+from job.config.schema import FIELD_NAMES, validate_config
 from job.errors import UserError
-from job.storage import LocalOutput, write_atomic
+from job.output.storage import LocalOutput, write_atomic
 
 yaml_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(10**6), 10**6), st.floats(allow_nan=True), st.text(max_size=20)
@@ -196,7 +196,7 @@ def test_a_bad_result_record_exits_2_naming_file_and_field_before_training(
 
 
 def test_the_write_probe_follows_no_planted_link_and_leaves_nothing(tmp_path: Path) -> None:
-    from job.runner import check_output_dir
+    from job.pipeline import check_output_dir
 
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me", encoding="utf-8")
@@ -222,7 +222,7 @@ def test_an_unwritable_output_dir_names_the_fix(tmp_path: Path, monkeypatch: pyt
     import tempfile
 
     from job.errors import UserError
-    from job.runner import check_output_dir
+    from job.pipeline import check_output_dir
 
     def refuse(*args, **kwargs):
         raise OSError(error, os.strerror(error))

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from job.report import cell, efficiency_table, render_report, results_table
-from job.results import Stat
-from job.verdict import combine
+from job.results.report import cell, efficiency_table, render_report, results_table
+from job.results.schema import Stat
+from job.results.verdict import combine
 from tests.records import records, result
 
 LABELS = [i % 15 for i in range(1000)]

@@ -7,17 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from job.batches import encode
-from job.config import validate_config
-from job.data import read_local_folder
+from job.config.plan import Run, plan_runs
+from job.config.schema import validate_config
+from job.data.batches import encode
+from job.data.labels import NUM_CLASSES
+from job.data.sampling import draw_samples
+from job.data.sources import read_local_folder
 from job.errors import UserError
-from job.labels import NUM_CLASSES
-from job.model import count_parameters, load_model, load_tokenizer
-from job.plan import Run, plan_runs
-from job.sampling import draw_samples
-from job.signals import StopRequest
-from job.strategies import STRATEGIES
-from job.train import TrainSettings, train
+from job.training.loop import TrainSettings, train
+from job.training.model import count_parameters, load_model, load_tokenizer
+from job.training.signals import StopRequest
+from job.training.strategies import STRATEGIES
 from tests.fixtures import TINY_ERNIE
 
 HIDDEN = TINY_ERNIE["hidden_size"]

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from job.strategies import STRATEGY_NAMES
+from job.training.strategies import STRATEGY_NAMES
 from tests import import_graph
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_job_package_has_no_import_cycle() -> None:
     assert import_graph.cycles(import_graph.graph()) == []
+
+
+def test_imports_run_only_downwards_through_the_layers() -> None:
+    assert import_graph.upward_imports(import_graph.graph()) == []
+    assert import_graph.upward_imports({"job.data.sources": {"job.training.model"}}) == [
+        "job.data.sources -> job.training.model"
+    ]
 
 
 def test_the_cycle_check_counts_imports_inside_functions_and_under_type_checking(tmp_path: Path) -> None:
@@ -44,11 +51,11 @@ def test_no_module_but_the_registry_writes_a_strategy_name() -> None:
 
 
 # A throw-away strategy, registered before the job's modules are imported, exactly as a new entry of
-# job.strategies.STRATEGIES would be: only the classifier head trains.
+# job.training.strategies.STRATEGIES would be: only the classifier head trains.
 THIRD_STRATEGY = """
 import sys
-import job.strategies as registry
-from job.strategies import FullFinetune
+import job.training.strategies as registry
+from job.training.strategies import FullFinetune
 
 class HeadOnly(FullFinetune):
     name = "head_only"

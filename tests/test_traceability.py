@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from job.data import read_local_folder
+from job.data.sampling import draw_samples
+from job.data.sources import read_local_folder
 from job.predict import load_saved_model, predictions
-from job.sampling import draw_samples
-from job.stats import decode_classes
+from job.results.stats import decode_classes
 from tests.fixtures import run_tiny
 
 TRAIN, EVAL = 64, 40

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from job.errors import UserError
-from job.stats import (
+from job.results.stats import (
     binomial_two_sided,
     decode_classes,
     encode_classes,
@@ -16,7 +16,7 @@ from job.stats import (
     paired_bootstrap_ci,
     per_class_accuracy,
 )
-from job.verdict import combine, headline_rows, mcnemar_agrees
+from job.results.verdict import combine, headline_rows, mcnemar_agrees
 from tests.records import answers, records, result
 
 LABELS = [i % 15 for i in range(200)]

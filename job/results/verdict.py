@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from job.errors import UserError
-from job.results import Combined, Comparison, HeadlineRow, ResultRecord, RunFacts, RunResult, Stat
-from job.stats import (
+from job.results.schema import Combined, Comparison, HeadlineRow, ResultRecord, RunFacts, RunResult, Stat
+from job.results.stats import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     decode_classes,
@@ -19,7 +19,7 @@ from job.stats import (
     mean_std,
     paired_bootstrap_ci,
 )
-from job.strategies import baseline, compared
+from job.training.strategies import baseline, compared
 
 
 def stat(values: Sequence[float]) -> Stat:

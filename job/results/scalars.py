@@ -7,10 +7,10 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from job.config import JobConfig
-from job.layout import VISUALDL_FOLDER
-from job.ranks import Ranks
-from job.storage import Output
+from job.config.schema import JobConfig
+from job.output.layout import VISUALDL_FOLDER
+from job.output.storage import Output
+from job.training.ranks import Ranks
 
 
 class ScalarLog:

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from job.results import HeadlineRow
+from job.results.schema import HeadlineRow
 
 
 def smoothed(values: list[float], window: int) -> list[float]:

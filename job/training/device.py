@@ -1,6 +1,6 @@
 """The device: which one trains (and why), the precision and evaluation batch it resolves, whether
 host reads are costly there, and how batches get onto it. The CPU process settings made before Paddle
-is imported are job.cpu; memory metering is job.memory."""
+is imported are job.training.cpu; memory metering is job.training.memory."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from job.device_faults import DeviceFault, device_fault
 from job.errors import UserError
+from job.training.device_faults import DeviceFault, device_fault
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def strided_views() -> bool:
 def on_gpu() -> bool:
     """Whether Paddle computes on a GPU now. Then every host read of a tensor (float(loss), a bool of a
     comparison) waits for the device to finish all queued work, so the training loop reads losses once
-    per logging_steps and clips without reading (job.train); on CPU every op has finished when it returns,
+    per logging_steps and clips without reading (job.training.loop); on CPU every op has finished when it returns,
     so a read costs nothing."""
     import paddle
 

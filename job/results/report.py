@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from job.labels import NUM_CLASSES, TNEWS_LABEL_DESC, TNEWS_LABELS
-from job.layout import LOSS_PLOT, PARETO_PLOT
-from job.results import Combined, HeadlineRow, RunFacts, RunResult, Stat
-from job.stats import mean_std
-from job.strategies import baseline, compared
+from job.data.labels import NUM_CLASSES, TNEWS_LABEL_DESC, TNEWS_LABELS
+from job.output.layout import LOSS_PLOT, PARETO_PLOT
+from job.results.schema import Combined, HeadlineRow, RunFacts, RunResult, Stat
+from job.results.stats import mean_std
+from job.training.strategies import baseline, compared
 
 TITLE = "# ERNIE 3.0 Medium: LoRA vs Full Fine-Tuning"
 COLUMNS = (

@@ -12,14 +12,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from job import device
-from job.batches import Encoded, epoch_batches, iterate_batches
-from job.device import batch_on_device
-from job.dropout import PADDLE, training_dropout
+from job.data.batches import Encoded, epoch_batches, iterate_batches
 from job.errors import TrainingDiverged
-from job.model import classify
-from job.ranks import Ranks, shard_batches, usable_batches
-from job.signals import StopRequest
+from job.training import device
+from job.training.device import batch_on_device
+from job.training.dropout import PADDLE, training_dropout
+from job.training.model import classify
+from job.training.ranks import Ranks, shard_batches, usable_batches
+from job.training.signals import StopRequest
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class TrainSettings:
     seed: int
     logging_steps: int
     bucket_window: int = 0
-    precision: str = "fp32"  # resolved (job.device.resolve_precision): fp32, bf16 or fp16
+    precision: str = "fp32"  # resolved (job.training.device.resolve_precision): fp32, bf16 or fp16
 
 
 @dataclass
@@ -44,7 +44,7 @@ class TrainOutcome:
     seconds: float
     step_losses: list[float] = field(default_factory=list)
     optimizer_state_bytes: int = 0
-    dropout: str = PADDLE  # which dropout ran (job.dropout)
+    dropout: str = PADDLE  # which dropout ran (job.training.dropout)
 
     @property
     def samples_per_second(self) -> float:
@@ -56,14 +56,14 @@ def no_weight_decay(parameter_name: str) -> bool:
 
 
 def gradient_clip(max_norm: float) -> Any:
-    """Global-norm clipping (None for max_norm 0). On CPU the job's in-place rescale (job.clipping), which
+    """Global-norm clipping (None for max_norm 0). On CPU the job's in-place rescale (job.training.clipping), which
     reads the norm on the host to skip unclipped steps; on a GPU that read would wait for the device every
     step, so Paddle's own ClipGradByGlobalNorm without auto_skip_clip: it multiplies every gradient by
     max_norm / max(norm, max_norm), on the device, with no read (paddle/nn/clip.py). Both give the same
     gradients: the factor is exactly 1 when the norm is within the limit (tested)."""
     import paddle
 
-    from job.clipping import GlobalNormClip
+    from job.training.clipping import GlobalNormClip
 
     if max_norm <= 0:
         return None
@@ -163,7 +163,7 @@ def train(
     # read is free there), every logging_steps on a GPU (each read waits for the device).
     read_every = settings.logging_steps if device.on_gpu() else 1
     unread: list[tuple[Any, float]] = []  # (loss tensor, learning rate) of the steps not read yet
-    if ranks.world > 1:  # each rank its own dropout masks (Paddle's GPU generator, or job.dropout's on CPU)
+    if ranks.world > 1:  # each rank its own dropout masks (Paddle's GPU generator, or job.training.dropout's on CPU)
         import paddle
 
         paddle.seed(rank_seed(settings.seed, ranks))

@@ -26,12 +26,12 @@ from pydantic import (
     model_validator,
 )
 
-from job.device import PRECISIONS
+from job.data.textfiles import read_text
 from job.errors import UserError
-from job.layout import RESERVED_NAMES
-from job.storage import output_dir_problem
-from job.strategies import STRATEGIES, STRATEGY_NAMES
-from job.textfiles import read_text
+from job.output.layout import RESERVED_NAMES
+from job.output.storage import output_dir_problem
+from job.training.device import PRECISIONS
+from job.training.strategies import STRATEGIES, STRATEGY_NAMES
 
 StrategyName = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]  # derived from the registry
 PositiveInt = Annotated[int, Field(ge=1)]

@@ -10,10 +10,10 @@ rate chosen on dev.
 
 from __future__ import annotations
 
-from job.config import JobConfig
-from job.runs import LoRASettings, Run
-from job.strategies import STRATEGIES
-from job.train import TrainSettings
+from job.config.schema import JobConfig
+from job.training.loop import TrainSettings
+from job.training.runs import LoRASettings, Run
+from job.training.strategies import STRATEGIES
 
 __all__ = ["LoRASettings", "Run", "format_plan", "plan_runs"]
 

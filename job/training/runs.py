@@ -1,5 +1,5 @@
-"""One fully resolved run of the plan (job.plan makes them) and the shape every strategy shares
-(job.strategies registers them). Below both, so neither imports the other."""
+"""One fully resolved run of the plan (job.config.plan makes them) and the shape every strategy shares
+(job.training.strategies registers them). Below both, so neither imports the other."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from job.model import LoadedModel
-from job.train import TrainSettings
+from job.training.loop import TrainSettings
+from job.training.model import LoadedModel
 
 
 class Strategy(Protocol):
@@ -42,7 +42,7 @@ class Run:
     group: str  # the headline row this run belongs to (same strategy and LoRA shape)
     strategy: Strategy
     settings: TrainSettings  # learning rate, batch size, seed, epochs, optimizer and batching
-    eval_batch_size: int | str  # "auto" until the device is known (job.device.resolve_eval_batch_size)
+    eval_batch_size: int | str  # "auto" until the device is known (job.training.device.resolve_eval_batch_size)
     lora: LoRASettings | None = None
 
     @property

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from job.errors import RetryableError, UserError
-from job.layout import FILE_MODE, LOCK_FILE, RESULTS_FOLDER, make_folders, settle_modes
+from job.output.layout import FILE_MODE, LOCK_FILE, RESULTS_FOLDER, make_folders, settle_modes
 
 OBJECT_STORE_SCHEMES = ("s3", "gs")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from job.data import Example, RawSplits, Split, Splits
+from job.data.sources import Example, RawSplits, Split, Splits
 from job.errors import UserError
 
 

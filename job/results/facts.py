@@ -10,12 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from job.config import JobConfig
-from job.cpu import cpu_vendor
-from job.data import Splits
-from job.device import DeviceChoice, strided_views
-from job.results import CpuFacts, DataFacts, DeviceFacts, RunFacts, SplitFacts
-from job.stats import encode_classes
+from job.config.schema import JobConfig
+from job.data.sources import Splits
+from job.results.schema import CpuFacts, DataFacts, DeviceFacts, RunFacts, SplitFacts
+from job.results.stats import encode_classes
+from job.training.cpu import cpu_vendor
+from job.training.device import DeviceChoice, strided_views
 
 
 def package_versions() -> dict[str, str]:

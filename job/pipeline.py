@@ -12,25 +12,36 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from job.batches import Encoded, encode
-from job.config import JobConfig, check_against_model, own_key
-from job.data import read_source
-from job.device import DeviceChoice, resolve_eval_batch_size, resolve_precision, select_device
-from job.device_faults import raise_if_device_fault
-from job.download import use_mirror
+from job.config.plan import Run, plan_runs
+from job.config.schema import JobConfig, check_against_model, own_key
+from job.data.batches import Encoded, encode
+from job.data.download import use_mirror
+from job.data.labels import NUM_CLASSES, name_labels
+from job.data.sampling import draw_samples
+from job.data.sources import read_source
 from job.errors import RetryableError, UserError
-from job.evaluate import evaluate
-from job.facts import now, run_facts
-from job.labels import NUM_CLASSES, name_labels
-from job.layout import (
+from job.output.layout import (
     ARTIFACTS_FOLDER,
     LOSS_PLOT,
     PARETO_PLOT,
     RESULTS_FILE,
     RESULTS_FOLDER,
 )
-from job.memory import peak_memory_mb, reset_peak_memory
-from job.model import (
+from job.output.storage import Output, open_output
+from job.results.facts import now, run_facts
+from job.results.plot import plot_losses, plot_pareto
+from job.results.records import load_results, read_records, save_result
+from job.results.report import render_report
+from job.results.scalars import scalar_log
+from job.results.schema import ResultRecord, RunFacts, RunResult, SplitResult
+from job.results.stats import encode_classes, macro_f1, per_class_accuracy
+from job.results.verdict import combine
+from job.training.device import DeviceChoice, resolve_eval_batch_size, resolve_precision, select_device
+from job.training.device_faults import raise_if_device_fault
+from job.training.evaluate import EvalResult, evaluate
+from job.training.loop import train
+from job.training.memory import peak_memory_mb, reset_peak_memory
+from job.training.model import (
     check_model_name,
     classifier_of,
     count_parameters,
@@ -42,19 +53,9 @@ from job.model import (
     trainable_bytes,
     weights_fingerprint,
 )
-from job.plan import Run, plan_runs
-from job.plot import plot_losses, plot_pareto
-from job.ranks import Ranks, process_ranks
-from job.records import load_results, read_records, save_result
-from job.report import render_report
-from job.results import ResultRecord, RunFacts, RunResult
-from job.sampling import draw_samples
-from job.scalars import scalar_log
-from job.signals import StopRequest
-from job.storage import Output, open_output
-from job.strategies import check_targets_match
-from job.train import train
-from job.verdict import combine
+from job.training.ranks import Ranks, process_ranks
+from job.training.signals import StopRequest
+from job.training.strategies import check_targets_match
 
 
 def say(message: str) -> None:
@@ -142,7 +143,7 @@ class Session:
     pad_id: int
     encoded: dict[str, list[Encoded]]  # the train, dev and test rows, tokenised
     facts: RunFacts
-    sample: str  # identity of those rows (job.data.Splits.identity)
+    sample: str  # identity of those rows (job.data.sources.Splits.identity)
 
 
 def train_runs(
@@ -273,12 +274,25 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         peak_memory_mb=float(peak_memory),
         optimizer_state_mb=round(outcome.optimizer_state_bytes / 2**20, 3),
         checkpoint_mb=round(trainable_bytes(model) / 2**20, 3),
-        dev=dev.split_result(encoded["dev"]),
-        test=test.split_result(encoded["test"]),
+        dev=split_record(dev, encoded["dev"]),
+        test=split_record(test, encoded["test"]),
         step_losses=[round(loss, 6) for loss in outcome.step_losses],
         reinitialised_parameters=loaded.reinitialised,
         artifacts=artifacts,
         finished_at=now(),
+    )
+
+
+def split_record(evaluation: EvalResult, rows: list[Encoded]) -> SplitResult:
+    """The record of one evaluated split: accuracy and loss, macro-F1, per-class accuracy, predictions."""
+    labels = [row.label for row in rows]
+    return SplitResult(
+        accuracy=evaluation.accuracy,
+        loss=evaluation.loss,
+        examples=evaluation.examples,
+        macro_f1=macro_f1(evaluation.predictions, labels, NUM_CLASSES),
+        per_class_accuracy=per_class_accuracy(evaluation.predictions, labels, NUM_CLASSES),
+        predictions=encode_classes(evaluation.predictions),
     )
 
 

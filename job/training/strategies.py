@@ -1,8 +1,8 @@
 """Fine-tuning strategies: the registry of strategy names. A strategy only prepares the loaded model
 (which parameters train), names its rows, and knows how to save what it trained; the training loop is
-shared (job/train.py) and the run plan (job/plan.py) gives each run its settings.
+shared (job/training/loop.py) and the run plan (job/config/plan.py) gives each run its settings.
 
-Adding a strategy: write a class with the attributes and methods of `job.runs.Strategy`, and add it
+Adding a strategy: write a class with the attributes and methods of `job.training.runs.Strategy`, and add it
 to STRATEGIES. The config's `strategies` choices, the CLI's `--strategy` choices and the plan derive
 from STRATEGIES; `<name>_learning_rate` and `<name>_batch_size` config keys give it its own rate and
 batch size.
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from job.errors import UserError
-from job.model import LoadedModel
-from job.runs import Run, Strategy
+from job.training.model import LoadedModel
+from job.training.runs import Run, Strategy
 
 
 class LoRA:

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from job.data.labels import LABEL_TO_ID, TNEWS_LABELS
+from job.data.textfiles import read_text
 from job.errors import RetryableError, UserError
-from job.labels import LABEL_TO_ID, TNEWS_LABELS
-from job.textfiles import read_text
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def read_paddlenlp_tnews() -> RawSplits:
     from paddlenlp.datasets import load_dataset
     from paddlenlp.utils.env import DATA_HOME
 
-    from job.download import fetch_archive, tnews_archive
+    from job.data.download import fetch_archive, tnews_archive
 
     fetch_archive(tnews_archive())  # locked and md5-checked: array tasks may share the cache
     try:

@@ -1,5 +1,5 @@
 """Accuracy and mean cross-entropy on a split, and predictions, without gradients and with the
-shortcuts of job.inference (same numbers up to float rounding, tested)."""
+shortcuts of job.training.inference (same numbers up to float rounding, tested)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from job.batches import Encoded, iterate_batches
-from job.device import batch_on_device
-from job.inference import inference_kernels, last_layer_first_position_only, lora_merged
-from job.labels import NUM_CLASSES
-from job.model import classify
-from job.results import SplitResult
-from job.stats import encode_classes, macro_f1, per_class_accuracy
+from job.data.batches import Encoded, iterate_batches
+from job.training.device import batch_on_device
+from job.training.inference import inference_kernels, last_layer_first_position_only, lora_merged
+from job.training.model import classify
 
 
 @dataclass(frozen=True)
@@ -22,18 +19,6 @@ class EvalResult:
     loss: float  # mean cross-entropy per example
     examples: int
     predictions: list[int]  # predicted class id per row, in the rows' order
-
-    def split_result(self, rows: Sequence[Encoded]) -> SplitResult:
-        """The record of this split: accuracy and loss, macro-F1, per-class accuracy, predictions."""
-        labels = [row.label for row in rows]
-        return SplitResult(
-            accuracy=self.accuracy,
-            loss=self.loss,
-            examples=self.examples,
-            macro_f1=macro_f1(self.predictions, labels, NUM_CLASSES),
-            per_class_accuracy=per_class_accuracy(self.predictions, labels, NUM_CLASSES),
-            predictions=encode_classes(self.predictions),
-        )
 
 
 def length_sorted_batches(rows: Sequence[Encoded], batch_size: int) -> list[list[int]]:

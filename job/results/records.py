@@ -1,5 +1,5 @@
-"""The record files: results/<key>.json, one per run, written whole (job.storage) and read back strictly
-through the schema of job.results."""
+"""The record files: results/<key>.json, one per run, written whole (job.output.storage) and read back strictly
+through the schema of job.results.schema."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 from pydantic import ValidationError
 
 from job.errors import UserError
-from job.layout import RESULTS_FOLDER
-from job.results import SCHEMA_VERSION, ResultRecord, RunResult
-from job.storage import Output
-from job.strategies import STRATEGY_NAMES
+from job.output.layout import RESULTS_FOLDER
+from job.output.storage import Output
+from job.results.schema import SCHEMA_VERSION, ResultRecord, RunResult
+from job.training.strategies import STRATEGY_NAMES
 
 
 def result_name(key: str) -> str:

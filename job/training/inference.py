@@ -10,7 +10,7 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
-from job.model import classifier_of
+from job.training.model import classifier_of
 
 
 @contextlib.contextmanager

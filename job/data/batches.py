@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from job.data import Example
+from job.data.sources import Example
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Result records: one typed schema for what a run measured and for results.json, written and read
-through the same pydantic models. One JSON file per run (results/<key>.json), written whole (job.storage)
+through the same pydantic models. One JSON file per run (results/<key>.json), written whole (job.output.storage)
 as soon as that run finishes, so `job report` can merge them and a killed run never leaves half a file.
-Reading and writing the files is job.records; the run-level facts are gathered by job.facts."""
+Reading and writing the files is job.results.records; the run-level facts are gathered by job.results.facts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from job.config import StrategyName
+from job.config.schema import StrategyName
 
 SCHEMA_VERSION = 4  # 2: grid runs (seed, learning rate), predictions, macro-F1, comparison; 3: sample; 4: eval batch
 
@@ -27,7 +27,7 @@ class SplitResult(Record):
     examples: int
     macro_f1: float
     per_class_accuracy: list[float | None]  # by class id; None where the split has no example of it
-    predictions: str  # predicted class id per example, in the split's order (job.stats.encode_classes)
+    predictions: str  # predicted class id per example, in the split's order (job.results.stats.encode_classes)
 
 
 class RunResult(Record):
@@ -40,12 +40,12 @@ class RunResult(Record):
     learning_rate: float
     batch_size: int
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # training; evaluation is fp32 (older records: fp32)
-    eval_batch_size: int  # as resolved for the device (config `auto`: job.device.resolve_eval_batch_size)
-    dropout: str = "paddle"  # the dropout training used (job.dropout; older records: Paddle's)
+    eval_batch_size: int  # as resolved for the device (config `auto`: job.training.device.resolve_eval_batch_size)
+    dropout: str = "paddle"  # the dropout training used (job.training.dropout; older records: Paddle's)
     lora_r: int | None
     lora_alpha: int | None
     initial_weights: str  # fingerprint of the weights training started from
-    sample: str  # identity of the train, dev and test rows the run saw (job.data.Splits.identity)
+    sample: str  # identity of the train, dev and test rows the run saw (job.data.sources.Splits.identity)
     trainable_params: int
     total_params: int
     training_seconds: float

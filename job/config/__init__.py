@@ -1,0 +1,1 @@
+"""The config schema and the run plan it expands to."""

@@ -1,0 +1,1 @@
+"""The data: labels, the sources read, seeded samples, tokens and batches."""

@@ -1,0 +1,1 @@
+"""Training: the device, the model, the strategies (the registry), the loop and evaluation."""
