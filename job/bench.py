@@ -267,7 +267,7 @@ def time_training(model: Any, rows: list[Encoded], run: Run, steps: int, warmup:
     return {"times": times, "shapes": [tuple(s) for s in shapes], "peak_memory_mb": peak_memory_mb()}
 
 
-def bench_strategy(run: Run, rows: list[Encoded], config: JobConfig, steps: int, warmup: int, peak: float,
+def bench_strategy(run: Run, rows: list[Encoded], config: JobConfig, *, steps: int, warmup: int, peak: float,
                    bandwidth: float, with_eval: bool) -> dict[str, Any]:  # fmt: skip
     """Training speed of `run` (and, with `with_eval`, evaluation speed) against this machine's floors."""
     loaded, _ = bench_model(config)
@@ -383,10 +383,10 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
             ),
             rows,
             config,
-            steps,
-            warmup,
-            peak,
-            bandwidth,
+            steps=steps,
+            warmup=warmup,
+            peak=peak,
+            bandwidth=bandwidth,
             with_eval=window == WINDOWS[0],
         )
         for run in one_run_per_group(config)

@@ -14,7 +14,7 @@ from typing import Any
 
 from job.config.plan import Run, plan_runs
 from job.config.schema import JobConfig, check_against_model, own_key
-from job.data.batches import Encoded, encode
+from job.data.batches import Encoded, EncodedSplits, encode_splits
 from job.data.download import use_mirror
 from job.data.labels import NUM_CLASSES, name_labels
 from job.data.sampling import draw_samples
@@ -141,7 +141,7 @@ class Session:
     device: DeviceChoice
     tokenizer: Any
     pad_id: int
-    encoded: dict[str, list[Encoded]]  # the train, dev and test rows, tokenised
+    encoded: EncodedSplits
     facts: RunFacts
     sample: str  # identity of those rows (job.data.sources.Splits.identity)
 
@@ -181,7 +181,7 @@ def setup_session(
         say(f"{split.name}: {split.source}")
     tokenizer = load_tokenizer(config.model_name)
     stop.checkpoint()
-    encoded = {split.name: encode(split.examples, tokenizer, config.max_seq_length) for split in splits.all()}
+    encoded = encode_splits(splits, tokenizer, config.max_seq_length)
     stop.checkpoint()
     session = Session(
         config=config, output=output, stop=stop, ranks=ranks, device=device, tokenizer=tokenizer,
@@ -234,15 +234,15 @@ def train_one(session: Session, run: Run) -> RunResult | None:
     with scalar_log(config, session.output, key, ranks) as log:
         with out_of_memory_advice(f"[{key}] training", own_key(name, "batch_size"), settings.batch_size):
             outcome = train(
-                model, encoded["train"], settings, pad_id=pad_id, label=key, stop=stop, ranks=ranks, on_step=log.step
+                model, encoded.train, settings, pad_id=pad_id, label=key, stop=stop, ranks=ranks, on_step=log.step
             )
         if not ranks.is_main:
             return None
         peak_memory = peak_memory_mb()
         say(f"[{key}] evaluating on dev and test")
         with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
-            dev = evaluate(model, encoded["dev"], run.eval_batch_size, pad_id, stop)
-            test = evaluate(model, encoded["test"], run.eval_batch_size, pad_id, stop)
+            dev = evaluate(model, encoded.dev, run.eval_batch_size, pad_id, stop)
+            test = evaluate(model, encoded.test, run.eval_batch_size, pad_id, stop)
         log.evaluated(outcome.steps, dev.accuracy, dev.loss)
     say(
         f"[{key}] trained in {outcome.seconds:.1f} s; dev accuracy {dev.accuracy:.4f} loss {dev.loss:.4f}; "
@@ -274,8 +274,8 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         peak_memory_mb=float(peak_memory),
         optimizer_state_mb=round(outcome.optimizer_state_bytes / 2**20, 3),
         checkpoint_mb=round(trainable_bytes(model) / 2**20, 3),
-        dev=split_record(dev, encoded["dev"]),
-        test=split_record(test, encoded["test"]),
+        dev=split_record(dev, encoded.dev),
+        test=split_record(test, encoded.test),
         step_losses=[round(loss, 6) for loss in outcome.step_losses],
         reinitialised_parameters=loaded.reinitialised,
         artifacts=artifacts,
@@ -345,7 +345,7 @@ def write_report(
             plot_losses(combined.headline, path)
         with output.file(PARETO_PLOT) as path:
             plot_pareto(combined.headline, path)
-        return output.write_text(report_file or combined.run.config["report_file"], render_report(combined))
+        return output.write_text(report_file or combined.run.config.report_file, render_report(combined))
 
 
 # ---------------------------------------------------------------- prefetch

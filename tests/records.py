@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from job.config.schema import JobConfig
 from job.results.schema import (
     CpuFacts,
     DataFacts,
@@ -83,7 +84,7 @@ def facts(labels: list[int], planned: list[str]) -> RunFacts:
         return SplitFacts(source=f"{name} rows", examples=len(labels), labels=encode_classes(labels))
 
     return RunFacts(
-        config={"model_name": "ernie-3.0-medium-zh", "report_file": "report.md"},
+        config=JobConfig(model_name="ernie-3.0-medium-zh", report_file="report.md"),
         config_hash="0123456789abcdef",
         planned_runs=planned,
         device=DeviceFacts(name="cpu", description="CPU (2 threads)", reason="no GPU"),

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from job.data.sources import Example
+from job.data.sources import Example, Splits
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,19 @@ class Encoded:
     input_ids: list[int]
     token_type_ids: list[int]
     label: int
+
+
+@dataclass(frozen=True)
+class EncodedSplits:
+    """The train, dev and test rows of a sample, tokenised."""
+
+    train: list[Encoded]
+    dev: list[Encoded]
+    test: list[Encoded]
+
+
+def encode_splits(splits: Splits, tokenizer: Any, max_seq_length: int) -> EncodedSplits:
+    return EncodedSplits(**{split.name: encode(split.examples, tokenizer, max_seq_length) for split in splits.all()})
 
 
 def encode(examples: Sequence[Example], tokenizer: Any, max_seq_length: int) -> list[Encoded]:

@@ -62,7 +62,7 @@ def run_facts(
         for split in splits.all()
     }
     return RunFacts(
-        config=config.model_dump(),
+        config=config,
         config_hash=config.config_hash(),
         planned_runs=planned,
         device=DeviceFacts(name=device.name, description=device.description, reason=device.reason),

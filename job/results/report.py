@@ -41,7 +41,7 @@ def render_report(combined: Combined) -> str:
     sections = [
         TITLE,
         _summary(combined),
-        "## Configuration\n\n```json\n" + json.dumps(run.config, indent=2, ensure_ascii=False) + "\n```",
+        "## Configuration\n\n```json\n" + json.dumps(run.config.model_dump(), indent=2, ensure_ascii=False) + "\n```",
         "## Results\n\n" + results,
         "## Observations\n\n" + "\n".join(f"- {line}" for line in observations(combined)),
         "## Artifacts\n\n" + "\n".join(f"- {line}" for line in artifact_lines(runs)),
@@ -81,7 +81,7 @@ def _summary(combined: Combined) -> str:
     data = run.data
     lines = [
         "This report compares low-rank adaptation (LoRA) with full-parameter fine-tuning of the ERNIE 3.0 Medium "
-        f"model (`{run.config['model_name']}`) on the Chinese TNEWS news-title classification task "
+        f"model (`{run.config.model_name}`) on the Chinese TNEWS news-title classification task "
         f"({NUM_CLASSES} classes). {start_note(combined.runs)}",
         "",
         f"- Device: {run.device.description} ({run.device.reason}); training precision "

@@ -5,11 +5,11 @@ Reading and writing the files is job.results.records; the run-level facts are ga
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from job.config.schema import StrategyName
+from job.config.schema import JobConfig, StrategyName
 
 SCHEMA_VERSION = 4  # 2: grid runs (seed, learning rate), predictions, macro-F1, comparison; 3: sample; 4: eval batch
 
@@ -92,7 +92,7 @@ class CpuFacts(Record):
 
 
 class RunFacts(Record):
-    config: dict[str, Any]
+    config: JobConfig  # the whole config, typed; in the files exactly its model_dump
     config_hash: str
     planned_runs: list[str]  # every run key of this config's plan, in order
     device: DeviceFacts

@@ -193,7 +193,7 @@ def combine(records: Sequence[ResultRecord]) -> Combined:
     present = {result.key for result in results}
     planned = list(dict.fromkeys(key for record in records for key in record.run.planned_runs))
     strategies = list(dict.fromkeys(result.strategy for result in results))
-    facts = facts.model_copy(update={"config": {**facts.config, "strategies": strategies}})
+    facts = facts.model_copy(update={"config": facts.config.model_copy(update={"strategies": strategies})})
     rows = headline_rows(results)
     return Combined(
         run=facts,
