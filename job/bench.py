@@ -15,9 +15,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from job.config.plan import Run, plan_runs
 from job.config.schema import JobConfig
@@ -243,7 +245,7 @@ def time_optimizer_step(model: Any, rows: list[Encoded], run: Run, repeats: int 
     return best
 
 
-def time_training(model: Any, rows: list[Encoded], run: Run, steps: int, warmup: int) -> dict:
+def time_training(model: Any, rows: list[Encoded], run: Run, steps: int, warmup: int) -> Timing:
     import paddle
 
     settings = run.settings
@@ -264,11 +266,91 @@ def time_training(model: Any, rows: list[Encoded], run: Run, steps: int, warmup:
             if index >= warmup:
                 times.append(time.perf_counter() - started)
                 shapes.append(batch["input_ids"].shape)
-    return {"times": times, "shapes": [tuple(s) for s in shapes], "peak_memory_mb": peak_memory_mb()}
+    return Timing(times=times, shapes=[tuple(s) for s in shapes], peak_memory_mb=peak_memory_mb())
+
+
+class BenchRecord(BaseModel):
+    """bench.json's typed parts; a value left None is left out of the file (job bench writes `to_json`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: value for key, value in self.model_dump().items() if value is not None or key in KEPT_NONE}
+
+
+KEPT_NONE = {"tf32", "threads"}  # None says something there: no TF32 question on CPU; threads left unset
+
+
+class RunBench(BenchRecord):
+    """One benched headline row at one length-bucket window."""
+
+    group: str
+    strategy: str
+    label: str
+    length_bucket_window: int
+    trainable_params: int
+    total_params: int
+    timed_steps: int
+    median_ms_per_step: float
+    samples_per_second: float
+    tokens_per_second: float
+    tokens_per_step: float
+    gflop_per_step: float
+    achieved_gflops: float
+    fraction_of_matmul_peak: float
+    optimizer_ms: float
+    optimizer_floor_ms: float
+    matmul_floor_ms: float
+    fraction_of_floor: float
+    peak_memory_mb: float
+    eval_samples_per_second: float | None = None  # evaluation: timed at window 0 only
+    eval_achieved_gflops: float | None = None
+    eval_fraction_of_matmul_peak: float | None = None
+    eval_vs_train_throughput: float | None = None
+
+
+class TargetCheck(BenchRecord):
+    run: str
+    length_bucket_window: int
+    measure: str
+    value: float
+    target: float
+    met: bool
+
+
+class BenchReport(BenchRecord):
+    device: str
+    threads: str | None
+    model: str
+    data: str
+    batch_size: int
+    max_seq_length: int
+    precision: str
+    eval_batch_size: int
+    matmul_peak_gflops: float
+    matmul_peak_dtype: str
+    tf32: bool | None
+    copy_bandwidth_gbs: float
+    runs: list[RunBench]
+    targets: list[TargetCheck]
+    end_to_end_seconds: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = super().to_json()
+        data["runs"] = [run.to_json() for run in self.runs]
+        data["targets"] = [target.to_json() for target in self.targets]
+        return data
+
+
+@dataclass(frozen=True)
+class Timing:
+    times: list[float]  # seconds of each timed step
+    shapes: list[tuple[int, int]]  # (batch, length) of each timed step
+    peak_memory_mb: float
 
 
 def bench_strategy(run: Run, rows: list[Encoded], config: JobConfig, *, steps: int, warmup: int, peak: float,
-                   bandwidth: float, with_eval: bool) -> dict[str, Any]:  # fmt: skip
+                   bandwidth: float, with_eval: bool) -> RunBench:  # fmt: skip
     """Training speed of `run` (and, with `with_eval`, evaluation speed) against this machine's floors."""
     loaded, _ = bench_model(config)
     model = run.strategy.prepare(loaded, run)
@@ -278,38 +360,37 @@ def bench_strategy(run: Run, rows: list[Encoded], config: JobConfig, *, steps: i
         int(p.numel()) for n, p in loaded.model.named_parameters() if "embeddings" not in n and "lora_" not in n
     )
     timing = time_training(model, rows, run, steps, warmup)
-    median = statistics.median(timing["times"])
+    median = statistics.median(timing.times)
     batch = run.settings.batch_size
-    tokens = statistics.mean(b * length for b, length in timing["shapes"])
-    flops = step_flops(timing["shapes"], non_embedding, model_config.num_hidden_layers, model_config.hidden_size,
+    tokens = statistics.mean(b * length for b, length in timing.shapes)
+    flops = step_flops(timing.shapes, non_embedding, model_config.num_hidden_layers, model_config.hidden_size,
                        full=run.strategy.trains_every_weight)  # fmt: skip
     achieved = flops / median / 1e9
     matmul_floor = flops / (peak * 1e9)
     optimizer_floor = FLOOR_BYTES_PER_PARAMETER * trainable / (bandwidth * 1e9)
-    result = {
-        "group": run.group, "strategy": run.strategy.name, "label": run.label,
-        "length_bucket_window": run.settings.bucket_window,
-        "trainable_params": trainable, "total_params": total, "timed_steps": len(timing["times"]),
-        "median_ms_per_step": figures(1000 * median), "samples_per_second": figures(batch / median),
-        "tokens_per_second": figures(tokens / median), "tokens_per_step": figures(tokens),
-        "gflop_per_step": figures(flops / 1e9), "achieved_gflops": figures(achieved),
-        "fraction_of_matmul_peak": figures(achieved / peak),
-        "optimizer_ms": figures(1000 * time_optimizer_step(model, rows, run)),
-        "optimizer_floor_ms": figures(1000 * optimizer_floor), "matmul_floor_ms": figures(1000 * matmul_floor),
-        "fraction_of_floor": figures((matmul_floor + optimizer_floor) / median),
-        "peak_memory_mb": timing["peak_memory_mb"],
-    }  # fmt: skip
+    evaluation: dict[str, float] = {}
     if with_eval:
         eval_rows = rows[:256]
         eval_seconds, eval_work = time_evaluation(model, model_config, eval_rows, int(run.eval_batch_size))
         eval_rate = len(eval_rows) / eval_seconds
-        result.update({
+        evaluation = {
             "eval_samples_per_second": figures(eval_rate),
             "eval_achieved_gflops": figures(eval_work / eval_seconds / 1e9),
             "eval_fraction_of_matmul_peak": figures(eval_work / eval_seconds / 1e9 / peak),
             "eval_vs_train_throughput": figures(eval_rate / (batch / median)),
-        })  # fmt: skip
-    return result
+        }  # fmt: skip
+    return RunBench(
+        group=run.group, strategy=run.strategy.name, label=run.label, length_bucket_window=run.settings.bucket_window,
+        trainable_params=trainable, total_params=total, timed_steps=len(timing.times),
+        median_ms_per_step=figures(1000 * median), samples_per_second=figures(batch / median),
+        tokens_per_second=figures(tokens / median), tokens_per_step=figures(tokens),
+        gflop_per_step=figures(flops / 1e9), achieved_gflops=figures(achieved),
+        fraction_of_matmul_peak=figures(achieved / peak),
+        optimizer_ms=figures(1000 * time_optimizer_step(model, rows, run)),
+        optimizer_floor_ms=figures(1000 * optimizer_floor), matmul_floor_ms=figures(1000 * matmul_floor),
+        fraction_of_floor=figures((matmul_floor + optimizer_floor) / median),
+        peak_memory_mb=timing.peak_memory_mb, **evaluation,
+    )  # fmt: skip
 
 
 def figures(value: float, significant: int = 4) -> float:
@@ -318,17 +399,16 @@ def figures(value: float, significant: int = 4) -> float:
     return float(f"{value:.{significant}g}")
 
 
-def targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def targets(runs: list[RunBench]) -> list[TargetCheck]:
     """Each target of TARGETS / EVAL_TARGET for each benched run that has the measure: met or missed."""
     checked = []
     for result in runs:
-        wanted = [TARGETS[STRATEGIES[result["strategy"]].trains_every_weight]]
-        wanted += [EVAL_TARGET] if EVAL_TARGET[0] in result else []
+        wanted = [TARGETS[STRATEGIES[result.strategy].trains_every_weight]]
+        wanted += [EVAL_TARGET] if getattr(result, EVAL_TARGET[0]) is not None else []
         for measure, target in wanted:
-            checked.append({
-                "run": result["group"], "length_bucket_window": result["length_bucket_window"], "measure": measure,
-                "value": result[measure], "target": target, "met": result[measure] >= target,
-            })  # fmt: skip
+            value = getattr(result, measure)
+            checked.append(TargetCheck(run=result.group, length_bucket_window=result.length_bucket_window,
+                                       measure=measure, value=value, target=target, met=value >= target))  # fmt: skip
     return checked
 
 
@@ -359,7 +439,7 @@ def one_run_per_group(config: JobConfig) -> list[Run]:
     return list(firsts.values())
 
 
-def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: int, e2e: bool) -> dict[str, Any]:
+def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: int, e2e: bool) -> BenchReport:
     """One run per headline row, each with plain shuffled batches and with length buckets (WINDOWS),
     evaluation once per row; then the targets, and optionally `job run` end to end."""
     quiet_paddlenlp()
@@ -392,51 +472,53 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
         for run in one_run_per_group(config)
         for window in WINDOWS
     ]
-    report: dict[str, Any] = {
-        "device": device.description, "threads": os.environ.get("OMP_NUM_THREADS"), "model": model_source,
-        "data": f"{source}, first {len(rows)} training titles", "batch_size": config.batch_size,
-        "max_seq_length": config.max_seq_length, "precision": precision, "eval_batch_size": eval_batch_size,
-        "matmul_peak_gflops": figures(peak), "matmul_peak_dtype": dtype,
-        "tf32": tf32_matmuls() if gpu and dtype == "float32" else None,
-        "copy_bandwidth_gbs": figures(bandwidth), "runs": results, "targets": targets(results),
-    }  # fmt: skip
+    end_to_end = None
     if e2e:
         local_data = None if config.data_dir or source == "PaddleNLP clue/tnews" else str(Path(source).parent)
         loaded, _ = bench_model(config)
-        report["end_to_end_seconds"] = round(end_to_end_seconds(config_path, loaded.model, tokenizer, local_data), 1)
-    return report
+        end_to_end = round(end_to_end_seconds(config_path, loaded.model, tokenizer, local_data), 1)
+    return BenchReport(
+        device=device.description, threads=os.environ.get("OMP_NUM_THREADS"), model=model_source,
+        data=f"{source}, first {len(rows)} training titles", batch_size=config.batch_size,
+        max_seq_length=config.max_seq_length, precision=precision, eval_batch_size=eval_batch_size,
+        matmul_peak_gflops=figures(peak), matmul_peak_dtype=dtype,
+        tf32=tf32_matmuls() if gpu and dtype == "float32" else None,
+        copy_bandwidth_gbs=figures(bandwidth), runs=results, targets=targets(results), end_to_end_seconds=end_to_end,
+    )  # fmt: skip
 
 
-def percent(result: dict[str, Any], key: str) -> str:
-    return f"{100 * result[key]:.0f}%" if key in result else "-"
+def percent(result: RunBench, key: str) -> str:
+    value = getattr(result, key)
+    return f"{100 * value:.0f}%" if value is not None else "-"
 
 
-def format_table(report: dict[str, Any]) -> str:
+def format_table(report: BenchReport) -> str:
     columns = ("window", "ms/step", "samples/s", "tokens/s", "GFLOP/s", "of peak", "optim ms", "optim floor",
                "of floor", "eval samples/s", "eval of peak", "peak MB")  # fmt: skip
     lines = [
-        f"device {report['device']}, matmul peak {report['matmul_peak_gflops']} GFLOP/s "
-        f"({report['matmul_peak_dtype']}{', TF32 on' if report.get('tf32') else ''}), copy bandwidth "
-        f"{report['copy_bandwidth_gbs']} GB/s, model {report['model']}",
-        f"data {report['data']}, batch {report['batch_size']}, max_seq_length {report['max_seq_length']}",
+        f"device {report.device}, matmul peak {report.matmul_peak_gflops} GFLOP/s "
+        f"({report.matmul_peak_dtype}{', TF32 on' if report.tf32 else ''}), copy bandwidth "
+        f"{report.copy_bandwidth_gbs} GB/s, model {report.model}",
+        f"data {report.data}, batch {report.batch_size}, max_seq_length {report.max_seq_length}",
         "",
         f"{'run':44}" + "".join(f"{c:>15}" for c in columns),
     ]
-    for result in report["runs"]:
+    for result in report.runs:
         share = functools.partial(percent, result)
-        values = (result["length_bucket_window"], result["median_ms_per_step"], result["samples_per_second"],
-                  result["tokens_per_second"], result["achieved_gflops"], share("fraction_of_matmul_peak"),
-                  result["optimizer_ms"], result["optimizer_floor_ms"], share("fraction_of_floor"),
-                  result.get("eval_samples_per_second", "-"), share("eval_fraction_of_matmul_peak"),
-                  result["peak_memory_mb"])  # fmt: skip
-        lines.append(f"{result['label']:44}" + "".join(f"{v!s:>15}" for v in values))
+        evaluated = result.eval_samples_per_second
+        values = (result.length_bucket_window, result.median_ms_per_step, result.samples_per_second,
+                  result.tokens_per_second, result.achieved_gflops, share("fraction_of_matmul_peak"),
+                  result.optimizer_ms, result.optimizer_floor_ms, share("fraction_of_floor"),
+                  "-" if evaluated is None else evaluated, share("eval_fraction_of_matmul_peak"),
+                  result.peak_memory_mb)  # fmt: skip
+        lines.append(f"{result.label:44}" + "".join(f"{v!s:>15}" for v in values))
     lines += ["", "targets (shares of this machine's own floors, measured above):"]
-    for target in report["targets"]:
+    for target in report.targets:
         lines.append(
-            f"  {'met   ' if target['met'] else 'MISSED'} {target['run']:16} "
-            f"window {target['length_bucket_window']:>2}  {target['measure']:30} "
-            f"{100 * target['value']:.0f}% (target {100 * target['target']:.0f}%)"
+            f"  {'met   ' if target.met else 'MISSED'} {target.run:16} "
+            f"window {target.length_bucket_window:>2}  {target.measure:30} "
+            f"{100 * target.value:.0f}% (target {100 * target.target:.0f}%)"
         )
-    if "end_to_end_seconds" in report:
-        lines += ["", f"end to end (load, train, evaluate, report; every strategy): {report['end_to_end_seconds']} s"]
+    if report.end_to_end_seconds is not None:
+        lines += ["", f"end to end (load, train, evaluate, report; every strategy): {report.end_to_end_seconds} s"]
     return "\n".join(lines)

@@ -248,7 +248,7 @@ def bench(
     report = run_bench(config, config_path, steps, warmup, e2e)
     from job.output.storage import write_atomic
 
-    write_atomic(output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(output, json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
     click.echo(format_table(report))
     click.echo(f"\nwritten: {output}")
 
