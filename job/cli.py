@@ -49,18 +49,22 @@ def run_for_task(runs: list[str], environ: dict[str, str]) -> str:
     if not found:
         raise UserError(f"--run-from-index: none of {', '.join(INDEX_VARIABLES)} is set")
     name, raw = found[0]
-    # ASCII digits only: str.isdigit() also accepts '²', which int() refuses.
-    if not (raw.isascii() and raw.isdigit()) or int(raw) >= len(runs):
+    # ASCII digits only: str.isdigit() also accepts '²', which int() refuses; and no more digits than
+    # the plan's size has (int() refuses 4,300 digits and more with a ValueError).
+    digits = raw.isascii() and raw.isdigit() and len(raw.lstrip("0") or "0") <= len(str(len(runs)))
+    if not digits or int(raw) >= len(runs):
         listing = ", ".join(runs[:4]) + (", ..." if len(runs) > 4 else "")
+        shown = raw if len(raw) <= 40 else f"{raw[:20]}...({len(raw):,} characters)"
         raise UserError(
-            f"--run-from-index: {name}={raw} is not a task index of the {len(runs)} planned runs ({listing}; "
+            f"--run-from-index: {name}={shown} is not a task index of the {len(runs)} planned runs ({listing}; "
             f"0 to {len(runs) - 1}); set the array size to {len(runs)} (`python -m job plan` lists them)"
         )
     return runs[int(raw)]
 
 
 # Permissions and read-only mounts stay so on a retry: exit 2. A full disk or a vanished mount may not.
-PERMANENT_IO_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP)  # ELOOP: a planted link
+# ELOOP: a planted link; ENAMETOOLONG: a path the file system can never hold.
+PERMANENT_IO_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP, errno.ENAMETOOLONG)
 
 
 def io_failure(exc: OSError, where: Path | str) -> tuple[Exception, int]:

@@ -11,8 +11,9 @@ rate chosen on dev.
 from __future__ import annotations
 
 from job.config.schema import JobConfig
+from job.errors import UserError
 from job.training.loop import TrainSettings
-from job.training.runs import LoRASettings, Run
+from job.training.runs import LoRASettings, Run, rate_text
 from job.training.strategies import STRATEGIES
 
 __all__ = ["LoRASettings", "Run", "format_plan", "plan_runs"]
@@ -31,7 +32,7 @@ def plan_runs(config: JobConfig) -> list[Run]:
             for rate in rates:
                 for seed in seeds:
                     shape = f"_r{lora.r}_a{lora.alpha}" if lora is not None else ""
-                    key = f"{name}{shape}_lr{rate:g}_s{seed}" if several else name
+                    key = f"{name}{shape}_lr{rate_text(rate)}_s{seed}" if several else name
                     runs.append(
                         Run(
                             index=len(runs),
@@ -43,6 +44,10 @@ def plan_runs(config: JobConfig) -> list[Run]:
                             lora=lora,
                         )
                     )
+    keys = [run.key for run in runs]
+    if len(set(keys)) != len(keys):  # by construction they differ (rate_text round-trips); never merge two runs
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        raise UserError(f"the plan gives two runs the key {repeated[0]}; give each value once")
     return runs
 
 

@@ -33,10 +33,26 @@ def url_scheme(value: str) -> str | None:
     return head.lower() if separator and head.isalnum() and len(head) > 1 else None
 
 
+PATH_MAX = 4096  # Linux's limit on a whole path (<linux/limits.h>)
+# The longest name the job writes below output_dir: artifacts/<run key>/merged/model.safetensors and the
+# like, with a grid run key (lora_r64_a128_lr0.00050000001_s4294967295 is 47 characters) and room to spare.
+LONGEST_NAME_BELOW = 200
+
+
 def output_dir_problem(value: str) -> str | None:
     """Why `value` cannot be an output_dir, or None when it can."""
     scheme = url_scheme(value)
     if scheme is None:
+        try:
+            full = str(Path(value).expanduser().absolute())
+        except RuntimeError:  # `~user` of no user, or no home folder: the folder check says so later
+            full = value
+        longest = len(full) + LONGEST_NAME_BELOW
+        if longest > PATH_MAX:
+            return (
+                f"a path of {len(value):,} characters: the job writes up to {LONGEST_NAME_BELOW} more below it, "
+                f"beyond the {PATH_MAX:,} a Linux path may have; use a shorter folder"
+            )
         return None
     if scheme not in OBJECT_STORE_SCHEMES:
         known = ", ".join(f"{name}://" for name in OBJECT_STORE_SCHEMES)

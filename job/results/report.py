@@ -10,6 +10,7 @@ from job.data.labels import NUM_CLASSES, TNEWS_LABEL_DESC, TNEWS_LABELS
 from job.output.layout import LOSS_PLOT, PARETO_PLOT
 from job.results.schema import Combined, HeadlineRow, RunFacts, RunResult, Stat
 from job.results.stats import mean_std
+from job.training.runs import rate_text
 from job.training.strategies import baseline, compared
 
 TITLE = "# ERNIE 3.0 Medium: LoRA vs Full Fine-Tuning"
@@ -176,7 +177,7 @@ def runs_table(runs: Sequence[RunResult]) -> str:
             [
                 f"`{r.key}`",
                 str(r.seed),
-                f"{r.learning_rate:g}",
+                rate_text(r.learning_rate),
                 f"{r.training_seconds:.1f}",
                 f"{r.dev.accuracy:.4f}",
                 f"{r.dev.macro_f1:.4f}",

@@ -19,6 +19,7 @@ from job.results.stats import (
     mean_std,
     paired_bootstrap_ci,
 )
+from job.training.runs import rate_text
 from job.training.strategies import baseline, compared
 
 
@@ -38,7 +39,7 @@ def select_rate(runs: Sequence[RunResult]) -> tuple[float, dict[str, float]]:
         for rate, group in by_rate.items()
     }
     best = max(scores, key=lambda rate: scores[rate])  # max keeps the first of equal scores
-    return best, {f"{rate:g}": score[0] for rate, score in scores.items()}
+    return best, {rate_text(rate): score[0] for rate, score in scores.items()}
 
 
 def headline_rows(results: Sequence[RunResult]) -> list[HeadlineRow]:

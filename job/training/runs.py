@@ -11,6 +11,13 @@ from job.training.loop import TrainSettings
 from job.training.model import LoadedModel
 
 
+def rate_text(rate: float) -> str:
+    """A learning rate as keys, labels and results write it: Python's shortest text that reads back as
+    the same float (5e-05, 0.0005, 0.00050000001), so two rates never share a run key. For rates of up
+    to 6 significant figures it is the text `:g` gave."""
+    return repr(float(rate))
+
+
 class Strategy(Protocol):
     """What the plan, the loop, the verdict, the report and the bench ask of a strategy."""
 

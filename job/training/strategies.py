@@ -16,7 +16,7 @@ from typing import Any
 
 from job.errors import UserError
 from job.training.model import LoadedModel
-from job.training.runs import Run, Strategy
+from job.training.runs import Run, Strategy, rate_text
 
 
 class LoRA:
@@ -29,7 +29,7 @@ class LoRA:
     def label(self, run: Run) -> str:
         assert run.lora is not None
         lora = run.lora
-        return f"lora (r={lora.r}, α={lora.alpha}, dropout={lora.dropout:g}, lr={run.learning_rate:g})"
+        return f"lora (r={lora.r}, α={lora.alpha}, dropout={lora.dropout:g}, lr={rate_text(run.learning_rate)})"
 
     def prepare(self, loaded: LoadedModel, run: Run) -> Any:
         from paddlenlp.peft import LoRAConfig, LoRAModel
@@ -68,7 +68,7 @@ class FullFinetune:
     trains_every_weight = True
 
     def label(self, run: Run) -> str:
-        return f"{self.name} (lr={run.learning_rate:g})"
+        return f"{self.name} (lr={rate_text(run.learning_rate)})"
 
     def prepare(self, loaded: LoadedModel, run: Run) -> Any:
         for parameter in loaded.model.parameters():

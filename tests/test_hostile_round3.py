@@ -1,0 +1,71 @@
+"""Hostile inputs, round 3 (the causes fixed so far): rates that agree to 6 significant digits keep
+their own runs, YAML 1.1 number forms are not read silently, and path or index values no file system
+or plan can hold exit 2 at once."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from job.cli import io_failure, main
+from job.config.plan import plan_runs
+from job.config.schema import load_config
+
+
+def test_rates_that_agree_to_six_digits_keep_their_own_runs_records_and_scores(write_config, tmp_path: Path) -> None:
+    config = write_config(learning_rate=[0.0005, 0.00050000001], strategies=["lora"], num_epochs=1,
+                          max_train_samples=64, max_eval_samples=32)  # fmt: skip
+    keys = [run.key for run in plan_runs(load_config(config))]
+    assert keys == ["lora_r4_a8_lr0.0005_s42", "lora_r4_a8_lr0.00050000001_s42"]
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    saved = sorted(p.name for p in (tmp_path / "out" / "results").iterdir())
+    assert saved == [f"{key}.json" for key in sorted(keys)]
+    combined = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
+    assert combined["missing_runs"] == [] and len(combined["runs"]) == 2
+    assert set(combined["headline"][0]["dev_accuracy_by_rate"]) == {"0.0005", "0.00050000001"}
+
+
+def test_rates_keep_the_text_they_always_had(write_config) -> None:
+    """Keys of rates with up to 6 significant digits are what `:g` wrote: saved records still match."""
+    config = load_config(write_config(learning_rate=[5e-5, 0.0001, 0.001, 2.5e-05], strategies=["full_finetune"]))
+    assert [run.key for run in plan_runs(config)] == [
+        "full_finetune_lr5e-05_s42", "full_finetune_lr0.0001_s42", "full_finetune_lr0.001_s42",
+        "full_finetune_lr2.5e-05_s42",
+    ]  # fmt: skip
+
+
+def test_yaml_numbers_are_read_as_yaml_1_2_not_as_octal_or_base_60(write_config, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(write_config().read_text(encoding="utf-8") + "seed: 010\nmax_train_samples: 10_000\n")
+    result = CliRunner().invoke(main, ["validate", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    values = json.loads(result.output.split("\nconfig hash")[0])
+    assert values["seed"] == 10 and values["max_train_samples"] == 10000  # YAML 1.1 would give 8
+    config.write_text(write_config().read_text(encoding="utf-8").replace("lora_r: 4", "lora_r: 1:30"))
+    result = CliRunner().invoke(main, ["validate", "--config", str(config)])
+    assert result.exit_code == 2 and "config key 'lora_r'" in result.output and "'1:30'" in result.output
+
+
+def test_an_array_index_of_thousands_of_digits_exits_2_without_a_traceback(write_config, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_BATCH_JOB_ARRAY_INDEX", "9" * 5000)
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config()), "--run-from-index"])
+    assert result.exit_code == 2, result.output
+    assert "is not a task index of the 2 planned runs" in result.output and "(5,000 characters)" in result.output
+    assert result.exc_info[0] is SystemExit
+
+
+def test_an_output_dir_too_long_for_the_files_below_it_exits_2_before_anything_runs(write_config, tmp_path) -> None:
+    deep = str(tmp_path) + ("/" + "d" * 203) * 19  # about 3,950 characters: the probe alone would pass
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config()), "--output-dir", deep])
+    assert result.exit_code == 2, result.output
+    assert "config key 'output_dir'" in result.output and "beyond the 4,096 a Linux path may have" in result.output
+    assert len(deep) < 4096 and not (tmp_path / ("d" * 203)).exists()
+
+
+def test_a_name_too_long_is_permanent() -> None:
+    error, code = io_failure(OSError(errno.ENAMETOOLONG, "File name too long"), "/some/where")
+    assert code == 2 and "File name too long" in str(error)
