@@ -69,6 +69,8 @@ def driver_check(version: str | None) -> Check:
     if version is None:
         return Check("driver", False, "no NVIDIA kernel module (/proc/driver/nvidia/version)",
                      "install the NVIDIA driver on the host and run with the NVIDIA container toolkit")  # fmt: skip
+    if not re.fullmatch(r"\d+(?:\.\d+)+", floor):  # a CUDA build without a floor in DRIVER_FLOORS
+        return Check("driver", True, f"{version} (this build needs {floor})")
     old = [int(part) for part in version.split(".")] < [int(part) for part in floor.split(".")]
     if old:
         return Check("driver", False, f"{version}, older than {floor}", f"install driver >= {floor}")

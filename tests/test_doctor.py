@@ -88,6 +88,12 @@ def test_the_driver_is_read_from_the_kernel_module_and_checked_against_the_build
     assert not driver_check(None).passed
 
 
+def test_a_cuda_build_without_a_known_floor_passes_the_driver_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(paddle.version, "cuda", lambda: "12.4")
+    check = driver_check("550.54.14")
+    assert check.passed and "release notes" in check.detail
+
+
 @pytest.mark.parametrize(
     ("capability", "expected"), [((9, 0), ["fp32", "fp16", "bf16"]), ((7, 5), ["fp32", "fp16"]), ((6, 1), ["fp32"])]
 )

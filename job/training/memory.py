@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from job.training.device import on_gpu
+
 
 def reset_peak_memory() -> None:
     """Reset the high-water mark so each strategy's peak is its own."""
     import paddle
 
-    if paddle.device.is_compiled_with_cuda() and paddle.device.get_device().startswith("gpu"):
+    if on_gpu():
         paddle.device.cuda.reset_max_memory_allocated()
         return
     with contextlib.suppress(OSError):
@@ -21,7 +23,7 @@ def peak_memory_mb() -> float:
     """GPU: peak allocated by Paddle. CPU: the process's peak resident memory since the reset."""
     import paddle
 
-    if paddle.device.is_compiled_with_cuda() and paddle.device.get_device().startswith("gpu"):
+    if on_gpu():
         return round(paddle.device.cuda.max_memory_allocated() / 2**20, 1)
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
