@@ -1,1 +1,1 @@
-"""ERNIE 3.0 Medium on CLUE TNEWS: LoRA vs full fine-tuning, measured and reported."""
+"""ERNIE 3.0 Medium on CLUE TNEWS, another CLUE task or your own data: LoRA vs full fine-tuning, measured."""

@@ -24,8 +24,9 @@ from pydantic import BaseModel, ConfigDict
 from job.config.plan import Run, plan_runs
 from job.config.schema import JobConfig
 from job.data.batches import Encoded, encode, epoch_batches, iterate_batches
-from job.data.labels import NUM_CLASSES
-from job.data.sources import read_clue_file, read_source
+from job.data.labels import TNEWS
+from job.data.sources import clue_split, read_source
+from job.data.tasks import CLUE_TASKS
 from job.errors import RetryableError, UserError
 from job.training.device import batch_on_device, on_gpu, resolve_eval_batch_size, resolve_precision, select_device
 from job.training.dropout import training_dropout
@@ -144,8 +145,8 @@ def bench_model(config: JobConfig) -> tuple[LoadedModel, str]:
 
     paddle.seed(config.seeds()[0])
     if Path(config.model_name).is_dir() or (Path(MODEL_HOME) / config.model_name / "model_state.pdparams").is_file():
-        return load_model(config.model_name, NUM_CLASSES), f"{config.model_name} (checkpoint)"
-    model = ErnieForSequenceClassification(ErnieConfig.from_pretrained(config.model_name, num_classes=NUM_CLASSES))
+        return load_model(config.model_name, len(TNEWS)), f"{config.model_name} (checkpoint)"
+    model = ErnieForSequenceClassification(ErnieConfig.from_pretrained(config.model_name, num_classes=len(TNEWS)))
     head = [name for name, _ in model.named_parameters() if not name.startswith("ernie.")]
     return LoadedModel(model, head, reinitialised=[]), f"{config.model_name} (random init: no checkpoint here)"
 
@@ -171,14 +172,14 @@ def bench_titles(config: JobConfig) -> tuple[list, str]:
     from paddlenlp.utils.env import DATA_HOME
 
     if config.data_dir or (Path(DATA_HOME) / "Clue" / "tnews_public" / "train.json").is_file():
-        return read_source(config.data_dir).train[:BENCH_ROWS], config.data_dir or "PaddleNLP clue/tnews"
+        return read_source(config.data_spec()).train[:BENCH_ROWS], config.data_dir or "PaddleNLP clue/tnews"
     folder = bench_data()
     local = folder / "tnews" / "train.json" if folder else None
     if local is None or not local.is_file():
         raise UserError(
             f"no TNEWS data: not configured, not in $PPNLP_HOME, and no tnews/train.json under ${BENCH_DATA_VARIABLE}"
         )
-    return (read_clue_file(local) or [])[:BENCH_ROWS], str(local)
+    return (clue_split(CLUE_TASKS["tnews"], local.parent, "train", TNEWS, True) or [])[:BENCH_ROWS], str(local)
 
 
 def step_flops(batch_shapes: list[tuple[int, int]], non_embedding: int, layers: int, hidden: int, full: bool) -> float:

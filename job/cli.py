@@ -18,7 +18,7 @@ import click
 
 from job.config.schema import JobConfig, describe_fields, load_config, parse_override, report_file_problem
 from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError
-from job.predict import load_saved_model, predictions, read_titles
+from job.predict import load_saved_model, predictions, read_inputs
 from job.training.device_faults import as_job_error
 from job.training.strategies import STRATEGY_NAMES
 
@@ -116,8 +116,8 @@ def resolve_config(config_path: Path | None, overrides: tuple[str, ...], **optio
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Fine-tune ERNIE 3.0 Medium on CLUE TNEWS with LoRA and with full fine-tuning, and write a report
-    comparing them (parameters, time, accuracy, loss)."""
+    """Fine-tune ERNIE 3.0 Medium on CLUE TNEWS (or another CLUE task, or your own labelled data) with
+    LoRA and with full fine-tuning, and write a report comparing them (parameters, time, accuracy, loss)."""
 
 
 @main.command()
@@ -197,7 +197,7 @@ def validate(config_path: Path | None, overrides: tuple[str, ...]) -> None:
 @SET_OPTION
 @exit_codes("the PaddleNLP cache ($PPNLP_HOME)")  # a full or read-only cache
 def prefetch(config_path: Path | None, overrides: tuple[str, ...]) -> None:
-    """Download and check everything the config needs (model weights, tokenizer, TNEWS) into the
+    """Download and check everything the config needs (model weights, tokenizer, the CLUE task) into the
     PaddleNLP cache ($PPNLP_HOME), then exit. Run it once before an array job that shares the cache.
     PPNLP_ENDPOINT points every download at a mirror."""
     config = resolve_config(config_path, overrides)
@@ -262,7 +262,8 @@ def bench(
               help="A saved model folder: artifacts/<run>/model, .../merged or .../adapter.")  # fmt: skip
 @click.argument("titles", nargs=-1)
 @click.option("--input", "input_file", type=click.Path(path_type=Path), default=None,
-              help="A file of titles: one per line, or CLUE JSON lines with a 'sentence'.")  # fmt: skip
+              help="A file of texts: one per line, or JSON lines with the model's text keys ('sentence' for "
+                   "TNEWS; both texts of a sentence-pair model).")  # fmt: skip
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Titles per forward pass. Default: 16 on CPU, 128 on a GPU (as eval_batch_size: auto).")  # fmt: skip
@@ -272,10 +273,10 @@ def predict(
     model_dir: Path, titles: tuple[str, ...], input_file: Path | None, device: str, batch_size: int | None,
     max_seq_length: int,
 ) -> None:  # fmt: skip
-    """Classify news titles with a saved model; prints one JSON line per title:
+    """Classify texts with a saved model; prints one JSON line per text: its text keys, the label as
+    the training data spells it, its description where the task has one, and the probability. TNEWS:
     {"sentence", "label", "label_desc", "probability"}."""
-    texts = list(titles) + (read_titles(input_file) if input_file is not None else [])
-    if not texts:
+    if not titles and input_file is None:
         raise UserError("no titles: give them as arguments or with --input FILE")
     from job.training.device import resolve_eval_batch_size, select_device
     from job.training.model import quiet_paddlenlp
@@ -285,6 +286,10 @@ def predict(
     batch_size = resolve_eval_batch_size(batch_size or "auto", chosen)
     click.echo(f"device: {chosen.description} ({chosen.reason}); batch size {batch_size}", err=True)
     saved = load_saved_model(model_dir)
+    if titles and saved.is_pair:
+        raise UserError(f"{model_dir} classifies sentence pairs: give them as JSON lines with "
+                        f"'{saved.text_columns[0]}' and '{saved.text_columns[1]}' in --input FILE")  # fmt: skip
+    texts = [(title,) for title in titles] + (read_inputs(input_file, saved.text_columns) if input_file else [])
     for line in predictions(saved, texts, batch_size, max_seq_length):
         click.echo(json.dumps(line, ensure_ascii=False))
 

@@ -16,7 +16,7 @@ from job.config.plan import Run, plan_runs
 from job.config.schema import JobConfig, check_against_model, own_key
 from job.data.batches import Encoded, EncodedSplits, encode_splits
 from job.data.download import use_mirror
-from job.data.labels import NUM_CLASSES, name_labels
+from job.data.labels import Labels
 from job.data.sampling import draw_samples
 from job.data.sources import read_source
 from job.errors import RetryableError, UserError
@@ -31,7 +31,7 @@ from job.output.storage import Output, open_output
 from job.results.facts import now, run_facts
 from job.results.plot import plot_losses, plot_pareto
 from job.results.records import load_results, read_records, save_result
-from job.results.report import render_report
+from job.results.report import render_report, subject
 from job.results.scalars import scalar_log
 from job.results.schema import ResultRecord, RunFacts, RunResult, SplitResult
 from job.results.stats import encode_classes, macro_f1, per_class_accuracy
@@ -142,6 +142,8 @@ class Session:
     tokenizer: Any
     pad_id: int
     encoded: EncodedSplits
+    labels: Labels  # the task's classes: the classifier's outputs
+    text_columns: tuple[str, ...]  # the record keys of the text (and its pair), for saved models
     facts: RunFacts
     sample: str  # identity of those rows (job.data.sources.Splits.identity)
 
@@ -169,7 +171,7 @@ def setup_session(
     stop.checkpoint()  # importing PaddleNLP resets SIGTERM to the default action (measured): take it back
     use_mirror()
     _check_model(config, runs)
-    raw = read_source(config.data_dir)
+    raw = read_source(config.data_spec())
     splits = draw_samples(raw, config.max_train_samples, config.max_eval_samples, config.sample_seed())
     device, runs = _setup_device(config, runs)
     stop.checkpoint()
@@ -185,8 +187,8 @@ def setup_session(
     stop.checkpoint()
     session = Session(
         config=config, output=output, stop=stop, ranks=ranks, device=device, tokenizer=tokenizer,
-        pad_id=int(tokenizer.pad_token_id), encoded=encoded,
-        facts=run_facts(config, planned, device, splits, raw.files), sample=splits.identity(),
+        pad_id=int(tokenizer.pad_token_id), encoded=encoded, labels=raw.labels, text_columns=raw.text_columns,
+        facts=run_facts(config, planned, device, splits, raw), sample=splits.identity(),
     )  # fmt: skip
     return session, runs
 
@@ -220,7 +222,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
     key, name, settings = run.key, run.strategy.name, run.settings
     paddle.seed(run.seed)  # the same head initialisation for every run of this seed
     config, stop, ranks, encoded, pad_id = session.config, session.stop, session.ranks, session.encoded, session.pad_id
-    loaded = load_model(config.model_name, NUM_CLASSES)
+    loaded = load_model(config.model_name, len(session.labels))
     stop.checkpoint()
     fingerprint = weights_fingerprint(loaded.model)
     if loaded.reinitialised:
@@ -248,7 +250,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         f"[{key}] trained in {outcome.seconds:.1f} s; dev accuracy {dev.accuracy:.4f} loss {dev.loss:.4f}; "
         f"test accuracy {test.accuracy:.4f} loss {test.loss:.4f}"
     )
-    artifacts = save_artifacts(run, session.output, model, session.tokenizer) if config.save_artifacts else []
+    artifacts = save_artifacts(session, run, model) if config.save_artifacts else []
     return RunResult(
         key=key,
         index=run.index,
@@ -274,8 +276,8 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         peak_memory_mb=float(peak_memory),
         optimizer_state_mb=round(outcome.optimizer_state_bytes / 2**20, 3),
         checkpoint_mb=round(trainable_bytes(model) / 2**20, 3),
-        dev=split_record(dev, encoded.dev),
-        test=split_record(test, encoded.test),
+        dev=split_record(dev, encoded.dev, len(session.labels)),
+        test=split_record(test, encoded.test, len(session.labels)),
         step_losses=[round(loss, 6) for loss in outcome.step_losses],
         reinitialised_parameters=loaded.reinitialised,
         artifacts=artifacts,
@@ -283,15 +285,15 @@ def train_one(session: Session, run: Run) -> RunResult | None:
     )
 
 
-def split_record(evaluation: EvalResult, rows: list[Encoded]) -> SplitResult:
+def split_record(evaluation: EvalResult, rows: list[Encoded], classes: int) -> SplitResult:
     """The record of one evaluated split: accuracy and loss, macro-F1, per-class accuracy, predictions."""
     labels = [row.label for row in rows]
     return SplitResult(
         accuracy=evaluation.accuracy,
         loss=evaluation.loss,
         examples=evaluation.examples,
-        macro_f1=macro_f1(evaluation.predictions, labels, NUM_CLASSES),
-        per_class_accuracy=per_class_accuracy(evaluation.predictions, labels, NUM_CLASSES),
+        macro_f1=macro_f1(evaluation.predictions, labels, classes),
+        per_class_accuracy=per_class_accuracy(evaluation.predictions, labels, classes),
         predictions=encode_classes(evaluation.predictions),
     )
 
@@ -310,13 +312,15 @@ def out_of_memory_advice(what: str, key: str, batch_size: int) -> Iterator[None]
         ) from None
 
 
-def save_artifacts(run: Run, output: Output, model: Any, tokenizer: Any) -> list[str]:
-    """The run's models under artifacts/<key>/; returns their names relative to the output."""
+def save_artifacts(session: Session, run: Run, model: Any) -> list[str]:
+    """The run's models under artifacts/<key>/, each carrying the task's labels; returns their names
+    relative to the output."""
+    output = session.output
     name = f"{ARTIFACTS_FOLDER}/{run.key}"
-    name_labels(classifier_of(model).config)
+    session.labels.name_model(classifier_of(model).config, session.text_columns)
     try:
         with output.folder(name) as folder:
-            paths = run.strategy.save_artifacts(model, tokenizer, folder)
+            paths = run.strategy.save_artifacts(model, session.tokenizer, folder)
     except OSError as exc:
         raise_if_device_fault(exc)  # the weights are copied from the GPU as they are saved
         raise RetryableError(f"could not save artifacts to {output.where(name)}: {exc}") from None
@@ -342,9 +346,9 @@ def write_report(
             return None
         output.write_text(RESULTS_FILE, combined.model_dump_json(indent=2) + "\n")
         with output.file(LOSS_PLOT) as path:
-            plot_losses(combined.headline, path)
+            plot_losses(combined.headline, path, subject(combined.run.config))
         with output.file(PARETO_PLOT) as path:
-            plot_pareto(combined.headline, path)
+            plot_pareto(combined.headline, path, subject(combined.run.config))
         return output.write_text(report_file or combined.run.config.report_file, render_report(combined))
 
 
@@ -352,16 +356,17 @@ def write_report(
 
 
 def prefetch(config: JobConfig) -> list[str]:
-    """Download (if needed) and load everything `config` needs: model weights, tokenizer, and TNEWS
-    unless data_dir is set. Returns one line per item for the log."""
+    """Download (if needed) and load everything `config` needs: model weights, tokenizer, and the CLUE
+    task unless data_dir is set. Returns one line per item for the log."""
     quiet_paddlenlp()
     check_model_name(config.model_name)
     use_mirror()
     lines = []
     tokenizer = load_tokenizer(config.model_name)
     lines.append(f"tokenizer: {config.model_name} ({len(tokenizer.vocab):,} tokens)")
-    loaded = load_model(config.model_name, NUM_CLASSES)
+    raw = read_source(config.data_spec())
+    loaded = load_model(config.model_name, len(raw.labels))
     lines.append(f"model: {config.model_name} ({count_parameters(loaded.model)[1]:,} parameters, {loaded.source})")
-    raw = read_source(config.data_dir)
-    lines.append(f"data: {raw.origin}: train {len(raw.train):,} rows, dev {len(raw.dev):,} rows")
+    lines.append(f"data: {raw.origin}: train {len(raw.train):,} rows, dev {len(raw.dev):,} rows, "
+                 f"{len(raw.labels)} labels")  # fmt: skip
     return lines

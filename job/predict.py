@@ -1,16 +1,17 @@
-"""`python -m job predict`: run a saved model on new titles. The folder may be a full fine-tuning
-model, a merged LoRA model, or a LoRA adapter (its base model is found from lora_config.json)."""
+"""`python -m job predict`: run a saved model on new texts. The folder may be a full fine-tuning
+model, a merged LoRA model, or a LoRA adapter (its base model is found from lora_config.json). The
+model carries its task's labels and text keys (job.data.labels), so it prints the user's own label names."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from job.data.batches import encode
-from job.data.labels import NUM_CLASSES, TNEWS_LABEL_DESC, TNEWS_LABELS
+from job.data.labels import SAVED_TEXT_COLUMNS, Labels, saved_labels
 from job.data.sources import Example
 from job.data.textfiles import read_text
 from job.errors import UserError
@@ -18,88 +19,129 @@ from job.training.device_faults import raise_if_device_fault
 from job.training.model import classifier_of, looks_like_a_path
 
 ADAPTER_CONFIG = "lora_config.json"
+SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
 
 
 @dataclass
 class SavedModel:
     model: Any
     tokenizer: Any
-    codes: list[str]  # TNEWS code of each class id
-    descriptions: list[str]  # label_desc of each class id
+    labels: Labels
+    text_columns: tuple[str, ...]  # the keys of a JSON input line: the text, and its pair for a pair task
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.text_columns) == 2
 
 
-def read_titles(path: Path) -> list[str]:
-    """One title per line, or CLUE JSON lines ({"sentence": ...}); blank lines are skipped."""
+def read_inputs(path: Path, text_columns: Sequence[str]) -> list[tuple[str, ...]]:
+    """One text per line, or JSON lines with the model's text keys ({"sentence": ...}; a pair model:
+    both of its keys). Blank lines are skipped."""
     text = read_text(path, "--input")
-    titles = [_title(line, path, number) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
-    if not titles:
-        raise UserError(f"--input {path} has no titles (one per line, or CLUE JSON lines)")
-    return titles
+    rows = [_row(line, path, number, text_columns)
+            for number, line in enumerate(text.splitlines(), start=1) if line.strip()]  # fmt: skip
+    if not rows:
+        raise UserError(f"--input {path} has no titles (one per line, or JSON lines with '{text_columns[0]}')")
+    return rows
 
 
-def _title(line: str, path: Path, number: int) -> str:
+def _row(line: str, path: Path, number: int, text_columns: Sequence[str]) -> tuple[str, ...]:
     stripped = line.strip()
-    if not stripped.startswith("{"):
-        return stripped
-    try:
-        record = json.loads(stripped)
-    except json.JSONDecodeError:
-        return stripped  # a title that happens to start with a brace
-    sentence = record.get("sentence") if isinstance(record, dict) else None
-    if not isinstance(sentence, str) or not sentence.strip():
-        raise UserError(f"--input {path}:{number}: a JSON line needs a 'sentence' text")
-    return sentence
+    record = None
+    if stripped.startswith("{"):
+        try:
+            record = json.loads(stripped)
+        except json.JSONDecodeError:
+            record = None  # a title that happens to start with a brace
+    if record is None:
+        if len(text_columns) == 2:
+            raise UserError(f"--input {path}:{number}: this sentence-pair model reads JSON lines with "
+                            f"'{text_columns[0]}' and '{text_columns[1]}'")  # fmt: skip
+        return (stripped,)
+    texts = []
+    for column in text_columns:
+        value = record.get(column) if isinstance(record, dict) else None
+        if not isinstance(value, str) or not value.strip():
+            raise UserError(f"--input {path}:{number}: a JSON line needs a '{column}' text")
+        texts.append(value)
+    return tuple(texts)
 
 
 def load_saved_model(folder: Path) -> SavedModel:
-    """The classifier saved in `folder`, with its tokenizer and label names. Exit-2 errors name the folder."""
+    """The classifier saved in `folder`, with its tokenizer and labels. Exit-2 errors name the folder."""
     if not folder.is_dir():
         raise UserError(f"model folder {folder} does not exist")
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} is not a saved model: it has no config.json (use a folder under artifacts/)")
-    from paddlenlp.transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from paddlenlp.transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     try:
+        saved_config = AutoConfig.from_pretrained(str(folder))
+        labels = _labels_of(saved_config, folder)
         if (folder / ADAPTER_CONFIG).is_file():
-            model = _adapter(folder)
+            model = _adapter(folder, saved_config, len(labels))
         else:
             model = AutoModelForSequenceClassification.from_pretrained(str(folder))
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise_if_device_fault(exc)
         raise UserError(f"{folder} is not a model this job can load: {exc}") from None
-    config = classifier_of(model).config
-    codes = list(getattr(config, "tnews_label_codes", None) or TNEWS_LABELS)
-    if len(codes) != NUM_CLASSES or not hasattr(config, "id2label"):
-        raise UserError(f"{folder} is not a TNEWS classifier of {NUM_CLASSES} classes")
-    return SavedModel(model, tokenizer, codes, [TNEWS_LABEL_DESC.get(code, code) for code in codes])
+    outputs = int(getattr(classifier_of(model).config, "num_labels", len(labels)))
+    if outputs != len(labels):
+        raise UserError(f"{folder}: the classifier has {outputs} outputs but the model names {len(labels)} labels")
+    columns = tuple(getattr(saved_config, SAVED_TEXT_COLUMNS, None) or ("sentence",))
+    return SavedModel(model, tokenizer, labels, columns)
 
 
-def _adapter(folder: Path) -> Any:
-    """The base model named in lora_config.json with the adapter (and the trained head) loaded on top."""
+def _labels_of(config: Any, folder: Path) -> Labels:
+    """The labels the job saved with the model; a model saved elsewhere: its own id2label names."""
+    labels = saved_labels(config)
+    if labels is not None:
+        return labels
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(len(id2label))]
+    if len(names) < 2 or not all(names) or len(set(names)) != len(names):
+        raise UserError(f"{folder} is not a classifier this job saved: its config.json names no labels")
+    return Labels(tuple(names))
+
+
+def _adapter(folder: Path, saved_config: Any, classes: int) -> Any:
+    """The base model named in lora_config.json with the adapter (and the trained head) loaded on top.
+    The base must have the shape the adapter was trained on: PaddleNLP would skip every tensor that
+    does not fit, and predict with a random head."""
     from paddlenlp.peft import LoRAConfig, LoRAModel
-    from paddlenlp.transformers import AutoModelForSequenceClassification
+    from paddlenlp.transformers import AutoConfig, AutoModelForSequenceClassification
 
     base = LoRAConfig.from_pretrained(str(folder)).base_model_name_or_path
     if not base:
         raise UserError(f"adapter {folder} does not name its base model (lora_config.json base_model_name_or_path)")
     if looks_like_a_path(base) and not Path(base).is_dir():
         raise UserError(f"adapter {folder} adapts {base}, which does not exist here")
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_classes=NUM_CLASSES)
+    base_config = AutoConfig.from_pretrained(base)
+    differ = [f"{key} {getattr(base_config, key, None)} (the adapter's: {getattr(saved_config, key, None)})"
+              for key in SHAPE_KEYS if getattr(base_config, key, None) != getattr(saved_config, key, None)]  # fmt: skip
+    if differ:
+        raise UserError(f"adapter {folder} was trained on another base than {base}: {'; '.join(differ)}")
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_classes=classes)
     return LoRAModel.from_pretrained(model, str(folder))
 
 
-def predictions(saved: SavedModel, titles: list[str], batch_size: int, max_seq_length: int) -> Iterator[dict]:
-    """One JSON-ready line per title: sentence, TNEWS label code, label_desc, probability."""
+def predictions(
+    saved: SavedModel, inputs: list[tuple[str, ...]], batch_size: int, max_seq_length: int
+) -> Iterator[dict]:
+    """One JSON-ready line per input: its text keys, the label as the data spells it, its description
+    where the task has one (TNEWS: label_desc), and the probability."""
     from job.training.evaluate import predict
 
-    rows = encode([Example(sentence=title, label=0) for title in titles], saved.tokenizer, max_seq_length)
-    for title, (class_id, probability) in zip(
-        titles, predict(saved.model, rows, batch_size, int(saved.tokenizer.pad_token_id)), strict=True
+    examples = [Example(text=texts[0], label=0, text_pair=texts[1] if saved.is_pair else None) for texts in inputs]
+    rows = encode(examples, saved.tokenizer, max_seq_length)
+    descriptions = saved.labels.descriptions
+    for texts, (class_id, probability) in zip(
+        inputs, predict(saved.model, rows, batch_size, int(saved.tokenizer.pad_token_id)), strict=True
     ):
         yield {
-            "sentence": title,
-            "label": saved.codes[class_id],
-            "label_desc": saved.descriptions[class_id],
+            **dict(zip(saved.text_columns, texts, strict=True)),
+            "label": saved.labels.names[class_id],
+            **({"label_desc": descriptions[class_id]} if descriptions else {}),
             "probability": round(probability, 6),
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from job.config.schema import JobConfig
+from job.data.labels import TNEWS
 from job.results.schema import (
     CpuFacts,
     DataFacts,
@@ -94,6 +95,8 @@ def facts(labels: list[int], planned: list[str]) -> RunFacts:
             test=split_facts("test"),
             sample_seed=42,
             files={"train.json": "0" * 64},
+            labels=list(TNEWS.names),
+            label_descriptions=list(TNEWS.descriptions or ()),
         ),
         versions={"python": "3.11"},
         git_commit=None,

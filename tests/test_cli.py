@@ -51,7 +51,7 @@ def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: 
     # Each row's label names its learning rate.
     assert [row[0] for row in rows] == ["lora (r=4, α=8, dropout=0.1, lr=0.03)", "full_finetune (lr=0.01)"]
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    assert results["schema_version"] == 4
+    assert results["schema_version"] == 5
     by_name = {r["strategy"]: r for r in results["runs"]}
     for row, name in zip(rows, ("lora", "full_finetune"), strict=True):
         r = by_name[name]

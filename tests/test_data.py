@@ -11,19 +11,31 @@ from pathlib import Path
 import pytest
 
 from job.data.batches import Encoded, collate, epoch_batches
-from job.data.labels import LABEL_TO_ID, TNEWS_LABELS
+from job.data.labels import TNEWS, TNEWS_LABELS
 from job.data.sampling import draw_samples
-from job.data.sources import Example, RawSplits, read_clue_file, read_local_folder
+from job.data.sources import DataSpec, Example, RawSplits, clue_split, read_source
+from job.data.tasks import CLUE_TASKS
 from job.errors import UserError
 from tests.fixtures import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def read_clue_file(path: Path) -> list[Example] | None:
+    return clue_split(CLUE_TASKS["tnews"], path.parent, path.stem, TNEWS, True)
+
+
+def read_local_folder(folder: Path) -> RawSplits:
+    return read_source(DataSpec(data_dir=str(folder)))
+
+
 def test_fifteen_labels_in_fixed_order() -> None:
+    from paddlenlp.datasets.clue import Clue
+
     assert len(TNEWS_LABELS) == 15
     assert "105" not in TNEWS_LABELS and "111" not in TNEWS_LABELS
-    assert LABEL_TO_ID["100"] == 0 and LABEL_TO_ID["116"] == 14
+    assert TNEWS.index()["100"] == 0 and TNEWS.index()["116"] == 14
+    assert list(TNEWS_LABELS) == Clue.BUILDER_CONFIGS["tnews"]["labels"]  # PaddleNLP's order
 
 
 @pytest.mark.parametrize(
@@ -31,7 +43,7 @@ def test_fifteen_labels_in_fixed_order() -> None:
     [
         (b'{"label": "100", "sentence": "a"}\n{"label": "100", "sent', ":2: malformed JSON"),
         (b'{"label": "100"}\n', ":1: record has no 'sentence'"),
-        (b'{"sentence": "x"}\n', ":1: record has no 'label'"),
+        (b'{"sentence": "x"}\n', ":1: record has no label"),
         (b'{"label": "105", "sentence": "x"}\n', "label '105' is not one of the 15 TNEWS labels"),
         (b'{"label": "100", "sentence": "ok"}\n{"label": "100", "sentence": "\xff\xfe"}\n', ":2: not UTF-8"),
         (b"", "is empty"),
@@ -59,6 +71,9 @@ def test_unlabelled_test_file_is_ignored_and_labelled_one_used(tmp_path: Path, t
     assert read_local_folder(tmp_path).test is None
     write_jsonl(tmp_path / "test.json", [{"label": "101", "sentence": "有标签"}])
     assert read_local_folder(tmp_path).test == [Example("有标签", 1)]
+    write_jsonl(tmp_path / "test.json", [{"label": "101", "sentence": "有标签"}, {"sentence": "无标签"}])
+    with pytest.raises(UserError, match="test.json: 1 records have no label while 1 do"):
+        read_local_folder(tmp_path)
 
 
 def _raw(train_sentences: list[str], dev: int = 20) -> RawSplits:
@@ -74,8 +89,8 @@ def test_samples_are_seeded_and_the_carved_test_is_disjoint_by_text() -> None:
     assert first.train.examples == again.train.examples and first.test.examples == again.test.examples
     assert first.train.examples != other.train.examples
     assert (len(first.train), len(first.dev), len(first.test)) == (100, 20, 30)
-    train_text = {e.sentence for e in first.train.examples}
-    test_text = [e.sentence for e in first.test.examples]
+    train_text = {e.text for e in first.train.examples}
+    test_text = [e.text for e in first.test.examples]
     assert not train_text & set(test_text)
     assert len(set(test_text)) == len(test_text)
     assert "carved from train" in first.test.source
@@ -128,9 +143,9 @@ def test_real_tnews_local_folder(shared_tnews: Path, tmp_path: Path) -> None:
     raw = read_local_folder(tmp_path)
     assert (len(raw.train), len(raw.dev), raw.test) == (53_360, 10_000, None)
     assert {e.label for e in raw.train} == set(range(15))
-    assert len({e.sentence for e in raw.train}) == 49_726
+    assert len({e.text for e in raw.train}) == 49_726
     splits = draw_samples(raw, max_train=512, max_eval=256, seed=42)
-    assert not {e.sentence for e in splits.train.examples} & {e.sentence for e in splits.test.examples}
+    assert not {e.text for e in splits.train.examples} & {e.text for e in splits.test.examples}
     assert (len(splits.train), len(splits.dev), len(splits.test)) == (512, 256, 256)
     labels = json.loads("[" + ",".join((shared_tnews / "labels.json").read_text().split("\n")) + "]")
     assert [r["label"] for r in labels] == list(TNEWS_LABELS)
@@ -138,14 +153,15 @@ def test_real_tnews_local_folder(shared_tnews: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_real_tnews_through_the_paddlenlp_cache(shared_tnews: Path, tmp_path: Path) -> None:
-    """load_dataset('clue', 'tnews') finds md5-checked files in $PPNLP_HOME and downloads nothing."""
+    """The job reads the md5-checked files in $PPNLP_HOME (where load_dataset('clue', 'tnews') looks too)
+    and downloads nothing."""
     cache = tmp_path / "ppnlp" / "datasets" / "Clue" / "tnews_public"
     cache.mkdir(parents=True)
     for name in ("train.json", "dev.json", "labels.json"):
         os.symlink(shared_tnews / name, cache / name)
     code = (
-        "from job.data.sources import read_paddlenlp_tnews\nfrom job.data.sampling import draw_samples\n"
-        "raw = read_paddlenlp_tnews()\n"
+        "from job.data.sources import read_paddlenlp_task\nfrom job.data.sampling import draw_samples\n"
+        "from job.data.tasks import CLUE_TASKS\nraw = read_paddlenlp_task(CLUE_TASKS['tnews'])\n"
         "s = draw_samples(raw, 512, 256, 42)\n"
         "print(len(raw.train), len(raw.dev), raw.test, len(s.test), s.train.examples[0].label)\n"
     )

@@ -11,7 +11,7 @@ import pytest
 
 from job.data.batches import encode, iterate_batches
 from job.data.sampling import draw_samples
-from job.data.sources import read_local_folder
+from job.data.sources import DataSpec, read_source
 from job.training.evaluate import evaluate, length_sorted_batches
 from job.training.inference import inference_kernels, last_encoder_layer, last_layer_first_position_only, lora_merged
 from job.training.model import load_tokenizer
@@ -19,7 +19,7 @@ from tests.test_strategies import prepared, snapshot, train_briefly
 
 
 def eval_rows(tiny_model: Path, tnews_dir: Path) -> list:
-    splits = draw_samples(read_local_folder(tnews_dir), 64, 40, seed=3)
+    splits = draw_samples(read_source(DataSpec(data_dir=str(tnews_dir))), 64, 40, seed=3)
     return encode(splits.dev.examples, load_tokenizer(str(tiny_model)), 32)
 
 

@@ -15,7 +15,7 @@ import pytest
 import job.training.loop
 from job.data.batches import encode
 from job.data.sampling import draw_samples
-from job.data.sources import read_source
+from job.data.sources import DataSpec, read_source
 from job.errors import TrainingDiverged
 from job.training import device
 from job.training.loop import TrainSettings, train
@@ -49,7 +49,7 @@ def trained(
     reads made since the previous step began."""
     monkeypatch.setattr(device, "on_gpu", lambda: gpu)
     tokenizer = load_tokenizer(str(tiny_model))
-    splits = draw_samples(read_source(str(tnews_dir)), 96, 16, 0)
+    splits = draw_samples(read_source(DataSpec(data_dir=str(tnews_dir))), 96, 16, 0)
     rows = encode(splits.train.examples, tokenizer, 32)
     paddle.seed(0)
     loaded = load_model(str(tiny_model), 15)

@@ -32,7 +32,8 @@ def test_every_saved_model_carries_the_label_names(trained: Path, folder: str) -
     config = json.loads((trained / folder / "config.json").read_text(encoding="utf-8"))
     tech = TNEWS_LABELS.index("109")
     assert config["id2label"][str(tech)] == "news_tech" and config["label2id"]["news_tech"] == tech
-    assert config["tnews_label_codes"] == list(TNEWS_LABELS)
+    assert config["job_labels"] == list(TNEWS_LABELS) and config["job_text_columns"] == ["sentence"]
+    assert config["job_label_descriptions"] == [TNEWS_LABEL_DESC[code] for code in TNEWS_LABELS]
 
 
 def test_the_adapter_names_its_base_and_reloads_to_the_merged_models_logits(trained: Path, tiny_model: Path) -> None:

@@ -10,9 +10,9 @@ import pytest
 from job.config.plan import Run, plan_runs
 from job.config.schema import validate_config
 from job.data.batches import encode
-from job.data.labels import NUM_CLASSES
+from job.data.labels import TNEWS
 from job.data.sampling import draw_samples
-from job.data.sources import read_local_folder
+from job.data.sources import DataSpec, read_source
 from job.errors import UserError
 from job.training.loop import TrainSettings, train
 from job.training.model import count_parameters, load_model, load_tokenizer
@@ -35,7 +35,7 @@ def prepared(tiny_model: Path, strategy: str, **overrides):
 
     run = planned(tiny_model, strategy, **overrides)
     paddle.seed(0)
-    loaded = load_model(str(tiny_model), NUM_CLASSES)
+    loaded = load_model(str(tiny_model), len(TNEWS))
     return STRATEGIES[strategy].prepare(loaded, run), run
 
 
@@ -45,7 +45,7 @@ def snapshot(model) -> dict[str, np.ndarray]:
 
 def train_briefly(model, tiny_model: Path, tnews_dir: Path) -> None:
     tokenizer = load_tokenizer(str(tiny_model))
-    splits = draw_samples(read_local_folder(tnews_dir), 64, 8, seed=1)
+    splits = draw_samples(read_source(DataSpec(data_dir=str(tnews_dir))), 64, 8, seed=1)
     rows = encode(splits.train.examples, tokenizer, 32)
     settings = TrainSettings(1e-2, 16, 1, 0.01, 0.0, 1.0, seed=1, logging_steps=100)
     train(model, rows, settings, pad_id=tokenizer.pad_token_id, label="test", stop=StopRequest())
@@ -56,7 +56,7 @@ def test_lora_trainable_count_follows_the_formula(tiny_model: Path) -> None:
     trainable, total = count_parameters(model)
     wrapped = 2 * LAYERS  # q_proj and v_proj in each layer
     adapters = wrapped * run.lora.r * (HIDDEN + HIDDEN)
-    head = HIDDEN * NUM_CLASSES + NUM_CLASSES
+    head = HIDDEN * len(TNEWS) + len(TNEWS)
     assert trainable == adapters + head
     base_total = count_parameters(prepared(tiny_model, "full_finetune")[0])[1]
     assert total == base_total + adapters
@@ -66,7 +66,7 @@ def test_lora_targets_follow_the_config(tiny_model: Path) -> None:
     model, run = prepared(tiny_model, "lora", lora_target_modules=[r".*\.linear1"])
     trainable, _ = count_parameters(model)
     intermediate = TINY_ERNIE["intermediate_size"]
-    assert trainable == LAYERS * run.lora.r * (HIDDEN + intermediate) + HIDDEN * NUM_CLASSES + NUM_CLASSES
+    assert trainable == LAYERS * run.lora.r * (HIDDEN + intermediate) + HIDDEN * len(TNEWS) + len(TNEWS)
 
 
 def test_lora_target_that_matches_nothing_is_a_user_error(tiny_model: Path) -> None:

@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from job.data.sources import DataSpec
+from job.data.tasks import DATASET_NAMES, DEFAULT_DATASET, OWN, OWN_DATA_KEYS
 from job.data.textfiles import read_text
 from job.errors import UserError
 from job.output.layout import RESERVED_NAMES
@@ -120,8 +122,28 @@ class CommonConfig(BaseModel):
 
     # --- what a real run needs ---
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto: GPU when Paddle sees one, else CPU")
+    dataset: Literal[DATASET_NAMES] = Field(  # type: ignore[valid-type]
+        DEFAULT_DATASET,
+        description="the task: a CLUE classification task by name (tnews, iflytek, afqmc, ocnli, cmnli; "
+        "downloaded through PaddleNLP, or read from data_dir in its CLUE format), or own: your labelled files "
+        "in data_dir",
+    )
     data_dir: str | None = Field(
-        None, description="folder of CLUE-format train.json/dev.json[/test.json]; null: PaddleNLP clue/tnews"
+        None,
+        description="folder of the data: for a CLUE task its CLUE-format files (train.json, dev.json, an optional "
+        "test.json); for dataset: own, train and dev (and an optional labelled test) as .jsonl/.json (JSON "
+        "lines), .csv or .tsv with a header; null: PaddleNLP's download of the CLUE task",
+    )
+    text_column: str = Field("sentence", min_length=1, description="dataset: own: the column of the text")
+    text_pair_column: str | None = Field(
+        None, min_length=1, description="dataset: own: the column of the second text of a sentence-pair task"
+    )
+    label_column: str = Field("label", min_length=1, description="dataset: own: the column of the label")
+    label_names: list[str] | None = Field(
+        None,
+        min_length=2,
+        description="dataset: own: every label, in class-id order (null: the sorted distinct labels of train, "
+        "numerically when all are integers)",
     )
     lora_target_modules: list[str] = Field(
         [r".*\.self_attn\.q_proj", r".*\.self_attn\.v_proj"],
@@ -151,7 +173,7 @@ class CommonConfig(BaseModel):
         16, ge=0, description="batches per window sorted by length to cut padding (0: plain shuffle)"
     )
 
-    @field_validator("model_name", "output_dir", "report_file", "data_dir")
+    @field_validator("model_name", "output_dir", "report_file", "data_dir", "text_column", "label_column")
     @classmethod
     def _no_nul_byte(cls, value: str | None) -> str | None:
         if value is not None and "\0" in value:
@@ -166,6 +188,43 @@ class CommonConfig(BaseModel):
         if problem:
             raise ValueError(problem)
         return value
+
+    @field_validator("label_names", mode="before")
+    @classmethod
+    def _labels_as_text(cls, value: Any) -> Any:
+        """JSON-lines labels may be integers (`1`), and `label_names: [0, 1]` names them."""
+        if isinstance(value, list):
+            return [str(item) if isinstance(item, int) and not isinstance(item, bool) else item for item in value]
+        return value
+
+    @field_validator("label_names")
+    @classmethod
+    def _distinct_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if any(not name for name in value):
+                raise ValueError("holds an empty name")
+            repeated = sorted(name for name, count in collections.Counter(value).items() if count > 1)
+            if repeated:
+                raise ValueError(f"names {', '.join(map(repr, repeated))} more than once; give each label once")
+        return value
+
+    @model_validator(mode="after")
+    def _data_keys(self) -> CommonConfig:
+        if self.dataset == OWN and not self.data_dir:
+            raise ValueError(f"config key 'dataset': {OWN} reads your files from data_dir; set data_dir")
+        if self.dataset != OWN:
+            # by value, not by whether the key was written: a saved record's config writes every key
+            stray = [key for key in OWN_DATA_KEYS if getattr(self, key) != type(self).model_fields[key].default]
+            if stray:
+                raise ValueError(
+                    f"config key '{stray[0]}' is read only with dataset: {OWN} (dataset is {self.dataset}, whose "
+                    f"columns are fixed); for your own files set dataset: {OWN}"
+                )
+        if self.text_pair_column is not None and self.text_pair_column == self.text_column:
+            raise ValueError("config key 'text_pair_column': the same column as text_column")
+        if self.label_column in (self.text_column, self.text_pair_column):
+            raise ValueError("config key 'label_column': the same column as a text column")
+        return self
 
     @field_validator("strategies")
     @classmethod
@@ -221,6 +280,14 @@ class CommonConfig(BaseModel):
         ranks = _as_list(self.lora_r)
         alphas = self.lora_alpha if isinstance(self.lora_alpha, list) else [self.lora_alpha] * len(ranks)
         return list(zip(ranks, alphas, strict=False))
+
+    def data_spec(self) -> DataSpec:
+        """What job.data.sources reads for this config."""
+        return DataSpec(
+            dataset=self.dataset, data_dir=self.data_dir, text_column=self.text_column,
+            text_pair_column=self.text_pair_column, label_column=self.label_column,
+            label_names=tuple(self.label_names) if self.label_names is not None else None,
+        )  # fmt: skip
 
     def seeds(self) -> list[int]:
         return _as_list(self.seed)

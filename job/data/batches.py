@@ -31,8 +31,16 @@ def encode_splits(splits: Splits, tokenizer: Any, max_seq_length: int) -> Encode
 
 
 def encode(examples: Sequence[Example], tokenizer: Any, max_seq_length: int) -> list[Encoded]:
-    sentences = [example.sentence for example in examples]
-    tokens = tokenizer(sentences, max_length=max_seq_length, truncation=True, return_token_type_ids=True)
+    """Token ids of each text; a sentence pair is encoded as one: [CLS] a [SEP] b [SEP], with segment
+    ids 0 for the first text and 1 for the second, truncated longest-first to `max_seq_length`."""
+    texts = [example.text for example in examples]
+    pairs = [example.text_pair for example in examples]
+    if any(pair is not None for pair in pairs):
+        assert all(pair is not None for pair in pairs), "a split mixes single texts and pairs"
+        tokens = tokenizer(texts, text_pair=pairs, max_length=max_seq_length, truncation=True,
+                           return_token_type_ids=True)  # fmt: skip
+    else:
+        tokens = tokenizer(texts, max_length=max_seq_length, truncation=True, return_token_type_ids=True)
     return [
         Encoded(ids, types, example.label)
         for ids, types, example in zip(tokens["input_ids"], tokens["token_type_ids"], examples, strict=True)

@@ -6,10 +6,10 @@
   variable moves every download to a mirror (or a test server).
 - Models: PaddleNLP downloads them itself, one file at a time under its own file lock, to a temporary
   file renamed into place.
-- TNEWS: Paddle's dataset download has no lock between processes (two tasks would write the same
-  temporary file), so the job fetches the archive itself: under a file lock, to a temporary file, then
-  extracts the files PaddleNLP lists and checks each against PaddleNLP's md5 before renaming it into
-  place. PaddleNLP then finds them and downloads nothing.
+- CLUE datasets (TNEWS and the others): Paddle's dataset download has no lock between processes (two
+  tasks would write the same temporary file), so the job fetches the archive itself: under a file
+  lock, to a temporary file, then extracts the files PaddleNLP lists and checks each against
+  PaddleNLP's md5 before renaming it into place. PaddleNLP then finds them and downloads nothing.
 - `prefetch` does all of that for a config and loads what it fetched, so a queue can warm a shared
   cache once before an array starts."""
 
@@ -51,7 +51,7 @@ def use_mirror() -> None:
                 urls[name] = mirrored(url)
 
 
-# ---------------------------------------------------------------- TNEWS
+# ---------------------------------------------------------------- CLUE datasets
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,17 @@ class Archive:
     members: dict[str, str]  # file inside the archive -> md5 (the files the job reads)
 
 
-def tnews_archive() -> Archive:
-    """CLUE TNEWS as PaddleNLP describes it (URL, cache folder, md5 of train/dev/labels)."""
+def clue_archive(task: str) -> Archive:
+    """A CLUE task as PaddleNLP describes it (URL, cache folder, md5 of train, dev and labels.json where
+    the task has one). The public test split has no labels and is not extracted."""
     from paddlenlp.datasets.clue import Clue
     from paddlenlp.utils.env import DATA_HOME
 
-    spec = Clue.BUILDER_CONFIGS["tnews"]
+    spec = Clue.BUILDER_CONFIGS[task]
     members = {
-        spec["splits"][part][0].replace(os.sep, "/"): spec["splits"][part][1] for part in ("train", "dev", "labels")
+        spec["splits"][part][0].replace(os.sep, "/"): spec["splits"][part][1]
+        for part in ("train", "dev", "labels")
+        if part in spec["splits"]
     }
     return Archive(url=mirrored(spec["url"]), folder=Path(DATA_HOME) / Clue.__name__, members=members)
 

@@ -28,8 +28,9 @@ def draw_samples(raw: RawSplits, max_train: int | None, max_eval: int | None, se
         test = Split(
             "test",
             [raw.train[i] for i in test_rows],
-            f"{raw.origin}: carved from train (the public test split has no labels), {len(test_rows):,} rows "
-            "with sentences that never occur in the training sample",
+            f"{raw.origin}: carved from train ({raw.why_carved}), {len(test_rows):,} rows "
+            f"with {'sentence pairs' if raw.train[0].text_pair is not None else 'sentences'} that never occur in the "
+            "training sample",
             test_rows,
         )
     train = sampled("train", raw.train, train_pool, max_train, "max_train_samples")
@@ -51,18 +52,23 @@ def _seeded_subset(rows: Sequence[int], limit: int | None, rng: random.Random) -
     return [rows[i] for i in sorted(rng.sample(range(len(rows)), limit))]
 
 
+def _texts(example: Example) -> tuple[str, str | None]:
+    return example.text, example.text_pair
+
+
 def _carve_test(rows: Sequence[Example], size: int, rng: random.Random) -> tuple[list[int], list[int]]:
-    """Take `size` rows with distinct sentences for test; the rest, minus any row sharing a test
-    sentence, stays for training (train.json repeats some sentences). Returns both as row numbers."""
+    """Take `size` rows with distinct texts (a pair task: distinct pairs) for test; the rest, minus any
+    row sharing a test text, stays for training (train.json repeats some titles). Returns both as row
+    numbers."""
     order = list(range(len(rows)))
     rng.shuffle(order)
     test_indices: list[int] = []
-    test_sentences: set[str] = set()
+    test_texts: set[tuple[str, str | None]] = set()
     for index in order:
         if len(test_indices) == size:
             break
-        if rows[index].sentence not in test_sentences:
-            test_sentences.add(rows[index].sentence)
+        if _texts(rows[index]) not in test_texts:
+            test_texts.add(_texts(rows[index]))
             test_indices.append(index)
-    remaining = [i for i, row in enumerate(rows) if row.sentence not in test_sentences]
+    remaining = [i for i, row in enumerate(rows) if _texts(row) not in test_texts]
     return sorted(test_indices), remaining

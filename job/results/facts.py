@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from job.config.schema import JobConfig
-from job.data.sources import Splits
+from job.data.sources import RawSplits, Splits
 from job.results.schema import CpuFacts, DataFacts, DeviceFacts, RunFacts, SplitFacts
 from job.results.stats import encode_classes
 from job.training.cpu import cpu_vendor
@@ -49,9 +49,7 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def run_facts(
-    config: JobConfig, planned: list[str], device: DeviceChoice, splits: Splits, files: dict[str, str]
-) -> RunFacts:
+def run_facts(config: JobConfig, planned: list[str], device: DeviceChoice, splits: Splits, raw: RawSplits) -> RunFacts:
     """What every run of this process shares: config, plan, device, data, versions."""
     split_facts = {
         split.name: SplitFacts(
@@ -66,7 +64,13 @@ def run_facts(
         config_hash=config.config_hash(),
         planned_runs=planned,
         device=DeviceFacts(name=device.name, description=device.description, reason=device.reason),
-        data=DataFacts(**split_facts, sample_seed=config.sample_seed(), files=files),
+        data=DataFacts(
+            **split_facts,
+            sample_seed=config.sample_seed(),
+            files=raw.files,
+            labels=list(raw.labels.names),
+            label_descriptions=list(raw.labels.descriptions) if raw.labels.descriptions else None,
+        ),
         versions=package_versions(),
         git_commit=git_commit(),
         threads={key: os.environ.get(key) for key in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")},

@@ -43,7 +43,7 @@ def _seeds_note(row: HeadlineRow) -> str:
     return f", mean of {len(row.seeds)} seeds" if len(row.seeds) > 1 else ""
 
 
-def plot_losses(rows: Sequence[HeadlineRow], path: Path) -> Path:
+def plot_losses(rows: Sequence[HeadlineRow], path: Path, subject: str) -> Path:
     """Each headline row's per-step training loss (the mean over its seeds), raw and smoothed."""
     with figure_to(path, figsize=(8, 4.5), dpi=110) as (_, axes):
         for row in rows:
@@ -55,13 +55,13 @@ def plot_losses(rows: Sequence[HeadlineRow], path: Path) -> Path:
                       label=f"{row.label} (moving average of {window}{_seeds_note(row)})")  # fmt: skip
         axes.set_xlabel("training step")
         axes.set_ylabel("training loss (cross-entropy)")
-        axes.set_title("ERNIE 3.0 Medium on TNEWS: training loss per step")
+        axes.set_title(f"{subject}: training loss per step")
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
     return path
 
 
-def plot_pareto(rows: Sequence[HeadlineRow], path: Path) -> Path:
+def plot_pareto(rows: Sequence[HeadlineRow], path: Path, subject: str) -> Path:
     """Test accuracy (mean, error bars: std over seeds) against trainable parameters (log scale) and
     against training time: one point per headline row."""
     with figure_to(path, nrows=1, ncols=2, figsize=(11, 4.5), dpi=110) as (figure, (by_params, by_time)):
@@ -82,6 +82,7 @@ def plot_pareto(rows: Sequence[HeadlineRow], path: Path) -> Path:
         by_params.legend(fontsize="small", loc="best")
         seeds = max(len(row.seeds) for row in rows)
         figure.suptitle(
-            "Test accuracy against cost" + (f" (mean ± std over {seeds} seeds)" if seeds > 1 else ""), fontsize="medium"
+            f"{subject}: test accuracy against cost" + (f" (mean ± std over {seeds} seeds)" if seeds > 1 else ""),
+            fontsize="medium",
         )
     return path

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
-from job.data.labels import NUM_CLASSES, TNEWS_LABEL_DESC, TNEWS_LABELS
+from job.config.schema import JobConfig
+from job.data.labels import Labels
+from job.data.tasks import CLUE_TASKS, DEFAULT_DATASET, OWN, dataset_title
 from job.output.layout import LOSS_PLOT, PARETO_PLOT
 from job.results.schema import Combined, HeadlineRow, RunFacts, RunResult, Stat
 from job.results.stats import mean_std
 from job.training.runs import rate_text
 from job.training.strategies import baseline, compared
 
-TITLE = "# ERNIE 3.0 Medium: LoRA vs Full Fine-Tuning"
+SEED_MODEL, SEED_MODEL_TITLE = "ernie-3.0-medium-zh", "ERNIE 3.0 Medium"
+PER_CLASS_SHOWN = 10  # above twice this many classes, the per-class table shows the worst and best this many
 COLUMNS = (
     "Trainable Params", "Total Params", "Training Time (s)", "Dev Accuracy", "Test Accuracy", "Dev Loss", "Test Loss",
 )  # fmt: skip
@@ -34,13 +38,13 @@ def render_report(combined: Combined) -> str:
             *([rate_choice(rows)] if any(len(row.dev_accuracy_by_rate) > 1 for row in rows) else []),
             "### Every run\n\n" + runs_table(runs),
             "### Efficiency\n\n" + efficiency_table(rows, runs),
-            "### Test accuracy per class\n\n" + per_class_table(rows),
+            "### Test accuracy per class\n\n" + per_class_table(rows, run.data.label_set()),
             f"![Training loss per step]({LOSS_PLOT})\n\n![Test accuracy against trainable parameters and time]"
             f"({PARETO_PLOT})",
         ]
     )
     sections = [
-        TITLE,
+        title(run.config),
         _summary(combined),
         "## Configuration\n\n```json\n" + json.dumps(run.config.model_dump(), indent=2, ensure_ascii=False) + "\n```",
         "## Results\n\n" + results,
@@ -48,6 +52,45 @@ def render_report(combined: Combined) -> str:
         "## Artifacts\n\n" + "\n".join(f"- {line}" for line in artifact_lines(runs)),
     ]
     return "\n\n".join(sections) + "\n"
+
+
+# ---------------------------------------------------------------- what it ran on
+
+
+def model_title(model_name: str) -> str:
+    return SEED_MODEL_TITLE if model_name == SEED_MODEL else model_name
+
+
+def data_title(config: JobConfig) -> str:
+    """TNEWS, IFLYTEK, ...; a user's own data by its folder's name."""
+    return dataset_title(config.dataset) if config.dataset != OWN else Path(config.data_dir or ".").name
+
+
+def subject(config: JobConfig) -> str:
+    """`ERNIE 3.0 Medium on TNEWS`: what the plots' titles name."""
+    return f"{model_title(config.model_name)} on {data_title(config)}"
+
+
+def title(config: JobConfig) -> str:
+    """The seed's title for the seed's model and task; any other model or task is named in it."""
+    on = "" if config.dataset == DEFAULT_DATASET else f" on {data_title(config)}"
+    model = SEED_MODEL_TITLE if config.model_name == SEED_MODEL else f"`{config.model_name}`"
+    return f"# {model}: LoRA vs Full Fine-Tuning{on}"
+
+
+def _task_phrase(config: JobConfig) -> str:
+    if config.dataset != OWN:
+        return CLUE_TASKS[config.dataset].task
+    pair = f" and `{config.text_pair_column}` (sentence pairs)" if config.text_pair_column else ""
+    return (
+        f"the labelled data in `{config.data_dir}` (text `{config.text_column}`{pair}, label `{config.label_column}`)"
+    )
+
+
+def _model_phrase(model_name: str) -> str:
+    if model_name == SEED_MODEL:
+        return f"the {SEED_MODEL_TITLE} model (`{model_name}`)"
+    return f"the model `{model_name}`"
 
 
 # ---------------------------------------------------------------- summary
@@ -81,9 +124,9 @@ def _summary(combined: Combined) -> str:
     run = combined.run
     data = run.data
     lines = [
-        "This report compares low-rank adaptation (LoRA) with full-parameter fine-tuning of the ERNIE 3.0 Medium "
-        f"model (`{run.config.model_name}`) on the Chinese TNEWS news-title classification task "
-        f"({NUM_CLASSES} classes). {start_note(combined.runs)}",
+        "This report compares low-rank adaptation (LoRA) with full-parameter fine-tuning of "
+        f"{_model_phrase(run.config.model_name)} on {_task_phrase(run.config)} ({len(data.labels)} classes). "
+        f"{start_note(combined.runs)}",
         "",
         f"- Device: {run.device.description} ({run.device.reason}); training precision "
         + ", ".join(sorted({r.precision for r in combined.runs}))
@@ -216,17 +259,37 @@ def efficiency_table(rows: Sequence[HeadlineRow], runs: Sequence[RunResult]) -> 
     return _table("Efficiency", EFFICIENCY_COLUMNS, lines) + "\n\n" + note
 
 
-def per_class_table(rows: Sequence[HeadlineRow]) -> str:
-    """Test accuracy on each TNEWS class (mean over seeds): where the strategies differ."""
+def per_class_table(rows: Sequence[HeadlineRow], labels: Labels) -> str:
+    """Test accuracy on each class (mean over seeds): where the strategies differ. With many classes
+    (IFLYTEK's 119), the worst and the best PER_CLASS_SHOWN by mean accuracy over the rows; results.json
+    holds every class."""
 
     def share(value: float | None) -> str:
         return "–" if value is None else f"{value:.2f}"
 
-    body = [
-        [f"{code} {TNEWS_LABEL_DESC[code]}", *(share(row.test_per_class_accuracy[index]) for row in rows)]
-        for index, code in enumerate(TNEWS_LABELS)
-    ]
-    return _table("Class", [row.label for row in rows], body)
+    def line(class_id: int) -> list[str]:
+        return [labels.shown(class_id), *(share(row.test_per_class_accuracy[class_id]) for row in rows)]
+
+    if len(labels) <= 2 * PER_CLASS_SHOWN:
+        return _table("Class", [row.label for row in rows], [line(class_id) for class_id in range(len(labels))])
+    means = {}
+    for class_id in range(len(labels)):
+        values = [row.test_per_class_accuracy[class_id] for row in rows]
+        if all(value is not None for value in values):
+            means[class_id] = sum(values) / len(values)  # type: ignore[arg-type]
+    ranked = sorted(means, key=lambda class_id: (means[class_id], class_id))
+    shown = ranked[:PER_CLASS_SHOWN] + ranked[-PER_CLASS_SHOWN:]
+    between = ["…", *("…" for _ in rows)]
+    body = [*map(line, shown[:PER_CLASS_SHOWN]), between, *map(line, shown[PER_CLASS_SHOWN:])]
+    absent = len(labels) - len(means)
+    note = (
+        f"The {PER_CLASS_SHOWN} classes with the lowest and the {PER_CLASS_SHOWN} with the highest test accuracy "
+        f"(mean over the rows) of {len(labels)}"
+        + (f"; {absent} have no test example" if absent else "")
+        + ". `results.json` holds every class: `headline[].test_per_class_accuracy` by class id, named by "
+        "`run.data.labels`."
+    )
+    return _table("Class", [row.label for row in rows], body) + "\n\n" + note
 
 
 def _megabytes(value: float) -> str:
@@ -278,14 +341,15 @@ def _time_line(lora: HeadlineRow, full: HeadlineRow) -> str:
 
 def _caveats(rows: Sequence[HeadlineRow], combined: Combined) -> list[str]:
     lines = []
-    chance = 1 / NUM_CLASSES
+    classes = len(combined.run.data.labels)
+    chance = 1 / classes
     examples = combined.run.data.test.examples
     noise = 2 * (chance * (1 - chance) / examples) ** 0.5
     near_chance = [row.label for row in rows if row.test_accuracy.mean < chance + noise]
     if near_chance:
         lines.append(
             f"Test accuracy of {', '.join(near_chance)} is within two standard errors of chance "
-            f"({100 * chance:.1f}% for {NUM_CLASSES} classes): the model has not learned the task in this run "
+            f"({100 * chance:.1f}% for {classes} classes): the model has not learned the task in this run "
             "(too few steps, a too-low learning rate, or weights that are not pretrained)."
         )
     if max(len(row.seeds) for row in rows) == 1:

@@ -10,8 +10,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from job.config.schema import JobConfig, StrategyName
+from job.data.labels import Labels
 
-SCHEMA_VERSION = 4  # 2: grid runs (seed, learning rate), predictions, macro-F1, comparison; 3: sample; 4: eval batch
+# 2: grid runs (seed, learning rate), predictions, macro-F1, comparison; 3: sample; 4: eval batch; 5: labels
+SCHEMA_VERSION = 5
 
 
 class Record(BaseModel):
@@ -78,6 +80,11 @@ class DataFacts(Record):
     test: SplitFacts
     sample_seed: int
     files: dict[str, str]  # file -> sha256 (or PaddleNLP's md5 note)
+    labels: list[str]  # each class id's label as the data spells it (TNEWS: 109)
+    label_descriptions: list[str] | None  # the task's description of each label (TNEWS: news_tech), if any
+
+    def label_set(self) -> Labels:
+        return Labels(tuple(self.labels), tuple(self.label_descriptions) if self.label_descriptions else None)
 
 
 class DeviceFacts(Record):
@@ -107,7 +114,7 @@ class RunFacts(Record):
 class ResultRecord(Record):
     """results/<key>.json"""
 
-    schema_version: Literal[4] = SCHEMA_VERSION
+    schema_version: Literal[5] = SCHEMA_VERSION
     run: RunFacts
     result: RunResult
 
@@ -162,7 +169,7 @@ class Comparison(Record):
 
 
 class Combined(Record):
-    schema_version: Literal[4] = SCHEMA_VERSION
+    schema_version: Literal[5] = SCHEMA_VERSION
     run: RunFacts
     headline: list[HeadlineRow]
     comparison: Comparison | None
