@@ -122,7 +122,8 @@ def _adapter(folder: Path, saved_config: Any, classes: int) -> Any:
               for key in SHAPE_KEYS if getattr(base_config, key, None) != getattr(saved_config, key, None)]  # fmt: skip
     if differ:
         raise UserError(f"adapter {folder} was trained on another base than {base}: {'; '.join(differ)}")
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_classes=classes)
+    # the base's own head (if any) may have another size: the adapter folder holds the trained head
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_classes=classes, ignore_mismatched_sizes=True)
     return LoRAModel.from_pretrained(model, str(folder))
 
 

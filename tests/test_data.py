@@ -72,7 +72,7 @@ def test_unlabelled_test_file_is_ignored_and_labelled_one_used(tmp_path: Path, t
     write_jsonl(tmp_path / "test.json", [{"label": "101", "sentence": "有标签"}])
     assert read_local_folder(tmp_path).test == [Example("有标签", 1)]
     write_jsonl(tmp_path / "test.json", [{"label": "101", "sentence": "有标签"}, {"sentence": "无标签"}])
-    with pytest.raises(UserError, match="test.json: 1 records have no label while 1 do"):
+    with pytest.raises(UserError, match=r"test\.json: 1 records have no label while 1 do"):
         read_local_folder(tmp_path)
 
 

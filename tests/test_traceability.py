@@ -22,9 +22,10 @@ def test_every_run_records_the_sample_data_seed_draws_and_is_scored_on_its_own_d
     out = run_tiny(tmp_path, tiny_model, tnews_dir, strategies=["full_finetune"], seed=[1, 2], data_seed=7,
                    num_epochs=1, max_train_samples=TRAIN, max_eval_samples=EVAL, save_artifacts=True)  # fmt: skip
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    splits = draw_samples(read_source(DataSpec(data_dir=str(tnews_dir))), TRAIN, EVAL, seed=7)
+    raw = read_source(DataSpec(data_dir=str(tnews_dir)))
+    splits = draw_samples(raw, TRAIN, EVAL, seed=7)
     assert [run["sample"] for run in results["runs"]] == [splits.identity()] * 2
-    assert splits.identity() != draw_samples(read_source(DataSpec(data_dir=str(tnews_dir))), TRAIN, EVAL, seed=1).identity()
+    assert splits.identity() != draw_samples(raw, TRAIN, EVAL, seed=1).identity()
     assert f"Every run saw the same training, dev and test rows (sample `{splits.identity()}`)." in (
         out / "ernie_lora_vs_full_report.md"
     ).read_text(encoding="utf-8")
