@@ -294,7 +294,7 @@ def split_record(evaluation: EvalResult, rows: list[Encoded], classes: int) -> S
         examples=evaluation.examples,
         macro_f1=macro_f1(evaluation.predictions, labels, classes),
         per_class_accuracy=per_class_accuracy(evaluation.predictions, labels, classes),
-        predictions=encode_classes(evaluation.predictions),
+        predictions=encode_classes(evaluation.predictions, classes),
     )
 
 

@@ -6,12 +6,17 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import random
 import subprocess
 import sys
 import tempfile
+import threading
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +125,31 @@ def run_tiny(folder: Path, tiny_model: Path, tnews_dir: Path, **overrides: Any) 
     result = CliRunner().invoke(main, ["run", "--config", str(config)])
     assert result.exit_code == 0, result.output
     return folder / "out"
+
+
+class CountingHandler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.server.gets[self.path.lstrip("/")] += 1  # type: ignore[attr-defined]
+        super().do_GET()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def serve(folder: Path) -> Iterator[tuple[str, Counter]]:
+    """An HTTP server on 127.0.0.1 serving `folder` (a stand-in for PaddleNLP's store, PPNLP_ENDPOINT);
+    yields its URL and the GET count of each path, and stops when the generator is closed."""
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(CountingHandler, directory=str(folder))
+    )
+    server.gets = Counter()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", server.gets  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # `python -m job` in a child that stops at the first stderr write holding the marker until the parent's

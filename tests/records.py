@@ -27,7 +27,7 @@ def split(predictions: list[int], labels: list[int], loss: float = 1.0) -> Split
         examples=len(labels),
         macro_f1=macro_f1(predictions, labels, CLASSES),
         per_class_accuracy=per_class_accuracy(predictions, labels, CLASSES),
-        predictions=encode_classes(predictions),
+        predictions=encode_classes(predictions, len(TNEWS)),
     )
 
 
@@ -82,7 +82,7 @@ def result(
 
 def facts(labels: list[int], planned: list[str]) -> RunFacts:
     def split_facts(name: str) -> SplitFacts:
-        return SplitFacts(source=f"{name} rows", examples=len(labels), labels=encode_classes(labels))
+        return SplitFacts(source=f"{name} rows", examples=len(labels), labels=encode_classes(labels, len(TNEWS)))
 
     return RunFacts(
         config=JobConfig(model_name="ernie-3.0-medium-zh", report_file="report.md"),

@@ -6,13 +6,10 @@ zip's own bytes (its md5 is not checked; every file the job reads is)."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import os
 import subprocess
 import sys
-import threading
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
@@ -21,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fixtures import ROOT
+from tests.fixtures import ROOT, serve
 
 pytestmark = pytest.mark.slow  # every test starts job processes with a cache of their own
 
@@ -29,15 +26,6 @@ MODEL = "ernie-3.0-nano-zh"
 WEIGHTS = "models/transformers/ernie_3.0/ernie_3.0_nano_zh.pdparams"
 VOCAB = "models/transformers/ernie_3.0/ernie_3.0_nano_zh_vocab.txt"
 TNEWS_ZIP = "datasets/tnews_public.zip"
-
-
-class CountingHandler(http.server.SimpleHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.server.gets[self.path.lstrip("/")] += 1  # type: ignore[attr-defined]
-        super().do_GET()
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -60,20 +48,6 @@ def store_files(tmp_path_factory: pytest.TempPathFactory, shared_tnews: Path) ->
         for name in ("train.json", "dev.json", "labels.json"):
             bundle.write(shared_tnews / name, f"tnews_public/{name}")
     return root
-
-
-def serve(folder: Path) -> Iterator[tuple[str, Counter]]:
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(CountingHandler, directory=str(folder))
-    )
-    server.gets = Counter()  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", server.gets  # type: ignore[attr-defined]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture

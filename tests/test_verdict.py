@@ -24,8 +24,15 @@ LABELS = [i % 15 for i in range(200)]
 
 def test_predictions_round_trip_as_one_character_per_title() -> None:
     classes = [0, 9, 10, 14, 3]
-    assert encode_classes(classes) == "09ae3"
-    assert decode_classes(encode_classes(classes)) == classes
+    assert encode_classes(classes, 15) == "09ae3"
+    assert decode_classes(encode_classes(classes, 15)) == classes
+
+
+def test_more_than_36_classes_take_two_characters_each_and_round_trip() -> None:
+    classes = [0, 35, 36, 118, 7]
+    assert encode_classes(classes, 119) == "2:000z103a07"
+    assert decode_classes(encode_classes(classes, 119)) == classes
+    assert decode_classes(encode_classes(list(range(1296)), 1296)) == list(range(1296))
 
 
 def test_mcnemar_matches_a_textbook_table() -> None:

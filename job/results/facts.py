@@ -51,11 +51,12 @@ def now() -> str:
 
 def run_facts(config: JobConfig, planned: list[str], device: DeviceChoice, splits: Splits, raw: RawSplits) -> RunFacts:
     """What every run of this process shares: config, plan, device, data, versions."""
+    classes = len(raw.labels)
     split_facts = {
         split.name: SplitFacts(
             source=split.source,
             examples=len(split),
-            labels=encode_classes([e.label for e in split.examples]) if split.name != "train" else None,
+            labels=None if split.name == "train" else encode_classes([e.label for e in split.examples], classes),
         )
         for split in splits.all()
     }

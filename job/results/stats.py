@@ -16,13 +16,28 @@ BOOTSTRAP_SEED = 0  # fixed: the interval is a function of the predictions alone
 # ---------------------------------------------------------------- predictions as compact text
 
 
-def encode_classes(classes: Sequence[int]) -> str:
-    """Class ids as one base-36 digit each ("3a0e..."): 256 titles take 256 characters in JSON."""
-    return "".join(np.base_repr(int(c), 36).lower() for c in classes)
+def class_width(num_classes: int) -> int:
+    """Base-36 digits per class id: 1 up to 36 classes (TNEWS), 2 up to 1,296 (IFLYTEK's 119)."""
+    width = 1
+    while 36**width < num_classes:
+        width += 1
+    return width
+
+
+def encode_classes(classes: Sequence[int], num_classes: int) -> str:
+    """Class ids as base-36 digits, `class_width` each: "3a0e..." (256 titles take 256 characters in
+    JSON); with more than 36 classes the width comes first: "2:0a1b..."."""
+    width = class_width(num_classes)
+    digits = "".join(np.base_repr(int(c), 36).lower().rjust(width, "0") for c in classes)
+    return digits if width == 1 else f"{width}:{digits}"
 
 
 def decode_classes(text: str) -> list[int]:
-    return [int(char, 36) for char in text]
+    width_text, separator, digits = text.partition(":")
+    if not separator:
+        return [int(char, 36) for char in text]
+    width = int(width_text)
+    return [int(digits[start : start + width], 36) for start in range(0, len(digits), width)]
 
 
 # ---------------------------------------------------------------- metrics of one split
