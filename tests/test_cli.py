@@ -35,14 +35,15 @@ def table_rows(report: str) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: Path) -> None:
+def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: Path, tiny_model: Path) -> None:
     config = write_config(num_epochs=10, max_train_samples=600, max_eval_samples=150, learning_rate=1e-2,
                           lora_learning_rate=3e-2)  # fmt: skip
     result = run_job("run", "--config", str(config))
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"
     report = (out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
-    assert report.startswith("# ERNIE 3.0 Medium: LoRA vs Full Fine-Tuning")
+    assert report.startswith(f"# `{tiny_model}`: LoRA vs Full Fine-Tuning\n")  # the model it ran, on TNEWS
+    assert f"fine-tuning of the model `{tiny_model}` on the Chinese TNEWS news-title classification task" in report
     for heading in ("## Configuration", "## Results", "## Observations", "## Artifacts"):
         assert heading in report
     assert COLUMNS in report

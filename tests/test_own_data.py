@@ -267,3 +267,14 @@ def test_the_example_config_and_its_data_read_as_documented() -> None:
     assert (len(raw.train), len(raw.dev), len(raw.test or [])) == (36, 12, 12)
     assert sorted(raw.labels.names) == sorted(NAMES)
     assert not {e.text for e in raw.train} & {e.text for e in [*raw.dev, *(raw.test or [])]}
+
+
+def test_run_stops_with_exit_2_at_a_dev_label_train_does_not_have(tmp_path: Path, tiny_model: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_csv(folder / "train.csv", ["text", "category"], reviews(30, 1))
+    write_csv(folder / "dev.csv", ["text", "category"], [*reviews(4, 2), ("未知类别的评论", "其他")])
+    code, log, out = run_config(tmp_path, tiny_model, dataset="own", data_dir=str(folder), text_column="text",
+                                label_column="category")  # fmt: skip
+    assert code == 2 and f"{folder / 'dev.csv'}:6: label '其他' is not one of the labels of train.csv" in log
+    assert "Traceback" not in log and not (out / "results").exists()
