@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import http.server
 import json
@@ -134,6 +136,22 @@ class CountingHandler(http.server.SimpleHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+
+@contextlib.contextmanager
+def original_paddlenlp_urls() -> Iterator[None]:
+    """The job's use_mirror rewrites PaddleNLP's URL tables in place (every ERNIE class shares them) when
+    PPNLP_ENDPOINT is set: an in-process test that sets it leaves the tables as it found them."""
+    from paddlenlp.transformers import ErnieModel, ErnieTokenizer
+
+    tables = [ErnieModel.pretrained_resource_files_map, ErnieTokenizer.pretrained_resource_files_map]
+    saved = [copy.deepcopy(table) for table in tables]
+    try:
+        yield
+    finally:
+        for table, original in zip(tables, saved, strict=True):
+            table.clear()
+            table.update(original)
 
 
 def serve(folder: Path) -> Iterator[tuple[str, Counter]]:

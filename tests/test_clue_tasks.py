@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 
 from job.cli import main
-from tests.fixtures import make_sentence, serve
+from tests.fixtures import make_sentence, original_paddlenlp_urls, serve
 
 IFLYTEK_DESCRIPTIONS = [f"类别{i}" for i in range(119)]
 
@@ -73,7 +73,8 @@ def clue_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv("PPNLP_ENDPOINT", endpoint)
         return endpoint, gets
 
-    yield build
+    with original_paddlenlp_urls():  # the job points PaddleNLP's model URLs at the mirror, in place
+        yield build
     for server in servers:
         server.close()
 

@@ -4,7 +4,6 @@ connection without an answer or a port where nothing listens."""
 
 from __future__ import annotations
 
-import copy
 import http.server
 import socket
 import threading
@@ -15,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from job.cli import main
-from tests.fixtures import write_vocab
+from tests.fixtures import original_paddlenlp_urls, write_vocab
 
 BUILT_IN = "ernie-3.0-nano-zh"  # a built-in name: PaddleNLP downloads its weights and vocab
 
@@ -62,17 +61,9 @@ def refused_endpoint() -> str:
 
 
 @pytest.fixture(autouse=True)
-def paddlenlp_urls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """use_mirror rewrites PaddleNLP's URL tables in place (every ERNIE class shares them): each test starts
-    from the original URLs and leaves them so."""
-    from paddlenlp.transformers import ErnieModel, ErnieTokenizer
-
-    tables = [ErnieModel.pretrained_resource_files_map, ErnieTokenizer.pretrained_resource_files_map]
-    saved = [copy.deepcopy(table) for table in tables]
-    yield
-    for table, original in zip(tables, saved, strict=True):
-        table.clear()
-        table.update(original)
+def paddlenlp_urls() -> Iterator[None]:
+    with original_paddlenlp_urls():
+        yield
 
 
 def community_store_at(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
