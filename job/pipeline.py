@@ -196,10 +196,11 @@ def setup_session(
 def _check_model(config: JobConfig, runs: list[Run]) -> None:
     """Before any run trains: a LoRA target typo must not surface after full fine-tuning."""
     check_against_model(config, model_limits(config.model_name))
-    lora_runs = [run for run in runs if run.lora is not None]
-    names = layer_names(config.model_name) if lora_runs else None
+    targets = list(dict.fromkeys(run.lora.target_modules for run in runs if run.lora is not None))
+    names = layer_names(config.model_name) if targets else None
     if names is not None:
-        check_targets_match(names, lora_runs[0].lora.target_modules)
+        for modules in targets:
+            check_targets_match(names, modules)
 
 
 def _setup_device(config: JobConfig, runs: list[Run]) -> tuple[DeviceChoice, list[Run]]:

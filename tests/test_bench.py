@@ -64,8 +64,9 @@ def test_bench_writes_every_number_for_every_strategy(write_config, tmp_path: Pa
 def test_flop_count_follows_the_formula() -> None:
     # One batch of 8 x 25 tokens, 1,000 non-embedding parameters, 2 layers of width 4.
     attention = 2 * 2 * 2 * 8 * 25 * 25 * 4
-    assert step_flops([(8, 25)], 1000, 2, 4, full=True) == 6 * 1000 * 200 + 3 * attention
-    assert step_flops([(8, 25)], 1000, 2, 4, full=False) == 4 * 1000 * 200 + 2 * attention
+    assert step_flops([(8, 25)], 1000, 2, 4, passes=3) == 6 * 1000 * 200 + 3 * attention
+    assert step_flops([(8, 25)], 1000, 2, 4, passes=2) == 4 * 1000 * 200 + 2 * attention
+    assert step_flops([(8, 25)], 1000, 2, 4, passes=1) == 2 * 1000 * 200 + 1 * attention  # the head alone
 
 
 def test_eval_flops_count_the_last_layer_on_cls_only() -> None:

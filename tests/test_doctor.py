@@ -14,6 +14,7 @@ import job.training.loop
 from job.cli import main
 from job.doctor import all_reduce_check, driver_check, driver_version, precisions_to_try
 from job.training.device import DeviceChoice
+from job.training.strategies import STRATEGY_NAMES
 from tests.test_device_faults import INSUFFICIENT_DRIVER, raising
 
 
@@ -27,8 +28,8 @@ def test_on_this_cpu_every_check_passes_and_nothing_is_left_behind(tmp_path: Pat
     lines = result.output.splitlines()
     assert all(line.startswith("PASS  ") for line in lines[:-1]) and lines[-1] == "all checks passed"
     names = [line.split(":")[0][6:] for line in lines[:-1]]
-    assert names == ["paddle build", "devices", "lora step (fp32)", "full_finetune step (fp32)", "MKL", "threads",
-                     "matmul peak", "output_dir", "model cache"]  # fmt: skip
+    steps = [f"{name} step (fp32)" for name in STRATEGY_NAMES]  # every strategy of the registry
+    assert names == ["paddle build", "devices", *steps, "MKL", "threads", "matmul peak", "output_dir", "model cache"]
     assert "GFLOP/s" in lines[names.index("matmul peak")]
     assert not (tmp_path / "out").exists()  # the probe's folder is removed again
 

@@ -26,7 +26,9 @@ LAYERS = TINY_ERNIE["num_hidden_layers"]
 
 def planned(tiny_model: Path, strategy: str, **overrides) -> Run:
     """The first planned run of `strategy` for a config on the tiny model."""
-    config = validate_config({"model_name": str(tiny_model), "lora_r": 4, "lora_alpha": 8, **overrides})
+    config = validate_config(
+        {"model_name": str(tiny_model), "lora_r": 4, "lora_alpha": 8, "strategies": list(STRATEGIES), **overrides}
+    )
     return next(run for run in plan_runs(config) if run.strategy.name == strategy)
 
 

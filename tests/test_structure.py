@@ -51,27 +51,28 @@ def test_no_module_but_the_registry_writes_a_strategy_name() -> None:
 
 
 # A throw-away strategy, registered before the job's modules are imported, exactly as a new entry of
-# job.training.strategies.STRATEGIES would be: only the classifier head trains.
+# job.training.strategies.STRATEGIES would be: only the LayerNorm weights and the classifier head train.
 THIRD_STRATEGY = """
 import sys
 import job.training.strategies as registry
 from job.training.strategies import FullFinetune
 
-class HeadOnly(FullFinetune):
-    name = "head_only"
-    title = "head-only"
+class NormOnly(FullFinetune):
+    name = "norm_only"
+    title = "norm-only"
     is_baseline = False
-    trains_every_weight = False
+    in_default_plan = False
+    step_passes = 2
 
     def label(self, run):
-        return f"head_only (lr={run.learning_rate:g})"
+        return f"norm_only (lr={run.learning_rate:g})"
 
     def prepare(self, loaded, run):
         for name, parameter in loaded.model.named_parameters():
-            parameter.stop_gradient = name not in loaded.head_parameter_names
+            parameter.stop_gradient = not (name in loaded.head_parameter_names or "norm" in name)
         return loaded.model
 
-registry.STRATEGIES = {**registry.STRATEGIES, "head_only": HeadOnly()}
+registry.STRATEGIES = {**registry.STRATEGIES, "norm_only": NormOnly()}
 registry.STRATEGY_NAMES = tuple(registry.STRATEGIES)
 from job.cli import main
 main(sys.argv[1:], prog_name="job")
@@ -81,7 +82,7 @@ main(sys.argv[1:], prog_name="job")
 def test_a_strategy_added_to_the_registry_alone_gets_its_keys_runs_rows_and_records(
     write_config, tmp_path: Path
 ) -> None:
-    config = write_config(strategies=["lora", "head_only", "full_finetune"], head_only_learning_rate=0.01,
+    config = write_config(strategies=["lora", "norm_only", "full_finetune"], norm_only_learning_rate=0.01,
                           num_epochs=1, max_train_samples=64, max_eval_samples=32)  # fmt: skip
 
     def job(*args: str) -> subprocess.CompletedProcess:
@@ -90,16 +91,16 @@ def test_a_strategy_added_to_the_registry_alone_gets_its_keys_runs_rows_and_reco
 
     plan = job("plan", "--config", str(config))
     assert plan.returncode == 0, plan.stderr
-    assert " 1  head_only " in plan.stdout and "strategy=head_only lr=0.01 " in plan.stdout
+    assert " 1  norm_only " in plan.stdout and "strategy=norm_only lr=0.01 " in plan.stdout
     reference = job("config-reference")
-    assert "head_only_learning_rate" in reference.stdout and "head-only's own batch size" in reference.stdout
+    assert "norm_only_learning_rate" in reference.stdout and "norm-only's own batch size" in reference.stdout
     run = job("run", "--config", str(config))
     assert run.returncode == 0, run.stderr[-3000:]
     out = tmp_path / "out"
     combined = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    head_only = next(r for r in combined["runs"] if r["strategy"] == "head_only")
-    assert head_only["learning_rate"] == 0.01 and head_only["trainable_params"] < head_only["total_params"] / 10
-    assert [row["strategy"] for row in combined["headline"]] == ["lora", "full_finetune", "head_only"]  # registry order
+    norm_only = next(r for r in combined["runs"] if r["strategy"] == "norm_only")
+    assert norm_only["learning_rate"] == 0.01 and norm_only["trainable_params"] < norm_only["total_params"] / 10
+    assert [row["strategy"] for row in combined["headline"]] == ["lora", "full_finetune", "norm_only"]  # registry order
     assert combined["comparison"]["labels"].keys() == {"lora", "full_finetune"}  # the verdict: LoRA against full FT
     report = (out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
-    assert "| head_only (lr=0.01) |" in report
+    assert "| norm_only (lr=0.01) |" in report

@@ -1,6 +1,7 @@
-"""The run plan: the config expanded into fully resolved runs, one per (strategy, LoRA rank/alpha,
-learning rate, seed). Each run carries every setting it trains with, so nothing downstream reads a
-setting from the config by name. The CLI (array index), the runner, bench and the report all use it.
+"""The run plan: the config expanded into fully resolved runs, one per (strategy, LoRA shape, learning
+rate, seed), where a LoRA shape is its rank and alpha, target layers and LoRA options. Each run
+carries every setting it trains with, so nothing downstream reads a setting from the config by name.
+The CLI (array index), the runner, bench and the report all use it.
 
 Keys: a strategy with one run keeps its name (`lora`, `full_finetune`); a strategy with several runs
 spells every setting that defines a run, e.g. `lora_r16_a32_lr0.0005_s43`, `full_finetune_lr5e-05_s42`.
@@ -24,14 +25,15 @@ def plan_runs(config: JobConfig) -> list[Run]:
     learning rate and seed in the config's order. Array task i trains the i-th."""
     runs: list[Run] = []
     for name in config.strategies:
-        shapes = _lora_shapes(config) if STRATEGIES[name].uses_lora else [None]
+        options = STRATEGIES[name].adapter_options
+        shapes = _lora_shapes(config, options) if options is not None else [None]
         rates, seeds = config.learning_rates_for(name), config.seeds()
         several = len(shapes) * len(rates) * len(seeds) > 1
         for lora in shapes:
-            group = name if lora is None or len(shapes) == 1 else f"{name}_r{lora.r}_a{lora.alpha}"
+            shape = f"_r{lora.r}_a{lora.alpha}{lora.suffix()}" if lora is not None else ""
+            group = name if len(shapes) == 1 else f"{name}{shape}"
             for rate in rates:
                 for seed in seeds:
-                    shape = f"_r{lora.r}_a{lora.alpha}" if lora is not None else ""
                     key = f"{name}{shape}_lr{rate_text(rate)}_s{seed}" if several else name
                     runs.append(
                         Run(
@@ -51,10 +53,28 @@ def plan_runs(config: JobConfig) -> list[Run]:
     return runs
 
 
-def _lora_shapes(config: JobConfig) -> list[LoRASettings]:
+def _lora_shapes(config: JobConfig, options: tuple[str, ...]) -> list[LoRASettings]:
+    """Every adapter shape of a strategy: (rank, alpha) pairs by rank, then each target setting and each
+    LoRA option the strategy takes (`options`), each a list in the config's order."""
+    rslora = config.lora_option("rslora") if "rslora" in options else [False]
+    plus = config.lora_option("plus_ratio") if "plus_ratio" in options else [1.0]
+    pissa = config.lora_option("pissa") if "pissa" in options else [False]
     return [
-        LoRASettings(r=rank, alpha=alpha, dropout=config.lora_dropout, target_modules=tuple(config.lora_target_modules))
+        LoRASettings(
+            r=rank,
+            alpha=alpha,
+            dropout=config.lora_dropout,
+            target_modules=modules,
+            targets=targets,
+            rslora=scaled,
+            plus_ratio=float(ratio),
+            pissa=svd,
+        )
         for rank, alpha in sorted(config.lora_pairs())
+        for targets, modules in config.lora_target_choices()
+        for scaled in rslora
+        for ratio in plus
+        for svd in pissa
     ]
 
 

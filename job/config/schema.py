@@ -34,9 +34,10 @@ from job.errors import UserError
 from job.output.layout import RESERVED_NAMES
 from job.output.storage import output_dir_problem
 from job.training.device import PRECISIONS
-from job.training.strategies import STRATEGIES, STRATEGY_NAMES
+from job.training.strategies import DEFAULT_STRATEGIES, LORA_TARGET_PRESETS, STRATEGIES, STRATEGY_NAMES
 
 StrategyName = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]  # derived from the registry
+TargetPreset = Literal[tuple(LORA_TARGET_PRESETS)]  # type: ignore[valid-type]
 PositiveInt = Annotated[int, Field(ge=1)]
 MAX_SEED = 2**32 - 1  # Paddle's and NumPy's generators take seeds up to here
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
@@ -51,6 +52,9 @@ def own_key(strategy: str, setting: str) -> str:
 # Keys that take one value or a list; a list makes one run per value (the grid). No empty lists and no
 # repeated values: either would make runs that are not what the user meant.
 GRID_KEYS = ("seed", "learning_rate", *(own_key(name, "learning_rate") for name in STRATEGY_NAMES))
+
+# LoRA's options: each takes one value or a list (one headline row per value).
+LORA_OPTION_KEYS = ("lora_targets", "lora_rslora", "lora_plus_ratio", "lora_pissa")
 
 # Keys that do not change any strategy's numbers (where results go, which strategies run, how
 # often to log): they are left out of the config hash, so results of split runs can be merged.
@@ -145,13 +149,33 @@ class CommonConfig(BaseModel):
         description="dataset: own: every label, in class-id order (null: the sorted distinct labels of train, "
         "numerically when all are integers)",
     )
-    lora_target_modules: list[str] = Field(
-        [r".*\.self_attn\.q_proj", r".*\.self_attn\.v_proj"],
+    lora_targets: TargetPreset | list[TargetPreset] = Field(
+        "attention_qv",
+        description="the layers LoRA (and LoKr) wrap, by preset: attention_qv (the q and v projections) or "
+        "all_linear (q, k, v, out and both MLP projections of every layer); a list trains one row per preset",
+    )
+    lora_target_modules: list[str] | None = Field(
+        None,
         min_length=1,
-        description="regexes (full match) of the layers LoRA wraps",
+        description="regexes (full match) of the layers LoRA wraps, instead of a lora_targets preset",
+    )
+    lora_rslora: bool | list[bool] = Field(
+        False, description="rsLoRA: scale updates by alpha / sqrt(r) instead of alpha / r; [false, true] compares both"
+    )
+    lora_plus_ratio: Annotated[float, Field(gt=0)] | list[Annotated[float, Field(gt=0)]] = Field(
+        1.0,
+        description="LoRA+: B's learning rate is this many times A's (1: plain LoRA; the LoRA+ paper uses 16)",
+    )
+    lora_pissa: bool | list[bool] = Field(
+        False,
+        description="PiSSA: A and B start from the frozen weight's top-r singular vectors, which the weight then "
+        "leaves out (scale 1; alpha is not used); only the merged model is saved",
     )
     strategies: list[StrategyName] = Field(
-        list(STRATEGY_NAMES), min_length=1, description="strategies to run, in this order (default: every one)"
+        list(DEFAULT_STRATEGIES),
+        min_length=1,
+        description="strategies to run, in this order: lora, full_finetune (the default), and lokr, bitfit "
+        "(biases and head), head_only (the head alone: a linear probe)",
     )
     eval_batch_size: PositiveInt | Literal["auto"] = Field(
         "auto",
@@ -234,23 +258,35 @@ class CommonConfig(BaseModel):
             raise ValueError(f"lists {', '.join(duplicates)} more than once")
         return value
 
-    @field_validator("lora_r", "lora_alpha", *GRID_KEYS, check_fields=False)
+    @field_validator("lora_r", "lora_alpha", *GRID_KEYS, *LORA_OPTION_KEYS, check_fields=False)
     @classmethod
     def _non_empty_list(cls, value: Any) -> Any:
         if isinstance(value, list) and not value:
             raise ValueError("an empty list; give a number or a list of numbers")
         return value
 
-    @field_validator(*GRID_KEYS, check_fields=False)
+    @field_validator(*GRID_KEYS, *LORA_OPTION_KEYS, check_fields=False)
     @classmethod
     def _no_repeated_value(cls, value: Any) -> Any:
         if isinstance(value, list):  # counted once, not per item: 60,000 seeds took 30 s with list.count
             repeated = sorted(item for item, count in collections.Counter(value).items() if count > 1)
             if repeated:
-                raise ValueError(
-                    f"the list repeats {', '.join(f'{item:g}' for item in repeated)}; give each value once"
-                )
+                shown = ", ".join(f"{item:g}" if isinstance(item, float) else str(item) for item in repeated)
+                raise ValueError(f"the list repeats {shown}; give each value once")
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_name_targets(self) -> CommonConfig:
+        if True in _as_list(self.lora_rslora) and True in _as_list(self.lora_pissa):
+            raise ValueError(
+                "config keys 'lora_rslora' and 'lora_pissa': PiSSA's scale is 1, so rsLoRA would change nothing in "
+                "a run with both; sweep them in separate configs"
+            )
+        if self.lora_target_modules is not None and self.lora_targets != "attention_qv":
+            raise ValueError(
+                "config keys 'lora_targets' and 'lora_target_modules' both name LoRA's layers; give one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sweep_pairs(self) -> CommonConfig:
@@ -266,8 +302,8 @@ class CommonConfig(BaseModel):
 
     @field_validator("lora_target_modules")
     @classmethod
-    def _valid_regexes(cls, value: list[str]) -> list[str]:
-        for pattern in value:
+    def _valid_regexes(cls, value: list[str] | None) -> list[str] | None:
+        for pattern in value or []:
             try:
                 re.compile(pattern)
             except re.error as exc:
@@ -288,6 +324,16 @@ class CommonConfig(BaseModel):
             text_pair_column=self.text_pair_column, label_column=self.label_column,
             label_names=tuple(self.label_names) if self.label_names is not None else None,
         )  # fmt: skip
+
+    def lora_target_choices(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(preset, regexes) of each target setting: `lora_target_modules` when given, else each preset."""
+        if self.lora_target_modules is not None:
+            return [("custom", tuple(self.lora_target_modules))]
+        return [(preset, LORA_TARGET_PRESETS[preset]) for preset in _as_list(self.lora_targets)]
+
+    def lora_option(self, option: str) -> list[Any]:
+        """Every value of `lora_<option>` (rslora, plus_ratio, pissa), a sweep when it is a list."""
+        return _as_list(getattr(self, f"lora_{option}"))
 
     def seeds(self) -> list[int]:
         return _as_list(self.seed)
@@ -503,7 +549,7 @@ def check_against_model(config: JobConfig, model_limits: dict[str, int]) -> None
         )
     hidden = model_limits.get("hidden_size")
     largest = max(rank for rank, _ in config.lora_pairs())
-    if hidden and any(STRATEGIES[name].uses_lora for name in config.strategies) and largest > hidden:
+    if hidden and any(STRATEGIES[name].adapter_options for name in config.strategies) and largest > hidden:
         raise UserError(f"config key 'lora_r': {largest} is larger than the model's hidden size {hidden}")
 
 

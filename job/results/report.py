@@ -14,7 +14,7 @@ from job.output.layout import LOSS_PLOT, PARETO_PLOT
 from job.results.schema import Combined, HeadlineRow, RunFacts, RunResult, Stat
 from job.results.stats import mean_std
 from job.training.runs import rate_text
-from job.training.strategies import baseline, compared
+from job.training.strategies import STRATEGIES, baseline, compared
 
 SEED_MODEL, SEED_MODEL_TITLE = "ernie-3.0-medium-zh", "ERNIE 3.0 Medium"
 PER_CLASS_SHOWN = 10  # above twice this many classes, the per-class table shows the worst and best this many
@@ -25,6 +25,7 @@ RUN_COLUMNS = (
     "Seed", "Learning Rate", "Training Time (s)", "Dev Accuracy", "Dev Macro-F1", "Test Accuracy", "Test Macro-F1",
     "Dev Loss", "Test Loss",
 )  # fmt: skip
+FRONT_COLUMNS = ("Test Accuracy", "Trainable Params", "Training Time (s)", "Peak Memory (MB)", "Pareto")
 EFFICIENCY_COLUMNS = (
     "Samples/s", "Peak Memory (MB)", "Optimizer State (MB)", "Checkpoint Size (MB)", "Parameters Trained",
 )  # fmt: skip
@@ -38,6 +39,7 @@ def render_report(combined: Combined) -> str:
             *([rate_choice(rows)] if any(len(row.dev_accuracy_by_rate) > 1 for row in rows) else []),
             "### Every run\n\n" + runs_table(runs),
             "### Efficiency\n\n" + efficiency_table(rows, runs),
+            *(["### Accuracy against cost\n\n" + front_table(rows, runs)] if len(rows) > 2 else []),
             "### Test accuracy per class\n\n" + per_class_table(rows, run.data.label_set()),
             f"![Training loss per step]({LOSS_PLOT})\n\n![Test accuracy against trainable parameters and time]"
             f"({PARETO_PLOT})",
@@ -305,21 +307,82 @@ def observations(combined: Combined) -> list[str]:
     adapted, base = compared()[0].name, baseline().name
     lora = [row for row in rows if row.strategy == adapted]
     full = next((row for row in rows if row.strategy == base), None)
+    others = [row for row in rows if row.strategy != base]
     if full is not None:
-        for row in lora:
-            name = "LoRA" if len(lora) == 1 else row.label
+        for row in others:
+            alone = sum(other.strategy == row.strategy for other in others) == 1
+            name = STRATEGIES[row.strategy].title if alone else row.label
             lines.append(
                 f"{name} trained {row.trainable_params / full.trainable_params:.2%} as many parameters as full "
                 f"fine-tuning ({row.trainable_params:,} vs {full.trainable_params:,})."
             )
-    if combined.comparison is not None:
-        c = combined.comparison
-        chosen = f" ({c.labels[adapted]} against {c.labels[base]})" if len(lora) > 1 else ""
+    c = combined.comparison
+    if c is not None:
+        chosen = f" ({c.labels[adapted]} against {c.labels[base]})" if len(lora) > 1 or len(others) > 1 else ""
         lines.append(f"Verdict{chosen}: {c.verdict}")
-        if full is not None:
-            lines.append(_time_line(next(r for r in lora if r.label == c.labels[adapted]), full))
+    for other in combined.comparisons:
+        if c is None or other.group != c.group:
+            strategy = next(iter(other.labels))
+            lines.append(f"Verdict ({other.labels[strategy]} against {other.labels[base]}): {other.verdict}")
+    if c is not None and full is not None:
+        lines.append(_time_line(next(r for r in lora if r.group == c.group), full))
+    if len(rows) > 2:
+        lines.append(_front_line(rows, combined.runs))
     lines += _caveats(rows, combined)
     return lines
+
+
+def pareto_front(rows: Sequence[HeadlineRow], runs: Sequence[RunResult]) -> dict[str, list[str]]:
+    """Each row's group -> the rows that dominate it: at least as accurate on test (mean over seeds) and
+    no costlier in trainable parameters, training time and peak memory, better in at least one. An
+    empty list: the row is on the accuracy-cost front."""
+    by_key = {r.key: r for r in runs}
+
+    def point(row: HeadlineRow) -> tuple[float, ...]:
+        memory = max(by_key[key].peak_memory_mb for key in row.keys)
+        return (-row.test_accuracy.mean, row.trainable_params, row.training_seconds.mean, memory)
+
+    points = {row.group: point(row) for row in rows}
+    return {
+        row.group: [
+            other.group
+            for other in rows
+            if other.group != row.group
+            and all(a <= b for a, b in zip(points[other.group], points[row.group], strict=True))
+            and points[other.group] != points[row.group]
+        ]
+        for row in rows
+    }
+
+
+def front_table(rows: Sequence[HeadlineRow], runs: Sequence[RunResult]) -> str:
+    """The rows ranked by test accuracy, with their costs and whether another row dominates them."""
+    by_key = {r.key: r for r in runs}
+    dominated = pareto_front(rows, runs)
+    labels = {row.group: row.label for row in rows}
+    ranked = sorted(rows, key=lambda row: -row.test_accuracy.mean)
+    body = [
+        [row.label, cell(row.test_accuracy, 4), f"{row.trainable_params:,}", cell(row.training_seconds, 1),
+         f"{max(by_key[key].peak_memory_mb for key in row.keys):,.0f}",
+         "on the front" if not dominated[row.group] else "dominated by " + ", ".join(
+             labels[group] for group in dominated[row.group])]
+        for row in ranked
+    ]  # fmt: skip
+    note = (
+        "A row is dominated when another is at least as accurate on test and costs no more trainable "
+        "parameters, training time and peak memory (better in one); the rest form the accuracy-cost front."
+    )
+    return _table("Rank by test accuracy", FRONT_COLUMNS, body) + "\n\n" + note
+
+
+def _front_line(rows: Sequence[HeadlineRow], runs: Sequence[RunResult]) -> str:
+    dominated = pareto_front(rows, runs)
+    front = [row.label for row in rows if not dominated[row.group]]
+    beaten = [row.label for row in rows if dominated[row.group]]
+    return (
+        f"On the accuracy-cost front (test accuracy against trainable parameters, time and memory): "
+        f"{', '.join(front)}." + (f" Dominated: {', '.join(beaten)}." if beaten else " No row is dominated.")
+    )
 
 
 def _cost_line(row: HeadlineRow, run: RunFacts) -> str:

@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from job.config.schema import JobConfig, StrategyName
 from job.data.labels import Labels
 
-# 2: grid runs (seed, learning rate), predictions, macro-F1, comparison; 3: sample; 4: eval batch; 5: labels
+# 2: grid runs (seed, learning rate), predictions, macro-F1, comparison; 3: sample; 4: eval batch; 5: labels,
+# a comparison per row (Holm)
 SCHEMA_VERSION = 5
 
 
@@ -152,8 +153,10 @@ class HeadlineRow(Record):
 
 
 class Comparison(Record):
-    """The selected LoRA row against the selected full fine-tuning row, on the same test titles."""
+    """One headline row against the baseline's (full fine-tuning's) chosen row, on the same test titles."""
 
+    group: str  # the headline row compared
+    subject: str  # how the verdict names it: the strategy's title, or the row label in a sweep
     selected: dict[str, list[str]]  # strategy -> the run keys compared (one per seed)
     labels: dict[str, str]
     seeds: list[int]
@@ -163,8 +166,10 @@ class Comparison(Record):
     bootstrap_resamples: int
     bootstrap_seed: int
     mcnemar_p: dict[str, float]  # seed -> exact two-sided p
+    mcnemar_p_holm: dict[str, float]  # seed -> p Holm-adjusted across the rows compared (equal for one row)
+    compared_rows: int  # how many rows were compared with the baseline (the Holm family)
     discordant: dict[str, tuple[int, int]]  # seed -> (only LoRA right, only full fine-tuning right)
-    significant: bool  # the interval excludes 0 and McNemar p < 0.05 on most seeds
+    significant: bool  # the interval excludes 0 and the (Holm-adjusted) McNemar p < 0.05 on most seeds
     verdict: str
 
 
@@ -172,6 +177,7 @@ class Combined(Record):
     schema_version: Literal[5] = SCHEMA_VERSION
     run: RunFacts
     headline: list[HeadlineRow]
-    comparison: Comparison | None
+    comparison: Comparison | None  # the first compared strategy's (LoRA's) best row on dev
+    comparisons: list[Comparison] = Field(default_factory=list)  # every row compared with the baseline
     missing_runs: list[str] = Field(default_factory=list)  # planned but not (yet) in the folder
     runs: list[RunResult]

@@ -87,6 +87,19 @@ def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> tuple
     return binomial_two_sided(min(only_a, only_b), only_a + only_b), only_a, only_b
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (in their order): the i-th smallest is
+    multiplied by (m - i + 1), and the adjusted values are made non-decreasing in that order, capped at
+    1. Rejecting where the adjusted p < alpha keeps the family-wise error rate at alpha."""
+    m = len(p_values)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, index in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
 def binomial_two_sided(k: int, n: int) -> float:
     """P(X <= k or X >= n - k) for X ~ Binomial(n, 1/2), k <= n/2: twice the lower tail, capped at 1."""
     if n == 0:

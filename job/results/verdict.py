@@ -1,6 +1,7 @@
 """From runs to a verdict: pick each row's learning rate on dev (never on test), summarise its seeds,
-and compare the chosen LoRA row with the chosen full fine-tuning row on the same test titles with an
-exact McNemar test per seed and a paired-bootstrap interval of the accuracy difference."""
+and compare every other row with the chosen full fine-tuning row on the same test titles with an
+exact McNemar test per seed (Holm-adjusted across the rows compared) and a paired-bootstrap interval
+of the accuracy difference."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from job.results.stats import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     decode_classes,
+    holm,
     mcnemar_exact,
     mean_std,
     paired_bootstrap_ci,
 )
 from job.training.runs import rate_text
-from job.training.strategies import baseline, compared
+from job.training.strategies import STRATEGIES, baseline, compared
 
 
 def stat(values: Sequence[float]) -> Stat:
@@ -96,44 +98,91 @@ def best_row(rows: Sequence[HeadlineRow], strategy: str) -> HeadlineRow | None:
     return max(candidates, key=lambda row: row.dev_accuracy.mean) if candidates else None
 
 
-def compare(rows: Sequence[HeadlineRow], results: Sequence[RunResult], facts: RunFacts) -> Comparison | None:
-    """LoRA's chosen row against full fine-tuning's, seed by seed on the same test titles."""
-    adapted, base = compared()[0].name, baseline().name
-    lora, full = best_row(rows, adapted), best_row(rows, base)
+def comparisons(rows: Sequence[HeadlineRow], results: Sequence[RunResult], facts: RunFacts) -> list[Comparison]:
+    """Every row of a strategy other than the baseline against the baseline's chosen row, seed by seed
+    on the same test titles. With several rows compared, each seed's McNemar p-values are Holm-adjusted
+    across them, and significance reads the adjusted values (one row: the same as unadjusted)."""
+    base = best_row(rows, baseline().name)
     labels_text = facts.data.test.labels
-    if lora is None or full is None or not labels_text:
-        return None
-    by_key = {r.key: r for r in results}
-    lora_by_seed = {by_key[k].seed: by_key[k] for k in lora.keys}
-    full_by_seed = {by_key[k].seed: by_key[k] for k in full.keys}
-    seeds = [seed for seed in lora_by_seed if seed in full_by_seed]
-    if not seeds:
-        return None
+    if base is None or not labels_text:
+        return []
     gold = np.array(decode_classes(labels_text))
+    by_key = {r.key: r for r in results}
+    compared_rows = [row for row in rows if row.strategy != base.strategy]
+    pairs = [(row, _paired(row, base, by_key, gold)) for row in compared_rows]
+    pairs = [(row, paired) for row, paired in pairs if paired is not None]
+    raw = {row.group: {str(seed): mcnemar_exact(a, b) for seed, a, b in paired} for row, paired in pairs}
+    adjusted: dict[str, dict[str, float]] = {row.group: {} for row, _ in pairs}
+    for seed in dict.fromkeys(seed for tests in raw.values() for seed in tests):
+        family = [group for group, tests in raw.items() if seed in tests]
+        for group, p in zip(family, holm([raw[group][seed][0] for group in family]), strict=True):
+            adjusted[group][seed] = p
+    strategies = [row.strategy for row in compared_rows]
+    return [
+        _comparison(
+            row,
+            base,
+            paired,
+            raw[row.group],
+            adjusted[row.group],
+            len(pairs),
+            gold.size,
+            alone=strategies.count(row.strategy) == 1,
+        )
+        for row, paired in pairs
+    ]
+
+
+def _paired(
+    row: HeadlineRow, base: HeadlineRow, by_key: dict[str, RunResult], gold: np.ndarray
+) -> list[tuple[int, np.ndarray, np.ndarray]] | None:
+    """(seed, row correct, baseline correct) per title, for each seed both rows ran."""
+    mine = {by_key[k].seed: by_key[k] for k in row.keys}
+    theirs = {by_key[k].seed: by_key[k] for k in base.keys}
+    seeds = [seed for seed in mine if seed in theirs]
 
     def correct(run: RunResult) -> np.ndarray:
         return np.array(decode_classes(run.test.predictions)) == gold
 
-    lora_correct = np.array([correct(lora_by_seed[s]) for s in seeds])
-    full_correct = np.array([correct(full_by_seed[s]) for s in seeds])
-    tests = {str(s): mcnemar_exact(lc, fc) for s, lc, fc in zip(seeds, lora_correct, full_correct, strict=True)}
-    difference, low, high = paired_bootstrap_ci(lora_correct, full_correct, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
-    significant = (low > 0 or high < 0) and mcnemar_agrees([p for p, _, _ in tests.values()])
+    return [(seed, correct(mine[seed]), correct(theirs[seed])) for seed in seeds] or None
+
+
+def _comparison(
+    row: HeadlineRow, base: HeadlineRow, paired: list[tuple[int, np.ndarray, np.ndarray]],
+    tests: dict[str, tuple[float, int, int]], adjusted: dict[str, float], family: int, examples: int, alone: bool,
+) -> Comparison:  # fmt: skip
+    seeds = [seed for seed, _, _ in paired]
+    mine = np.array([a for _, a, _ in paired])
+    theirs = np.array([b for _, _, b in paired])
+    difference, low, high = paired_bootstrap_ci(mine, theirs, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
+    significant = (low > 0 or high < 0) and mcnemar_agrees(list(adjusted.values()))
+    keys = dict(zip(row.seeds, row.keys, strict=True))
+    base_keys = dict(zip(base.seeds, base.keys, strict=True))
     comparison = Comparison(
-        selected={adapted: [lora_by_seed[s].key for s in seeds], base: [full_by_seed[s].key for s in seeds]},
-        labels={adapted: lora.label, base: full.label},
+        group=row.group,
+        subject=STRATEGIES[row.strategy].title if alone else row.label,
+        selected={row.strategy: [keys[s] for s in seeds], base.strategy: [base_keys[s] for s in seeds]},
+        labels={row.strategy: row.label, base.strategy: base.label},
         seeds=seeds,
-        test_examples=int(gold.size),
+        test_examples=int(examples),
         accuracy_difference=difference,
         accuracy_difference_ci95=(low, high),
         bootstrap_resamples=BOOTSTRAP_RESAMPLES,
         bootstrap_seed=BOOTSTRAP_SEED,
         mcnemar_p={seed: p for seed, (p, _, _) in tests.items()},
-        discordant={seed: (only_lora, only_full) for seed, (_, only_lora, only_full) in tests.items()},
+        mcnemar_p_holm=adjusted,
+        compared_rows=family,
+        discordant={seed: (only_row, only_base) for seed, (_, only_row, only_base) in tests.items()},
         significant=significant,
         verdict="",
     )
     return comparison.model_copy(update={"verdict": verdict_sentence(comparison)})
+
+
+def primary(found: Sequence[Comparison], rows: Sequence[HeadlineRow]) -> Comparison | None:
+    """The comparison the report leads with: the first compared strategy's (LoRA's) best row on dev."""
+    row = best_row(rows, compared()[0].name)
+    return next((c for c in found if row is not None and c.group == row.group), None)
 
 
 def _signed_points(value: float) -> str:
@@ -154,6 +203,10 @@ def verdict_sentence(c: Comparison) -> str:
         mcnemar = f"McNemar p = {_p_value(next(iter(c.mcnemar_p.values())))}"
     else:
         mcnemar = "McNemar p = " + ", ".join(f"{_p_value(p)} (seed {seed})" for seed, p in c.mcnemar_p.items())
+    if c.compared_rows > 1:
+        mcnemar += f", Holm-adjusted over {c.compared_rows} rows " + ", ".join(
+            _p_value(p) for p in c.mcnemar_p_holm.values()
+        )
     evidence = (
         f"(95% CI {_signed_points(low)} to {_signed_points(high)} points; {mcnemar} on {c.test_examples} paired titles)"
     )
@@ -166,10 +219,10 @@ def verdict_sentence(c: Comparison) -> str:
     elif not c.significant:
         conclusion = "no significant difference at this sample size"
     elif gap < 0:
-        conclusion = "full fine-tuning is significantly better (the interval excludes zero)"
+        conclusion = f"{baseline().title} is significantly better (the interval excludes zero)"
     else:
-        conclusion = "LoRA is significantly better (the interval excludes zero)"
-    return f"LoRA is {amount}{direction} full fine-tuning {evidence}: {conclusion}."
+        conclusion = f"{c.subject} is significantly better (the interval excludes zero)"
+    return f"{c.subject} is {amount}{direction} {baseline().title} {evidence}: {conclusion}."
 
 
 def check_same_sample(results: Sequence[RunResult]) -> None:
@@ -196,10 +249,12 @@ def combine(records: Sequence[ResultRecord]) -> Combined:
     strategies = list(dict.fromkeys(result.strategy for result in results))
     facts = facts.model_copy(update={"config": facts.config.model_copy(update={"strategies": strategies})})
     rows = headline_rows(results)
+    found = comparisons(rows, results, facts)
     return Combined(
         run=facts,
         headline=rows,
-        comparison=compare(rows, results, facts),
+        comparison=primary(found, rows),
+        comparisons=found,
         missing_runs=[key for key in planned if key not in present],
         runs=results,
     )

@@ -22,10 +22,15 @@ class Strategy(Protocol):
     """What the plan, the loop, the verdict, the report and the bench ask of a strategy."""
 
     name: str
-    title: str  # how the config reference names it: "LoRA's own batch size"
-    uses_lora: bool  # its runs take a LoRA shape (rank, alpha), one headline row per shape
+    title: str  # how the report and the config reference name it: "LoRA", "LoRA's own batch size"
+    # Its runs take an adapter shape (rank, alpha, target layers) plus these LoRA options, one headline
+    # row per distinct shape; None: no adapter.
+    adapter_options: tuple[str, ...] | None
     is_baseline: bool  # the strategy every other one is compared with
-    trains_every_weight: bool  # its backward computes every weight's gradient (6 x params x tokens of FLOPs)
+    in_default_plan: bool  # runs when the config does not list `strategies`
+    # Passes over the encoder's matmuls a training step makes: 3 (forward, input and weight gradients),
+    # 2 (frozen weights still pass gradients down: LoRA, BitFit), 1 (forward only: the head alone trains).
+    step_passes: int
 
     def label(self, run: Run) -> str: ...
 
@@ -36,10 +41,31 @@ class Strategy(Protocol):
 
 @dataclass(frozen=True)
 class LoRASettings:
+    """An adapter's shape: rank, alpha, dropout and target layers, and LoRA's options (each default
+    is plain LoRA; LoKr reads the rank, alpha and targets only)."""
+
     r: int
     alpha: int
     dropout: float
     target_modules: tuple[str, ...]
+    targets: str = "attention_qv"  # the preset the target layers came from ("custom": lora_target_modules)
+    rslora: bool = False  # scale alpha / sqrt(r) instead of alpha / r
+    plus_ratio: float = 1.0  # LoRA+: B's learning rate is this many times the run's
+    pissa: bool = False  # A and B from the frozen weight's top-r SVD (the weight keeps the residual)
+
+    def suffix(self) -> str:
+        """What a key and a group add for the options that are not plain LoRA: `_all_rs_plus16_pissa`."""
+        parts = [self.targets if self.targets not in ("attention_qv", "custom") else "",
+                 "rs" if self.rslora else "", f"plus{self.plus_ratio:g}" if self.plus_ratio != 1 else "",
+                 "pissa" if self.pissa else ""]  # fmt: skip
+        return "".join(f"_{part}" for part in parts if part)
+
+    def options_text(self) -> str:
+        """The options in a row label: `, all linear, rsLoRA, LoRA+ B×16, PiSSA`; empty for plain LoRA."""
+        parts = [self.targets.replace("_", " ") if self.targets not in ("attention_qv", "custom") else "",
+                 "rsLoRA" if self.rslora else "", f"LoRA+ B×{self.plus_ratio:g}" if self.plus_ratio != 1 else "",
+                 "PiSSA" if self.pissa else ""]  # fmt: skip
+        return "".join(f", {part}" for part in parts if part)
 
 
 @dataclass(frozen=True)
@@ -68,7 +94,11 @@ class Run:
     def describe(self) -> str:
         """Every setting of the run on one line (`job plan`)."""
         s = self.settings
-        lora = f"r={self.lora.r} alpha={self.lora.alpha} dropout={self.lora.dropout:g} " if self.lora else ""
+        lora = (
+            f"r={self.lora.r} alpha={self.lora.alpha} dropout={self.lora.dropout:g}{self.lora.suffix()} "
+            if self.lora
+            else ""
+        )
         return (
             f"strategy={self.strategy.name} {lora}lr={s.learning_rate:g} seed={s.seed} batch_size={s.batch_size} "
             f"epochs={s.num_epochs} weight_decay={s.weight_decay:g} warmup_ratio={s.warmup_ratio:g} "

@@ -2,8 +2,9 @@
 (which parameters train), names its rows, and knows how to save what it trained; the training loop is
 shared (job/training/loop.py) and the run plan (job/config/plan.py) gives each run its settings.
 
-Adding a strategy: write a class with the attributes and methods of `job.training.runs.Strategy`, and add it
-to STRATEGIES. The config's `strategies` choices, the CLI's `--strategy` choices and the plan derive
+Adding a strategy: write a class with the attributes and methods of `job.training.runs.Strategy`, and
+add it to STRATEGIES (with `in_default_plan = False` it runs only when a config lists it in
+`strategies`). The config's `strategies` choices, the CLI's `--strategy` choices and the plan derive
 from STRATEGIES; `<name>_learning_rate` and `<name>_batch_size` config keys give it its own rate and
 batch size.
 """
@@ -11,6 +12,7 @@ batch size.
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +20,40 @@ from job.errors import UserError
 from job.training.model import LoadedModel
 from job.training.runs import Run, Strategy, rate_text
 
+# LoRA's target layers by preset (ERNIE's layer names); `lora_target_modules` gives regexes of its own.
+LORA_TARGET_PRESETS: dict[str, tuple[str, ...]] = {
+    "attention_qv": (r".*\.self_attn\.q_proj", r".*\.self_attn\.v_proj"),
+    # every linear layer of each encoder layer: q, k, v, out and both MLP projections ("LoRA Without Regret")
+    "all_linear": (r".*\.self_attn\.(q|k|v|out)_proj", r".*\.linear[12]"),
+}
+LORA_OPTIONS = ("targets", "rslora", "plus_ratio", "pissa")  # the config's lora_<option> keys
+
+
+def _head_trains(loaded: LoadedModel) -> list[str]:
+    """PEFT wrappers freeze everything but their adapters; the new classifier head must train too."""
+    return [re.escape(name) for name in loaded.head_parameter_names]
+
+
+def _save_whole(model: Any, tokenizer: Any, folder: Path) -> list[Path]:
+    target = folder / "model"
+    model.save_pretrained(str(target), safe_serialization=True)  # safetensors: loading runs no code
+    tokenizer.save_pretrained(str(target))
+    return [target]
+
 
 class LoRA:
     name = "lora"
     title = "LoRA"
-    uses_lora = True
+    adapter_options = LORA_OPTIONS
     is_baseline = False
-    trains_every_weight = False  # frozen weights: input gradients only (4 x params x tokens)
+    in_default_plan = True
+    step_passes = 2  # frozen weights: input gradients only
 
     def label(self, run: Run) -> str:
         assert run.lora is not None
         lora = run.lora
-        return f"lora (r={lora.r}, α={lora.alpha}, dropout={lora.dropout:g}, lr={rate_text(run.learning_rate)})"
+        return (f"lora (r={lora.r}, α={lora.alpha}, dropout={lora.dropout:g}{lora.options_text()}, "
+                f"lr={rate_text(run.learning_rate)})")  # fmt: skip
 
     def prepare(self, loaded: LoadedModel, run: Run) -> Any:
         from paddlenlp.peft import LoRAConfig, LoRAModel
@@ -41,31 +65,129 @@ class LoRA:
             lora_alpha=run.lora.alpha,
             lora_dropout=run.lora.dropout,
             target_modules=list(run.lora.target_modules),
-            # PaddleNLP freezes everything but the adapters; the new classifier head must train too.
-            trainable_modules=[re.escape(name) for name in loaded.head_parameter_names],
+            trainable_modules=_head_trains(loaded),
             merge_weights=False,
             tensor_parallel_degree=loaded.model.config.tensor_parallel_degree,
             base_model_name_or_path=loaded.source,  # the saved adapter says what it adapts
+            rslora=run.lora.rslora,  # scale alpha / sqrt(r)
+            lora_plus_scale=run.lora.plus_ratio,  # B's ParamAttr learning rate: AdamW scales B's rate by it
+            pissa=run.lora.pissa,  # A, B from the SVD at the first forward; the weight keeps the residual
         )
         return LoRAModel(loaded.model, lora_config)
 
     def save_artifacts(self, model: Any, tokenizer: Any, folder: Path) -> list[Path]:
         adapter, merged = folder / "adapter", folder / "merged"
-        model.save_pretrained(str(adapter))  # LoRA weights + trainable head + lora_config.json + config.json
-        tokenizer.save_pretrained(str(adapter))  # `job predict` reads any saved folder the same way
+        pissa = bool(model.lora_config.pissa)
+        if not pissa:  # PaddleNLP re-runs PiSSA's SVD at a reloaded adapter's first forward: only merged is usable
+            model.save_pretrained(str(adapter))  # LoRA weights + trainable head + lora_config.json + config.json
+            tokenizer.save_pretrained(str(adapter))  # `job predict` reads any saved folder the same way
         model.merge()  # fold B @ A * scale into the frozen weights, then drop the LoRA layers
         plain = model.restore_original_model()
         plain.save_pretrained(str(merged), safe_serialization=True)  # safetensors: loading runs no code
         tokenizer.save_pretrained(str(merged))
-        return [adapter, merged]
+        return [merged] if pissa else [adapter, merged]
+
+
+class LoKr:
+    """LoKr (LyCORIS): each target weight's update is a Kronecker product w1 ⊗ (w2_a @ w2_b), PaddleNLP's
+    LoKrModel over the LoRA targets, with `lora_r` as its dimension and a scale of 1."""
+
+    name = "lokr"
+    title = "LoKr"
+    adapter_options = ("targets",)
+    is_baseline = False
+    in_default_plan = False
+    step_passes = 2
+
+    def label(self, run: Run) -> str:
+        assert run.lora is not None
+        return f"lokr (dim={run.lora.r}{run.lora.options_text()}, lr={rate_text(run.learning_rate)})"
+
+    def prepare(self, loaded: LoadedModel, run: Run) -> Any:
+        from paddlenlp.peft import LoKrConfig, LoKrModel
+
+        assert run.lora is not None
+        check_targets_match([name for name, _ in loaded.model.named_sublayers()], run.lora.target_modules)
+        with tempfile.TemporaryDirectory() as scratch:
+            # LoKrModel reads its base's config from base_model_name_or_path (lokr_model.py, __init__): a
+            # model built in memory (job doctor's) has none on disk, so its own config is written there.
+            source = loaded.source or scratch
+            if not loaded.source:
+                loaded.model.config.save_pretrained(scratch)
+            config = LoKrConfig(
+                target_modules=list(run.lora.target_modules), trainable_modules=_head_trains(loaded),
+                lokr_dim=run.lora.r, lokr_alpha=0.0, base_model_name_or_path=source,
+            )  # fmt: skip
+            model = LoKrModel(loaded.model, config)
+        model.lokr_config.base_model_name_or_path = loaded.source
+        return model
+
+    def save_artifacts(self, model: Any, tokenizer: Any, folder: Path) -> list[Path]:
+        """The merged model. PaddleNLP 3.0.0b4's LoKrLinear.merge calls a `get_weight` it does not define
+        (lokr_layers.py), so the job folds each update in itself: W += get_adapter_weight(), the
+        (in, out) update the forward adds, scale included."""
+        from paddlenlp.peft.lokr.lokr_layers import LoKrLinear
+
+        for layer in model.model.sublayers():
+            if isinstance(layer, LoKrLinear) and not layer.merged:
+                layer.weight.set_value(layer.weight + layer.get_adapter_weight())
+                layer.merged = True
+        return _save_whole(model.restore_original_model(), tokenizer, folder)
+
+
+class BitFit:
+    """BitFit: only the biases (every layer's, LayerNorm's included) and the classifier head train."""
+
+    name = "bitfit"
+    title = "BitFit"
+    adapter_options = None
+    is_baseline = False
+    in_default_plan = False
+    step_passes = 2  # the embeddings' LayerNorm bias needs gradients all the way down
+
+    def label(self, run: Run) -> str:
+        return f"{self.name} (lr={rate_text(run.learning_rate)})"
+
+    def prepare(self, loaded: LoadedModel, run: Run) -> Any:
+        head = set(loaded.head_parameter_names)
+        for name, parameter in loaded.model.named_parameters():
+            parameter.stop_gradient = not (name in head or name.endswith(".bias"))
+        return loaded.model
+
+    def save_artifacts(self, model: Any, tokenizer: Any, folder: Path) -> list[Path]:
+        return _save_whole(model, tokenizer, folder)
+
+
+class HeadOnly:
+    """A linear probe: the encoder stays frozen and only the classifier head trains."""
+
+    name = "head_only"
+    title = "head only"
+    adapter_options = None
+    is_baseline = False
+    in_default_plan = False
+    step_passes = 1  # no gradient flows into the encoder
+
+    def label(self, run: Run) -> str:
+        return f"{self.name} (lr={rate_text(run.learning_rate)})"
+
+    def prepare(self, loaded: LoadedModel, run: Run) -> Any:
+        head = set(loaded.head_parameter_names)
+        for name, parameter in loaded.model.named_parameters():
+            parameter.stop_gradient = name not in head
+        return loaded.model
+
+    def save_artifacts(self, model: Any, tokenizer: Any, folder: Path) -> list[Path]:
+        return _save_whole(model, tokenizer, folder)
 
 
 class FullFinetune:
     name = "full_finetune"
-    title = "full FT"
-    uses_lora = False
+    title = "full fine-tuning"
+    adapter_options = None
     is_baseline = True
-    trains_every_weight = True
+    in_default_plan = True
+    step_passes = 3
 
     def label(self, run: Run) -> str:
         return f"{self.name} (lr={rate_text(run.learning_rate)})"
@@ -76,10 +198,14 @@ class FullFinetune:
         return loaded.model
 
     def save_artifacts(self, model: Any, tokenizer: Any, folder: Path) -> list[Path]:
-        target = folder / "model"
-        model.save_pretrained(str(target), safe_serialization=True)  # safetensors: loading runs no code
-        tokenizer.save_pretrained(str(target))
-        return [target]
+        return _save_whole(model, tokenizer, folder)
+
+
+# VeRA is left out: in PaddleNLP 3.0.0b4 its B starts at zero (vera_layers.py: vera_B
+# `default_initializer=nn.initializer.Constant(value=0.0)`) and stays frozen (mark_only_vera_as_trainable
+# trains only vera_b and vera_d), so the update A·diag(d)·B·diag(b) is zero and so are the gradients
+# of b and d: it cannot learn (tests/test_methods.py shows it); and restore_original_model raises
+# NotImplementedError at the first layer that is not a VeRALinear.
 
 
 def check_targets_match(names: list[str], patterns: tuple[str, ...] | list[str]) -> None:
@@ -94,8 +220,11 @@ def check_targets_match(names: list[str], patterns: tuple[str, ...] | list[str])
 
 
 # The one place strategy names are written; the order is the report's row order.
-STRATEGIES: dict[str, Strategy] = {strategy.name: strategy for strategy in (LoRA(), FullFinetune())}
+STRATEGIES: dict[str, Strategy] = {
+    strategy.name: strategy for strategy in (LoRA(), LoKr(), BitFit(), HeadOnly(), FullFinetune())
+}
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
+DEFAULT_STRATEGIES: tuple[str, ...] = tuple(name for name, s in STRATEGIES.items() if s.in_default_plan)
 
 
 def baseline() -> Strategy:

@@ -1,0 +1,314 @@
+"""Beyond one LoRA: the baselines (head only, BitFit), LoKr, LoRA's options (all linear layers, rsLoRA,
+LoRA+, PiSSA), each trained through the one loop on the tiny model; every compared row gets its own
+Holm-adjusted comparison, and the report ranks the rows on the accuracy-cost front."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from job.cli import main
+from job.config.plan import plan_runs
+from job.config.schema import validate_config
+from job.data.labels import TNEWS
+from job.results.stats import holm
+from job.training.model import count_parameters, load_model
+from job.training.strategies import STRATEGIES
+from tests.fixtures import TINY_ERNIE
+from tests.test_strategies import prepared
+
+HIDDEN, LAYERS, INTERMEDIATE = (
+    TINY_ERNIE["hidden_size"],
+    TINY_ERNIE["num_hidden_layers"],
+    TINY_ERNIE["intermediate_size"],
+)
+HEAD = HIDDEN * len(TNEWS) + len(TNEWS)  # the classifier: weight and bias
+METHODS = ["lora", "lokr", "bitfit", "head_only", "full_finetune"]
+
+
+def bias_elements(tiny_model: Path) -> int:
+    """Every bias of the encoder, counted from the architecture: embeddings LayerNorm; per layer the q,
+    k, v and out projections, both MLP projections and both LayerNorms; the pooler."""
+    per_layer = 4 * HIDDEN + INTERMEDIATE + HIDDEN + 2 * HIDDEN
+    return HIDDEN + LAYERS * per_layer + HIDDEN
+
+
+def test_head_only_trains_the_classifier_alone(tiny_model: Path) -> None:
+    model, _ = prepared(tiny_model, "head_only")
+    assert count_parameters(model)[0] == HEAD
+    assert {name for name, p in model.named_parameters() if not p.stop_gradient} == {
+        "classifier.weight", "classifier.bias"
+    }  # fmt: skip
+
+
+def test_bitfit_trains_every_bias_and_the_head(tiny_model: Path) -> None:
+    model, _ = prepared(tiny_model, "bitfit")
+    assert count_parameters(model)[0] == bias_elements(tiny_model) + HEAD
+    trained = [name for name, p in model.named_parameters() if not p.stop_gradient]
+    assert all(name.endswith(".bias") or name.startswith("classifier.") for name in trained)
+
+
+def test_lokr_trains_its_kronecker_factors_and_the_head(tiny_model: Path) -> None:
+    model, run = prepared(tiny_model, "lokr")
+    # A 32 x 32 weight factors as (4 x 8) ⊗ (4 x 8) (PaddleNLP's factorization of 32: 4, 8); at dim 4 the
+    # first factor w1 is a full 4 x 4 and the second (4 is not below 8 / 2) a full 8 x 8: 80 per layer.
+    per_target = 4 * 4 + 8 * 8
+    assert run.lora.r == 4 and count_parameters(model)[0] == 2 * LAYERS * per_target + HEAD
+
+
+def test_all_linear_wraps_exactly_the_six_projections_of_every_layer(tiny_model: Path) -> None:
+    from paddlenlp.peft.lora.lora_layers import LoRALinear
+
+    model, run = prepared(tiny_model, "lora", lora_targets="all_linear")
+    wrapped = sorted(name.removeprefix("model.") for name, layer in model.named_sublayers()
+                     if isinstance(layer, LoRALinear))  # fmt: skip
+    expected = sorted(
+        f"ernie.encoder.layers.{i}.{part}" for i in range(LAYERS)
+        for part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                     "linear1", "linear2")
+    )  # fmt: skip
+    assert wrapped == expected
+    r = run.lora.r
+    adapters = LAYERS * (4 * r * (HIDDEN + HIDDEN) + r * (HIDDEN + INTERMEDIATE) + r * (INTERMEDIATE + HIDDEN))
+    assert count_parameters(model)[0] == adapters + HEAD
+    assert run.label == "lora (r=4, α=8, dropout=0.1, all linear, lr=5e-05)"
+
+
+def test_rslora_scales_by_alpha_over_the_square_root_of_r(tiny_model: Path) -> None:
+    from paddlenlp.peft.lora.lora_layers import LoRALinear
+
+    for rslora, expected in ((False, 8 / 4), (True, 8 / math.sqrt(4))):
+        model, run = prepared(tiny_model, "lora", lora_rslora=rslora)
+        scales = {layer.scaling for layer in model.sublayers() if isinstance(layer, LoRALinear)}
+        assert scales == {expected} and run.lora.rslora is rslora
+
+
+def test_lora_plus_gives_b_its_ratio_of_the_learning_rate(tiny_model: Path) -> None:
+    """One AdamW step from the same weights and gradients: Adam's first update is the rate times
+    m / sqrt(v) = ±1 per element, so B moves `ratio` times as far and A as far as without LoRA+."""
+    import paddle
+
+    from job.training.loop import build_optimizer
+
+    def moved(ratio: float) -> tuple[float, float]:
+        model, run = prepared(tiny_model, "lora", lora_plus_ratio=ratio, weight_decay=0.0, warmup_ratio=0.0)
+        layer = model.model.ernie.encoder.layers[0].self_attn.q_proj
+        with paddle.no_grad():
+            layer.lora_B.set_value(paddle.full(layer.lora_B.shape, 0.01))  # so that A gets a gradient too
+        optimizer, _ = build_optimizer(model, run.settings, 10)
+        before_a, before_b = layer.lora_A.numpy().copy(), layer.lora_B.numpy().copy()
+        ids = paddle.to_tensor([[1, 8, 9, 10, 2]])
+        loss = paddle.nn.functional.cross_entropy(model(input_ids=ids), paddle.to_tensor([3]))
+        loss.backward()
+        optimizer.step()
+        return (float(np.abs(layer.lora_A.numpy() - before_a).max()),
+                float(np.abs(layer.lora_B.numpy() - before_b).max()))  # fmt: skip
+
+    plain_a, plain_b = moved(1.0)
+    plus_a, plus_b = moved(16.0)
+    assert plain_b > 0 and plain_a > 0  # the step moved both (no warm-up: the first rate is the peak)
+    assert plus_b == pytest.approx(16 * plain_b, rel=1e-3) and plus_a == pytest.approx(plain_a, rel=1e-3)
+
+
+def test_pissa_starts_from_the_top_singular_vectors_and_keeps_the_residual(tiny_model: Path) -> None:
+    import paddle
+    from paddlenlp.peft.lora.lora_layers import LoRALinear
+
+    paddle.seed(0)
+    original = load_model(str(tiny_model), len(TNEWS)).model.ernie.encoder.layers[0].self_attn.q_proj.weight.numpy()
+    model, run = prepared(tiny_model, "lora", lora_pissa=True)
+    layer = model.model.ernie.encoder.layers[0].self_attn.q_proj
+    assert isinstance(layer, LoRALinear) and layer.scaling == 1.0 and "PiSSA" in run.label
+    model.eval()
+    model(input_ids=paddle.to_tensor([[1, 8, 9, 2]]))  # PaddleNLP runs the SVD at the first forward
+    product = layer.lora_A.numpy() @ layer.lora_B.numpy()
+    u, s, vh = np.linalg.svd(original, full_matrices=False)
+    r = run.lora.r
+    np.testing.assert_allclose(product, (u[:, :r] * s[:r]) @ vh[:r], atol=1e-5)
+    np.testing.assert_allclose(layer.weight.numpy() + product, original, atol=1e-5)
+
+
+def test_paddlenlp_vera_cannot_learn_from_its_own_initialisation(tiny_model: Path) -> None:
+    """Why `vera` is not a strategy (README): PaddleNLP 3.0.0b4's VeRA starts B at zero and keeps it
+    frozen, so its trainable scaling vectors b and d get no gradient, ever."""
+    import paddle
+    from paddlenlp.peft import VeRAConfig, VeRAModel
+
+    paddle.seed(0)
+    loaded = load_model(str(tiny_model), len(TNEWS))
+    model = VeRAModel(loaded.model, VeRAConfig(r=4, target_modules=[r".*q_proj"], vera_alpha=4))
+    model.mark_only_vera_as_trainable()
+    trained = [(name, p) for name, p in model.named_parameters() if not p.stop_gradient]
+    assert trained and all("vera_b" in name or "vera_d" in name for name, _ in trained)
+    loss = paddle.nn.functional.cross_entropy(model(input_ids=paddle.to_tensor([[1, 8, 9, 2]])), paddle.to_tensor([1]))
+    loss.backward()
+    assert all(float(p.grad.abs().max()) == 0.0 for _, p in trained)
+    with pytest.raises(NotImplementedError):
+        model.restore_original_model()
+
+
+def test_holm_matches_a_worked_example() -> None:
+    # p = 0.01, 0.04, 0.03, 0.005 -> sorted 0.005, 0.01, 0.03, 0.04 x 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04
+    # -> made non-decreasing: 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.2]) == [0.2] and holm([0.6, 0.7]) == [1.0, 1.0]
+
+
+def test_the_options_sweep_as_their_own_rows_with_labels_that_say_them(tiny_model: Path) -> None:
+    config = validate_config({"model_name": str(tiny_model), "lora_rslora": [False, True], "lora_plus_ratio": [1, 16],
+                              "strategies": ["lora", "lokr"]})  # fmt: skip
+    runs = plan_runs(config)
+    lora = [run for run in runs if run.strategy.name == "lora"]
+    shapes = ("", "_plus16", "_rs", "_rs_plus16")
+    assert [run.key for run in lora] == [f"lora_r16_a32{shape}_lr5e-05_s42" for shape in shapes]
+    assert [run.label for run in lora][-1] == "lora (r=16, α=32, dropout=0.1, rsLoRA, LoRA+ B×16, lr=5e-05)"
+    assert [run.key for run in runs if run.strategy.name == "lokr"] == ["lokr"]  # LoKr takes no LoRA option
+    assert len({run.group for run in runs}) == 5
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"lora_targets": "all_linear", "lora_target_modules": [".*q_proj"]}, "both name LoRA's layers"),
+        ({"lora_rslora": [False, True], "lora_pissa": True}, "PiSSA's scale is 1"),
+        ({"lora_targets": "every_layer"}, "config key 'lora_targets'"),
+        ({"lora_plus_ratio": 0}, "config key 'lora_plus_ratio'"),
+        ({"lora_rslora": [True, True]}, "the list repeats True"),
+        ({"strategies": ["vera"]}, "config key 'strategies'"),
+    ],
+)
+def test_bad_method_keys_are_named(values: dict, fragment: str) -> None:
+    from job.errors import UserError
+
+    with pytest.raises(UserError) as caught:
+        validate_config(values)
+    assert fragment in str(caught.value)
+
+
+def test_every_method_trains_through_the_one_loop_and_gets_a_holm_adjusted_comparison(
+    tmp_path: Path, tiny_model: Path, tnews_dir: Path
+) -> None:
+    config = {
+        "model_name": str(tiny_model), "data_dir": str(tnews_dir), "max_seq_length": 32, "batch_size": 16,
+        "learning_rate": 5e-3, "lora_learning_rate": 2e-2, "lokr_learning_rate": 2e-2, "bitfit_learning_rate": 2e-2,
+        "head_only_learning_rate": 5e-2, "num_epochs": 2, "max_train_samples": 240, "max_eval_samples": 60,
+        "device": "cpu", "lora_r": 4, "lora_alpha": 8, "eval_batch_size": 32, "strategies": METHODS,
+        "output_dir": str(tmp_path / "out"), "save_artifacts": True,
+    }  # fmt: skip
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    rows = {row["strategy"]: row for row in results["headline"]}
+    assert list(rows) == METHODS  # one row per strategy, in the registry's order
+    assert rows["head_only"]["trainable_params"] == HEAD
+    assert rows["bitfit"]["trainable_params"] == bias_elements(tiny_model) + HEAD
+    assert rows["lora"]["trainable_params"] == 2 * LAYERS * 4 * (HIDDEN + HIDDEN) + HEAD
+    assert rows["lokr"]["trainable_params"] == 2 * LAYERS * 80 + HEAD
+    compared = results["comparisons"]
+    assert [c["group"] for c in compared] == ["lora", "lokr", "bitfit", "head_only"]
+    for c in compared:
+        assert c["compared_rows"] == 4 and set(c["selected"]) == {c["group"], "full_finetune"}
+        raw, adjusted = c["mcnemar_p"]["42"], c["mcnemar_p_holm"]["42"]
+        assert adjusted >= raw and adjusted == pytest.approx(holm([x["mcnemar_p"]["42"] for x in compared])[
+            compared.index(c)])  # fmt: skip
+        assert "Holm-adjusted over 4 rows" in c["verdict"]
+    assert results["comparison"] == compared[0]  # the verdict the report leads with: LoRA's
+    report = (out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+    assert "### Accuracy against cost" in report and "On the accuracy-cost front" in report
+    for strategy in ("LoKr", "BitFit", "head only"):
+        assert f"{strategy} trained " in report
+    assert report.count("Verdict") == 4
+    # each saved model reloads and predicts; LoKr's merged model gives its adapter's logits
+    for folder in ("lokr/model", "bitfit/model", "head_only/model"):
+        line = CliRunner(mix_stderr=False).invoke(main, ["predict", "--model", str(out / "artifacts" / folder), "天地"])
+        assert line.exit_code == 0 and json.loads(line.stdout)["label"] in TNEWS.names
+
+
+def test_lokr_merged_weights_give_the_adapters_logits(tiny_model: Path, tmp_path: Path) -> None:
+    import paddle
+    from paddlenlp.transformers import AutoModelForSequenceClassification
+
+    from job.training.model import load_tokenizer
+
+    model, _ = prepared(tiny_model, "lokr")
+    with paddle.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lokr_w1" in name:  # w1 starts at zero: give the update a value
+                parameter.set_value(paddle.full(parameter.shape, 0.05))
+    model.eval()
+    ids = paddle.to_tensor([[1, 8, 9, 10, 11, 2]])
+    expected = model(input_ids=ids).numpy()
+    (folder,) = STRATEGIES["lokr"].save_artifacts(model, load_tokenizer(str(tiny_model)), tmp_path)
+    merged = AutoModelForSequenceClassification.from_pretrained(str(folder))
+    merged.eval()
+    np.testing.assert_allclose(merged(input_ids=ids).numpy(), expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(expected, load_model(str(tiny_model), len(TNEWS)).model(input_ids=ids).numpy(), atol=1e-3)
+
+
+def test_a_pissa_run_saves_the_merged_model_only(tiny_model: Path, tmp_path: Path) -> None:
+    from job.training.model import load_tokenizer
+
+    model, _ = prepared(tiny_model, "lora", lora_pissa=True)
+    paths = STRATEGIES["lora"].save_artifacts(model, load_tokenizer(str(tiny_model)), tmp_path)
+    assert [p.name for p in paths] == ["merged"] and not (tmp_path / "adapter").exists()
+
+
+def test_a_method_left_out_of_strategies_is_not_planned() -> None:
+    names = [run.strategy.name for run in plan_runs(validate_config({}))]
+    assert names == ["lora", "full_finetune"]  # the seed's plan: the new methods run only when listed
+
+
+def test_a_difference_one_comparison_would_call_significant_is_not_once_holm_counts_every_row() -> None:
+    """Full FT right on titles 0-99 of 200; one LoRA row also on 100-119 but not on 0-7 (20 against 8
+    discordant titles: exact p = 0.036), another exactly as full FT (p = 1). Alone, the first row is
+    significant; compared together, its Holm-adjusted p is 0.071 and it is not."""
+    from job.results.verdict import combine
+    from tests.records import records, result
+
+    labels = [i % 15 for i in range(200)]
+    full = result("full_finetune", lr=5e-5, seed=1, dev_right=100, test_right=100, labels=labels)
+    better = result("lora", lr=5e-4, seed=1, dev_right=120, test_right=112, test_start=8, labels=labels, rank=4)
+    same = result("lora", lr=5e-4, seed=1, dev_right=110, test_right=100, labels=labels, rank=8)
+
+    alone = combine(records([better, full], labels)).comparisons
+    assert len(alone) == 1 and alone[0].mcnemar_p["1"] == pytest.approx(0.0357, abs=5e-4)
+    assert alone[0].significant and alone[0].mcnemar_p_holm == alone[0].mcnemar_p
+
+    together = combine(records([better, same, full], labels))
+    first = next(c for c in together.comparisons if c.group == "lora_r4_a8")
+    assert first.compared_rows == 2 and first.mcnemar_p_holm["1"] == pytest.approx(2 * first.mcnemar_p["1"])
+    assert not first.significant and "no firm difference" in first.verdict
+    assert together.comparison == first  # the best LoRA row on dev leads the report
+
+
+def test_a_row_is_dominated_only_by_one_as_accurate_and_no_costlier_on_every_measure() -> None:
+    from job.results.report import pareto_front
+    from job.results.verdict import headline_rows
+    from tests.records import result
+
+    labels = [i % 15 for i in range(100)]
+
+    def run(strategy: str, rank: int | None, right: int, trainable: int, seconds: float, memory: float):
+        r = result(strategy, lr=1e-3, seed=1, dev_right=50, test_right=right, labels=labels, rank=rank,
+                   trainable=trainable, seconds=seconds)  # fmt: skip
+        return r.model_copy(update={"peak_memory_mb": memory})
+
+    runs = [
+        run("lora", 4, 80, 1_000, 10.0, 900.0),  # the front: cheapest of the accurate ones
+        run("lora", 8, 78, 2_000, 12.0, 950.0),  # dominated by r=4 (r=16 is more accurate but has more parameters)
+        run("lora", 16, 90, 4_000, 14.0, 800.0),  # the front: most accurate
+        run("full_finetune", None, 85, 75_000, 30.0, 2_000.0),  # dominated by r=16
+        run("lora", 2, 60, 500, 9.0, 1_000.0),  # the front: fewest parameters, though least accurate
+    ]
+    dominated = pareto_front(headline_rows(runs), runs)
+    assert dominated == {"lora_r4_a8": [], "lora_r8_a16": ["lora_r4_a8"], "lora_r16_a32": [],
+                         "full_finetune": ["lora_r16_a32"], "lora_r2_a4": []}  # fmt: skip
