@@ -89,22 +89,34 @@ def _fix(exc: OSError, output_dir: str) -> str:
 
 
 def pending_runs(config: JobConfig, output: Output, runs: list[Run], force: bool) -> list[Run]:
-    """Runs still to train: a saved result of the same config hash counts as done (a rerun after a
-    preemption resumes), unless `force`. Every record is read and validated once, here: a corrupt or
-    foreign record stops the job now, not after training."""
+    """Runs still to train: a saved result of the same config hash and the same data sample counts as
+    done (a rerun after a preemption resumes), unless `force`. A record made on other data (the files
+    under data_dir, or the cache, changed since) is trained again. Every record is read and validated
+    once, here: a corrupt or foreign record stops the job now, not after training."""
     config_hash = config.config_hash()
     done = {
-        record.result.key: path
+        record.result.key: (path, record.result.sample)
         for path, record in read_records(output).items()
         if record.run.config_hash == config_hash
     }
+    sample = current_sample(config) if not force and any(run.key in done for run in runs) else None
     pending = []
     for run in runs:
-        if run.key in done and not force:
-            say(f"[{run.key}] already done for config {config_hash} ({done[run.key]}); skipping (--force recomputes)")
-        else:
-            pending.append(run)
+        path, saved = done.get(run.key, (None, None))
+        if path is not None and not force and saved == sample:
+            say(f"[{run.key}] already done for config {config_hash} ({path}); skipping (--force recomputes)")
+            continue
+        if path is not None and not force:
+            say(f"[{run.key}] {path} was made on other data (sample {saved}, now {sample}); training it again")
+        pending.append(run)
     return pending
+
+
+def current_sample(config: JobConfig) -> str:
+    """The identity of the rows (and files) this config trains on now (job.data.sources.Splits.identity)."""
+    use_mirror()
+    raw = read_source(config.data_spec())
+    return draw_samples(raw, config.max_train_samples, config.max_eval_samples, config.sample_seed()).identity()
 
 
 def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: list[str] | None = None) -> str | None:

@@ -69,3 +69,39 @@ def test_an_output_dir_too_long_for_the_files_below_it_exits_2_before_anything_r
 def test_a_name_too_long_is_permanent() -> None:
     error, code = io_failure(OSError(errno.ENAMETOOLONG, "File name too long"), "/some/where")
     assert code == 2 and "File name too long" in str(error)
+
+
+def test_a_resume_after_the_data_changed_trains_the_saved_run_again(
+    tmp_path: Path, tiny_model: Path, tnews_dir: Path
+) -> None:
+    """The same config, the same file names and row counts, one title edited between two runs: the
+    saved record was made on other data, so it is not skipped as done, and every record ends on the
+    new data's sample."""
+    import shutil
+
+    import yaml
+
+    data = tmp_path / "data"
+    shutil.copytree(tnews_dir, data)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "model_name": str(tiny_model), "data_dir": str(data), "max_seq_length": 32, "batch_size": 16,
+        "num_epochs": 1, "max_train_samples": 48, "max_eval_samples": 16, "device": "cpu", "lora_r": 4,
+        "lora_alpha": 8, "output_dir": str(tmp_path / "out"), "strategies": ["lora", "full_finetune"],
+    }), encoding="utf-8")  # fmt: skip
+    first = CliRunner().invoke(main, ["run", "--config", str(config), "--strategy", "lora"])
+    assert first.exit_code == 0, first.output
+    before = json.loads((tmp_path / "out" / "results" / "lora.json").read_text(encoding="utf-8"))["result"]["sample"]
+    again = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert again.exit_code == 0 and "[lora] already done" in again.output  # the same data: resumed
+
+    lines = (data / "dev.json").read_text(encoding="utf-8").splitlines()
+    record = json.loads(lines[0])
+    lines[0] = json.dumps({**record, "sentence": record["sentence"] + "改"}, ensure_ascii=False)
+    (data / "dev.json").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    changed = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert changed.exit_code == 0, changed.output
+    assert "[lora] " in changed.output and "was made on other data" in changed.output
+    combined = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
+    samples = {run["sample"] for run in combined["runs"]}
+    assert len(samples) == 1 and before not in samples

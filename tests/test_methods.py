@@ -312,3 +312,26 @@ def test_a_row_is_dominated_only_by_one_as_accurate_and_no_costlier_on_every_mea
     dominated = pareto_front(headline_rows(runs), runs)
     assert dominated == {"lora_r4_a8": [], "lora_r8_a16": ["lora_r4_a8"], "lora_r16_a32": [],
                          "full_finetune": ["lora_r16_a32"], "lora_r2_a4": []}  # fmt: skip
+
+
+def test_the_published_dev_accuracy_appears_beside_a_run_of_paddlenlps_protocol_only() -> None:
+    from job.results.report import render_report
+    from job.results.verdict import combine
+    from tests.records import records, result
+
+    labels = [i % 15 for i in range(200)]
+    runs = [result("lora", lr=5e-4, seed=1, dev_right=100, test_right=100, labels=labels),
+            result("full_finetune", lr=3e-5, seed=1, dev_right=114, test_right=110, labels=labels)]  # fmt: skip
+    seed_like = records(runs, labels)
+    assert "Published:" not in render_report(combine(seed_like))  # 512 training titles: not the protocol
+    config = seed_like[0].run.config.model_copy(update={"max_train_samples": None, "max_eval_samples": None})
+    full_size = [r.model_copy(update={"run": r.run.model_copy(update={"config": config})}) for r in seed_like]
+    report = render_report(combine(full_size))
+    assert (
+        "Published: PaddleNLP gives ERNIE 3.0 Medium 57.00% TNEWS dev accuracy with full fine-tuning, the best dev "
+        "score over its grid" in report
+    )
+    assert "Measured here: 57.00% dev accuracy (full_finetune (lr=3e-05), chosen on dev) on 200 dev titles" in report
+    other = config.model_copy(update={"model_name": "my-model"})
+    mine = [r.model_copy(update={"run": r.run.model_copy(update={"config": other})}) for r in seed_like]
+    assert "Published:" not in render_report(combine(mine))

@@ -37,7 +37,7 @@ def draw_samples(raw: RawSplits, max_train: int | None, max_eval: int | None, se
     for split in (train, dev, test):
         if not split.examples:
             raise UserError(f"the {split.name} split is empty after sampling ({split.source})")
-    return Splits(train=train, dev=dev, test=test)
+    return Splits(train=train, dev=dev, test=test, files=dict(raw.files))
 
 
 def _short(rows: Sequence[int], limit: int | None, key: str) -> str:

@@ -61,15 +61,19 @@ class Splits:
     train: Split
     dev: Split
     test: Split
+    files: dict[str, str] = field(default_factory=dict)  # the source's files and their checks (RawSplits.files)
 
     def all(self) -> list[Split]:
         return [self.train, self.dev, self.test]
 
     def identity(self) -> str:
-        """sha256 (16 hex digits) of the train, dev and test row numbers: runs with the same identity
-        trained and were scored on the same rows of the same files (the files' own hashes are recorded)."""
-        text = ";".join(f"{split.name}:{','.join(map(str, split.rows))}" for split in self.all())
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        """sha256 (16 hex digits) of the train, dev and test row numbers and of the files' checksums:
+        runs with the same identity trained and were scored on the same rows of the same files. Changed
+        data under the same file names (a refreshed folder between array tasks) gives another identity,
+        so its runs are never compared with the earlier ones."""
+        rows = ";".join(f"{split.name}:{','.join(map(str, split.rows))}" for split in self.all())
+        files = ";".join(f"{name}={check}" for name, check in sorted(self.files.items()))
+        return hashlib.sha256(f"{rows}|{files}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
