@@ -105,3 +105,17 @@ def test_a_resume_after_the_data_changed_trains_the_saved_run_again(
     combined = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
     samples = {run["sample"] for run in combined["runs"]}
     assert len(samples) == 1 and before not in samples
+
+
+def test_a_second_config_in_the_same_output_dir_is_refused_before_it_overwrites_a_record(
+    write_config, tmp_path: Path
+) -> None:
+    config = write_config(num_epochs=1, max_train_samples=48, max_eval_samples=16, strategies=["lora"])
+    assert CliRunner().invoke(main, ["run", "--config", str(config)]).exit_code == 0
+    record = tmp_path / "out" / "results" / "lora.json"
+    saved = record.read_bytes()
+    second = CliRunner().invoke(main, ["run", "--config", str(config), "--set", "seed=43"])
+    assert second.exit_code == 2, second.output
+    assert "holds results of another config: lora.json (config " in second.output and "--force" in second.output
+    assert record.read_bytes() == saved and json.loads(saved)["result"]["seed"] == 42  # nothing was overwritten
+    assert "[lora] step" not in second.output  # and nothing trained
