@@ -119,3 +119,39 @@ def test_a_second_config_in_the_same_output_dir_is_refused_before_it_overwrites_
     assert "holds results of another config: lora.json (config " in second.output and "--force" in second.output
     assert record.read_bytes() == saved and json.loads(saved)["result"]["seed"] == 42  # nothing was overwritten
     assert "[lora] step" not in second.output  # and nothing trained
+
+
+def test_a_record_another_config_saved_while_this_one_trained_is_not_overwritten(write_config, tmp_path: Path) -> None:
+    """Two configs started together into one folder: both pass the check at the start. The one that
+    saves second finds the other's record under its key and stops (exit 2) instead of replacing it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.fixtures import HOLD_AT_MARKER, ROOT
+
+    values = {"num_epochs": 1, "max_train_samples": 48, "max_eval_samples": 16, "strategies": ["lora"]}
+    other = write_config(**values, seed=43, output_dir=str(tmp_path / "other"))
+    assert CliRunner().invoke(main, ["run", "--config", str(other)]).exit_code == 0
+    foreign = (tmp_path / "other" / "results" / "lora.json").read_bytes()
+    config = write_config(**values)
+    go = tmp_path / "go"
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_AT_MARKER, "[lora] evaluating on dev and test", str(go), "run", "--config",
+         str(config)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert child.stderr is not None
+    seen = []
+    for line in child.stderr:
+        seen.append(line)
+        if "[lora] evaluating on dev and test" in line:
+            break
+    results = tmp_path / "out" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "lora.json").write_bytes(foreign)  # the other config's task saved first
+    go.touch()
+    log = "".join(seen) + child.communicate(timeout=300)[1]
+    assert child.returncode == 2, log[-3000:]
+    assert "holds results of another config: lora.json" in log
+    assert (results / "lora.json").read_bytes() == foreign
