@@ -35,6 +35,7 @@ def _head_trains(loaded: LoadedModel) -> list[str]:
 
 
 def _save_whole(model: Any, tokenizer: Any, folder: Path) -> list[Path]:
+    """The whole model under folder/model."""
     target = folder / "model"
     model.save_pretrained(str(target), safe_serialization=True)  # safetensors: loading runs no code
     tokenizer.save_pretrained(str(target))
@@ -135,70 +136,61 @@ class LoKr:
         return _save_whole(model.restore_original_model(), tokenizer, folder)
 
 
-class BitFit:
+class _OwnWeights:
+    """The strategies that train some of the model's own weights (no adapter); `trains` says which."""
+
+    adapter_options = None
+    is_baseline = False
+    in_default_plan = False
+    name: str
+
+    def trains(self, name: str, head: set[str]) -> bool:
+        raise NotImplementedError
+
+    def label(self, run: Run) -> str:
+        return f"{self.name} (lr={rate_text(run.learning_rate)})"
+
+    def prepare(self, loaded: LoadedModel, run: Run) -> Any:
+        head = set(loaded.head_parameter_names)
+        for name, parameter in loaded.model.named_parameters():
+            parameter.stop_gradient = not self.trains(name, head)
+        return loaded.model
+
+    def save_artifacts(self, model: Any, tokenizer: Any, folder: Path) -> list[Path]:
+        return _save_whole(model, tokenizer, folder)
+
+
+class BitFit(_OwnWeights):
     """BitFit: only the biases (every layer's, LayerNorm's included) and the classifier head train."""
 
     name = "bitfit"
     title = "BitFit"
-    adapter_options = None
-    is_baseline = False
-    in_default_plan = False
     step_passes = 2  # the embeddings' LayerNorm bias needs gradients all the way down
 
-    def label(self, run: Run) -> str:
-        return f"{self.name} (lr={rate_text(run.learning_rate)})"
-
-    def prepare(self, loaded: LoadedModel, run: Run) -> Any:
-        head = set(loaded.head_parameter_names)
-        for name, parameter in loaded.model.named_parameters():
-            parameter.stop_gradient = not (name in head or name.endswith(".bias"))
-        return loaded.model
-
-    def save_artifacts(self, model: Any, tokenizer: Any, folder: Path) -> list[Path]:
-        return _save_whole(model, tokenizer, folder)
+    def trains(self, name: str, head: set[str]) -> bool:
+        return name in head or name.endswith(".bias")
 
 
-class HeadOnly:
+class HeadOnly(_OwnWeights):
     """A linear probe: the encoder stays frozen and only the classifier head trains."""
 
     name = "head_only"
     title = "head only"
-    adapter_options = None
-    is_baseline = False
-    in_default_plan = False
     step_passes = 1  # no gradient flows into the encoder
 
-    def label(self, run: Run) -> str:
-        return f"{self.name} (lr={rate_text(run.learning_rate)})"
-
-    def prepare(self, loaded: LoadedModel, run: Run) -> Any:
-        head = set(loaded.head_parameter_names)
-        for name, parameter in loaded.model.named_parameters():
-            parameter.stop_gradient = name not in head
-        return loaded.model
-
-    def save_artifacts(self, model: Any, tokenizer: Any, folder: Path) -> list[Path]:
-        return _save_whole(model, tokenizer, folder)
+    def trains(self, name: str, head: set[str]) -> bool:
+        return name in head
 
 
-class FullFinetune:
+class FullFinetune(_OwnWeights):
     name = "full_finetune"
     title = "full fine-tuning"
-    adapter_options = None
     is_baseline = True
     in_default_plan = True
     step_passes = 3
 
-    def label(self, run: Run) -> str:
-        return f"{self.name} (lr={rate_text(run.learning_rate)})"
-
-    def prepare(self, loaded: LoadedModel, run: Run) -> Any:
-        for parameter in loaded.model.parameters():
-            parameter.stop_gradient = False
-        return loaded.model
-
-    def save_artifacts(self, model: Any, tokenizer: Any, folder: Path) -> list[Path]:
-        return _save_whole(model, tokenizer, folder)
+    def trains(self, name: str, head: set[str]) -> bool:
+        return True
 
 
 # VeRA is left out: in PaddleNLP 3.0.0b4 its B starts at zero (vera_layers.py: vera_B
