@@ -172,8 +172,37 @@ def test_out_of_memory_names_the_batch_size_to_try(write_config, tmp_path: Path)
         (lambda r: r["result"].pop("step_losses"), "field 'result.step_losses': Field required"),
         (lambda r: r["run"].update(config_hash=["not", "a", "hash"]), "field 'run.config_hash'"),
         (lambda r: r.pop("schema_version"), "result schema 1, this job reads 5"),
+        (
+            lambda r: r["result"]["test"].update(predictions=r["result"]["test"]["predictions"][1:]),
+            "field 'result.test.predictions' has 59 class ids for 60 examples",
+        ),
+        (
+            lambda r: r["result"]["dev"].update(predictions="!" + r["result"]["dev"]["predictions"][1:]),
+            "field 'result.dev.predictions' is not class ids in base 36",
+        ),
+        (
+            lambda r: r["result"]["test"].update(predictions="z" + r["result"]["test"]["predictions"][1:]),
+            "field 'result.test.predictions' holds class id 35, but the run has 15 labels",
+        ),
+        (
+            lambda r: r["run"]["data"]["test"].update(labels=r["run"]["data"]["test"]["labels"] + "0"),
+            "field 'run.data.test.labels' has 61 class ids for 60 examples",
+        ),
+        (
+            lambda r: r["result"]["dev"].update(per_class_accuracy=[0.5]),
+            "field 'result.dev.per_class_accuracy' has 1 entries for 15 labels",
+        ),
     ],
-    ids=["missing-field", "wrong-type", "older-schema"],
+    ids=[
+        "missing-field",
+        "wrong-type",
+        "older-schema",
+        "short-predictions",
+        "not-base-36",
+        "unknown-class",
+        "gold-of-another-length",
+        "per-class-of-another-length",
+    ],
 )
 def test_a_bad_result_record_exits_2_naming_file_and_field_before_training(
     write_config, tmp_path: Path, change, message: str

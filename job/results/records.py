@@ -12,6 +12,7 @@ from job.errors import UserError
 from job.output.layout import RESULTS_FOLDER
 from job.output.storage import Output
 from job.results.schema import SCHEMA_VERSION, ResultRecord, RunResult
+from job.results.stats import decode_classes
 from job.training.strategies import STRATEGY_NAMES
 
 
@@ -38,11 +39,46 @@ def read_record(name: str, content: bytes) -> ResultRecord:
             f"{SCHEMA_VERSION}); move it away or use another output_dir"
         )
     try:
-        return ResultRecord.model_validate_json(text)  # JSON mode: arrays are tuples, nothing else coerced
+        record = ResultRecord.model_validate_json(text)  # JSON mode: arrays are tuples, nothing else coerced
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"])
         raise UserError(f"{name} is not a result file of this job: field '{field}': {error['msg']}") from None
+    problem = inconsistency(record)
+    if problem:
+        raise UserError(f"{name} is not a result file of this job: {problem}")
+    return record
+
+
+def inconsistency(record: ResultRecord) -> str | None:
+    """What the schema cannot see: predictions and gold labels that are class ids of the record's own
+    labels, one per example of their split, and a per-class accuracy per label. None when it holds."""
+    classes = len(record.run.data.labels)
+    for split in ("dev", "test"):
+        measured = getattr(record.result, split)
+        gold = getattr(record.run.data, split)
+        for field, text, count in (
+            (f"result.{split}.predictions", measured.predictions, measured.examples),
+            (f"run.data.{split}.labels", gold.labels, gold.examples),
+        ):
+            if text is None:
+                continue
+            try:
+                ids = decode_classes(text)
+            except ValueError:
+                return f"field '{field}' is not class ids in base 36"
+            if len(ids) != count:
+                return f"field '{field}' has {len(ids)} class ids for {count} examples"
+            if ids and max(ids) >= classes:
+                return f"field '{field}' holds class id {max(ids)}, but the run has {classes} labels"
+        if measured.examples != gold.examples:
+            return (
+                f"field 'result.{split}.examples' is {measured.examples}, the run's {split} split has {gold.examples}"
+            )
+        if len(measured.per_class_accuracy) != classes:
+            entries = len(measured.per_class_accuracy)
+            return f"field 'result.{split}.per_class_accuracy' has {entries} entries for {classes} labels"
+    return None
 
 
 def read_records(output: Output) -> dict[str, ResultRecord]:
