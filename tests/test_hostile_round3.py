@@ -155,3 +155,26 @@ def test_a_record_another_config_saved_while_this_one_trained_is_not_overwritten
     assert child.returncode == 2, log[-3000:]
     assert "holds results of another config: lora.json" in log
     assert (results / "lora.json").read_bytes() == foreign
+
+
+def test_record_files_that_are_not_regular_files_or_too_large_exit_2_naming_them(tmp_path: Path) -> None:
+    import os
+
+    results = tmp_path / "out" / "results"
+
+    def planted(make) -> str:
+        if results.exists():
+            for entry in results.iterdir():
+                entry.rmdir() if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        results.mkdir(parents=True, exist_ok=True)
+        make(results / "x.json")
+        result = CliRunner().invoke(main, ["report", "--output-dir", str(tmp_path / "out")])
+        assert result.exit_code == 2, result.output
+        assert str(results / "x.json") in result.output and "Traceback" not in result.output
+        return result.output
+
+    assert "is a FIFO, not a result file" in planted(os.mkfifo)  # would block the merge under its lock
+    assert "is a symbolic link" in planted(lambda path: path.symlink_to("/dev/zero"))  # would fill memory
+    assert "is a folder" in planted(lambda path: path.mkdir()) or "not a result file" in planted(lambda p: p.mkdir())
+    big = planted(lambda path: os.truncate(path.open("wb").name, (64 << 20) + 1))  # sparse: no disk used
+    assert "larger than any result file" in big

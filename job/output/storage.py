@@ -126,6 +126,34 @@ def atomic_path(path: Path) -> Iterator[Path]:
         Path(temporary).unlink(missing_ok=True)
 
 
+RECORD_LIMIT = 64 << 20  # a record holds a run's predictions and step losses: about 1 MB at TNEWS's full size
+
+
+def read_record_file(path: Path) -> bytes:
+    """A record file's bytes: a regular file only, never through a link, at most RECORD_LIMIT bytes. A
+    FIFO would block the merge (under its lock), a link to /dev/zero would fill memory, a folder would
+    fail the same way on every retry: each is a UserError naming the file (exit 2)."""
+    import stat
+
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{path} is a symbolic link, not a result file: remove it") from None
+        if exc.errno in (errno.EISDIR, errno.ENOENT):
+            raise UserError(f"{path} is not a result file ({exc.strerror}): remove it") from None
+        raise RetryableError(f"could not read {path}: {exc.strerror}") from None
+    info = os.fstat(descriptor)  # before fdopen: Python's open refuses a folder with EISDIR
+    if not stat.S_ISREG(info.st_mode) or info.st_size > RECORD_LIMIT:
+        os.close(descriptor)
+        if stat.S_ISREG(info.st_mode):
+            raise UserError(f"{path} is {info.st_size:,} bytes, larger than any result file ({RECORD_LIMIT:,})")
+        kind = "folder" if stat.S_ISDIR(info.st_mode) else "FIFO" if stat.S_ISFIFO(info.st_mode) else "special file"
+        raise UserError(f"{path} is a {kind}, not a result file: remove it")
+    with os.fdopen(descriptor, "rb") as handle:
+        return handle.read(RECORD_LIMIT + 1)
+
+
 class LocalOutput(Output):
     lock_free = False
 
@@ -151,7 +179,7 @@ class LocalOutput(Output):
     def record_files(self) -> dict[str, bytes]:
         folder = self.root / RESULTS_FOLDER
         files = sorted(folder.glob("*.json")) if folder.is_dir() else []
-        return {str(file): file.read_bytes() for file in files}
+        return {str(file): read_record_file(file) for file in files}
 
     def write_text(self, name: str, text: str) -> str:
         write_atomic(self.root / name, text)
@@ -234,6 +262,10 @@ class ObjectOutput(Output):
     def record_files(self) -> dict[str, bytes]:
         with self.errors(self.where(RESULTS_FOLDER)):
             keys = sorted(self.fs.glob(self.key(f"{RESULTS_FOLDER}/*.json")))
+            for key in keys:  # never fetch an object larger than any record
+                size = self.fs.size(key)
+                if size is not None and size > RECORD_LIMIT:
+                    raise UserError(f"{self.scheme}://{key} is {size:,} bytes, larger than any result file: remove it")
             contents = self.fs.cat(keys) if keys else {}
         return {f"{self.scheme}://{key}": contents[key] for key in keys}
 
