@@ -95,8 +95,6 @@ def pending_runs(config: JobConfig, output: Output, runs: list[Run], force: bool
     once, here: a corrupt or foreign record stops the job now, not after training."""
     config_hash = config.config_hash()
     records = read_records(output)
-    if not force:
-        refuse_other_configs(output, records, config_hash)
     done = {
         record.result.key: (path, record.result.sample)
         for path, record in records.items()
@@ -113,23 +111,6 @@ def pending_runs(config: JobConfig, output: Output, runs: list[Run], force: bool
             say(f"[{run.key}] {path} was made on other data (sample {saved}, now {sample}); training it again")
         pending.append(run)
     return pending
-
-
-def refuse_other_configs(output: Output, records: dict[str, ResultRecord], config_hash: str) -> None:
-    """Records of another config in the output: a run of this one would overwrite those of the same key
-    (`lora.json` is `lora.json` whatever config wrote it) and mix its report with them. Exit 2 before
-    anything trains, naming them; `--force` trains into the folder anyway (the report then leaves the
-    other config's records out and names them)."""
-    foreign = {
-        path: record.run.config_hash for path, record in records.items() if record.run.config_hash != config_hash
-    }
-    if foreign:
-        listing = ", ".join(f"{path.rsplit('/', 1)[-1]} (config {other})" for path, other in list(foreign.items())[:3])
-        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-        raise UserError(
-            f"{output.where(RESULTS_FOLDER)} holds results of another config: {listing}{more}; this config "
-            f"({config_hash}) would overwrite them. Give it its own output_dir, or --force to train into this one"
-        )
 
 
 def current_sample(config: JobConfig) -> str:
@@ -150,7 +131,7 @@ def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: lis
     ranks = process_ranks() if pending else Ranks()
     if pending:
         try:
-            train_runs(config, output, pending, [run.key for run in plan], stop, ranks, force)
+            train_runs(config, output, pending, [run.key for run in plan], stop, ranks)
         except BaseException:  # bad data or model, a failed download: leave no empty output folder behind
             for folder in reversed(created):
                 with contextlib.suppress(OSError):
@@ -181,9 +162,8 @@ class Session:
 
 
 def train_runs(
-    config: JobConfig, output: Output, runs: list[Run], planned: list[str], stop: StopRequest, ranks: Ranks,
-    force: bool = False,
-) -> None:  # fmt: skip
+    config: JobConfig, output: Output, runs: list[Run], planned: list[str], stop: StopRequest, ranks: Ranks
+) -> None:
     """Train `runs` (pending runs of the plan whose keys are `planned`) and save each one's record."""
     session, runs = setup_session(config=config, output=output, runs=runs, planned=planned, stop=stop, ranks=ranks)
     for run in runs:
@@ -191,9 +171,6 @@ def train_runs(
         result = train_one(session, run)
         if result is None:  # not rank 0
             continue
-        if not force:  # a task of another config may have saved this key since the check at the start
-            refuse_other_configs(output, {k: r for k, r in read_records(output).items()
-                                          if r.result.key == run.key}, session.facts.config_hash)  # fmt: skip
         path = save_result(output, ResultRecord(run=session.facts, result=result))
         say(f"[{run.key}] saved {path}")
 

@@ -4,6 +4,7 @@ model carries its task's labels and text keys (job.data.labels), so it prints th
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -14,11 +15,12 @@ from job.data.batches import encode
 from job.data.labels import SAVED_TEXT_COLUMNS, Labels, saved_labels
 from job.data.sources import Example
 from job.data.textfiles import read_text
-from job.errors import UserError
+from job.errors import RetryableError, UserError
 from job.training.device_faults import raise_if_device_fault
 from job.training.model import classifier_of, looks_like_a_path
 
 ADAPTER_CONFIG = "lora_config.json"
+INPUT_LIMIT = 256 << 20  # texts to classify; `--input /dev/zero` ends here instead of filling memory
 SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
 
 
@@ -28,6 +30,7 @@ class SavedModel:
     tokenizer: Any
     labels: Labels
     text_columns: tuple[str, ...]  # the keys of a JSON input line: the text, and its pair for a pair task
+    max_positions: int | None = None  # the model's position limit: the longest --max-seq-length
 
     @property
     def is_pair(self) -> bool:
@@ -37,7 +40,7 @@ class SavedModel:
 def read_inputs(path: Path, text_columns: Sequence[str]) -> list[tuple[str, ...]]:
     """One text per line, or JSON lines with the model's text keys ({"sentence": ...}; a pair model:
     both of its keys). Blank lines are skipped."""
-    text = read_text(path, "--input")
+    text = read_text(path, "--input", limit=INPUT_LIMIT)
     rows = [_row(line, path, number, text_columns)
             for number, line in enumerate(text.splitlines(), start=1) if line.strip()]  # fmt: skip
     if not rows:
@@ -69,6 +72,8 @@ def _row(line: str, path: Path, number: int, text_columns: Sequence[str]) -> tup
 
 def load_saved_model(folder: Path) -> SavedModel:
     """The classifier saved in `folder`, with its tokenizer and labels. Exit-2 errors name the folder."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--model {folder} is a file; give the model's folder (a folder under artifacts/)")
     if not folder.is_dir():
         raise UserError(f"model folder {folder} does not exist")
     if not (folder / "config.json").is_file():
@@ -90,7 +95,8 @@ def load_saved_model(folder: Path) -> SavedModel:
     if outputs != len(labels):
         raise UserError(f"{folder}: the classifier has {outputs} outputs but the model names {len(labels)} labels")
     columns = tuple(getattr(saved_config, SAVED_TEXT_COLUMNS, None) or ("sentence",))
-    return SavedModel(model, tokenizer, labels, columns)
+    positions = getattr(classifier_of(model).config, "max_position_embeddings", None)
+    return SavedModel(model, tokenizer, labels, columns, positions)
 
 
 def _labels_of(config: Any, folder: Path) -> Labels:
@@ -117,14 +123,31 @@ def _adapter(folder: Path, saved_config: Any, classes: int) -> Any:
         raise UserError(f"adapter {folder} does not name its base model (lora_config.json base_model_name_or_path)")
     if looks_like_a_path(base) and not Path(base).is_dir():
         raise UserError(f"adapter {folder} adapts {base}, which does not exist here")
-    base_config = AutoConfig.from_pretrained(base)
+    with _base_errors(folder, base):
+        base_config = AutoConfig.from_pretrained(base)
     differ = [f"{key} {getattr(base_config, key, None)} (the adapter's: {getattr(saved_config, key, None)})"
               for key in SHAPE_KEYS if getattr(base_config, key, None) != getattr(saved_config, key, None)]  # fmt: skip
     if differ:
         raise UserError(f"adapter {folder} was trained on another base than {base}: {'; '.join(differ)}")
-    # the base's own head (if any) may have another size: the adapter folder holds the trained head
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_classes=classes, ignore_mismatched_sizes=True)
+    with _base_errors(folder, base):
+        # the base's own head (if any) may have another size: the adapter folder holds the trained head
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base, num_classes=classes, ignore_mismatched_sizes=True
+        )
     return LoRAModel.from_pretrained(model, str(folder))
+
+
+@contextlib.contextmanager
+def _base_errors(folder: Path, base: str) -> Iterator[None]:
+    """A local base that cannot be loaded is the user's to fix (2); a base from PaddleNLP's store that
+    does not arrive is a download to retry (75)."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        raise_if_device_fault(exc)
+        if looks_like_a_path(base):
+            raise UserError(f"adapter {folder}: its base {base} cannot be loaded: {exc}") from None
+        raise RetryableError(f"could not download the base model '{base}' of adapter {folder}: {exc}") from None
 
 
 def predictions(
@@ -134,6 +157,8 @@ def predictions(
     where the task has one (TNEWS: label_desc), and the probability."""
     from job.training.evaluate import predict
 
+    if saved.max_positions and max_seq_length > saved.max_positions:
+        raise UserError(f"--max-seq-length {max_seq_length} is above the model's limit of {saved.max_positions}")
     examples = [Example(text=texts[0], label=0, text_pair=texts[1] if saved.is_pair else None) for texts in inputs]
     rows = encode(examples, saved.tokenizer, max_seq_length)
     descriptions = saved.labels.descriptions

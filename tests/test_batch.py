@@ -161,5 +161,9 @@ def test_a_rerun_with_a_changed_setting_retrains_and_shows_it(write_config, tmp_
     assert "[lora] saved" in changed.output and "[full_finetune] saved" in changed.output
     report = (tmp_path / "out" / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
     assert "| lora (r=2, α=8, dropout=0.1, lr=0.005) |" in report and "r=4" not in report
-    record = json.loads((tmp_path / "out" / "results" / "lora.json").read_text(encoding="utf-8"))
-    assert record["result"]["lora_r"] == 2
+    results = tmp_path / "out" / "results"
+    first_record = json.loads((results / "lora.json").read_text(encoding="utf-8"))  # kept: nothing is lost
+    (second,) = results.glob("lora.*.json")  # the changed config's record, named with its config hash
+    record = json.loads(second.read_text(encoding="utf-8"))
+    assert first_record["result"]["lora_r"] == 4 and record["result"]["lora_r"] == 2
+    assert second.name == f"lora.{record['run']['config_hash']}.json"

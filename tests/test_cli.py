@@ -173,10 +173,7 @@ def test_merging_results_of_separate_strategy_runs(write_config, tmp_path: Path)
 
 def test_results_of_another_config_are_not_merged(write_config, tmp_path: Path) -> None:
     assert CliRunner().invoke(main, ["run", "--config", str(write_config()), "--strategy", "lora"]).exit_code == 0
-    args = ["run", "--config", str(write_config(seed=7)), "--strategy", "full_finetune"]
-    refused = CliRunner().invoke(main, args)  # without --force a second config is refused: see test_hostile_round3
-    assert refused.exit_code == 2 and "holds results of another config: lora.json" in refused.output
-    other = CliRunner().invoke(main, [*args, "--force"])
+    other = CliRunner().invoke(main, ["run", "--config", str(write_config(seed=7)), "--strategy", "full_finetune"])
     assert other.exit_code == 0, other.output
     assert "lora.json: it comes from another config" in other.output
     report = (tmp_path / "out" / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")

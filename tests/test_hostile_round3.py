@@ -107,23 +107,26 @@ def test_a_resume_after_the_data_changed_trains_the_saved_run_again(
     assert len(samples) == 1 and before not in samples
 
 
-def test_a_second_config_in_the_same_output_dir_is_refused_before_it_overwrites_a_record(
-    write_config, tmp_path: Path
-) -> None:
+def test_a_second_config_in_the_same_output_dir_keeps_the_first_ones_records(write_config, tmp_path: Path) -> None:
     config = write_config(num_epochs=1, max_train_samples=48, max_eval_samples=16, strategies=["lora"])
     assert CliRunner().invoke(main, ["run", "--config", str(config)]).exit_code == 0
-    record = tmp_path / "out" / "results" / "lora.json"
-    saved = record.read_bytes()
+    results = tmp_path / "out" / "results"
+    saved = (results / "lora.json").read_bytes()
     second = CliRunner().invoke(main, ["run", "--config", str(config), "--set", "seed=43"])
-    assert second.exit_code == 2, second.output
-    assert "holds results of another config: lora.json (config " in second.output and "--force" in second.output
-    assert record.read_bytes() == saved and json.loads(saved)["result"]["seed"] == 42  # nothing was overwritten
-    assert "[lora] step" not in second.output  # and nothing trained
+    assert second.exit_code == 0, second.output
+    assert (results / "lora.json").read_bytes() == saved and json.loads(saved)["result"]["seed"] == 42
+    (other,) = results.glob("lora.*.json")
+    assert json.loads(other.read_text(encoding="utf-8"))["result"]["seed"] == 43
+    assert f"ignoring {results / 'lora.json'}: it comes from another config" in second.output
+    combined = json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
+    assert [run["seed"] for run in combined["runs"]] == [43]  # the report of the config that ran last
+    again = CliRunner().invoke(main, ["run", "--config", str(config), "--set", "seed=43"])
+    assert again.exit_code == 0 and "[lora] already done" in again.output  # found by its content
 
 
 def test_a_record_another_config_saved_while_this_one_trained_is_not_overwritten(write_config, tmp_path: Path) -> None:
-    """Two configs started together into one folder: both pass the check at the start. The one that
-    saves second finds the other's record under its key and stops (exit 2) instead of replacing it."""
+    """Two configs started together into one folder: the one that saves second finds the other's
+    record under its key and saves its own beside it, named with its config hash."""
     import os
     import subprocess
     import sys
@@ -152,9 +155,10 @@ def test_a_record_another_config_saved_while_this_one_trained_is_not_overwritten
     (results / "lora.json").write_bytes(foreign)  # the other config's task saved first
     go.touch()
     log = "".join(seen) + child.communicate(timeout=300)[1]
-    assert child.returncode == 2, log[-3000:]
-    assert "holds results of another config: lora.json" in log
+    assert child.returncode == 0, log[-3000:]
     assert (results / "lora.json").read_bytes() == foreign
+    (mine,) = results.glob("lora.*.json")
+    assert json.loads(mine.read_text(encoding="utf-8"))["result"]["seed"] == 42
 
 
 def test_record_files_that_are_not_regular_files_or_too_large_exit_2_naming_them(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from job.cli import main
 from job.data.labels import TNEWS_LABEL_DESC, TNEWS_LABELS
-from tests.fixtures import keywords_for, make_sentence, run_tiny
+from tests.fixtures import keywords_for, make_sentence, original_paddlenlp_urls, run_tiny
 
 FOLDERS = ("lora/adapter", "lora/merged", "full_finetune/model")
 
@@ -206,3 +206,64 @@ def test_an_adapter_whose_base_is_gone_exits_2_naming_it(trained: Path, tmp_path
     result = CliRunner().invoke(main, ["predict", "--model", str(adapter), "天地玄"])
     assert result.exit_code == 2, result.output
     assert f"adapter {adapter} adapts {tmp_path / 'moved-away'}, which does not exist here" in result.output
+
+
+def test_predicts_other_bad_inputs_exit_2_naming_them(trained: Path, tmp_path: Path) -> None:
+    afile = tmp_path / "model.txt"
+    afile.write_text("x", encoding="utf-8")
+    cases = [
+        (["--model", str(afile), "x"], f"--model {afile} is a file; give the model's folder"),
+        ([*merged(trained), "--input", "/dev/zero"], "--input /dev/zero is larger than 268,435,456 bytes"),
+        (
+            [*merged(trained), "--max-seq-length", "1000", "x"],
+            "--max-seq-length 1000 is above the model's limit of 128",
+        ),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(main, ["predict", "--device", "cpu", *args])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+
+
+def test_an_adapter_on_a_base_of_another_shape_is_refused_naming_the_base(trained: Path, tmp_path: Path) -> None:
+    """PaddleNLP would skip every tensor that does not fit and predict with a random head."""
+    import shutil
+
+    from paddlenlp.transformers import ErnieConfig, ErnieModel
+
+    from tests.fixtures import TINY_ERNIE, write_vocab
+
+    wider = tmp_path / "wider"
+    wider.mkdir()
+    vocab = write_vocab(wider / "vocab.txt")
+    ErnieModel(ErnieConfig(**{**TINY_ERNIE, "hidden_size": 48, "intermediate_size": 96,
+                              "vocab_size": len(vocab.read_text().split())})).save_pretrained(str(wider))  # fmt: skip
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained / "lora" / "adapter", adapter)
+    settings = json.loads((adapter / "lora_config.json").read_text(encoding="utf-8"))
+    (adapter / "lora_config.json").write_text(json.dumps({**settings, "base_model_name_or_path": str(wider)}))
+    result = CliRunner().invoke(main, ["predict", "--model", str(adapter), "--device", "cpu", "天地"])
+    assert result.exit_code == 2, result.output
+    assert f"adapter {adapter} was trained on another base than {wider}: hidden_size 48 (the adapter's: 32)" in (
+        result.output
+    )
+
+
+def test_an_adapter_whose_base_does_not_download_exits_75(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from tests.test_download_failures import community_store_at, refused_endpoint
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained / "lora" / "adapter", adapter)
+    settings = json.loads((adapter / "lora_config.json").read_text(encoding="utf-8"))
+    (adapter / "lora_config.json").write_text(json.dumps({**settings, "base_model_name_or_path": "ernie-hub-x"}))
+    endpoint = refused_endpoint()  # nothing listens: the base's config cannot arrive
+    community_store_at(endpoint, monkeypatch)
+    monkeypatch.setenv("PPNLP_ENDPOINT", endpoint)
+    with original_paddlenlp_urls():  # predict points PaddleNLP's model URLs at the mirror, in place
+        result = CliRunner().invoke(main, ["predict", "--model", str(adapter), "--device", "cpu", "天地"])
+    assert result.exit_code == 75, result.output
+    assert f"could not download the base model 'ernie-hub-x' of adapter {adapter}" in result.output

@@ -21,7 +21,27 @@ def result_name(key: str) -> str:
 
 
 def save_result(output: Output, record: ResultRecord) -> str:
-    return output.write_text(result_name(record.result.key), record.model_dump_json(indent=2) + "\n")
+    """results/<key>.json, unless a record of another config holds that name: then
+    results/<key>.<config hash>.json beside it, so a second config in the same output_dir never
+    replaces the first one's records (the merge reads every record by its content, and leaves out
+    those of another config, naming them). The check and the write happen under the merge lock, so
+    two configs saving the same key at once do not race (a local folder; object storage has no lock)."""
+    text = record.model_dump_json(indent=2) + "\n"
+    with output.merge_lock():
+        name = result_name(record.result.key)
+        held = output.record_files().get(output.where(name))
+        if held is not None and _config_of(held) not in (None, record.run.config_hash):
+            name = f"{RESULTS_FOLDER}/{record.result.key}.{record.run.config_hash}.json"
+        return output.write_text(name, text)
+
+
+def _config_of(content: bytes) -> str | None:
+    """The config hash a record file names, or None when it names none (not a record: replaced)."""
+    try:
+        data = json.loads(content)
+        return str(data["run"]["config_hash"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def read_record(name: str, content: bytes) -> ResultRecord:
