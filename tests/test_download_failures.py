@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,3 +128,72 @@ def test_a_community_model_whose_tokenizer_cannot_be_fetched_exits_75(
     code, output = run_against(endpoint, write_config(model_name="ernie-community-x"), monkeypatch)
     assert code == 75, output
     assert "could not load the tokenizer of 'ernie-community-x'" in output
+
+
+class Trickle(http.server.BaseHTTPRequestHandler):
+    """Promises a megabyte and sends it a byte at a time, slower than any useful mirror."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(1 << 20))
+        self.end_headers()
+        try:
+            for _ in range(1 << 20):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.05)
+        except OSError:  # the job hung up
+            pass
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_mirror_that_trickles_bytes_exits_75_at_the_minimum_rate(write_config, monkeypatch) -> None:
+    """A byte every 50 ms never trips the read timeout; the rate check ends it (here after 1 s, at
+    1 KiB/s; the job's own are 60 s and 32 KiB/s)."""
+    import job.data.download as download
+
+    monkeypatch.setattr(download, "RATE_GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(download, "MIN_RATE", 1024)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_port}"
+        started = time.monotonic()
+        code, output = run_against(endpoint, write_config(data_dir=None), monkeypatch)
+        assert code == 75, output
+        assert f"could not download {endpoint}/datasets/tnews_public.zip" in output
+        assert "below the minimum rate of 1 KiB/s; the mirror is too slow" in output
+        assert time.monotonic() - started < 20  # the grace period and a margin, not the read timeout
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_archive_member_larger_than_any_clue_file_is_refused_before_it_is_written(
+    write_config, monkeypatch, tmp_path: Path
+) -> None:
+    import zipfile
+
+    import job.data.download as download
+    from tests.fixtures import serve
+
+    monkeypatch.setattr(download, "MEMBER_LIMIT", 1 << 20)  # the job's own is 1 GiB
+    store = tmp_path / "store" / "datasets"
+    store.mkdir(parents=True)
+    with zipfile.ZipFile(store / "tnews_public.zip", "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("tnews_public/train.json", b"\0" * (2 << 20))  # 2 MiB of zeros: a few KB zipped
+    server = serve(tmp_path / "store")
+    endpoint, _ = next(server)
+    try:
+        code, output = run_against(endpoint, write_config(data_dir=None), monkeypatch)
+    finally:
+        server.close()
+    assert code == 75, output
+    assert "tnews_public/train.json would inflate to 2,097,152 bytes, more than any CLUE file" in output
+    import paddlenlp.utils.env
+
+    cache = Path(paddlenlp.utils.env.DATA_HOME) / "Clue" / "tnews_public"
+    assert not (cache / "train.json").exists()

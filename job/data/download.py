@@ -19,6 +19,7 @@ import hashlib
 import os
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,11 @@ from job.errors import RetryableError, UserError
 
 PADDLENLP_STORE = "https://bj.bcebos.com/paddlenlp"  # the prefix of every built-in download URL
 TIMEOUT_SECONDS = 60  # per connect and per read; a stalled mirror fails (75) instead of hanging
+# A mirror that trickles bytes never trips the read timeout: after RATE_GRACE_SECONDS, a download whose
+# average rate is below MIN_RATE stops (75). A file of N bytes so has a deadline of about N / MIN_RATE.
+RATE_GRACE_SECONDS = 60
+MIN_RATE = 32 * 1024  # bytes per second
+MEMBER_LIMIT = 1 << 30  # CLUE's files are tens of MB; a member declared larger is refused before it is written
 
 
 def mirror() -> str | None:
@@ -110,7 +116,18 @@ def extract_checked(zip_path: Path, archive: Archive, scratch: Path) -> None:
     try:
         with zipfile.ZipFile(zip_path) as bundle:
             for member, md5 in archive.members.items():
-                extracted = Path(bundle.extract(member, scratch / "unpacked"))
+                size = bundle.getinfo(member).file_size  # zipfile stops a member at its declared size
+                if size > MEMBER_LIMIT:
+                    raise RetryableError(
+                        f"{archive.url}: {member} would inflate to {size:,} bytes, more than any CLUE file "
+                        f"({MEMBER_LIMIT:,}); the mirror serves another archive"
+                    )
+                try:
+                    extracted = Path(bundle.extract(member, scratch / "unpacked"))
+                except OSError as exc:
+                    raise RetryableError(
+                        f"could not extract {member} ({size:,} bytes) from {archive.url} into {scratch}: {exc.strerror}"
+                    ) from None
                 if md5_of(extracted) != md5:
                     raise RetryableError(
                         f"{archive.url}: {member} has md5 {md5_of(extracted)}, PaddleNLP expects {md5}; "
@@ -127,6 +144,7 @@ def extract_checked(zip_path: Path, archive: Archive, scratch: Path) -> None:
 def download(url: str, path: Path) -> None:
     """Stream `url` to `path` with a progress bar; a short or failed transfer is RetryableError (75)."""
     import requests
+    import urllib3
     from tqdm import tqdm
 
     try:
@@ -136,15 +154,24 @@ def download(url: str, path: Path) -> None:
             response.raise_for_status()
             expected = int(response.headers.get("Content-Length") or 0)
             written = 0
+            start = time.monotonic()
             with open(path, "wb") as stream, tqdm(
                 total=expected or None, unit="B", unit_scale=True, desc=f"downloading {url.rsplit('/', 1)[-1]}",
                 file=sys.stderr, disable=None,
             ) as bar:  # fmt: skip
-                for block in response.iter_content(1 << 20):
+                # read1 returns as soon as any bytes arrive (iter_content waits for a whole block, which a
+                # mirror sending a byte every few seconds never completes), so the rate is judged on time
+                while block := response.raw.read1(1 << 20, decode_content=True):
                     stream.write(block)
                     written += len(block)
                     bar.update(len(block))
-    except requests.RequestException as exc:
+                    elapsed = time.monotonic() - start
+                    if elapsed > RATE_GRACE_SECONDS and written / elapsed < MIN_RATE:
+                        raise RetryableError(
+                            f"could not download {url}: {written:,} bytes in {elapsed:.0f} s, below the minimum "
+                            f"rate of {MIN_RATE // 1024} KiB/s; the mirror is too slow"
+                        )
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:  # raw reads raise urllib3's own
         raise RetryableError(f"could not download {url}: {exc}") from None
     if expected and written != expected:
         raise RetryableError(f"could not download {url}: {written} of {expected} bytes arrived")
