@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from job.config.plan import Run, plan_runs
 from job.config.schema import JobConfig, check_against_model, own_key
 from job.data.batches import Encoded, EncodedSplits, encode_splits
@@ -333,10 +335,12 @@ def save_artifacts(session: Session, run: Run, model: Any) -> list[str]:
     name = f"{ARTIFACTS_FOLDER}/{run.key}"
     session.labels.name_model(classifier_of(model).config, session.text_columns)
     try:
-        with output.folder(name) as folder:
+        with output.folder(name, whole=True) as folder:
             paths = run.strategy.save_artifacts(model, session.tokenizer, folder)
     except OSError as exc:
         raise_if_device_fault(exc)  # the weights are copied from the GPU as they are saved
+        raise RetryableError(f"could not save artifacts to {output.where(name)}: {exc}") from None
+    except SafetensorError as exc:  # safetensors' own error for a failed write (a full disk), not an OSError
         raise RetryableError(f"could not save artifacts to {output.where(name)}: {exc}") from None
     return [f"{name}/{path.relative_to(folder).as_posix()}" for path in paths]
 

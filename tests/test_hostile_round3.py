@@ -182,3 +182,35 @@ def test_record_files_that_are_not_regular_files_or_too_large_exit_2_naming_them
     assert "is a folder" in planted(lambda path: path.mkdir()) or "not a result file" in planted(lambda p: p.mkdir())
     big = planted(lambda path: os.truncate(path.open("wb").name, (64 << 20) + 1))  # sparse: no disk used
     assert "larger than any result file" in big
+
+
+def test_a_save_that_fails_half_way_leaves_the_earlier_models_whole_and_exits_75(
+    write_config, tmp_path: Path, monkeypatch
+) -> None:
+    """The rerun saves its adapter, then the merged model fails as a full disk does in safetensors (its
+    own error type, not an OSError): exit 75, and artifacts/lora still holds the first run's adapter
+    and merged model, both, unchanged."""
+    from safetensors import SafetensorError
+
+    from job.training.strategies import STRATEGIES
+
+    config = write_config(num_epochs=1, max_train_samples=48, max_eval_samples=16, strategies=["lora"],
+                          save_artifacts=True)  # fmt: skip
+    assert CliRunner().invoke(main, ["run", "--config", str(config)]).exit_code == 0
+    artifacts = tmp_path / "out" / "artifacts" / "lora"
+    before = {p.relative_to(artifacts): p.read_bytes() for p in artifacts.rglob("*") if p.is_file()}
+    assert any(p.parts[0] == "adapter" for p in before) and any(p.parts[0] == "merged" for p in before)
+
+    lora = type(STRATEGIES["lora"])
+
+    def fails_half_way(self, model, tokenizer, folder: Path) -> list[Path]:
+        model.save_pretrained(str(folder / "adapter"))
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setattr(lora, "save_artifacts", fails_half_way)
+    result = CliRunner().invoke(main, ["run", "--config", str(config), "--force"])
+    assert result.exit_code == 75, result.output
+    assert f"could not save artifacts to {tmp_path / 'out' / 'artifacts' / 'lora'}" in result.output
+    after = {p.relative_to(artifacts): p.read_bytes() for p in artifacts.rglob("*") if p.is_file()}
+    assert after == before
+    assert [p.name for p in artifacts.parent.iterdir()] == ["lora"]  # no half-written folder beside it

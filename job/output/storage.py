@@ -14,6 +14,7 @@ import errno
 import functools
 import logging
 import os
+import shutil
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
@@ -93,8 +94,9 @@ class Output(ABC):
         """A local path to write the file into; published whole under `name` when the block ends."""
 
     @abstractmethod
-    def folder(self, name: str) -> contextlib.AbstractContextManager[Path]:
-        """A local folder a library fills (a saved model, VisualDL logs); published under `name`."""
+    def folder(self, name: str, whole: bool = False) -> contextlib.AbstractContextManager[Path]:
+        """A local folder a library fills (a saved model, VisualDL logs); published under `name`. With
+        `whole`, a folder a failed or killed save never leaves half-replaced (a saved model)."""
 
     @contextlib.contextmanager
     def merge_lock(self) -> Iterator[None]:
@@ -154,6 +156,22 @@ def read_record_file(path: Path) -> bytes:
         return handle.read(RECORD_LIMIT + 1)
 
 
+def replace_folder(new: Path, target: Path) -> None:
+    """Put `new` where `target` is, by renames in one file system: a rerun's models never sit beside
+    an older run's (an adapter of one run and a merged model of another would both load, and disagree).
+    A link planted at `target` is replaced, never followed."""
+    if not target.is_symlink() and not target.exists():
+        os.rename(new, target)
+        return
+    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+    os.rename(target, old)
+    os.rename(new, target)
+    if old.is_symlink() or not old.is_dir():
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 class LocalOutput(Output):
     lock_free = False
 
@@ -189,13 +207,23 @@ class LocalOutput(Output):
         return atomic_path(self.root / name)
 
     @contextlib.contextmanager
-    def folder(self, name: str) -> Iterator[Path]:
+    def folder(self, name: str, whole: bool = False) -> Iterator[Path]:
         folder = self.root / name
-        make_folders(folder)
+        if not whole:  # filled in place: VisualDL logs can be watched while the run trains
+            make_folders(folder)
+            try:
+                yield folder
+            finally:
+                settle_modes(folder)
+            return
+        make_folders(folder.parent)
+        scratch = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
         try:
-            yield folder
+            yield scratch
+            settle_modes(scratch)
+            replace_folder(scratch, folder)
         finally:
-            settle_modes(folder)
+            shutil.rmtree(scratch, ignore_errors=True)  # gone after a rename; the half-written one otherwise
 
     @contextlib.contextmanager
     def merge_lock(self) -> Iterator[None]:
@@ -283,7 +311,7 @@ class ObjectOutput(Output):
                 self.fs.put_file(str(path), self.key(name))
 
     @contextlib.contextmanager
-    def folder(self, name: str) -> Iterator[Path]:
+    def folder(self, name: str, whole: bool = False) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="job-upload-") as folder:
             yield Path(folder)
             with self.errors(self.where(name)):
