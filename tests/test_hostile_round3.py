@@ -214,3 +214,33 @@ def test_a_save_that_fails_half_way_leaves_the_earlier_models_whole_and_exits_75
     after = {p.relative_to(artifacts): p.read_bytes() for p in artifacts.rglob("*") if p.is_file()}
     assert after == before
     assert [p.name for p in artifacts.parent.iterdir()] == ["lora"]  # no half-written folder beside it
+
+
+def test_no_write_and_no_chmod_follows_a_link_planted_inside_output_dir(write_config, tmp_path: Path) -> None:
+    """On a shared folder anyone who can make a link could redirect the job: results/, artifacts/<run>
+    and vdl/<run> planted as links to a folder elsewhere, holding a private file. The job stops (2)
+    naming the link; the folder elsewhere and its file's mode are as they were."""
+    import os
+    import stat
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    private = elsewhere / "private.txt"
+    private.write_text("secret", encoding="utf-8")
+    os.chmod(private, 0o600)
+    config = write_config(num_epochs=1, max_train_samples=48, max_eval_samples=16, strategies=["lora"],
+                          save_artifacts=True, visualdl=True)  # fmt: skip
+    out = tmp_path / "out"
+    for planted in ("results", "artifacts/lora", "vdl/lora"):
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        (out / planted).parent.mkdir(parents=True, exist_ok=True)
+        (out / planted).symlink_to(elsewhere, target_is_directory=True)
+        result = CliRunner().invoke(main, ["run", "--config", str(config)])
+        assert result.exit_code == 2, (planted, result.output)
+        assert f"{out / planted} is a symbolic link" in result.output
+        assert ("[lora] step" in result.output) == (planted == "artifacts/lora")  # the others: before training
+        assert sorted(p.name for p in elsewhere.iterdir()) == ["private.txt"]
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from job.errors import RetryableError, UserError
-from job.output.layout import FILE_MODE, LOCK_FILE, RESULTS_FOLDER, make_folders, settle_modes
+from job.output.layout import (
+    ARTIFACTS_FOLDER,
+    FILE_MODE,
+    LOCK_FILE,
+    RESULTS_FOLDER,
+    VISUALDL_FOLDER,
+    make_folders,
+    settle_modes,
+)
 
 OBJECT_STORE_SCHEMES = ("s3", "gs")
 
@@ -182,10 +190,25 @@ class LocalOutput(Output):
     def where(self, name: str = "") -> str:
         return str(self.root / name) if name else str(self.root)
 
+    def inside(self, name: str) -> Path:
+        """root/name, refusing a symbolic link at any level below output_dir (output_dir itself may be
+        one): a planted `results` or `artifacts` link would send the job's writes, and its mode settling,
+        to whatever it points at. UserError (exit 2) naming the link."""
+        path = self.root
+        for part in Path(name).parts:
+            path = path / part
+            if path.is_symlink():
+                raise UserError(
+                    f"{path} is a symbolic link: the job writes nothing through a link inside output_dir; remove it"
+                )
+        return self.root / name
+
     def check_writable(self) -> list[Path]:
         """The probe has an unpredictable name and is created exclusively, so it never follows a planted
         link and never meets another task's probe in a shared folder."""
         created = make_folders(self.root)
+        for name in (RESULTS_FOLDER, ARTIFACTS_FOLDER, VISUALDL_FOLDER):  # a planted link stops the job now
+            self.inside(name)
         descriptor, probe = tempfile.mkstemp(dir=self.root, prefix=".write-test-")
         os.close(descriptor)
         os.unlink(probe)
@@ -200,15 +223,15 @@ class LocalOutput(Output):
         return {str(file): read_record_file(file) for file in files}
 
     def write_text(self, name: str, text: str) -> str:
-        write_atomic(self.root / name, text)
+        write_atomic(self.inside(name), text)
         return self.where(name)
 
     def file(self, name: str) -> contextlib.AbstractContextManager[Path]:
-        return atomic_path(self.root / name)
+        return atomic_path(self.inside(name))
 
     @contextlib.contextmanager
     def folder(self, name: str, whole: bool = False) -> Iterator[Path]:
-        folder = self.root / name
+        folder = self.inside(name)
         if not whole:  # filled in place: VisualDL logs can be watched while the run trains
             make_folders(folder)
             try:
