@@ -285,9 +285,6 @@ def predict(
     chosen = select_device(device)
     batch_size = resolve_eval_batch_size(batch_size or "auto", chosen)
     click.echo(f"device: {chosen.description} ({chosen.reason}); batch size {batch_size}", err=True)
-    from job.data.download import use_mirror
-
-    use_mirror()  # an adapter's base from PaddleNLP's store downloads from PPNLP_ENDPOINT, as `run` does
     saved = load_saved_model(model_dir)
     if titles and saved.is_pair:
         raise UserError(f"{model_dir} classifies sentence pairs: give them as JSON lines with "

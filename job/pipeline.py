@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from job.config.plan import Run, plan_runs
 from job.config.schema import JobConfig, check_against_model, own_key
 from job.data.batches import Encoded, EncodedSplits, encode_splits
-from job.data.download import use_mirror
+from job.data.download import fetch_model, use_mirror
 from job.data.labels import Labels
 from job.data.sampling import draw_samples
 from job.data.sources import read_source
@@ -175,6 +175,7 @@ def train_runs(
             continue
         path = save_result(output, ResultRecord(run=session.facts, result=result))
         say(f"[{run.key}] saved {path}")
+    stop.raise_if_requested()  # a signal during the last run's saves: its record is kept, the job exits 143
 
 
 def setup_session(
@@ -184,7 +185,7 @@ def setup_session(
     the device (and with it each run's precision and evaluation batch), the tokenised rows."""
     quiet_paddlenlp()
     stop.checkpoint()  # importing PaddleNLP resets SIGTERM to the default action (measured): take it back
-    use_mirror()
+    fetch_model(config.model_name)
     _check_model(config, runs)
     raw = read_source(config.data_spec())
     splits = draw_samples(raw, config.max_train_samples, config.max_eval_samples, config.sample_seed())
@@ -378,7 +379,7 @@ def prefetch(config: JobConfig) -> list[str]:
     task unless data_dir is set. Returns one line per item for the log."""
     quiet_paddlenlp()
     check_model_name(config.model_name)
-    use_mirror()
+    fetch_model(config.model_name)
     lines = []
     tokenizer = load_tokenizer(config.model_name)
     lines.append(f"tokenizer: {config.model_name} ({len(tokenizer.vocab):,} tokens)")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from job.data.batches import encode
+from job.data.download import fetch_model
 from job.data.labels import SAVED_TEXT_COLUMNS, Labels, saved_labels
 from job.data.sources import Example
 from job.data.textfiles import read_text
@@ -123,6 +124,7 @@ def _adapter(folder: Path, saved_config: Any, classes: int) -> Any:
         raise UserError(f"adapter {folder} does not name its base model (lora_config.json base_model_name_or_path)")
     if looks_like_a_path(base) and not Path(base).is_dir():
         raise UserError(f"adapter {folder} adapts {base}, which does not exist here")
+    fetch_model(base)  # a built-in base: fetched and checked as `run` fetches it
     with _base_errors(folder, base):
         base_config = AutoConfig.from_pretrained(base)
     differ = [f"{key} {getattr(base_config, key, None)} (the adapter's: {getattr(saved_config, key, None)})"

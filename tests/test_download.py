@@ -150,3 +150,60 @@ def test_a_mirror_without_the_file_exits_2_naming_the_endpoint(store_files: Path
     code, output, endpoint = prefetch_from(empty, tmp_path)
     assert code == 2, output[-2500:]
     assert f"{endpoint}/{TNEWS_ZIP}: not found (404); check PPNLP_ENDPOINT={endpoint}" in output
+
+
+PAGE = b"<!DOCTYPE html><html><body>Mirror under maintenance</body></html>\n"
+
+
+@pytest.mark.parametrize("served_as", [VOCAB, WEIGHTS], ids=["vocab", "weights"])
+def test_a_page_served_instead_of_a_model_file_is_never_cached_and_exits_75(
+    store_files: Path, tmp_path: Path, served_as: str
+) -> None:
+    """A captive portal or a mirror in maintenance answers 200 with a page: the job checks each model
+    file before it goes into the cache (PaddleNLP would keep the page as the vocab or the weights, and
+    every later run would fail on it, even from a good mirror, without a request); it exits 75, and the
+    retry from a good mirror succeeds."""
+    bad = with_the_model(tmp_path / "bad-store", store_files)
+    (bad / served_as).write_bytes(PAGE)
+    (bad / TNEWS_ZIP).parent.mkdir(parents=True)
+    (bad / TNEWS_ZIP).write_bytes((store_files / TNEWS_ZIP).read_bytes())
+    code, output, endpoint = prefetch_from(bad, tmp_path)
+    assert code == 75, output[-2500:]
+    assert f"{endpoint}/{served_as} is not " in output and "nothing was cached, a retry downloads it" in output
+    assert "Traceback" not in output
+    cached = tmp_path / "cache" / "models" / MODEL
+    assert not any(b"Mirror under maintenance" in path.read_bytes() for path in cached.rglob("*") if path.is_file())
+    code, output, _ = prefetch_from(store_files, tmp_path)  # the good mirror, the same cache
+    assert code == 0, output[-2500:]
+
+
+@pytest.mark.parametrize("cached_as", ["ernie_3.0_nano_zh_vocab.txt", "model_state.pdparams"])
+def test_a_page_already_in_the_cache_is_replaced_from_the_mirror(
+    store_files: Path, tmp_path: Path, cached_as: str
+) -> None:
+    """A cache an earlier version filled with a page (or a copy damaged since) does not fail every run
+    for good: the file is fetched again."""
+    code, output, _ = prefetch_from(store_files, tmp_path)
+    assert code == 0, output[-2500:]
+    poisoned = tmp_path / "cache" / "models" / MODEL / cached_as
+    poisoned.write_bytes(PAGE)
+    code, output, _ = prefetch_from(store_files, tmp_path)
+    assert code == 0, output[-2500:]
+    assert b"Mirror under maintenance" not in poisoned.read_bytes()
+
+
+def test_cached_weights_damaged_since_they_were_checked_are_removed_and_exit_75(
+    store_files: Path, tmp_path: Path
+) -> None:
+    """Weights cut short in the cache (a full disk, a copy by hand) fail to load: the job removes them
+    and exits 75, and the retry downloads them again."""
+    code, output, _ = prefetch_from(store_files, tmp_path)
+    assert code == 0, output[-2500:]
+    weights = tmp_path / "cache" / "models" / MODEL / "model_state.pdparams"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    code, output, _ = prefetch_from(store_files, tmp_path)
+    assert code == 75, output[-2500:]
+    assert "could not be read" in output and "removed from the cache, a retry downloads it again" in output
+    assert not weights.exists()
+    code, output, _ = prefetch_from(store_files, tmp_path)
+    assert code == 0, output[-2500:]

@@ -89,7 +89,8 @@ def run_against(endpoint: str, config: Path, monkeypatch: pytest.MonkeyPatch) ->
 DOWNLOADS = {
     "tnews": ({"data_dir": None}, "could not download {endpoint}/datasets/tnews_public.zip",
               "/datasets/tnews_public.zip"),
-    "tokenizer": ({"model_name": BUILT_IN}, f"could not load the tokenizer of '{BUILT_IN}'", "_vocab.txt"),
+    "vocab": ({"model_name": BUILT_IN}, f"model '{BUILT_IN}': could not download {{endpoint}}/models/"
+              "transformers/ernie_3.0/ernie_3.0_nano_zh_vocab.txt", "_vocab.txt"),
     "model config": ({"model_name": "ernie-community-x"}, "could not get the config of model 'ernie-community-x'",
                      "/models/community/ernie-community-x/config.json"),  # a name PaddleNLP does not build in
 }  # fmt: skip
@@ -113,7 +114,7 @@ def test_a_failed_weights_download_exits_75(failing_mirror, write_config, monkey
     code, output = run_against(f"http://127.0.0.1:{failing_mirror.server_port}", write_config(model_name=BUILT_IN),
                                monkeypatch)  # fmt: skip
     assert code == 75, output
-    assert f"could not load model '{BUILT_IN}'" in output
+    assert f"model '{BUILT_IN}': could not download http://127.0.0.1:{failing_mirror.server_port}/models/" in output
     assert any(path.endswith("ernie_3.0_nano_zh.pdparams") for path in failing_mirror.requested)
 
 
@@ -149,9 +150,16 @@ class Trickle(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_mirror_that_trickles_bytes_exits_75_at_the_minimum_rate(write_config, monkeypatch) -> None:
+TRICKLED = {  # what the job fetches first, and the config that makes it fetch that
+    "tnews": ({"data_dir": None}, "could not download {endpoint}/datasets/tnews_public.zip"),
+    "model": ({"model_name": BUILT_IN}, f"model '{BUILT_IN}': could not download {{endpoint}}/models/transformers/"),
+}
+
+
+@pytest.mark.parametrize("fetched", list(TRICKLED))
+def test_a_mirror_that_trickles_bytes_exits_75_at_the_minimum_rate(fetched, write_config, monkeypatch) -> None:
     """A byte every 50 ms never trips the read timeout; the rate check ends it (here after 1 s, at
-    1 KiB/s; the job's own are 60 s and 32 KiB/s)."""
+    1 KiB/s; the job's own are 60 s and 32 KiB/s), for a dataset and for a built-in model's files."""
     import job.data.download as download
 
     monkeypatch.setattr(download, "RATE_GRACE_SECONDS", 1.0)
@@ -162,9 +170,10 @@ def test_a_mirror_that_trickles_bytes_exits_75_at_the_minimum_rate(write_config,
     try:
         endpoint = f"http://127.0.0.1:{server.server_port}"
         started = time.monotonic()
-        code, output = run_against(endpoint, write_config(data_dir=None), monkeypatch)
+        overrides, message = TRICKLED[fetched]
+        code, output = run_against(endpoint, write_config(**overrides), monkeypatch)
         assert code == 75, output
-        assert f"could not download {endpoint}/datasets/tnews_public.zip" in output
+        assert message.format(endpoint=endpoint) in output
         assert "below the minimum rate of 1 KiB/s; the mirror is too slow" in output
         assert time.monotonic() - started < 20  # the grace period and a margin, not the read timeout
     finally:

@@ -85,3 +85,13 @@ def test_sigterm_at_every_phase_stops_cleanly_and_keeps_finished_runs(write_conf
     saved = sorted(p.name for p in results.glob("*.json")) if results.is_dir() else []
     assert saved == ([] if marker == "device: cpu" else ["lora.json"])
     assert not (tmp_path / "out" / "ernie_lora_vs_full_report.md").exists()
+
+
+def test_sigterm_while_the_last_run_saves_exits_143_and_keeps_its_record(write_config, tmp_path: Path) -> None:
+    """The signal lands after the last run's scores are printed, while it saves: the record is written
+    whole, then the job stops with 143 (no report: the retry, finding every run done, writes it)."""
+    config = write_config(num_epochs=1, strategies=["lora"], save_artifacts=True)
+    process, log = run_and_signal_on(config, "[lora] trained in", signal.SIGTERM)
+    assert process.returncode == 143, log[-3000:]
+    assert "[lora] saved" in log and (tmp_path / "out" / "results" / "lora.json").is_file()
+    assert not (tmp_path / "out" / "ernie_lora_vs_full_report.md").exists()

@@ -4,8 +4,12 @@
   weights and vocab) and the CLUE datasets have fixed https://bj.bcebos.com/paddlenlp/... URLs.
   `use_mirror` rewrites those URLs, in PaddleNLP's own tables, to PPNLP_ENDPOINT when it is set, so one
   variable moves every download to a mirror (or a test server).
-- Models: PaddleNLP downloads them itself, one file at a time under its own file lock, to a temporary
-  file renamed into place.
+- Built-in models (ERNIE 3.0 weights and vocab): PaddleNLP would store whatever a 200 response holds
+  (a captive portal's page became the vocab, and every later run failed on it without a request), and
+  its transfer has no overall deadline. So the job fetches each file itself, as it fetches datasets:
+  under a file lock, to a temporary file with the minimum rate below, checked (the weights load, the
+  vocab has BERT's special tokens) before it is renamed to the path PaddleNLP looks in. A cached file
+  that fails the check is removed and fetched again.
 - CLUE datasets (TNEWS and the others): Paddle's dataset download has no lock between processes (two
   tasks would write the same temporary file), so the job fetches the archive itself: under a file
   lock, to a temporary file, then extracts the files PaddleNLP lists and checks each against
@@ -21,6 +25,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +60,113 @@ def use_mirror() -> None:
         for urls in table.values():
             for name, url in urls.items():
                 urls[name] = mirrored(url)
+
+
+# ---------------------------------------------------------------- built-in models
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    url: str
+    path: Path  # where PaddleNLP looks for it ($PPNLP_HOME/models/<name>/...)
+    check: Callable[[Path], str | None]  # what is wrong with a copy of it, or None
+
+
+def builtin_model_files(model_name: str) -> list[ModelFile]:
+    """The files PaddleNLP downloads for one of its built-in ERNIE models (none for a folder or another
+    name: those PaddleNLP resolves itself), with the URLs use_mirror has set."""
+    from paddlenlp.transformers import ErnieModel, ErnieTokenizer
+
+    folder = model_cache_folder(model_name)
+    files = []
+    vocab = ErnieTokenizer.pretrained_resource_files_map["vocab_file"].get(model_name)
+    if vocab:
+        files.append(ModelFile(mirrored(vocab), folder / vocab.rsplit("/", 1)[-1], vocab_problem))
+    weights = ErnieModel.pretrained_resource_files_map["model_state"].get(model_name)
+    if weights:
+        files.append(
+            ModelFile(mirrored(weights), folder / ErnieModel.resource_files_names["model_state"], weights_problem)
+        )
+    return files
+
+
+def model_cache_folder(model_name: str) -> Path:
+    """Where PaddleNLP keeps a model it downloaded by name."""
+    from paddlenlp.utils.env import MODEL_HOME
+
+    return Path(MODEL_HOME) / model_name
+
+
+def fetch_model(model_name: str) -> None:
+    """Point downloads at PPNLP_ENDPOINT (use_mirror), then make sure each file of a built-in model is
+    in the cache and intact; PaddleNLP then finds them and downloads nothing."""
+    from filelock import FileLock
+
+    use_mirror()
+    files = builtin_model_files(model_name)
+    if all(file.path.is_file() and not looks_like_a_page(file.path) for file in files):
+        return  # the common case: a page is refused here; other damage surfaces on load (load_model)
+    folder = model_cache_folder(model_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".download.lock")):
+        for file in files:
+            if file.path.is_file() and file.check(file.path) is None:
+                continue  # another task fetched it while this one waited, or it was never bad
+            file.path.unlink(missing_ok=True)
+            with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as scratch:
+                fetched = Path(scratch) / file.path.name
+                try:
+                    download(file.url, fetched)
+                except RetryableError as exc:
+                    raise RetryableError(f"model '{model_name}': {exc}") from None
+                problem = file.check(fetched)
+                if problem is not None:
+                    raise RetryableError(
+                        f"model '{model_name}': {file.url} is {problem}; nothing was cached, a retry downloads "
+                        "it again (a captive portal, or a mirror or proxy serving a page instead of the file?)"
+                    )
+                os.replace(fetched, file.path)
+
+
+def looks_like_a_page(path: Path) -> bool:
+    """An HTML or XML page (a captive portal's, a mirror's error page) where a model file should be."""
+    with path.open("rb") as handle:
+        head = handle.read(1024).lstrip().lower()
+    return head.startswith((b"<!doctype", b"<html", b"<?xml")) or b"<html" in head
+
+
+def _opening(path: Path) -> str:
+    with path.open("rb") as handle:
+        return repr(handle.read(60).decode("utf-8", "replace"))
+
+
+def vocab_problem(path: Path) -> str | None:
+    """A WordPiece vocab is UTF-8 text, one token per line, with the special tokens ERNIE uses."""
+    try:
+        tokens = set(path.read_text(encoding="utf-8").splitlines())
+    except UnicodeDecodeError:
+        return f"not UTF-8 text (it starts {_opening(path)})"
+    missing = [token for token in ("[PAD]", "[CLS]", "[SEP]", "[UNK]") if token not in tokens]
+    return f"not a vocabulary: no {', '.join(missing)} line (it starts {_opening(path)})" if missing else None
+
+
+def weights_problem(path: Path) -> str | None:
+    """Paddle weights load as a name -> tensor mapping, safetensors have a header naming tensors
+    (PaddleNLP publishes no md5 for its ERNIE files)."""
+    import paddle
+    from safetensors import safe_open
+
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), "np") as weights:  # reads the header: names, shapes and offsets
+                state = dict.fromkeys(weights.keys())
+        else:
+            state = paddle.load(str(path), return_numpy=True)
+    except Exception as exc:  # pickle and Paddle raise many kinds for a file that is not weights
+        return f"not Paddle weights ({type(exc).__name__}: {str(exc).strip()[:120]}; it starts {_opening(path)})"
+    if not isinstance(state, dict) or not state:
+        return f"not Paddle weights (it loads as {type(state).__name__}, not a name -> tensor mapping)"
+    return None
 
 
 # ---------------------------------------------------------------- CLUE datasets

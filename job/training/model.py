@@ -17,6 +17,7 @@ from typing import Any
 
 from safetensors import SafetensorError
 
+from job.data.download import model_cache_folder, weights_problem
 from job.errors import RetryableError, UserError
 from job.training.device_faults import raise_if_device_fault
 
@@ -156,6 +157,9 @@ def load_model(model_name: str, num_classes: int) -> LoadedModel:
         except (ValueError, EOFError, RuntimeError, pickle.UnpicklingError, SafetensorError) as exc:
             raise_if_device_fault(exc)
             if not Path(model_name).is_dir():
+                damaged = [path for path in weight_files(model_cache_folder(model_name)) if weights_problem(path)]
+                if damaged:
+                    raise purged_download(model_name, damaged, exc) from None
                 raise
             weights = ", ".join(sorted(p.name for p in weight_files(Path(model_name))))
             raise UserError(
@@ -200,6 +204,18 @@ def load_tokenizer(model_name: str) -> Any:
         if Path(model_name).is_dir():  # nothing to download: the folder itself is incomplete
             raise UserError(f"model folder {model_name} has no usable tokenizer files: {exc}") from None
         raise RetryableError(f"could not load the tokenizer of '{model_name}': {exc}") from None
+
+
+def purged_download(model_name: str, files: list[Path], problem: object) -> RetryableError:
+    """Cached weights that do not load (a copy damaged after job.data.download.fetch_model checked it)
+    are removed, so the retry (75) downloads them again instead of failing on the cached copy for good."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    names = ", ".join(str(path) for path in files) or str(model_cache_folder(model_name))
+    return RetryableError(
+        f"model '{model_name}': the cached {names} could not be read ({str(problem).strip()[:200]}); removed "
+        "from the cache, a retry downloads it again"
+    )
 
 
 def classifier_of(model: Any) -> Any:
