@@ -193,8 +193,33 @@ def test_gs_output_goes_through_gcsfs_and_an_unreachable_endpoint_exits_75(
         ("http://example.com/out", "http:// is not supported"),
         ("s3://", "names no bucket"),
         ("gs:///prefix", "names no bucket"),
+        ("s3://My_Bucket/out", "'My_Bucket' is not a valid s3:// bucket name (3-63 characters"),
+        ("gs://ab/out", "'ab' is not a valid gs:// bucket name"),
+        ("s3://bucket/../out", "an object-store prefix has no '.' or '..' parts"),
     ],
 )
 def test_output_dir_urls_other_than_a_bucket_prefix_are_refused(write_config, value: str, message: str) -> None:
     code, output = run_into(write_config(output_dir=value))
     assert code == 2 and "output_dir" in output and message in output, output
+
+
+def test_a_prefix_with_doubled_or_trailing_slashes_saves_and_merges_under_one_prefix(
+    write_config, object_store: ObjectStore, bucket: str, store_env
+) -> None:
+    """The store writes b//x as b/x: the job normalises the prefix once, so the records it saves are
+    the ones its merge lists (else it trained, found "no saved run results", and retrained on every retry)."""
+    config = write_config(output_dir=f"s3://{bucket}//double//", **FAST)
+    code, output = run_into(config)
+    assert code == 0 and f"report: s3://{bucket}/double/ernie_lora_vs_full_report.md" in output, output
+    stored = objects(object_store, f"{bucket}/double")
+    assert json.loads(stored["results.json"])["missing_runs"] == []
+    code, output = run_into(config)
+    assert code == 0 and "[lora] already done" in output and "[full_finetune] already done" in output, output
+
+
+def test_objects_stored_under_a_record_name_exit_2_naming_it(object_store: ObjectStore, bucket: str, store_env) -> None:
+    object_store.filesystem().pipe_file(f"{bucket}/out/results/lora.json/stray", b"{}")
+    result = CliRunner().invoke(main, ["report", "--output-dir", f"s3://{bucket}/out"])
+    assert result.exit_code == 2, result.output
+    assert f"s3://{bucket}/out/results/lora.json is a folder (other objects are stored under" in result.output
+    assert "create the bucket" not in result.output

@@ -14,6 +14,7 @@ import errno
 import functools
 import logging
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -66,10 +67,33 @@ def output_dir_problem(value: str) -> str | None:
     if scheme not in OBJECT_STORE_SCHEMES:
         known = ", ".join(f"{name}://" for name in OBJECT_STORE_SCHEMES)
         return f"{scheme}:// is not supported: use a folder, or an object-store prefix ({known})"
-    bucket = value.split("://", 1)[1].split("/", 1)[0]
+    bucket, _, prefix = value.split("://", 1)[1].partition("/")
     if not bucket:
         return f"{value!r} names no bucket: use {scheme}://BUCKET/PREFIX"
+    if not BUCKET_NAMES[scheme].fullmatch(bucket) or ".." in bucket:
+        return f"{bucket!r} is not a valid {scheme}:// bucket name ({BUCKET_RULES[scheme]})"
+    if any(part in (".", "..") for part in prefix.split("/")):
+        return f"{value!r}: an object-store prefix has no '.' or '..' parts (keys are not paths)"
     return None
+
+
+# The services' naming rules, checked before anything runs: an invalid name would otherwise reach the
+# client library, which answers with an error of its own (a retry would meet it again).
+BUCKET_NAMES = {
+    "s3": re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"),
+    "gs": re.compile(r"(?=.{3,63}$|(?=.*\.).{3,222}$)[a-z0-9][a-z0-9._-]*[a-z0-9]"),
+}
+BUCKET_RULES = {
+    "s3": "3-63 characters: lower-case letters, digits, dots and hyphens, starting and ending with a letter or digit",
+    "gs": "3-63 characters (222 with dots): lower-case letters, digits, dots, hyphens and underscores, starting "
+    "and ending with a letter or digit",
+}
+
+
+def object_prefix(url: str) -> str:
+    """bucket/prefix of an s3:// or gs:// URL, normalised once: no empty parts (s3://b//x and s3://b/x/
+    are s3://b/x; the store writes b//x as b/x, and a listing of b//x would find nothing)."""
+    return "/".join(part for part in url.split("://", 1)[1].split("/") if part)
 
 
 class Output(ABC):
@@ -276,9 +300,9 @@ class ObjectOutput(Output):
     lock_free = True
 
     def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
         self.scheme = url_scheme(url) or ""
-        self.path = self.url.split("://", 1)[1]
+        self.path = object_prefix(url)
+        self.url = f"{self.scheme}://{self.path}"
         self.bucket = self.path.split("/", 1)[0]
         self._fs: Any = None
 
@@ -312,9 +336,15 @@ class ObjectOutput(Output):
 
     def record_files(self) -> dict[str, bytes]:
         with self.errors(self.where(RESULTS_FOLDER)):
-            keys = sorted(self.fs.glob(self.key(f"{RESULTS_FOLDER}/*.json")))
-            for key in keys:  # never fetch an object larger than any record
-                size = self.fs.size(key)
+            found = self.fs.glob(self.key(f"{RESULTS_FOLDER}/*.json"), detail=True)
+            keys = sorted(found)
+            for key in keys:  # never fetch an object larger than any record, nor a "folder"
+                if found[key].get("type") == "directory":
+                    raise UserError(
+                        f"{self.scheme}://{key} is a folder (other objects are stored under {key}/), not a result "
+                        "file: remove them"
+                    )
+                size = found[key].get("size")
                 if size is not None and size > RECORD_LIMIT:
                     raise UserError(f"{self.scheme}://{key} is {size:,} bytes, larger than any result file: remove it")
             contents = self.fs.cat(keys) if keys else {}
@@ -364,6 +394,8 @@ class ObjectOutput(Output):
             name = type(exc).__name__
             if name in ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"):
                 raise UserError(f"{where}: no credentials found ({reason(exc)})") from None
+            if name == "ParamValidationError":  # botocore refuses a request before sending it
+                raise UserError(f"{where}: {reason(exc)}") from None
             if isinstance(exc, OSError) and exc.errno == errno.EINVAL:  # e.g. an invalid bucket name
                 raise UserError(f"{where}: {reason(exc)}") from None
             raise RetryableError(f"{where}: object store unreachable or failing ({name}: {reason(exc)})") from None
