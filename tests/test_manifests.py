@@ -83,7 +83,9 @@ def test_manifest_agrees_with_compose_and_cli(manifest) -> None:
     assert parsed.params["device"] == "gpu"  # a node without a usable GPU fails at once, never trains on CPU
     # Results go to object storage: no shared reports volume, every other mount as in compose.
     assert url_scheme(parsed.params["output_dir"]) in OBJECT_STORE_SCHEMES
-    assert output_dir_problem(parsed.params["output_dir"]) is None
+    # The upper-case placeholder (the README: replace them) is refused at once, never retried; a real name passes.
+    assert "is not a valid" in output_dir_problem(parsed.params["output_dir"])
+    assert output_dir_problem(parsed.params["output_dir"].replace("BUCKET", "my-team-bucket")) is None
     mounts = compose_mounts()
     assert set(spec["mounts"]) == set(mounts) - {"/app/reports"}, "mount paths differ from docker-compose.yml"
     assert spec["mounts"]["/app/configs"] is True and spec["mounts"]["/cache"] is False
