@@ -21,7 +21,7 @@ define compose_run
 	docker rm $(CONTAINER) >/dev/null 2>&1; exit $$code
 endef
 
-.PHONY: help venv lock bench doctor test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
+.PHONY: help venv lock bench bench-peer doctor test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,24 @@ test-fast: venv ## run the tests without the slow ones (full-size model, real da
 bench: venv ## speed of each strategy on the full-size model (table + bench.json; a few minutes)
 	JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(CONFIG) --output bench.json
 
+PEER_VENV ?= .venv-peer
+PEER_ROUNDS ?= 2
+PEER_DIR ?= peer-bench
+$(PEER_VENV)/.installed: peer/requirements.txt
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --quiet $(PEER_PIP_ARGS) -r peer/requirements.txt
+	touch $@
+
+bench-peer: venv $(PEER_VENV)/.installed ## the job against torch + PEFT on the same batches, interleaved; per-token ratios
+	@mkdir -p $(PEER_DIR)
+	JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(CONFIG) --peer-batches $(PEER_DIR)/batches.json
+	for round in $$(seq $(PEER_ROUNDS)); do \
+	  JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(CONFIG) --no-e2e \
+	    --output $(PEER_DIR)/bench-round$$round.json >/dev/null || exit $$?; \
+	  $(PEER_VENV)/bin/python peer/torch_peft.py $(PEER_DIR)/batches.json > $(PEER_DIR)/peer-round$$round.jsonl || exit $$?; \
+	done
+	$(PY) peer/ratios.py $(PEER_DIR)
+
 doctor: venv ## check this machine: Paddle build, device, a training step of each strategy, writable folders
 	$(PY) -m job doctor --config $(CONFIG)
 
@@ -54,8 +72,8 @@ run-local: venv ## run the job in the venv: make run-local CONFIG=configs/x.yaml
 	$(PY) -m job run --config $(CONFIG)
 
 lint: venv ## ruff, hadolint, the compose file, the batch manifests against the services' schemas, import cycles
-	$(VENV)/bin/ruff check job tests
-	$(VENV)/bin/ruff format --check job tests
+	$(VENV)/bin/ruff check job tests peer
+	$(VENV)/bin/ruff format --check job tests peer
 	$(VENV)/bin/hadolint Dockerfile.cpu Dockerfile.gpu
 	$(COMPOSE) --profile '*' config -q
 	$(PY) -m tests.manifest_schemas

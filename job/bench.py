@@ -9,6 +9,7 @@ first 512 TNEWS training titles; the config's batch size and sequence length; th
 from __future__ import annotations
 
 import functools
+import math
 import os
 import statistics
 import subprocess
@@ -28,10 +29,18 @@ from job.data.labels import TNEWS
 from job.data.sources import clue_split, read_source
 from job.data.tasks import CLUE_TASKS
 from job.errors import RetryableError, UserError
-from job.training.device import batch_on_device, on_gpu, resolve_eval_batch_size, resolve_precision, select_device
+from job.training.device import (
+    COMPILE_MIN_STEPS,
+    batch_on_device,
+    on_gpu,
+    resolve_compile,
+    resolve_eval_batch_size,
+    resolve_precision,
+    select_device,
+)
 from job.training.dropout import training_dropout
 from job.training.evaluate import evaluate, length_sorted_batches
-from job.training.loop import build_optimizer, loss_scaler, train_step
+from job.training.loop import build_optimizer, compiled_forward, loss_scaler, train_step
 from job.training.memory import peak_memory_mb, reset_peak_memory
 from job.training.model import LoadedModel, classify, count_parameters, load_model, load_tokenizer, quiet_paddlenlp
 from job.training.strategies import STRATEGIES
@@ -249,24 +258,32 @@ def time_optimizer_step(model: Any, rows: list[Encoded], run: Run, repeats: int 
     return best
 
 
-def time_training(model: Any, rows: list[Encoded], run: Run, steps: int, warmup: int) -> Timing:
-    import paddle
-
+def timed_batches(rows: list[Encoded], run: Run, steps: int, warmup: int) -> list[list[int]]:
+    """The row indices of each step the bench runs for `run`: warm-up steps first, as `job run` would
+    draw them at its seed and length-bucket window (repeated when the rows give fewer batches)."""
     settings = run.settings
     batches = epoch_batches(
         [len(r.input_ids) for r in rows], settings.batch_size, settings.seed, 0, settings.bucket_window
     )
-    batches = (batches * (1 + (steps + warmup) // len(batches)))[: steps + warmup]
+    return (batches * (1 + (steps + warmup) // len(batches)))[: steps + warmup]
+
+
+def time_training(model: Any, rows: list[Encoded], run: Run, steps: int, warmup: int) -> Timing:
+    import paddle
+
+    settings = run.settings
+    batches = timed_batches(rows, run, steps, warmup)
     optimizer, schedule = build_optimizer(model, settings, len(batches))
     model.train()
     paddle.seed(settings.seed)
     reset_peak_memory()
     times, shapes = [], []
     scaler = loss_scaler(settings.precision)
-    with training_dropout(settings.seed):  # the dropout `job run` trains with
+    forward = compiled_forward(model) if settings.compiled else None
+    with training_dropout(settings.seed, in_graph=settings.compiled):  # the dropout `job run` trains with
         for index, batch in enumerate(iterate_batches(rows, batches, 0)):
             started = time.perf_counter()
-            float(train_step(model, batch, optimizer, schedule, settings.precision, scaler))  # waits for the step
+            float(train_step(model, batch, optimizer, schedule, settings.precision, scaler, forward=forward))
             if index >= warmup:
                 times.append(time.perf_counter() - started)
                 shapes.append(batch["input_ids"].shape)
@@ -311,6 +328,7 @@ class RunBench(BenchRecord):
     eval_achieved_gflops: float | None = None
     eval_fraction_of_matmul_peak: float | None = None
     eval_vs_train_throughput: float | None = None
+    compiled: bool = False  # the training forward ran as a static graph (config `compile`)
 
 
 class TargetCheck(BenchRecord):
@@ -393,7 +411,7 @@ def bench_strategy(run: Run, rows: list[Encoded], config: JobConfig, *, steps: i
         optimizer_ms=figures(1000 * time_optimizer_step(model, rows, run)),
         optimizer_floor_ms=figures(1000 * optimizer_floor), matmul_floor_ms=figures(1000 * matmul_floor),
         fraction_of_floor=figures((matmul_floor + optimizer_floor) / median),
-        peak_memory_mb=timing.peak_memory_mb, **evaluation,
+        peak_memory_mb=timing.peak_memory_mb, **evaluation, compiled=run.settings.compiled,
     )  # fmt: skip
 
 
@@ -458,11 +476,24 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
     titles, source = bench_titles(config)
     rows = encode(titles, tokenizer, config.max_seq_length)
     _, model_source = bench_model(config)
+    # the static graph as `job run` would resolve it for this config (its steps when the sample is capped)
+    steps_of_run = (
+        math.ceil(config.max_train_samples / config.batch_size) * config.num_epochs
+        if config.max_train_samples
+        else COMPILE_MIN_STEPS
+    )
     results = [
         bench_strategy(
             replace(
                 run,
-                settings=replace(run.settings, bucket_window=window, precision=precision),
+                settings=replace(
+                    run.settings,
+                    bucket_window=window,
+                    precision=precision,
+                    compiled=resolve_compile(
+                        config.compile, device, compiles_on_cpu=run.strategy.compiles_on_cpu, steps=steps_of_run
+                    ),
+                ),
                 eval_batch_size=eval_batch_size,
             ),
             rows,
@@ -515,7 +546,8 @@ def format_table(report: BenchReport) -> str:
                   result.optimizer_ms, result.optimizer_floor_ms, share("fraction_of_floor"),
                   "-" if evaluated is None else evaluated, share("eval_fraction_of_matmul_peak"),
                   result.peak_memory_mb)  # fmt: skip
-        lines.append(f"{result.label:44}" + "".join(f"{v!s:>15}" for v in values))
+        label = result.label + (" [static graph]" if result.compiled else "")
+        lines.append(f"{label:44}" + "".join(f"{v!s:>15}" for v in values))
     lines += ["", "targets (shares of this machine's own floors, measured above):"]
     for target in report.targets:
         lines.append(
@@ -526,3 +558,38 @@ def format_table(report: BenchReport) -> str:
     if report.end_to_end_seconds is not None:
         lines += ["", f"end to end (load, train, evaluate, report; every strategy): {report.end_to_end_seconds} s"]
     return "\n".join(lines)
+
+
+PEER_SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                   "max_position_embeddings", "type_vocab_size", "task_type_vocab_size", "use_task_id", "hidden_act",
+                   "hidden_dropout_prob")  # fmt: skip
+
+
+def export_peer_batches(config: JobConfig, *, steps: int, warmup: int) -> dict[str, Any]:
+    """What peer/torch_peft.py needs to time the torch + PEFT peer on exactly the work the bench times at
+    window 0 (plain shuffled batches): the model's shape, and per headline row its settings and its
+    padded batches (token ids, segment ids, labels), warm-up steps first."""
+    quiet_paddlenlp()
+    tokenizer = bench_tokenizer(config)
+    titles, _ = bench_titles(config)
+    rows = encode(titles, tokenizer, config.max_seq_length)
+    loaded, _ = bench_model(config)
+    shape = {key: getattr(loaded.model.config, key) for key in PEER_SHAPE_KEYS if hasattr(loaded.model.config, key)}
+    exported = []
+    for run in one_run_per_group(config):
+        run = replace(run, settings=replace(run.settings, bucket_window=WINDOWS[0]))
+        batches = [
+            {key: batch[key].tolist() for key in ("input_ids", "token_type_ids", "labels")}
+            for batch in iterate_batches(rows, timed_batches(rows, run, steps, warmup), int(tokenizer.pad_token_id))
+        ]
+        lora = run.lora
+        exported.append({
+            "group": run.group, "strategy": run.strategy.name, "seed": run.seed, "classes": len(TNEWS),
+            "learning_rate": run.learning_rate, "weight_decay": run.settings.weight_decay,
+            "max_grad_norm": run.settings.max_grad_norm, "dropout": shape.get("hidden_dropout_prob", 0.1),
+            "adapter": None if lora is None else {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout,
+                                                "targets": lora.targets},
+            "batches": batches,
+        })  # fmt: skip
+    threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    return {"threads": threads, "warmup": warmup, "model": shape, "rows": exported}

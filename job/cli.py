@@ -241,13 +241,24 @@ def report(output_dir: str, report_file: str | None) -> None:
 @click.option("--warmup", type=click.IntRange(min=1), default=3, show_default=True, help="Untimed steps first.")
 @click.option("--e2e/--no-e2e", default=True, show_default=True,
               help="Also time `job run` of the whole config end to end (a few minutes).")  # fmt: skip
+@click.option("--peer-batches", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Only write the batches the bench times at window 0, with the model's shape and each row's "
+                   "settings, for the torch + PEFT peer (peer/torch_peft.py; make bench-peer), and stop.")  # fmt: skip
 @exit_codes("{output}")
 def bench(
-    config_path: Path | None, overrides: tuple[str, ...], output: Path, steps: int, warmup: int, e2e: bool
-) -> None:
+    config_path: Path | None, overrides: tuple[str, ...], output: Path, steps: int, warmup: int, e2e: bool,
+    peer_batches: Path | None,
+) -> None:  # fmt: skip
     """Measure training and evaluation speed of each strategy on the full-size model, as a table and JSON."""
     config = resolve_config(config_path, overrides)
-    from job.bench import format_table, run_bench
+    from job.bench import export_peer_batches, format_table, run_bench
+
+    if peer_batches is not None:
+        from job.output.storage import write_atomic
+
+        write_atomic(peer_batches, json.dumps(export_peer_batches(config, steps=steps, warmup=warmup)) + "\n")
+        click.echo(f"written: {peer_batches}")
+        return
 
     report = run_bench(config, config_path, steps, warmup, e2e)
     from job.output.storage import write_atomic

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -38,7 +39,13 @@ from job.results.scalars import scalar_log
 from job.results.schema import ResultRecord, RunFacts, RunResult, SplitResult
 from job.results.stats import encode_classes, macro_f1, per_class_accuracy
 from job.results.verdict import combine
-from job.training.device import DeviceChoice, resolve_eval_batch_size, resolve_precision, select_device
+from job.training.device import (
+    DeviceChoice,
+    resolve_compile,
+    resolve_eval_batch_size,
+    resolve_precision,
+    select_device,
+)
 from job.training.device_faults import raise_if_device_fault
 from job.training.evaluate import EvalResult, evaluate
 from job.training.loop import train
@@ -189,7 +196,7 @@ def setup_session(
     _check_model(config, runs)
     raw = read_source(config.data_spec())
     splits = draw_samples(raw, config.max_train_samples, config.max_eval_samples, config.sample_seed())
-    device, runs = _setup_device(config, runs)
+    device, runs = _setup_device(config, runs, train_rows=len(splits.train.examples))
     stop.checkpoint()
     say(
         f"device: {device.description} ({device.reason}), precision {runs[0].settings.precision}, evaluation batch "
@@ -219,12 +226,18 @@ def _check_model(config: JobConfig, runs: list[Run]) -> None:
             check_targets_match(names, modules)
 
 
-def _setup_device(config: JobConfig, runs: list[Run]) -> tuple[DeviceChoice, list[Run]]:
-    """Pick the device, and resolve what depends on it in every run (precision, evaluation batch)."""
+def _setup_device(config: JobConfig, runs: list[Run], *, train_rows: int) -> tuple[DeviceChoice, list[Run]]:
+    """Pick the device, and resolve what depends on it in every run (precision, the static graph,
+    evaluation batch)."""
     device = select_device(config.device)
     precision = resolve_precision(config.precision, device)
+
+    def compiled(run: Run) -> bool:
+        steps = math.ceil(train_rows / run.settings.batch_size) * run.settings.num_epochs
+        return resolve_compile(config.compile, device, compiles_on_cpu=run.strategy.compiles_on_cpu, steps=steps)
+
     runs = [
-        replace(run, settings=replace(run.settings, precision=precision),
+        replace(run, settings=replace(run.settings, precision=precision, compiled=compiled(run)),
                 eval_batch_size=resolve_eval_batch_size(run.eval_batch_size, device))
         for run in runs
     ]  # fmt: skip
@@ -280,6 +293,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         precision=settings.precision,
         eval_batch_size=run.eval_batch_size,
         dropout=outcome.dropout,
+        compiled=outcome.compiled,
         lora_r=run.lora.r if run.lora else None,
         lora_alpha=run.lora.alpha if run.lora else None,
         initial_weights=fingerprint,

@@ -4,6 +4,7 @@ assertions: speed targets live in the benchmark's output, not in tests)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,48 @@ def test_on_a_gpu_the_bandwidth_is_the_devices_alone(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(job.bench, "on_gpu", lambda: False)
     job.bench.copy_bandwidth_gbs(megabytes=8, repeats=2)
     assert copied  # on CPU the NumPy copy still counts
+
+
+def test_peer_batches_are_the_batches_the_bench_times_at_window_0(write_config, tmp_path: Path) -> None:
+    """make bench-peer times torch + PEFT on exactly the work `job bench` times with plain shuffled
+    batches: the same padded token ids, segment ids and labels, step by step, warm-up first."""
+    from job.bench import WINDOWS, bench_titles, bench_tokenizer, one_run_per_group, timed_batches
+    from job.config.schema import load_config
+    from job.data.batches import encode, iterate_batches
+
+    config_file = write_config()
+    exported = tmp_path / "batches.json"
+    result = CliRunner().invoke(
+        main, ["bench", "--config", str(config_file), "--steps", "20", "--warmup", "2", "--peer-batches", str(exported)]
+    )
+    assert result.exit_code == 0, result.output
+    spec = json.loads(exported.read_text(encoding="utf-8"))
+    config = load_config(config_file)
+    rows = encode(bench_titles(config)[0], bench_tokenizer(config), config.max_seq_length)
+    assert spec["warmup"] == 2 and spec["model"]["num_hidden_layers"] == 2 and spec["model"]["hidden_size"] == 32
+    assert [row["group"] for row in spec["rows"]] == ["lora", "full_finetune"]
+    for row, run in zip(spec["rows"], one_run_per_group(config), strict=True):
+        assert run.settings.bucket_window != WINDOWS[0]  # the config's window is 16: the export sets 0
+        plain = replace(run, settings=replace(run.settings, bucket_window=WINDOWS[0]))
+        expected = list(iterate_batches(rows, timed_batches(rows, plain, 20, 2), 0))
+        assert len(row["batches"]) == 22
+        for batch, wanted in zip(row["batches"], expected, strict=True):
+            for key in ("input_ids", "token_type_ids", "labels"):
+                assert batch[key] == wanted[key].tolist()
+    assert spec["rows"][0]["adapter"] == {"r": 4, "alpha": 8, "dropout": 0.1, "targets": "attention_qv"}
+    assert spec["rows"][1]["adapter"] is None
+
+
+def test_peer_ratios_are_peer_time_over_job_time_per_padded_token(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.fixtures import ROOT
+
+    timed = {"group": "lora", "median_ms_per_step": 300.0, "tokens_per_step": 250.0}
+    runs = [{**timed, "length_bucket_window": 0}, {**timed, "length_bucket_window": 16, "median_ms_per_step": 200.0}]
+    (tmp_path / "bench-round1.json").write_text(json.dumps({"runs": runs}))
+    (tmp_path / "peer-round1.jsonl").write_text(json.dumps({"group": "lora", "ms_per_token": 1.8}) + "\n")
+    printed = subprocess.run([sys.executable, str(ROOT / "peer" / "ratios.py"), str(tmp_path)], capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+    assert "1.2000" in printed and "1.8000" in printed and "1.50x" in printed  # 1.8 / (300 / 250)

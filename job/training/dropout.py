@@ -51,12 +51,13 @@ class BulkDropout:
 
 
 @contextlib.contextmanager
-def training_dropout(seed: int) -> Iterator[str]:
-    """The dropout training uses, by name: BulkDropout on CPU; on GPU Paddle's own (a parallel kernel
-    on the device, where a mask drawn on the host would only add a copy)."""
+def training_dropout(seed: int, in_graph: bool = False) -> Iterator[str]:
+    """The dropout training uses, by name: BulkDropout on CPU; Paddle's own on a GPU (a parallel kernel
+    on the device, where a mask drawn on the host would only add a copy) and in a static graph
+    (`in_graph`: a mask drawn on the host would break the graph at every dropout)."""
     import paddle
 
-    if paddle.get_device() != "cpu":
+    if in_graph or paddle.get_device() != "cpu":
         yield PADDLE
         return
     with bulk_dropout(seed):

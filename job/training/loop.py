@@ -34,6 +34,7 @@ class TrainSettings:
     logging_steps: int
     bucket_window: int = 0
     precision: str = "fp32"  # resolved (job.training.device.resolve_precision): fp32, bf16 or fp16
+    compiled: bool = False  # resolved (job.training.device.resolve_compile): the forward as a static graph
 
 
 @dataclass
@@ -45,6 +46,7 @@ class TrainOutcome:
     step_losses: list[float] = field(default_factory=list)
     optimizer_state_bytes: int = 0
     dropout: str = PADDLE  # which dropout ran (job.training.dropout)
+    compiled: bool = False  # whether the forward ran as a static graph
 
     @property
     def samples_per_second(self) -> float:
@@ -99,9 +101,23 @@ def loss_scaler(precision: str) -> Any:
     return paddle.amp.GradScaler(init_loss_scaling=2.0**15) if precision == "fp16" else None
 
 
+def compiled_forward(model: Any) -> Callable[[dict[str, Any]], Any]:
+    """`classify` traced into Paddle's static graph (paddle.jit.to_static, SOT: Python bytecode
+    translation, falling back to eager where it cannot trace). Each new batch length is traced once;
+    after two, SOT treats the length as dynamic. The model itself is left as it is (evaluation and
+    saving run eagerly)."""
+    import paddle
+
+    def forward(input_ids: Any, token_type_ids: Any) -> Any:
+        return classify(model, {"input_ids": input_ids, "token_type_ids": token_type_ids})
+
+    static = paddle.jit.to_static(forward, full_graph=False)
+    return lambda tensors: static(tensors["input_ids"], tensors["token_type_ids"])
+
+
 def train_step(
     model: Any, batch: dict[str, Any], optimizer: Any, schedule: Any, precision: str = "fp32", scaler: Any = None,
-    share: float = 1.0,
+    share: float = 1.0, forward: Callable[[dict[str, Any]], Any] | None = None,
 ) -> Any:  # fmt: skip
     """One optimizer step on one padded batch; returns the loss as a tensor on the device, unread
     (reading it waits for the step). Under data parallelism `share` is this rank's rows over the global
@@ -114,7 +130,7 @@ def train_step(
 
     tensors = batch_on_device(batch)
     with paddle.amp.auto_cast(enable=precision in AMP_DTYPES, dtype=AMP_DTYPES.get(precision, "float16"), level="O1"):
-        logits = classify(model, tensors)
+        logits = classify(model, tensors) if forward is None else forward(tensors)
     if logits.dtype != paddle.float32:  # the loss and its softmax in fp32
         logits = logits.astype("float32")
     loss = F.cross_entropy(logits, tensors["labels"])
@@ -155,6 +171,8 @@ def train(
     outcome = TrainOutcome(steps=0, samples=0, tokens=0, seconds=0.0)
     model.train()
     stepped = model if ranks.world == 1 else _data_parallel(model)
+    outcome.compiled = settings.compiled and ranks.world == 1  # DataParallel syncs gradients in eager hooks
+    forward = compiled_forward(stepped) if outcome.compiled else None
     stop.install()
     progress = tqdm(total=total_steps, desc=f"train {label}", unit="step", file=sys.stderr,
                     disable=not (sys.stderr.isatty() and ranks.is_main), dynamic_ncols=True)  # fmt: skip
@@ -167,7 +185,7 @@ def train(
         import paddle
 
         paddle.seed(rank_seed(settings.seed, ranks))
-    with training_dropout(rank_seed(settings.seed, ranks)) as outcome.dropout:
+    with training_dropout(rank_seed(settings.seed, ranks), in_graph=outcome.compiled) as outcome.dropout:
         started = time.perf_counter()
         for epoch, batches in enumerate(epochs):
             for global_batch, batch in zip(
@@ -176,7 +194,7 @@ def train(
                 stop.raise_if_requested()
                 rate = schedule.last_lr  # the rate this step uses (train_step advances the schedule)
                 share = len(batch["labels"]) * ranks.world / len(global_batch)
-                loss = train_step(stepped, batch, optimizer, schedule, settings.precision, scaler, share)
+                loss = train_step(stepped, batch, optimizer, schedule, settings.precision, scaler, share, forward)
                 unread.append((loss, rate))
                 outcome.steps += 1
                 outcome.samples += len(global_batch)
