@@ -44,8 +44,8 @@ test: venv ## run every test, the slow full-size ones included (offline)
 test-fast: venv ## run the tests without the slow ones (full-size model, real data, processes and signals)
 	$(PY) -m pytest -ra -m "not slow"
 
-bench: venv ## speed of each strategy on the full-size model (table + bench.json; a few minutes)
-	JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(CONFIG) --output bench.json
+bench: venv ## speed of each strategy on the full-size model (table + bench.json; a few minutes); BENCH_ARGS="--set compile=on"
+	JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(CONFIG) $(BENCH_ARGS) --output bench.json
 
 PEER_VENV ?= .venv-peer
 PEER_ROUNDS ?= 2
@@ -59,7 +59,7 @@ bench-peer: venv $(PEER_VENV)/.installed ## the job against torch + PEFT on the 
 	@mkdir -p $(PEER_DIR)
 	JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(CONFIG) --peer-batches $(PEER_DIR)/batches.json
 	for round in $$(seq $(PEER_ROUNDS)); do \
-	  JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(CONFIG) --no-e2e \
+	  JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(CONFIG) $(BENCH_ARGS) --no-e2e \
 	    --output $(PEER_DIR)/bench-round$$round.json >/dev/null || exit $$?; \
 	  $(PEER_VENV)/bin/python peer/torch_peft.py $(PEER_DIR)/batches.json > $(PEER_DIR)/peer-round$$round.jsonl || exit $$?; \
 	done

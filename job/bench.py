@@ -9,7 +9,6 @@ first 512 TNEWS training titles; the config's batch size and sequence length; th
 from __future__ import annotations
 
 import functools
-import math
 import os
 import statistics
 import subprocess
@@ -30,7 +29,6 @@ from job.data.sources import clue_split, read_source
 from job.data.tasks import CLUE_TASKS
 from job.errors import RetryableError, UserError
 from job.training.device import (
-    COMPILE_MIN_STEPS,
     batch_on_device,
     on_gpu,
     resolve_compile,
@@ -476,12 +474,6 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
     titles, source = bench_titles(config)
     rows = encode(titles, tokenizer, config.max_seq_length)
     _, model_source = bench_model(config)
-    # the static graph as `job run` would resolve it for this config (its steps when the sample is capped)
-    steps_of_run = (
-        math.ceil(config.max_train_samples / config.batch_size) * config.num_epochs
-        if config.max_train_samples
-        else COMPILE_MIN_STEPS
-    )
     results = [
         bench_strategy(
             replace(
@@ -490,9 +482,7 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
                     run.settings,
                     bucket_window=window,
                     precision=precision,
-                    compiled=resolve_compile(
-                        config.compile, device, compiles_on_cpu=run.strategy.compiles_on_cpu, steps=steps_of_run
-                    ),
+                    compiled=resolve_compile(config.compile),
                 ),
                 eval_batch_size=eval_batch_size,
             ),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import math
 import os
 import sys
 from collections.abc import Iterator
@@ -196,7 +195,7 @@ def setup_session(
     _check_model(config, runs)
     raw = read_source(config.data_spec())
     splits = draw_samples(raw, config.max_train_samples, config.max_eval_samples, config.sample_seed())
-    device, runs = _setup_device(config, runs, train_rows=len(splits.train.examples))
+    device, runs = _setup_device(config, runs)
     stop.checkpoint()
     say(
         f"device: {device.description} ({device.reason}), precision {runs[0].settings.precision}, evaluation batch "
@@ -226,18 +225,14 @@ def _check_model(config: JobConfig, runs: list[Run]) -> None:
             check_targets_match(names, modules)
 
 
-def _setup_device(config: JobConfig, runs: list[Run], *, train_rows: int) -> tuple[DeviceChoice, list[Run]]:
+def _setup_device(config: JobConfig, runs: list[Run]) -> tuple[DeviceChoice, list[Run]]:
     """Pick the device, and resolve what depends on it in every run (precision, the static graph,
     evaluation batch)."""
     device = select_device(config.device)
     precision = resolve_precision(config.precision, device)
-
-    def compiled(run: Run) -> bool:
-        steps = math.ceil(train_rows / run.settings.batch_size) * run.settings.num_epochs
-        return resolve_compile(config.compile, device, compiles_on_cpu=run.strategy.compiles_on_cpu, steps=steps)
-
+    compiled = resolve_compile(config.compile)
     runs = [
-        replace(run, settings=replace(run.settings, precision=precision, compiled=compiled(run)),
+        replace(run, settings=replace(run.settings, precision=precision, compiled=compiled),
                 eval_batch_size=resolve_eval_batch_size(run.eval_batch_size, device))
         for run in runs
     ]  # fmt: skip

@@ -196,9 +196,8 @@ class CommonConfig(BaseModel):
     compile: Literal["auto", "on", "off"] = Field(
         "auto",
         description="run the training forward pass as Paddle's static graph (paddle.jit.to_static): on, off, or "
-        "auto (on CPU: on for the strategies measured faster with it, LoRA, in runs of at least 200 steps, where "
-        "the gain outweighs the tracing; off on a GPU, not yet measured there); off under data parallelism. With "
-        "it, dropout is Paddle's own, drawn inside the graph",
+        "auto (off: on CPU the job's eager step was as fast or faster, measured; on a GPU not measured yet); off "
+        "under data parallelism. With it, dropout is Paddle's own, drawn inside the graph",
     )
     length_bucket_window: int = Field(
         16, ge=0, description="batches per window sorted by length to cut padding (0: plain shuffle)"
@@ -219,6 +218,12 @@ class CommonConfig(BaseModel):
         if problem:
             raise ValueError(problem)
         return value
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_switch(cls, value: Any) -> Any:
+        """YAML reads a bare `on` / `off` as true / false: they mean the same here."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("label_names", mode="before")
     @classmethod

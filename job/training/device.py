@@ -86,16 +86,14 @@ BF16_CAPABILITY = (8, 0)
 FP16_CAPABILITY = (7, 0)
 
 
-# compile: auto turns the static graph on only for runs this long: the tracing cost about 4 s on CPU, and
-# a LoRA step gained about 45 ms (measured at batch 8 on TNEWS lengths), so it pays from about 100 steps.
-COMPILE_MIN_STEPS = 200
-
-
-def resolve_compile(requested: str, device: DeviceChoice, *, compiles_on_cpu: bool, steps: int) -> bool:
-    """Whether a run's forward pass runs as a static graph (job.training.loop.compiled_forward)."""
-    if requested != "auto":
-        return requested == "on"
-    return device.name == "cpu" and compiles_on_cpu and steps >= COMPILE_MIN_STEPS
+def resolve_compile(requested: str) -> bool:
+    """Whether the training forward runs as a static graph (job.training.loop.compiled_forward). `auto`
+    is off. On CPU, A/B in one process with the job's own settings and batches (2 cores, batch 8, TNEWS
+    lengths): LoRA 353-452 ms a step eager against 406-458 static, full fine-tuning 702-840 against
+    750-797, and tracing every batch length first cost 10-20 s. On a GPU, where a step is many small
+    kernel launches and CINN can fuse element-wise ops, it has not been measured: try `compile: on`
+    with `make bench BENCH_ARGS="--set compile=on"`."""
+    return requested == "on"
 
 
 def resolve_precision(requested: str, device: DeviceChoice) -> str:

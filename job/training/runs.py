@@ -31,9 +31,6 @@ class Strategy(Protocol):
     # Passes over the encoder's matmuls a training step makes: 3 (forward, input and weight gradients),
     # 2 (frozen weights still pass gradients down: LoRA, BitFit), 1 (forward only: the head alone trains).
     step_passes: int
-    # compile: auto turns the static-graph forward on for it on CPU (measured faster there: LoRA; the rest
-    # were even or not measured)
-    compiles_on_cpu: bool
 
     def label(self, run: Run) -> str: ...
 

@@ -49,9 +49,6 @@ class LoRA:
     is_baseline = False
     in_default_plan = True
     step_passes = 2  # frozen weights: input gradients only
-    # measured on CPU (2 cores, A/B in one process): 436-450 against 477-505 ms a step at batch 8 and
-    # TNEWS lengths; the tracing costs about 4 s, so it pays from about 100 steps
-    compiles_on_cpu = True
 
     def label(self, run: Run) -> str:
         assert run.lora is not None
@@ -102,7 +99,6 @@ class LoKr:
     is_baseline = False
     in_default_plan = False
     step_passes = 2
-    compiles_on_cpu = False  # not measured
 
     def label(self, run: Run) -> str:
         assert run.lora is not None
@@ -146,7 +142,6 @@ class _OwnWeights:
     adapter_options = None
     is_baseline = False
     in_default_plan = False
-    compiles_on_cpu = False  # full fine-tuning measured even (848-1001 against 936-955 ms); the rest not measured
     name: str
 
     def trains(self, name: str, head: set[str]) -> bool:
