@@ -21,7 +21,7 @@ define compose_run
 	docker rm $(CONTAINER) >/dev/null 2>&1; exit $$code
 endef
 
-.PHONY: help venv lock bench bench-peer doctor test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
+.PHONY: help venv lock bench bench-peer doctor docs test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ doctor: venv ## check this machine: Paddle build, device, a training step of eac
 
 run-local: venv ## run the job in the venv: make run-local CONFIG=configs/x.yaml
 	$(PY) -m job run --config $(CONFIG)
+
+docs: venv ## write docs/configuration.md from the config schema (a test checks it is current)
+	$(PY) -m job config-reference --markdown > docs/configuration.md
 
 lint: venv ## ruff, hadolint, the compose file, the batch manifests against the services' schemas, import cycles
 	$(VENV)/bin/ruff check job tests peer

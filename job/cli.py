@@ -16,7 +16,14 @@ from typing import Any
 
 import click
 
-from job.config.schema import JobConfig, describe_fields, load_config, parse_override, report_file_problem
+from job.config.schema import (
+    JobConfig,
+    config_reference_markdown,
+    describe_fields,
+    load_config,
+    parse_override,
+    report_file_problem,
+)
 from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError
 from job.predict import load_saved_model, predictions, read_inputs
 from job.training.device_faults import as_job_error
@@ -342,7 +349,11 @@ def launch(launcher_args: tuple[str, ...]) -> None:
 
 
 @main.command(name="config-reference")
-def config_reference() -> None:
+@click.option("--markdown", is_flag=True, help="As the Markdown page docs/configuration.md (make docs writes it).")
+def config_reference(markdown: bool) -> None:
     """Print every config key with its default and meaning."""
+    if markdown:
+        click.echo(config_reference_markdown(), nl=False)
+        return
     for key, description, default in describe_fields():
         click.echo(f"{key:30} {json.dumps(default, ensure_ascii=False):32} {description}")

@@ -568,3 +568,25 @@ def check_against_model(config: JobConfig, model_limits: dict[str, int]) -> None
 def describe_fields() -> list[tuple[str, str, Any]]:
     """(key, description, default) for every config key, in declaration order."""
     return [(name, field.description or "", field.default) for name, field in JobConfig.model_fields.items()]
+
+
+def config_reference_markdown() -> str:
+    """docs/configuration.md: every key, its default and its meaning, from the schema itself (a test
+    fails when the page and the schema disagree; `make docs` writes it again)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated from job/config/schema.py by `make docs` (python -m job config-reference --markdown). -->",
+        "",
+        "A YAML file passed with `--config` (the seed: `configs/tnews_lora_vs_full.yaml`), with `--set KEY=VALUE`",
+        "overrides. Every key not given takes its default. Unknown keys, wrong types and out-of-range values",
+        "stop the job before anything is loaded or written, naming the key (and the closest valid key for a",
+        "typo), with exit code 2.",
+        "",
+        "| key | default | meaning |",
+        "|---|---|---|",
+    ]
+    for key, description, default in describe_fields():
+        shown = json.dumps(default, ensure_ascii=False)
+        lines.append(f"| `{key}` | `{shown}` | {description.replace('|', chr(92) + '|')} |")
+    return "\n".join(lines) + "\n"
