@@ -22,3 +22,10 @@ def test_the_configuration_page_names_every_key_with_its_default_and_meaning() -
     for key, description, _ in describe_fields():
         assert key in rows, f"{key} is missing from docs/configuration.md"
         assert description.split(";")[0].strip() in rows[key].replace("\\|", "|"), key
+
+
+def test_every_page_in_docs_is_linked_from_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    pages = sorted(path.name for path in (ROOT / "docs").glob("*.md"))
+    assert pages, "docs/ holds no page"
+    assert [page for page in pages if f"](docs/{page})" not in readme] == []
