@@ -18,6 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH = ROOT / "configs" / "batch"
 
 
+def user_docs() -> str:
+    """What users read: the README and every page in docs/ (the README links each)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return "\n".join(page.read_text(encoding="utf-8") for page in pages)
+
+
 def compose_mounts() -> dict[str, str]:
     """Container path -> what is mounted there, for the gpu-job service."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
@@ -113,7 +119,7 @@ def test_every_manifest_warms_the_shared_cache_with_prefetch() -> None:
     }
     assert first["environment"] == second["environment"]
     main.commands["prefetch"].make_context("prefetch", [])  # a command the CLI has
-    assert "--depends-on" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "--depends-on" in user_docs()
 
 
 def test_retries_only_for_retryable_exit_codes() -> None:
@@ -189,9 +195,9 @@ LIST_PARAMETERS = {"dependsOn"}  # the CLI's shorthand gives one item of a list
 def readme_submit_jobs() -> list[dict]:
     """Every `aws batch submit-job` command of the README as SubmitJob parameters (CLI shorthand or
     JSON -> parameters)."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = user_docs()
     commands = re.findall(r"`aws batch submit-job ([^`]+)`", readme)
-    assert commands, "README shows no `aws batch submit-job` command"
+    assert commands, "the docs show no `aws batch submit-job` command"
     return [submit_job_parameters(command) for command in commands]
 
 
@@ -291,7 +297,7 @@ def test_the_driver_floor_and_the_blackwell_build_arg_are_stated_where_users_rea
     from job.training.device_faults import DRIVER_FLOORS, NEWEST_BUILD, PADDLE_INDEX
 
     dockerfile = (ROOT / "Dockerfile.gpu").read_text(encoding="utf-8")
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = user_docs()
     default_index = re.search(r"ARG PADDLE_INDEX_URL=(\S+)", dockerfile).group(1)
     assert default_index == PADDLE_INDEX.format(build="cu126")
     for text in (dockerfile, readme):
@@ -304,7 +310,7 @@ def test_the_kubernetes_job_tolerates_the_gpu_taint_and_says_when_to_name_the_ru
     pod = yaml.safe_load(text)["spec"]["template"]["spec"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert "# runtimeClassName: nvidia" in text
-    assert "runtimeClassName: nvidia" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "runtimeClassName: nvidia" in user_docs()
 
 
 def test_multi_gpu_runs_keep_their_logs_in_the_reports_folder() -> None:
