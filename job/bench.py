@@ -570,7 +570,9 @@ def export_peer_batches(config: JobConfig, *, steps: int, warmup: int) -> dict[s
         run = replace(run, settings=replace(run.settings, bucket_window=WINDOWS[0]))
         batches = [
             {key: batch[key].tolist() for key in ("input_ids", "token_type_ids", "labels")}
-            for batch in iterate_batches(rows, timed_batches(rows, run, steps, warmup), int(tokenizer.pad_token_id))
+            for batch in iterate_batches(
+                rows, timed_batches(rows, run, steps, warmup), 0
+            )  # padded as time_training pads
         ]
         lora = run.lora
         exported.append({

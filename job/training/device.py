@@ -91,7 +91,7 @@ def resolve_compile(requested: str) -> bool:
     is off. On CPU, A/B in one process with the job's own settings and batches (2 cores, batch 8, TNEWS
     lengths): LoRA 353-452 ms a step eager against 406-458 static, full fine-tuning 702-840 against
     750-797, and tracing every batch length first cost 10-20 s. On a GPU, where a step is many small
-    kernel launches and CINN can fuse element-wise ops, it has not been measured: try `compile: on`
+    kernel launches and CINN may fuse element-wise ops, it has not been measured: try `compile: on`
     with `make bench BENCH_ARGS="--set compile=on"`."""
     return requested == "on"
 

@@ -103,9 +103,8 @@ def loss_scaler(precision: str) -> Any:
 
 def compiled_forward(model: Any) -> Callable[[dict[str, Any]], Any]:
     """`classify` traced into Paddle's static graph (paddle.jit.to_static, SOT: Python bytecode
-    translation, falling back to eager where it cannot trace). Each new batch length is traced once;
-    after two, SOT treats the length as dynamic. The model itself is left as it is (evaluation and
-    saving run eagerly)."""
+    translation, falling back to eager where it cannot trace; tracing the batch lengths of a run took
+    10-20 s here). The model itself is left as it is (evaluation and saving run eagerly)."""
     import paddle
 
     def forward(input_ids: Any, token_type_ids: Any) -> Any:

@@ -211,7 +211,7 @@ def purged_download(model_name: str, files: list[Path], problem: object) -> Retr
     are removed, so the retry (75) downloads them again instead of failing on the cached copy for good."""
     for path in files:
         path.unlink(missing_ok=True)
-    names = ", ".join(str(path) for path in files) or str(model_cache_folder(model_name))
+    names = ", ".join(str(path) for path in files)
     return RetryableError(
         f"model '{model_name}': the cached {names} could not be read ({str(problem).strip()[:200]}); removed "
         "from the cache, a retry downloads it again"
