@@ -3,7 +3,7 @@
 import sys
 import warnings
 
-from job.training.cpu import WithoutThreadWarning, keep_freed_memory, set_cpu_thread_defaults
+from job.runtime.cpu import WithoutThreadWarning, keep_freed_memory, set_cpu_thread_defaults
 
 if set_cpu_thread_defaults():
     sys.stderr = WithoutThreadWarning(sys.stderr)

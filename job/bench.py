@@ -28,7 +28,7 @@ from job.data.labels import TNEWS
 from job.data.sources import clue_split, read_source
 from job.data.tasks import CLUE_TASKS
 from job.errors import RetryableError, UserError
-from job.training.device import (
+from job.runtime.device import (
     batch_on_device,
     on_gpu,
     resolve_compile,
@@ -36,10 +36,10 @@ from job.training.device import (
     resolve_precision,
     select_device,
 )
+from job.runtime.memory import peak_memory_mb, reset_peak_memory
 from job.training.dropout import training_dropout
 from job.training.evaluate import evaluate, length_sorted_batches
 from job.training.loop import build_optimizer, compiled_forward, loss_scaler, train_step
-from job.training.memory import peak_memory_mb, reset_peak_memory
 from job.training.model import LoadedModel, classify, count_parameters, load_model, load_tokenizer, quiet_paddlenlp
 from job.training.strategies import STRATEGIES
 

@@ -26,7 +26,7 @@ from job.config.schema import (
 )
 from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError
 from job.predict import load_saved_model, predictions, read_inputs
-from job.training.device_faults import as_job_error
+from job.runtime.device_faults import as_job_error
 from job.training.strategies import STRATEGY_NAMES
 
 CONFIG_OPTION = click.option(
@@ -89,7 +89,7 @@ def fail(exc: Exception, code: int) -> None:
 def exit_codes(io_where: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Every command's failures as the exit codes of the module docstring, in one place. A GPU, driver
     or NCCL fault (Paddle raises them as OSError) is told apart from a real I/O error first
-    (job.training.device_faults); an OSError left is I/O on `io_where` (formatted with the command's options)."""
+    (job.runtime.device_faults); an OSError left is I/O on `io_where` (formatted with the command's options)."""
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(command)
@@ -154,7 +154,7 @@ def run(
     A run whose result for the same config is already in output_dir is skipped, so rerunning an
     interrupted command resumes it. Each finished run's result is saved at once; the report merges
     all results of this config found in output_dir."""
-    from job.training.signals import StopRequest
+    from job.runtime.signals import StopRequest
 
     stop = StopRequest()
     stop.install()
@@ -296,7 +296,7 @@ def predict(
     {"sentence", "label", "label_desc", "probability"}."""
     if not titles and input_file is None:
         raise UserError("no titles: give them as arguments or with --input FILE")
-    from job.training.device import resolve_eval_batch_size, select_device
+    from job.runtime.device import resolve_eval_batch_size, select_device
     from job.training.model import quiet_paddlenlp
 
     quiet_paddlenlp()

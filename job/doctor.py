@@ -21,8 +21,8 @@ from typing import Any
 
 from job.config.schema import JobConfig
 from job.errors import RetryableError, UserError
-from job.training.cpu import AMD_VENDORS, cpu_vendor
-from job.training.device import (
+from job.runtime.cpu import AMD_VENDORS, cpu_vendor
+from job.runtime.device import (
     BF16_CAPABILITY,
     FP16_CAPABILITY,
     DeviceChoice,
@@ -30,7 +30,7 @@ from job.training.device import (
     resolve_precision,
     select_device,
 )
-from job.training.device_faults import device_fault, driver_floor
+from job.runtime.device_faults import device_fault, driver_floor
 
 
 @dataclass(frozen=True)

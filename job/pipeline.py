@@ -38,17 +38,19 @@ from job.results.scalars import scalar_log
 from job.results.schema import ResultRecord, RunFacts, RunResult, SplitResult
 from job.results.stats import encode_classes, macro_f1, per_class_accuracy
 from job.results.verdict import combine
-from job.training.device import (
+from job.runtime.device import (
     DeviceChoice,
     resolve_compile,
     resolve_eval_batch_size,
     resolve_precision,
     select_device,
 )
-from job.training.device_faults import raise_if_device_fault
+from job.runtime.device_faults import raise_if_device_fault
+from job.runtime.memory import peak_memory_mb, reset_peak_memory
+from job.runtime.ranks import Ranks, process_ranks
+from job.runtime.signals import StopRequest
 from job.training.evaluate import EvalResult, evaluate
 from job.training.loop import train
-from job.training.memory import peak_memory_mb, reset_peak_memory
 from job.training.model import (
     check_model_name,
     classifier_of,
@@ -61,8 +63,6 @@ from job.training.model import (
     trainable_bytes,
     weights_fingerprint,
 )
-from job.training.ranks import Ranks, process_ranks
-from job.training.signals import StopRequest
 from job.training.strategies import check_targets_match
 
 

@@ -17,7 +17,7 @@ from job.data.labels import SAVED_TEXT_COLUMNS, Labels, saved_labels
 from job.data.sources import Example
 from job.data.textfiles import read_text
 from job.errors import RetryableError, UserError
-from job.training.device_faults import raise_if_device_fault
+from job.runtime.device_faults import raise_if_device_fault
 from job.training.model import classifier_of, looks_like_a_path
 
 ADAPTER_CONFIG = "lora_config.json"

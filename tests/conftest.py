@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from job.training.cpu import set_cpu_thread_defaults
+from job.runtime.cpu import set_cpu_thread_defaults
 
 set_cpu_thread_defaults()  # before Paddle is imported, as `python -m job` does
 # PaddleNLP's cache ($PPNLP_HOME) is read when PaddleNLP is imported: an empty one of the suite's own, so

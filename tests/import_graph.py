@@ -38,7 +38,7 @@ def imported(path: Path, known: set[str], root: Path = PACKAGE) -> set[str]:
         else:
             continue
         for target in targets:
-            while target and target not in known:  # `job.training.device.on_gpu` imports job.training.device
+            while target and target not in known:  # `job.runtime.device.on_gpu` imports job.runtime.device
                 target = target.rpartition(".")[0]
             if target and target != name:
                 found.add(target)
@@ -88,7 +88,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 # Bottom to top: a module may import its own layer and those below it. The commands (cli, pipeline,
 # bench, predict, doctor, launch) are the top layer.
-LAYERS = ("job.errors", "job.output", "job.data", "job.training", "job.config", "job.results")
+LAYERS = ("job.errors", "job.runtime", "job.output", "job.data", "job.training", "job.config", "job.results")
 
 
 def layer(module: str) -> int:

@@ -15,11 +15,11 @@ from job.cli import main
 from job.data.batches import encode
 from job.data.sampling import draw_samples
 from job.data.sources import DataSpec, read_source
-from job.training.device import resolve_compile
+from job.runtime.device import resolve_compile
+from job.runtime.signals import StopRequest
 from job.training.dropout import PADDLE
 from job.training.loop import TrainSettings, train
 from job.training.model import load_model, load_tokenizer
-from job.training.signals import StopRequest
 from job.training.strategies import STRATEGIES
 from tests.fixtures import build_tiny_model
 

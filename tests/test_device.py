@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from job.training.cpu import available_cpus, cpu_vendor, set_cpu_thread_defaults
+from job.runtime.cpu import available_cpus, cpu_vendor, set_cpu_thread_defaults
 
 HAS_CPUINFO = Path("/proc/cpuinfo").is_file()
 HAS_GLIBC_AND_PROC = Path("/proc/self/status").is_file() and os.confstr("CS_GNU_LIBC_VERSION") is not None
@@ -51,7 +51,7 @@ RESIDENT_MB_AFTER_FREEING_100_MB = """
 import sys
 import numpy as np
 if sys.argv[1] == "keep":
-    from job.training.cpu import keep_freed_memory
+    from job.runtime.cpu import keep_freed_memory
     keep_freed_memory()
 block = np.ones(25_000_000, dtype=np.float32)
 del block

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from job.cli import main
-from job.training.device_faults import DRIVER_FLOORS, device_fault, driver_floor
+from job.runtime.device_faults import DRIVER_FLOORS, device_fault, driver_floor
 
 SOURCE = " (at /paddle/paddle/phi/backends/gpu/cuda/cuda_info.cc:64)\n"
 INSUFFICIENT_DRIVER = (

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from job.launch import launcher_command
-from job.training.cpu import set_cpu_thread_defaults
+from job.runtime.cpu import set_cpu_thread_defaults
+from job.runtime.ranks import Ranks, shard_batches, usable_batches
 from job.training.loop import rank_seed
-from job.training.ranks import Ranks, shard_batches, usable_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,11 +32,11 @@ def test_each_rank_takes_its_share_of_every_global_batch() -> None:
 def test_each_local_rank_takes_its_share_of_the_cores(
     monkeypatch: pytest.MonkeyPatch, cores: int, local: str, threads: str
 ) -> None:
-    import job.training.cpu
+    import job.runtime.cpu
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("PADDLE_LOCAL_SIZE", local)
-    monkeypatch.setattr(job.training.cpu, "available_cpus", lambda: cores)
+    monkeypatch.setattr(job.runtime.cpu, "available_cpus", lambda: cores)
     assert set_cpu_thread_defaults("GenuineIntel") is True
     assert os.environ["OMP_NUM_THREADS"] == threads
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import job.training.loop
 from job.cli import main
 from job.doctor import all_reduce_check, driver_check, driver_version, precisions_to_try
-from job.training.device import DeviceChoice
+from job.runtime.device import DeviceChoice
 from job.training.strategies import STRATEGY_NAMES
 from tests.test_device_faults import INSUFFICIENT_DRIVER, raising
 

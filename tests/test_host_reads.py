@@ -1,6 +1,6 @@
 """On a GPU every host read of a tensor waits for the device, so the training loop reads nothing inside
 a step: losses are read once per logging_steps, and clipping never reads its norm. Here the GPU code
-path is forced on CPU (job.training.device.on_gpu) and every Tensor read is counted; the losses recorded must
+path is forced on CPU (job.runtime.device.on_gpu) and every Tensor read is counted; the losses recorded must
 equal the CPU path's."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from job.data.batches import encode
 from job.data.sampling import draw_samples
 from job.data.sources import DataSpec, read_source
 from job.errors import TrainingDiverged
-from job.training import device
+from job.runtime import device
+from job.runtime.signals import StopRequest
 from job.training.loop import TrainSettings, train
 from job.training.model import load_model, load_tokenizer
-from job.training.signals import StopRequest
 from job.training.strategies import STRATEGIES
 
 READS = ("__float__", "__bool__", "__int__", "__index__", "item", "numpy", "tolist")

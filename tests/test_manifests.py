@@ -294,7 +294,7 @@ def test_the_gpu_image_finds_the_driver_where_gke_and_the_nvidia_runtime_put_it(
 
 
 def test_the_driver_floor_and_the_blackwell_build_arg_are_stated_where_users_read_them() -> None:
-    from job.training.device_faults import DRIVER_FLOORS, NEWEST_BUILD, PADDLE_INDEX
+    from job.runtime.device_faults import DRIVER_FLOORS, NEWEST_BUILD, PADDLE_INDEX
 
     dockerfile = (ROOT / "Dockerfile.gpu").read_text(encoding="utf-8")
     readme = user_docs()

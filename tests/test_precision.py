@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from job.cli import main
 from job.errors import UserError
-from job.training.device import DeviceChoice, resolve_precision
+from job.runtime.device import DeviceChoice, resolve_precision
 from tests.fixtures import run_tiny
 
 CPU = DeviceChoice("cpu", "cpu (2 threads)", "requested")
@@ -87,7 +87,7 @@ def test_paddle_on_cpu_computes_in_fp32_under_autocast_which_is_why_cpu_refuses_
 
 
 def test_eval_batch_size_auto_is_16_on_cpu_and_128_on_a_gpu_and_a_number_stays() -> None:
-    from job.training.device import resolve_eval_batch_size
+    from job.runtime.device import resolve_eval_batch_size
 
     gpu = DeviceChoice("gpu", "gpu:0 (NVIDIA L4, compute capability 8.9)", "requested", (8, 9))
     assert resolve_eval_batch_size("auto", CPU) == 16 and resolve_eval_batch_size("auto", gpu) == 128

@@ -14,9 +14,9 @@ from job.data.labels import TNEWS
 from job.data.sampling import draw_samples
 from job.data.sources import DataSpec, read_source
 from job.errors import UserError
+from job.runtime.signals import StopRequest
 from job.training.loop import TrainSettings, train
 from job.training.model import count_parameters, load_model, load_tokenizer
-from job.training.signals import StopRequest
 from job.training.strategies import STRATEGIES
 from tests.fixtures import TINY_ERNIE
 

@@ -33,7 +33,7 @@ from job.data.textfiles import read_text
 from job.errors import UserError
 from job.output.layout import RESERVED_NAMES
 from job.output.storage import output_dir_problem
-from job.training.device import PRECISIONS
+from job.runtime.device import PRECISIONS
 from job.training.strategies import DEFAULT_STRATEGIES, LORA_TARGET_PRESETS, STRATEGIES, STRATEGY_NAMES
 
 StrategyName = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]  # derived from the registry

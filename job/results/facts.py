@@ -14,8 +14,8 @@ from job.config.schema import JobConfig
 from job.data.sources import RawSplits, Splits
 from job.results.schema import CpuFacts, DataFacts, DeviceFacts, RunFacts, SplitFacts
 from job.results.stats import encode_classes
-from job.training.cpu import cpu_vendor
-from job.training.device import DeviceChoice, strided_views
+from job.runtime.cpu import cpu_vendor
+from job.runtime.device import DeviceChoice, strided_views
 
 
 def package_versions() -> dict[str, str]:

@@ -10,7 +10,7 @@ from typing import Any
 from job.config.schema import JobConfig
 from job.output.layout import VISUALDL_FOLDER
 from job.output.storage import Output
-from job.training.ranks import Ranks
+from job.runtime.ranks import Ranks
 
 
 class ScalarLog:

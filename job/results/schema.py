@@ -43,7 +43,7 @@ class RunResult(Record):
     learning_rate: float
     batch_size: int
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # training; evaluation is fp32 (older records: fp32)
-    eval_batch_size: int  # as resolved for the device (config `auto`: job.training.device.resolve_eval_batch_size)
+    eval_batch_size: int  # as resolved for the device (config `auto`: job.runtime.device.resolve_eval_batch_size)
     dropout: str = "paddle"  # the dropout training used (job.training.dropout; older records: Paddle's)
     compiled: bool = False  # the training forward ran as a static graph (config `compile`; older records: no)
     lora_r: int | None

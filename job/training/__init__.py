@@ -1,1 +1,1 @@
-"""Training: the device, the model, the strategies (the registry), the loop and evaluation."""
+"""Training: the model, the strategies (the registry), the loop and evaluation (the device is job.runtime)."""

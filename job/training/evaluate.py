@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from job.data.batches import Encoded, iterate_batches
-from job.training.device import batch_on_device
+from job.runtime.device import batch_on_device
 from job.training.inference import inference_kernels, last_layer_first_position_only, lora_merged
 from job.training.model import classify
 

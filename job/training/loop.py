@@ -14,12 +14,12 @@ from tqdm import tqdm
 
 from job.data.batches import Encoded, epoch_batches, iterate_batches
 from job.errors import TrainingDiverged
-from job.training import device
-from job.training.device import batch_on_device
+from job.runtime import device
+from job.runtime.device import batch_on_device
+from job.runtime.ranks import Ranks, shard_batches, usable_batches
+from job.runtime.signals import StopRequest
 from job.training.dropout import PADDLE, training_dropout
 from job.training.model import classify
-from job.training.ranks import Ranks, shard_batches, usable_batches
-from job.training.signals import StopRequest
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,8 @@ class TrainSettings:
     seed: int
     logging_steps: int
     bucket_window: int = 0
-    precision: str = "fp32"  # resolved (job.training.device.resolve_precision): fp32, bf16 or fp16
-    compiled: bool = False  # resolved (job.training.device.resolve_compile): the forward as a static graph
+    precision: str = "fp32"  # resolved (job.runtime.device.resolve_precision): fp32, bf16 or fp16
+    compiled: bool = False  # resolved (job.runtime.device.resolve_compile): the forward as a static graph
 
 
 @dataclass

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 
 from job.data.download import model_cache_folder, weights_problem
 from job.errors import RetryableError, UserError
-from job.training.device_faults import raise_if_device_fault
+from job.runtime.device_faults import raise_if_device_fault
 
 
 def looks_like_a_path(model_name: str) -> bool:
@@ -224,7 +224,7 @@ def classifier_of(model: Any) -> Any:
 
 
 def classify(model: Any, tensors: dict[str, Any]) -> Any:
-    """The logits of one batch whose tensors are on the device (job.training.device.batch_on_device)."""
+    """The logits of one batch whose tensors are on the device (job.runtime.device.batch_on_device)."""
     return model(input_ids=tensors["input_ids"], token_type_ids=tensors["token_type_ids"])
 
 

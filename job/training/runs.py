@@ -75,7 +75,7 @@ class Run:
     group: str  # the headline row this run belongs to (same strategy and LoRA shape)
     strategy: Strategy
     settings: TrainSettings  # learning rate, batch size, seed, epochs, optimizer and batching
-    eval_batch_size: int | str  # "auto" until the device is known (job.training.device.resolve_eval_batch_size)
+    eval_batch_size: int | str  # "auto" until the device is known (job.runtime.device.resolve_eval_batch_size)
     lora: LoRASettings | None = None
 
     @property

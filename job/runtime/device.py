@@ -1,6 +1,6 @@
 """The device: which one trains (and why), the precision and evaluation batch it resolves, whether
 host reads are costly there, and how batches get onto it. The CPU process settings made before Paddle
-is imported are job.training.cpu; memory metering is job.training.memory."""
+is imported are job.runtime.cpu; memory metering is job.runtime.memory."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from job.errors import UserError
-from job.training.device_faults import DeviceFault, device_fault
+from job.runtime.device_faults import DeviceFault, device_fault
 
 
 @dataclass(frozen=True)

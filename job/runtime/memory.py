@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from job.training.device import on_gpu
+from job.runtime.device import on_gpu
 
 
 def reset_peak_memory() -> None:
