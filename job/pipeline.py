@@ -46,7 +46,7 @@ from job.runtime.device import (
     select_device,
 )
 from job.runtime.device_faults import raise_if_device_fault
-from job.runtime.memory import peak_memory_mb, reset_peak_memory
+from job.runtime.memory import peak_memory_mb, start_memory_meter
 from job.runtime.ranks import Ranks, process_ranks
 from job.runtime.signals import StopRequest
 from job.training.evaluate import EvalResult, evaluate
@@ -247,6 +247,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
     key, name, settings = run.key, run.strategy.name, run.settings
     paddle.seed(run.seed)  # the same head initialisation for every run of this seed
     config, stop, ranks, encoded, pad_id = session.config, session.stop, session.ranks, session.encoded, session.pad_id
+    memory_start = start_memory_meter()  # the run's own weights, gradients, optimizer state and activations
     loaded = load_model(config.model_name, len(session.labels))
     stop.checkpoint()
     fingerprint = weights_fingerprint(loaded.model)
@@ -257,7 +258,6 @@ def train_one(session: Session, run: Run) -> RunResult | None:
     say(f"[{key}] {run.label}, seed {run.seed}: {trainable:,} of {total:,} parameters trainable "
         f"({100 * trainable / total:.3f}%)")  # fmt: skip
     paddle.seed(run.seed)  # the same dropout masks for every run of this seed
-    reset_peak_memory()
     with scalar_log(config, session.output, key, ranks) as log:
         with out_of_memory_advice(f"[{key}] training", own_key(name, "batch_size"), settings.batch_size):
             outcome = train(
@@ -265,7 +265,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
             )
         if not ranks.is_main:
             return None
-        peak_memory = peak_memory_mb()
+        peak_memory = peak_memory_mb(memory_start)
         say(f"[{key}] evaluating on dev and test")
         with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
             dev = evaluate(model, encoded.dev, run.eval_batch_size, pad_id, stop)
