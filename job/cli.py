@@ -184,8 +184,10 @@ def plan(config_path: Path | None, overrides: tuple[str, ...], strategies: tuple
     queue needs. Loads and writes nothing."""
     config = resolve_config(config_path, overrides, strategies=list(strategies) or None)
     from job.config.plan import format_plan, plan_runs
+    from job.results.power import plan_comparison
 
     click.echo(format_plan(plan_runs(config)))
+    click.echo(plan_comparison(config))
 
 
 @main.command()
@@ -220,8 +222,10 @@ def prefetch(config_path: Path | None, overrides: tuple[str, ...]) -> None:
     help="Folder (or s3:// / gs:// prefix) of a previous run (holds results/<run>.json).",
 )  # fmt: skip
 @click.option("--report-file", default=None, help="Report file name (default: the one the run used).")
+@click.option("--margin", type=click.FloatRange(min=0, max=100), default=None,
+              help="Non-inferiority margin in accuracy points (default: the runs' config `margin`).")  # fmt: skip
 @exit_codes("{output_dir}")
-def report(output_dir: str, report_file: str | None) -> None:
+def report(output_dir: str, report_file: str | None, margin: float | None) -> None:
     """Rebuild the report, results.json and the plots from the run results saved in output_dir, also
     when some planned runs are missing (they are listed in the report)."""
     from job.output.storage import open_output, output_dir_problem
@@ -235,7 +239,7 @@ def report(output_dir: str, report_file: str | None) -> None:
     output = open_output(output_dir)
     if not output.exists():  # never create it: a typo must not leave a folder behind
         raise UserError(f"--output-dir {output_dir} is not a folder of a previous run")
-    path = write_report(output, report_file)
+    path = write_report(output, report_file, margin=None if margin is None else margin / 100)
     click.echo(f"report: {path}")
 
 

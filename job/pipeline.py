@@ -356,17 +356,19 @@ def save_artifacts(session: Session, run: Run, model: Any) -> list[str]:
 
 
 def write_report(
-    output: Output, report_file: str | None = None, config_hash: str | None = None, complete_only: bool = False
-) -> str | None:
+    output: Output, report_file: str | None = None, config_hash: str | None = None, complete_only: bool = False,
+    margin: float | None = None,
+) -> str | None:  # fmt: skip
     """Merge the saved run records (of `config_hash`, when given) into results.json, the plots and the
-    report (named `report_file`, or as in the runs' config); returns where the report went.
+    report (named `report_file`, or as in the runs' config); returns where the report went. `margin` (a
+    fraction) replaces the config's for the non-inferiority answers.
 
     A local folder merges under a lock: when array tasks finish together, the last writer has seen
     every result. With `complete_only` (object storage, no lock), nothing is written unless every
     planned run is present: writers that see the full set all write the same content, so their order
     does not matter, and a writer that saw fewer cannot overwrite a complete report with a partial one."""
     with output.merge_lock():
-        combined = combine(load_results(output, config_hash))
+        combined = combine(load_results(output, config_hash), margin)
         if complete_only and combined.missing_runs:
             done, planned = len(combined.runs), len(combined.runs) + len(combined.missing_runs)
             say(f"{done} of {planned} planned runs are in {output.where(RESULTS_FOLDER)}; "

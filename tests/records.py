@@ -41,13 +41,17 @@ def result(
     strategy: str, *, lr: float, seed: int, dev_right: int, test_right: int, labels: list[int], index: int = 0,
     seconds: float = 50.0, trainable: int | None = None, total: int = 75_734_031, dev_loss: float = 1.0,
     test_predictions: list[int] | None = None, test_start: int = 0, sample: str = "5a3e1f0c9b7d2468",
-    rank: int | None = None,
+    rank: int | None = None, memory: float | None = None,
 ) -> RunResult:  # fmt: skip
-    """One run's record. `rank` makes it a row of a LoRA rank sweep (group lora_r<rank>_a<2 rank>)."""
+    """One run's record. `rank` makes it a row of a LoRA rank sweep (group lora_r<rank>_a<2 rank>).
+
+    Every run has costs of its own (peak memory, optimizer state, checkpoint size, time), different for
+    each strategy, rank, rate and seed, so a report cell taken from the wrong run shows a wrong number."""
     lora = strategy == "lora"
     r = rank or 16
     label = f"lora (r={r}, α={2 * r}, dropout=0.1, lr={lr:g})" if lora else f"full_finetune (lr={lr:g})"
     group = f"lora_r{r}_a{2 * r}" if rank else strategy
+    own = seed % 100 + 1000 * lr + (r if lora else 0) / 100  # a run's own offset
     return RunResult(
         key=f"{group}_lr{lr:g}_s{seed}",
         index=index,
@@ -64,13 +68,13 @@ def result(
         sample=sample,
         trainable_params=trainable if trainable is not None else (306_447 if lora else 75_439_119),
         total_params=total if lora else 75_439_119,
-        training_seconds=seconds,
+        training_seconds=seconds + own / 1000,
         steps=64,
-        samples_per_second=512 / seconds,
+        samples_per_second=512 / (seconds + own / 1000),
         tokens_per_second=1000.0,
-        peak_memory_mb=1000.0,
-        optimizer_state_mb=2.3,
-        checkpoint_mb=1.2,
+        peak_memory_mb=memory if memory is not None else (1000.0 if lora else 2300.0) + 10 * own,
+        optimizer_state_mb=(2.3 if lora else 575.5) + own / 100,
+        checkpoint_mb=(1.2 if lora else 287.7) + own / 1000,
         dev=split(answers(labels, dev_right), labels, dev_loss),
         test=split(test_predictions or answers(labels, test_right, test_start), labels, 1.1),
         step_losses=[2.7, 2.5, 2.0],

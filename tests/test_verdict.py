@@ -7,16 +7,20 @@ import pytest
 
 from job.errors import UserError
 from job.results.stats import (
-    binomial_two_sided,
     decode_classes,
+    detectable_difference,
+    discordant,
     encode_classes,
+    holm,
     macro_f1,
-    mcnemar_exact,
     mean_std,
-    paired_bootstrap_ci,
+    observed_spread,
     per_class_accuracy,
+    seed_title_interval,
+    sign_flip_p,
+    title_differences,
 )
-from job.results.verdict import combine, headline_rows, mcnemar_agrees
+from job.results.verdict import combine, directions_agree, headline_rows
 from tests.records import answers, records, result
 
 LABELS = [i % 15 for i in range(200)]
@@ -35,29 +39,63 @@ def test_more_than_36_classes_take_two_characters_each_and_round_trip() -> None:
     assert decode_classes(encode_classes(list(range(1296)), 1296)) == list(range(1296))
 
 
-def test_mcnemar_matches_a_textbook_table() -> None:
+def test_the_sign_flip_test_with_one_seed_is_the_exact_mcnemar_test() -> None:
     # 2 titles only the first model gets right, 10 only the second: exact p = 2 * P(X <= 2), X ~ B(12, 1/2).
-    a = [True] * 2 + [False] * 10 + [True] * 30 + [False] * 8
-    b = [False] * 2 + [True] * 10 + [True] * 30 + [False] * 8
-    p, only_a, only_b = mcnemar_exact(a, b)
-    assert (only_a, only_b) == (2, 10)
-    assert p == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    a = np.array([True] * 2 + [False] * 10 + [True] * 30 + [False] * 8)
+    b = np.array([False] * 2 + [True] * 10 + [True] * 30 + [False] * 8)
+    assert discordant(a, b) == (2, 10)
+    p = sign_flip_p(title_differences(a, b))
+    assert p == pytest.approx(2 * (1 + 12 + 66) / 4096, rel=1e-9)
     from scipy.stats import binomtest  # an independent implementation
 
-    assert p == pytest.approx(binomtest(2, 12, 0.5).pvalue)
-    assert binomial_two_sided(6, 12) == 1.0 and mcnemar_exact([True], [True])[0] == 1.0
+    assert p == pytest.approx(binomtest(2, 12, 0.5).pvalue, rel=1e-9)
+    assert sign_flip_p(title_differences(a, a)) == 1.0  # no discordant title: no evidence
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        x, y = rng.random(500) < 0.6, rng.random(500) < 0.55
+        only_x, only_y = discordant(x, y)
+        assert sign_flip_p(title_differences(x, y)) == pytest.approx(
+            binomtest(only_x, only_x + only_y).pvalue, rel=1e-7
+        )
 
 
-def test_bootstrap_interval_is_reproducible_and_covers_a_known_difference() -> None:
-    rng = np.random.default_rng(7)
-    truth = 0.10  # model A is right 80% of the time, B 70%, on 2,000 titles and 3 seeds
-    a = rng.random((3, 2000)) < 0.8
-    b = rng.random((3, 2000)) < 0.8 - truth
-    first = paired_bootstrap_ci(a, b)
-    assert first == paired_bootstrap_ci(a, b)  # seeded: the same interval every time
-    difference, low, high = first
-    assert difference == pytest.approx(a.mean() - b.mean())
-    assert low < truth < high and low > 0  # covers the truth, and excludes no difference
+@pytest.mark.parametrize("seeds", [2, 3, 5])
+def test_the_sign_flip_test_over_seeds_matches_scipys_permutation_test_by_enumeration(seeds: int) -> None:
+    """scipy.stats.permutation_test enumerates all 2^titles sign flips of the seed-summed differences
+    (exact for so few titles); the convolution gives the same p."""
+    from scipy.stats import permutation_test
+
+    rng = np.random.default_rng(seeds)
+    for _ in range(4):
+        differences = rng.integers(-1, 2, size=(seeds, 13))
+        summed = differences.sum(axis=0).astype(float)
+        expected = permutation_test((summed,), lambda x, axis: np.sum(x, axis=axis), permutation_type="samples",
+                                    vectorized=True, n_resamples=np.inf, alternative="two-sided").pvalue  # fmt: skip
+        assert sign_flip_p(differences) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_the_sign_flip_test_uses_titles_as_the_unit_not_seed_times_title() -> None:
+    """Three seeds that agree title for title carry the evidence of one: the same p as one seed (a test
+    that counted seed x title pairs would give p far smaller)."""
+    rng = np.random.default_rng(9)
+    a, b = rng.random(300) < 0.62, rng.random(300) < 0.55
+    one = sign_flip_p(title_differences(a, b))
+    assert sign_flip_p(title_differences(np.stack([a] * 3), np.stack([b] * 3))) == pytest.approx(one, rel=1e-9)
+    assert 0.001 < one < 0.9
+
+
+def test_holm_matches_its_closed_testing_definition() -> None:
+    """Holm's adjusted p of hypothesis i is the largest, over every subset holding i, of the subset's
+    Bonferroni p (capped at 1): checked by brute force over all subsets."""
+    from itertools import combinations
+
+    rng = np.random.default_rng(1)
+    for m in (1, 2, 3, 5):
+        p = list(rng.random(m) ** 3)
+        subsets = [c for k in range(1, m + 1) for c in combinations(range(m), k)]
+        closed = [max(min(1.0, len(c) * min(p[j] for j in c)) for c in subsets if i in c) for i in range(m)]
+        assert holm(p) == pytest.approx(closed)
+    assert holm([0.04, 0.30]) == pytest.approx([0.08, 0.30])
 
 
 def exact_bootstrap_cdf(plus: int, minus: int, n: int):
@@ -87,7 +125,7 @@ def test_bootstrap_interval_is_the_95_percent_interval_of_the_exact_bootstrap(n:
     a[:plus] = True  # only A right
     b[plus : plus + minus] = True  # only B right
     a[plus + minus : plus + minus + n // 3] = b[plus + minus : plus + minus + n // 3] = True  # both right
-    difference, low, high = paired_bootstrap_ci(a, b)
+    difference, low, high = seed_title_interval(title_differences(a, b))
     assert difference == pytest.approx((plus - minus) / n)
     cdf = exact_bootstrap_cdf(plus, minus, n)
     step = 1 / n  # the bootstrap mean lives on multiples of 1/n
@@ -95,14 +133,14 @@ def test_bootstrap_interval_is_the_95_percent_interval_of_the_exact_bootstrap(n:
     assert cdf(high - step / 2) - 0.01 <= 0.975 <= cdf(high) + 0.01
 
 
-def test_bootstrap_resamples_titles_once_for_every_seed_and_both_models() -> None:
-    """Paired: each resample draws titles once and scores both models and every seed on them."""
+def test_bootstrap_resamples_titles_once_for_both_models() -> None:
+    """Paired: each resample draws titles once and scores both models on them."""
     rng = np.random.default_rng(11)
     a = rng.random(1500) < 0.7
     b = a.copy()
     flips = rng.choice(1500, 60, replace=False)
     b[flips] = ~b[flips]  # B agrees with A on 96% of titles
-    _, low, high = paired_bootstrap_ci(a, b)
+    _, low, high = seed_title_interval(title_differences(a, b))
     # The width a paired bootstrap must give: 2 x 1.96 standard errors of the per-title difference.
     per_title = a.astype(float) - b.astype(float)
     expected = 2 * 1.96 * per_title.std() / np.sqrt(per_title.size)
@@ -110,8 +148,26 @@ def test_bootstrap_resamples_titles_once_for_every_seed_and_both_models() -> Non
     # Unpaired (each model resampled on its own) it would be about four times as wide.
     unpaired = 2 * 1.96 * np.sqrt((a.var() + b.var()) / a.size)
     assert unpaired > 3 * expected
-    # Seeds that agree title for title add no information: three copies give the one-seed interval exactly.
-    assert paired_bootstrap_ci(np.stack([a] * 3), np.stack([b] * 3)) == paired_bootstrap_ci(a, b)
+
+
+def test_with_several_seeds_the_interval_resamples_seeds_then_titles() -> None:
+    """Seeds that agree title for title add nothing: the two-level interval is then the titles' alone (as
+    wide as scipy's bootstrap of one seed). Seeds that differ in level widen it by their spread."""
+    rng = np.random.default_rng(12)
+    a, b = rng.random(2000) < 0.7, rng.random(2000) < 0.68
+    one = seed_title_interval(title_differences(a, b))
+    copies = seed_title_interval(title_differences(np.stack([a] * 3), np.stack([b] * 3)))
+    assert copies[0] == pytest.approx(one[0])
+    assert copies[2] - copies[1] == pytest.approx(one[2] - one[1], rel=0.1)
+    # Seed 1's row is 8 points better than on seeds 2 and 3 (say, a lucky initialisation): the spread enters.
+    lucky = a.copy()
+    lucky[np.flatnonzero(~a)[:160]] = True
+    rows, fulls = np.stack([lucky, a, a]), np.stack([b, b, b])
+    pooled = title_differences(rows, fulls)
+    two_level = seed_title_interval(pooled)
+    titles_only = seed_title_interval(pooled.mean(axis=0, keepdims=True))
+    assert two_level[0] == pytest.approx(titles_only[0])
+    assert two_level[2] - two_level[1] > 1.5 * (titles_only[2] - titles_only[1])
 
 
 def test_macro_f1_and_per_class_accuracy_match_scikit_learn() -> None:
@@ -164,6 +220,12 @@ def test_equal_dev_accuracy_prefers_the_lower_dev_loss() -> None:
     assert headline_rows(runs)[0].learning_rate == 5e-4
 
 
+def correct_of(combined, keys: list[str], labels: list[int] = LABELS) -> np.ndarray:
+    by_key = {r.key: r for r in combined.runs}
+    gold = np.array(labels)
+    return np.array([np.array(decode_classes(by_key[k].test.predictions)) == gold for k in keys])
+
+
 def test_comparison_pairs_the_selected_runs_seed_by_seed() -> None:
     runs = grid(best_dev_rate=5e-4, best_test_rate=5e-4)
     combined = combine(records(runs, LABELS))
@@ -171,15 +233,34 @@ def test_comparison_pairs_the_selected_runs_seed_by_seed() -> None:
     assert c is not None and c.seeds == [1, 2, 3]
     assert c.selected["lora"] == ["lora_lr0.0005_s1", "lora_lr0.0005_s2", "lora_lr0.0005_s3"]
     assert c.accuracy_difference == pytest.approx((150 - 100) / 200)
+    assert c.seed_differences == {"1": pytest.approx(0.25), "2": pytest.approx(0.25), "3": pytest.approx(0.25)}
     low, high = c.accuracy_difference_ci95
-    assert 0 < low < 0.25 < high and c.significant
-    assert set(c.mcnemar_p) == {"1", "2", "3"} and all(p < 1e-9 for p in c.mcnemar_p.values())
+    assert 0 < low < 0.25 < high and c.significant and c.directions_agree and c.interval_has_seed_variance
+    assert c.p_value < 1e-9 and c.p_value_holm == c.p_value and c.compared_rows == 1
     assert c.discordant["1"] == (50, 0)
-    assert c.verdict.startswith("LoRA is 25.0 points above full fine-tuning (95% CI +")
-    assert c.verdict.endswith("LoRA is significantly better (the interval excludes zero).")
+    assert c.margin == 0.01 and c.noninferior and c.answer == "good enough"
+    assert c.verdict.startswith("good enough: at most 1.0 point below full fine-tuning (95% CI +")
+    assert c.verdict.endswith("LoRA is significantly better.")
 
 
-def test_verdict_claims_no_difference_the_interval_does_not_support() -> None:
+def test_the_recorded_numbers_reproduce_the_test_interval_and_detectable_difference() -> None:
+    """results.json is traceable: p, interval and detectable difference follow from the recorded
+    predictions, resample count and seed, and the verdict prints those very numbers."""
+    combined = combine(records(seed_runs({1: 2, 2: 9, 3: 17}, {1: 11, 2: 0, 3: 5}), LABELS))
+    c = combined.comparison
+    assert c is not None and c.bootstrap_resamples == 2000
+    differences = title_differences(correct_of(combined, c.selected["lora"]),
+                                    correct_of(combined, c.selected["full_finetune"]))  # fmt: skip
+    assert c.p_value == sign_flip_p(differences)
+    _, low, high = seed_title_interval(differences, c.bootstrap_resamples, c.bootstrap_seed)
+    assert c.accuracy_difference_ci95 == (low, high)
+    assert c.detectable_difference == pytest.approx(detectable_difference(observed_spread(differences), 200))
+    assert f"95% CI {100 * low:+.1f} to {100 * high:+.1f} points".replace("-", "−") in c.verdict
+    assert f"p = {c.p_value:.2f}" in c.verdict
+    assert f"a true difference of {100 * c.detectable_difference:.1f} points 80% of the time" in c.verdict
+
+
+def test_verdict_claims_no_difference_the_test_does_not_support() -> None:
     # LoRA gets 4 titles wrong that full fine-tuning gets right, and 4 the other way: level.
     labels = LABELS
     full = answers_with_flips(labels, wrong=range(10, 20))
@@ -191,10 +272,38 @@ def test_verdict_claims_no_difference_the_interval_does_not_support() -> None:
     c = combine(records(runs, labels)).comparison
     assert c is not None
     assert c.accuracy_difference == pytest.approx(0.0) and c.discordant["42"] == (4, 4)
-    assert c.accuracy_difference_ci95[0] < 0 < c.accuracy_difference_ci95[1] and not c.significant
-    assert c.verdict.startswith("LoRA is level with full fine-tuning (95% CI −")
-    assert "on 200 paired titles): no significant difference at this sample size." in c.verdict
+    assert c.p_value == 1.0 and not c.significant and not c.directions_agree
+    assert c.accuracy_difference_ci95[0] < 0 < c.accuracy_difference_ci95[1]
+    assert not c.interval_has_seed_variance
+    # 8 discordant of 200 titles: the interval is about +-2.7 points, so a 1-point margin is not shown.
+    assert c.answer == "not shown to be good enough" and not c.noninferior
+    low = c.accuracy_difference_ci95[0]
+    assert c.verdict.startswith(
+        f"not shown to be good enough: the interval reaches {100 * low:+.1f} points, beyond the margin of "
+        "1.0 point (95% CI ".replace("-", "−")
+    )
+    assert "titles resampled; one seed, so training variance is not in it" in c.verdict
+    assert "LoRA is level with full fine-tuning (exact sign-flip test over 200 paired titles x 1 seed, p = 1.00)" in (
+        c.verdict
+    )
+    assert "no significant difference, which is not evidence of none" in c.verdict
     assert "significantly" not in c.verdict
+    # The same runs at a 4-point margin: good enough.
+    wide = combine(records(runs, labels), margin=0.04).comparison
+    assert wide is not None and wide.margin == 0.04 and wide.answer == "good enough" and wide.noninferior
+    assert wide.verdict.startswith("good enough: at most 4.0 points below full fine-tuning (95% CI −")
+
+
+def test_a_row_wholly_below_the_margin_is_worse() -> None:
+    runs = [
+        result("lora", lr=5e-4, seed=42, dev_right=100, test_right=100, labels=LABELS),
+        result("full_finetune", lr=5e-5, seed=42, dev_right=100, test_right=140, labels=LABELS),
+    ]
+    c = combine(records(runs, LABELS)).comparison
+    assert c is not None and c.accuracy_difference == pytest.approx(-0.2)
+    assert c.accuracy_difference_ci95[1] < -0.01 and c.answer == "worse" and not c.noninferior
+    assert c.verdict.startswith("worse: more than 1.0 point below full fine-tuning (95% CI −")
+    assert c.significant and c.verdict.endswith("full fine-tuning is significantly better.")
 
 
 def answers_with_flips(labels: list[int], wrong) -> list[int]:
@@ -207,37 +316,6 @@ def test_missing_runs_are_listed() -> None:
     combined = combine(records(runs, LABELS, planned=[*(r.key for r in runs), "full_finetune_lr5e-05_s1"]))
     assert combined.missing_runs == ["full_finetune_lr5e-05_s1"]
     assert combined.comparison is None
-
-
-def test_a_one_sided_handful_of_titles_is_not_called_significant() -> None:
-    """5 titles only full fine-tuning gets right, none the other way: the bootstrap interval excludes
-    zero, McNemar (p = 0.0625) does not, and the verdict says so."""
-    runs = [
-        result("lora", lr=5e-4, seed=42, dev_right=100, test_right=100, labels=LABELS),
-        result("full_finetune", lr=5e-5, seed=42, dev_right=100, test_right=105, labels=LABELS),
-    ]
-    c = combine(records(runs, LABELS)).comparison
-    assert c is not None and c.accuracy_difference_ci95[1] < 0
-    assert c.mcnemar_p["42"] == pytest.approx(0.0625) and not c.significant
-    assert "the interval excludes zero but the exact test does not confirm it" in c.verdict
-
-
-def test_the_recorded_resamples_and_seed_reproduce_the_interval() -> None:
-    """results.json is traceable: the interval follows from the recorded predictions, resample count and
-    seed (the count the comparison says it used is the count it used)."""
-    runs = grid(best_dev_rate=5e-4, best_test_rate=5e-4)
-    combined = combine(records(runs, LABELS))
-    c = combined.comparison
-    assert c is not None and c.bootstrap_resamples == 2000
-    gold = np.array(LABELS)
-    by_key = {r.key: r for r in combined.runs}
-
-    def correct(strategy: str) -> np.ndarray:
-        return np.array([np.array(decode_classes(by_key[k].test.predictions)) == gold for k in c.selected[strategy]])
-
-    _, low, high = paired_bootstrap_ci(correct("lora"), correct("full_finetune"), c.bootstrap_resamples,
-                                       c.bootstrap_seed)  # fmt: skip
-    assert c.accuracy_difference_ci95 == (low, high)
 
 
 def right_on(predictions: list[int], titles: range) -> list[int]:
@@ -269,37 +347,37 @@ def test_seeds_are_paired_by_seed_whatever_order_the_runs_come_in(full_order: tu
     assert c.selected["full_finetune"] == ["full_finetune_lr5e-05_s1", "full_finetune_lr5e-05_s2",
                                            "full_finetune_lr5e-05_s3"]  # fmt: skip
     assert c.discordant == {str(s): (only_lora[s], only_full[s]) for s in (1, 2, 3)}
-    for s in (1, 2, 3):
-        n = only_lora[s] + only_full[s]
-        assert c.mcnemar_p[str(s)] == pytest.approx(binomtest(only_lora[s], n, 0.5).pvalue)
+    assert c.seed_differences == {str(s): pytest.approx((only_lora[s] - only_full[s]) / 200) for s in (1, 2, 3)}
     assert c.accuracy_difference == pytest.approx((2 + 9 + 17 - 11 - 0 - 5) / 3 / 200)
 
 
-def binomtest(k: int, n: int, p: float):
-    from scipy.stats import binomtest as scipy_binomtest
+def test_one_test_over_all_seeds_finds_what_no_single_seed_shows() -> None:
+    """LoRA is ahead by 5 titles to 1 on each of three seeds, on different titles: no seed alone is
+    significant (McNemar p = 0.22 each), the pooled test over titles is (15 to 3)."""
+    from scipy.stats import binomtest
 
-    return scipy_binomtest(k, n, p)
-
-
-@pytest.mark.parametrize(("significant_seeds", "called"), [(1, False), (2, True), (3, True)])
-def test_a_difference_is_significant_only_when_mcnemar_confirms_it_on_most_seeds(
-    significant_seeds: int, called: bool
-) -> None:
-    """LoRA is ahead on every seed and the interval excludes zero, but by 25 titles to 0 (p < 1e-6) only on
-    `significant_seeds` seeds, and 4 to 0 (p = 0.125) on the others."""
-    only_lora = {s: 25 if s <= significant_seeds else 4 for s in (1, 2, 3)}
-    c = combine(records(seed_runs(only_lora, {1: 0, 2: 0, 3: 0}), LABELS)).comparison
-    assert c is not None and c.accuracy_difference_ci95[0] > 0
-    assert sum(p < 0.05 for p in c.mcnemar_p.values()) == significant_seeds
-    assert c.significant is called
-    if not called:
-        assert "the interval excludes zero but the exact test does not confirm it" in c.verdict
+    c = combine(records(seed_runs({1: 5, 2: 5, 3: 5}, {1: 1, 2: 1, 3: 1}), LABELS)).comparison
+    assert c is not None
+    assert binomtest(5, 6).pvalue == pytest.approx(0.21875)
+    assert c.p_value == pytest.approx(binomtest(15, 18).pvalue, rel=1e-6) and c.p_value < 0.05
+    assert c.significant and c.verdict.endswith("LoRA is significantly better.")
 
 
-def test_mcnemar_agrees_on_more_than_half_of_the_seeds() -> None:
-    assert mcnemar_agrees([0.01])
-    assert not mcnemar_agrees([0.01, 0.5])  # half is not most
-    assert mcnemar_agrees([0.01, 0.04, 0.5]) and not mcnemar_agrees([0.01, 0.5, 0.5])
+def test_a_pooled_difference_the_seeds_do_not_agree_on_is_not_significant() -> None:
+    """One seed 30 titles ahead, two seeds 4 behind: the pooled test rejects, the seeds disagree."""
+    c = combine(records(seed_runs({1: 30, 2: 0, 3: 0}, {1: 0, 2: 4, 3: 4}), LABELS)).comparison
+    assert c is not None and c.p_value < 0.05 and c.accuracy_difference > 0
+    assert not c.directions_agree and not c.significant
+    assert "the seeds disagree in direction (+15.0 (seed 1), −2.0 (seed 2), −2.0 (seed 3)): no firm difference" in (
+        c.verdict
+    )
+
+
+def test_directions_agree_when_more_seeds_go_the_pooled_way_than_against() -> None:
+    assert directions_agree([0.02], 0.02) and not directions_agree([0.0], 0.0)
+    assert not directions_agree([0.05, -0.01], 0.02)  # one each way is no agreement
+    assert directions_agree([0.05, -0.01, 0.01], 0.017) and directions_agree([0.05, 0.0], 0.025)
+    assert not directions_agree([-0.05, 0.01, 0.01], -0.01)  # pooled below, but most seeds above
 
 
 def test_a_rank_sweep_compares_the_rank_best_on_dev_even_when_another_is_best_on_test() -> None:

@@ -59,7 +59,7 @@ LORA_OPTION_KEYS = ("lora_targets", "lora_rslora", "lora_plus_ratio", "lora_piss
 # Keys that do not change any strategy's numbers (where results go, which strategies run, how
 # often to log): they are left out of the config hash, so results of split runs can be merged.
 NOT_HASHED_KEYS = frozenset(
-    {"output_dir", "report_file", "save_artifacts", "device", "logging_steps", "strategies", "visualdl"}
+    {"output_dir", "report_file", "save_artifacts", "device", "logging_steps", "strategies", "visualdl", "margin"}
 )
 
 
@@ -176,6 +176,14 @@ class CommonConfig(BaseModel):
         min_length=1,
         description="strategies to run, in this order: lora, full_finetune (the default), and lokr, bitfit "
         "(biases and head), head_only (the head alone: a linear probe)",
+    )
+    margin: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        description="non-inferiority margin in accuracy points: a row is good enough when the 95% interval of "
+        "its test accuracy minus full fine-tuning's lies above -margin (`job report --margin` judges saved runs "
+        "again at another)",
     )
     eval_batch_size: PositiveInt | Literal["auto"] = Field(
         "auto",

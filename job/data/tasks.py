@@ -18,6 +18,7 @@ class ClueTask:
     text_fields: tuple[str, ...]  # the record's text, or its two texts for a sentence-pair task
     has_label_file: bool  # labels.json in the archive: a description of each label
     skips_unlabelled: bool  # NLI data marks a pair without an agreed label "-"; PaddleNLP skips those rows
+    dev_rows: int | None = None  # rows of its dev split, where counted (a carved test is as large)
 
     @property
     def is_pair(self) -> bool:
@@ -27,9 +28,10 @@ class ClueTask:
 CLUE_TASKS: dict[str, ClueTask] = {
     task.name: task
     for task in (
-        ClueTask("tnews", "TNEWS", "the Chinese TNEWS news-title classification task", ("sentence",), True, False),
+        ClueTask("tnews", "TNEWS", "the Chinese TNEWS news-title classification task", ("sentence",), True, False,
+                 10_000),
         ClueTask("iflytek", "IFLYTEK", "the CLUE IFLYTEK app-description classification task", ("sentence",),
-                 True, False),
+                 True, False, 2_599),
         ClueTask("afqmc", "AFQMC", "the CLUE AFQMC question-matching task (sentence pairs)",
                  ("sentence1", "sentence2"), False, False),
         ClueTask("ocnli", "OCNLI", "the CLUE OCNLI natural-language-inference task (sentence pairs)",

@@ -7,12 +7,14 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from job.config.schema import JobConfig
+from job.config.schema import JobConfig, own_key
 from job.data.labels import Labels
 from job.data.tasks import CLUE_TASKS, DEFAULT_DATASET, OWN, dataset_title
 from job.output.layout import LOSS_PLOT, PARETO_PLOT
-from job.results.schema import Combined, HeadlineRow, RunFacts, RunResult, Stat
+from job.results.front import at_chance, pareto_front, row_memory
+from job.results.schema import Combined, Comparison, HeadlineRow, RunFacts, RunResult, Stat
 from job.results.stats import mean_std
+from job.results.verdict import answer_text, test_text
 from job.training.runs import rate_text
 from job.training.strategies import STRATEGIES, baseline, compared
 
@@ -26,6 +28,9 @@ RUN_COLUMNS = (
     "Dev Loss", "Test Loss",
 )  # fmt: skip
 FRONT_COLUMNS = ("Test Accuracy", "Trainable Params", "Training Time (s)", "Peak Memory (MB)", "Pareto")
+SUMMARY_COLUMNS = (
+    "Answer", "Weights Trained", "Peak Memory (MB)", "Training Time (s)", "Size on Disk (MB)",
+)  # fmt: skip
 EFFICIENCY_COLUMNS = (
     "Samples/s", "Peak Memory (MB)", "Optimizer State (MB)", "Checkpoint Size (MB)", "Parameters Trained",
 )  # fmt: skip
@@ -39,7 +44,7 @@ def render_report(combined: Combined) -> str:
             *([rate_choice(rows)] if any(len(row.dev_accuracy_by_rate) > 1 for row in rows) else []),
             "### Every run\n\n" + runs_table(runs),
             "### Efficiency\n\n" + efficiency_table(rows, runs),
-            *(["### Accuracy against cost\n\n" + front_table(rows, runs)] if len(rows) > 2 else []),
+            *(["### Accuracy against cost\n\n" + front_table(rows, combined)] if len(rows) > 2 else []),
             "### Test accuracy per class\n\n" + per_class_table(rows, run.data.label_set()),
             f"![Training loss per step]({LOSS_PLOT})\n\n![Test accuracy against trainable parameters and time]"
             f"({PARETO_PLOT})",
@@ -47,7 +52,9 @@ def render_report(combined: Combined) -> str:
     )
     sections = [
         title(run.config),
-        _summary(combined),
+        _introduction(combined),
+        "## Summary\n\n" + answers(combined),
+        _run_facts(combined),
         "## Configuration\n\n```json\n" + json.dumps(run.config.model_dump(), indent=2, ensure_ascii=False) + "\n```",
         "## Results\n\n" + results,
         "## Observations\n\n" + "\n".join(f"- {line}" for line in observations(combined)),
@@ -122,13 +129,19 @@ def start_note(runs: Sequence[RunResult]) -> str:
     )
 
 
-def _summary(combined: Combined) -> str:
+def _introduction(combined: Combined) -> str:
+    run = combined.run
+    return (
+        "This report compares low-rank adaptation (LoRA) with full-parameter fine-tuning of "
+        f"{_model_phrase(run.config.model_name)} on {_task_phrase(run.config)} ({len(run.data.labels)} classes)."
+    )
+
+
+def _run_facts(combined: Combined) -> str:
     run = combined.run
     data = run.data
     lines = [
-        "This report compares low-rank adaptation (LoRA) with full-parameter fine-tuning of "
-        f"{_model_phrase(run.config.model_name)} on {_task_phrase(run.config)} ({len(data.labels)} classes). "
-        f"{start_note(combined.runs)}",
+        start_note(combined.runs),
         "",
         f"- Device: {run.device.description} ({run.device.reason}); training precision "
         + ", ".join(sorted({r.precision for r in combined.runs}))
@@ -152,6 +165,114 @@ def _summary(combined: Combined) -> str:
             f"({', '.join(combined.missing_runs)}); it is rebuilt when they finish."
         )
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the answer
+
+
+def answers(combined: Combined) -> str:
+    """The report's opening: for each compared row, the answer to "is it good enough?" and what it saves
+    against full fine-tuning; then what undermines the answers (chance, an untuned rate)."""
+    rows, base = combined.headline, baseline()
+    full = next((row for row in rows if row.group == _base_group(combined)), None)
+    if full is None or not combined.comparisons:
+        missing = "no full fine-tuning row" if full is None else "no row to compare with full fine-tuning"
+        return f"No answer: {missing} in these results." + _warnings_text(combined)
+    by_group = {row.group: row for row in rows}
+    lines = []
+    for c in combined.comparisons:
+        lines.append(f"- **{c.labels[next(iter(c.labels))]}**: {answer_text(c)}. {test_text(c)}.")
+    table_rows = [_saving_row(by_group[c.group], full, combined, c) for c in combined.comparisons]
+    table_rows.append(_saving_row(full, full, combined, None))
+    note = (
+        f"Margin {_margin_text(combined.comparisons[0].margin)} (`margin`; `job report --margin` judges these runs "
+        f"again at another). Savings are against {base.title}: the share of weights trained, and each row's "
+        "own peak memory, training time and trained weights stored (means over its seeds)."
+    )
+    return (
+        "\n".join(lines)
+        + "\n\n"
+        + _table("Row", SUMMARY_COLUMNS, table_rows)
+        + "\n\n"
+        + note
+        + _warnings_text(combined)
+    )
+
+
+def _margin_text(margin: float) -> str:
+    amount = f"{100 * margin:.1f}"
+    return f"{amount} point" + ("" if amount == "1.0" else "s")
+
+
+def _base_group(combined: Combined) -> str | None:
+    c = combined.comparison or (combined.comparisons[0] if combined.comparisons else None)
+    if c is None:
+        return next((row.group for row in combined.headline if row.strategy == baseline().name), None)
+    key = c.selected[baseline().name][0]
+    return next(r.group for r in combined.runs if r.key == key)
+
+
+def row_costs(row: HeadlineRow, runs: Sequence[RunResult]) -> tuple[float, float, float]:
+    """(peak memory, training time, checkpoint size) of the row: means over its own runs."""
+    by_key = {r.key: r for r in runs}
+    chosen = [by_key[key] for key in row.keys]
+    memory, _ = row_memory(row, runs)
+    checkpoint, _ = mean_std([r.checkpoint_mb for r in chosen])
+    return memory, row.training_seconds.mean, checkpoint
+
+
+def _saving_row(row: HeadlineRow, full: HeadlineRow, combined: Combined, c: Comparison | None) -> list[str]:
+    memory, seconds, disk = row_costs(row, combined.runs)
+    full_memory, full_seconds, full_disk = row_costs(full, combined.runs)
+
+    def against(value: float, reference: float, text: str) -> str:
+        if c is None or not reference:
+            return text
+        return f"{text} ({value / reference:.0%})"
+
+    return [
+        row.label,
+        "(the reference)" if c is None else c.answer,
+        f"{100 * row.trainable_params / row.total_params:.3f}%",
+        against(memory, full_memory, f"{memory:,.0f}"),
+        against(seconds, full_seconds, f"{seconds:.1f}"),
+        against(disk, full_disk, _megabytes(disk)),
+    ]
+
+
+def _warnings_text(combined: Combined) -> str:
+    lines = _answer_warnings(combined)
+    return "\n\n" + "\n".join(f"- **Warning:** {line}" for line in lines) if lines else ""
+
+
+def _answer_warnings(combined: Combined) -> list[str]:
+    """What makes the answers weaker than they read: rows at chance, a LoRA-family rate left untuned."""
+    rows, run = combined.headline, combined.run
+    classes, titles = len(run.data.labels), run.data.test.examples
+    lines = []
+    chance_rows = [row.label for row in rows if at_chance(row, classes, titles)]
+    if chance_rows and len(chance_rows) == len(rows):
+        lines.append(
+            f"every row is within two standard errors of chance ({100 / classes:.1f}% for {classes} classes): the "
+            "answers compare models that have not learned the task, and nothing is ranked"
+        )
+    elif any(row.strategy == baseline().name and row.label in chance_rows for row in rows):
+        lines.append(f"{baseline().title} is at chance: being as good as it says nothing about the task")
+    config = run.config
+    shared = config.learning_rates_for(baseline().name)
+    for name in dict.fromkeys(row.strategy for row in rows):
+        strategy = STRATEGIES[name]
+        if strategy.adapter_options is None or name == baseline().name:
+            continue
+        key = own_key(name, "learning_rate")
+        if getattr(config, key, None) is None and config.learning_rates_for(name) == shared:
+            rates = ", ".join(rate_text(rate) for rate in shared)
+            lines.append(
+                f"{strategy.title} trained at {baseline().title}'s learning rate ({rates}) with no rate of its own "
+                f"swept; adapters usually need about 10x that (configs/tnews_lora_tuned.yaml): set `{key}` (a list "
+                "is swept and chosen on dev)"
+            )
+    return lines
 
 
 def _file_check(name: str, check: str) -> str:
@@ -238,25 +359,28 @@ def runs_table(runs: Sequence[RunResult]) -> str:
 
 def efficiency_table(rows: Sequence[HeadlineRow], runs: Sequence[RunResult]) -> str:
     """What each headline row costs: speed, memory, optimizer state, and the weights it must store
-    (means over its seeds)."""
+    (means over its own seeds)."""
     by_key = {r.key: r for r in runs}
     lines = []
     for row in rows:
         chosen = [by_key[key] for key in row.keys]
         speed, _ = mean_std([r.samples_per_second for r in chosen])
+        memory, _, checkpoint = row_costs(row, runs)
+        optimizer, _ = mean_std([r.optimizer_state_mb for r in chosen])
         lines.append(
             [
                 row.label,
                 f"{speed:.1f}",
-                f"{max(r.peak_memory_mb for r in chosen):,.0f}",
-                _megabytes(chosen[0].optimizer_state_mb),
-                _megabytes(chosen[0].checkpoint_mb),
+                f"{memory:,.0f}",
+                _megabytes(optimizer),
+                _megabytes(checkpoint),
                 f"{100 * row.trainable_params / row.total_params:.3f}%",
             ]
         )
     note = (
-        "Peak memory: resident memory of the process during training (CPU) or Paddle's peak allocation (GPU). "
-        "Checkpoint size: the trained weights a strategy must store beyond the base model (fp32)."
+        "Peak memory: the run's own peak of Paddle's tensor allocator (host memory on CPU, device memory on a GPU) "
+        "above what was allocated when it began, the same whatever ran before it. Checkpoint size: the trained "
+        "weights a strategy must store beyond the base model (fp32)."
     )
     return _table("Efficiency", EFFICIENCY_COLUMNS, lines) + "\n\n" + note
 
@@ -327,7 +451,7 @@ def observations(combined: Combined) -> list[str]:
     if c is not None and full is not None:
         lines.append(_time_line(next(r for r in lora if r.group == c.group), full))
     if len(rows) > 2:
-        lines.append(_front_line(rows, combined.runs))
+        lines.append(_front_line(rows, combined))
     if full is not None and (published := _published_line(run, full)):
         lines.append(published)
     lines += _caveats(rows, combined)
@@ -357,55 +481,49 @@ def _published_line(run: RunFacts, full: HeadlineRow) -> str | None:
     )
 
 
-def pareto_front(rows: Sequence[HeadlineRow], runs: Sequence[RunResult]) -> dict[str, list[str]]:
-    """Each row's group -> the rows that dominate it: at least as accurate on test (mean over seeds) and
-    no costlier in trainable parameters, training time and peak memory, better in at least one. An
-    empty list: the row is on the accuracy-cost front."""
-    by_key = {r.key: r for r in runs}
-
-    def point(row: HeadlineRow) -> tuple[float, ...]:
-        memory = max(by_key[key].peak_memory_mb for key in row.keys)
-        return (-row.test_accuracy.mean, row.trainable_params, row.training_seconds.mean, memory)
-
-    points = {row.group: point(row) for row in rows}
-    return {
-        row.group: [
-            other.group
-            for other in rows
-            if other.group != row.group
-            and all(a <= b for a, b in zip(points[other.group], points[row.group], strict=True))
-            and points[other.group] != points[row.group]
-        ]
-        for row in rows
-    }
+def _nothing_ranked(combined: Combined) -> str | None:
+    """Why the rows are not ranked, when every row is at chance."""
+    classes, titles = len(combined.run.data.labels), combined.run.data.test.examples
+    if all(at_chance(row, classes, titles) for row in combined.headline):
+        return (
+            f"Not ranked: every row is within two standard errors of chance ({100 / classes:.1f}% for {classes} "
+            "classes), so their accuracies differ by noise alone."
+        )
+    return None
 
 
-def front_table(rows: Sequence[HeadlineRow], runs: Sequence[RunResult]) -> str:
+def front_table(rows: Sequence[HeadlineRow], combined: Combined) -> str:
     """The rows ranked by test accuracy, with their costs and whether another row dominates them."""
-    by_key = {r.key: r for r in runs}
-    dominated = pareto_front(rows, runs)
+    if (why := _nothing_ranked(combined)) is not None:
+        return why
+    runs = combined.runs
+    dominated = pareto_front(rows, runs, combined.run.data.test.examples)
     labels = {row.group: row.label for row in rows}
     ranked = sorted(rows, key=lambda row: -row.test_accuracy.mean)
     body = [
         [row.label, cell(row.test_accuracy, 4), f"{row.trainable_params:,}", cell(row.training_seconds, 1),
-         f"{max(by_key[key].peak_memory_mb for key in row.keys):,.0f}",
+         f"{row_memory(row, runs)[0]:,.0f}",
          "on the front" if not dominated[row.group] else "dominated by " + ", ".join(
              labels[group] for group in dominated[row.group])]
         for row in ranked
     ]  # fmt: skip
     note = (
-        "A row is dominated when another is at least as accurate on test and costs no more trainable "
-        "parameters, training time and peak memory (better in one); the rest form the accuracy-cost front."
+        "A row is dominated when another is better beyond noise on at least one of test accuracy, trainable "
+        "parameters, training time and peak memory, and worse beyond noise on none. Noise: two standard errors "
+        "of the difference (accuracy: the seeds' spread and the titles'; time and memory: the seeds' spread, and "
+        "at least 5% of the larger); rows within noise of each other, or equal, dominate neither."
     )
     return _table("Rank by test accuracy", FRONT_COLUMNS, body) + "\n\n" + note
 
 
-def _front_line(rows: Sequence[HeadlineRow], runs: Sequence[RunResult]) -> str:
-    dominated = pareto_front(rows, runs)
+def _front_line(rows: Sequence[HeadlineRow], combined: Combined) -> str:
+    if (why := _nothing_ranked(combined)) is not None:
+        return why
+    dominated = pareto_front(rows, combined.runs, combined.run.data.test.examples)
     front = [row.label for row in rows if not dominated[row.group]]
     beaten = [row.label for row in rows if dominated[row.group]]
     return (
-        f"On the accuracy-cost front (test accuracy against trainable parameters, time and memory): "
+        f"On the accuracy-cost front (test accuracy against trainable parameters, time and memory, beyond noise): "
         f"{', '.join(front)}." + (f" Dominated: {', '.join(beaten)}." if beaten else " No row is dominated.")
     )
 
@@ -431,9 +549,7 @@ def _caveats(rows: Sequence[HeadlineRow], combined: Combined) -> list[str]:
     lines = []
     classes = len(combined.run.data.labels)
     chance = 1 / classes
-    examples = combined.run.data.test.examples
-    noise = 2 * (chance * (1 - chance) / examples) ** 0.5
-    near_chance = [row.label for row in rows if row.test_accuracy.mean < chance + noise]
+    near_chance = [row.label for row in rows if at_chance(row, classes, combined.run.data.test.examples)]
     if near_chance:
         lines.append(
             f"Test accuracy of {', '.join(near_chance)} is within two standard errors of chance "

@@ -13,8 +13,9 @@ from job.config.schema import JobConfig, StrategyName
 from job.data.labels import Labels
 
 # 2: grid runs (seed, learning rate), predictions, macro-F1, comparison; 3: sample; 4: eval batch; 5: labels,
-# a comparison per row (Holm)
-SCHEMA_VERSION = 5
+# a comparison per row (Holm); 6: peak memory above the run's own start, one exact test per row over all
+# seeds, the seeds-then-titles interval, the non-inferiority answer at a margin, the detectable difference
+SCHEMA_VERSION = 6
 
 
 class Record(BaseModel):
@@ -56,7 +57,7 @@ class RunResult(Record):
     steps: int
     samples_per_second: float
     tokens_per_second: float
-    peak_memory_mb: float
+    peak_memory_mb: float  # Paddle's peak tensor allocation above the run's start (job.runtime.memory)
     optimizer_state_mb: float
     checkpoint_mb: float
     dev: SplitResult
@@ -116,7 +117,7 @@ class RunFacts(Record):
 class ResultRecord(Record):
     """results/<key>.json"""
 
-    schema_version: Literal[5] = SCHEMA_VERSION
+    schema_version: Literal[6] = SCHEMA_VERSION
     run: RunFacts
     result: RunResult
 
@@ -153,8 +154,12 @@ class HeadlineRow(Record):
     step_losses: list[float]  # mean over seeds, per step
 
 
+Answer = Literal["good enough", "not shown to be good enough", "worse"]
+
+
 class Comparison(Record):
-    """One headline row against the baseline's (full fine-tuning's) chosen row, on the same test titles."""
+    """One headline row against the baseline's (full fine-tuning's) chosen row, on the same test titles
+    and seeds (job.results.verdict; the statistics in job.results.stats)."""
 
     group: str  # the headline row compared
     subject: str  # how the verdict names it: the strategy's title, or the row label in a sweep
@@ -162,20 +167,27 @@ class Comparison(Record):
     labels: dict[str, str]
     seeds: list[int]
     test_examples: int
-    accuracy_difference: float  # LoRA minus full fine-tuning, mean over seeds
-    accuracy_difference_ci95: tuple[float, float]
+    accuracy_difference: float  # the row minus full fine-tuning, mean over seeds and titles (a fraction)
+    seed_differences: dict[str, float]  # seed -> the row minus full fine-tuning on that seed's runs
+    accuracy_difference_ci95: tuple[float, float]  # percentile bootstrap, seeds then titles (one seed: titles)
+    interval_has_seed_variance: bool  # the interval resampled seeds (2 or more), so carries training variance
     bootstrap_resamples: int
     bootstrap_seed: int
-    mcnemar_p: dict[str, float]  # seed -> exact two-sided p
-    mcnemar_p_holm: dict[str, float]  # seed -> p Holm-adjusted across the rows compared (equal for one row)
+    p_value: float  # exact sign-flip permutation test of the seed-averaged per-title differences, two-sided
+    p_value_holm: float  # Holm-adjusted over the rows compared (equal for one row)
     compared_rows: int  # how many rows were compared with the baseline (the Holm family)
-    discordant: dict[str, tuple[int, int]]  # seed -> (only LoRA right, only full fine-tuning right)
-    significant: bool  # the interval excludes 0 and the (Holm-adjusted) McNemar p < 0.05 on most seeds
+    discordant: dict[str, tuple[int, int]]  # seed -> (only the row right, only full fine-tuning right)
+    directions_agree: bool  # more seeds differ in the pooled difference's direction than against it
+    significant: bool  # Holm-adjusted p < 0.05 and the seeds agree in direction
+    detectable_difference: float  # true difference found significant with 80% power, at this row's spread
+    margin: float  # non-inferiority margin (a fraction, as accuracy_difference)
+    noninferior: bool  # the interval's lower end is above -margin
+    answer: Answer  # good enough (noninferior), worse (upper end below -margin), else not shown
     verdict: str
 
 
 class Combined(Record):
-    schema_version: Literal[5] = SCHEMA_VERSION
+    schema_version: Literal[6] = SCHEMA_VERSION
     run: RunFacts
     headline: list[HeadlineRow]
     comparison: Comparison | None  # the first compared strategy's (LoRA's) best row on dev

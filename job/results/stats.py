@@ -1,9 +1,11 @@
-"""The statistics behind the verdict: per-split metrics from predictions, mean and spread over seeds,
-the exact McNemar test and a paired bootstrap of the accuracy difference. Plain NumPy, no state."""
+"""The statistics behind the verdict: per-split metrics from predictions (scikit-learn), mean and spread
+over seeds, and the paired comparison of two rows on the same test titles over all their seeds: an
+exact sign-flip permutation test of the seed-averaged per-title differences, Holm's adjustment over the
+rows compared, and a bootstrap interval of the accuracy difference that resamples seeds, then titles.
+No state: every random draw is seeded."""
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Sequence
 
@@ -11,6 +13,8 @@ import numpy as np
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0  # fixed: the interval is a function of the predictions alone
+SIGNIFICANCE = 0.05
+POWER = 0.80  # the detectable difference: the true difference found significant this often
 
 
 # ---------------------------------------------------------------- predictions as compact text
@@ -44,27 +48,25 @@ def decode_classes(text: str) -> list[int]:
 
 
 def per_class_accuracy(predictions: Sequence[int], labels: Sequence[int], num_classes: int) -> list[float | None]:
-    """Accuracy on the examples of each class (its recall); None for a class with no example."""
-    predicted, gold = np.asarray(predictions), np.asarray(labels)
-    out: list[float | None] = []
-    for cls in range(num_classes):
-        mask = gold == cls
-        out.append(float((predicted[mask] == cls).mean()) if mask.any() else None)
-    return out
+    """Accuracy on the examples of each class (its recall, scikit-learn's); None for a class with no example."""
+    from sklearn.metrics import recall_score
+
+    gold = np.asarray(labels)
+    recall = recall_score(gold, np.asarray(predictions), labels=range(num_classes), average=None, zero_division=0)
+    present = np.bincount(gold, minlength=num_classes) > 0
+    return [float(value) if here else None for value, here in zip(recall, present, strict=True)]
 
 
 def macro_f1(predictions: Sequence[int], labels: Sequence[int], num_classes: int) -> float:
     """Unweighted mean of per-class F1 over the classes that occur in the labels or the predictions
     (scikit-learn's f1_score(average="macro") over the labels present)."""
+    from sklearn.metrics import f1_score
+
     predicted, gold = np.asarray(predictions), np.asarray(labels)
-    scores = []
-    for cls in range(num_classes):
-        true_positive = int(((predicted == cls) & (gold == cls)).sum())
-        predicted_count, gold_count = int((predicted == cls).sum()), int((gold == cls).sum())
-        if predicted_count == 0 and gold_count == 0:
-            continue
-        scores.append(2 * true_positive / (predicted_count + gold_count))
-    return float(np.mean(scores)) if scores else 0.0
+    present = sorted(set(predicted.tolist()) | set(gold.tolist()))
+    if not present:
+        return 0.0
+    return float(f1_score(gold, predicted, labels=present, average="macro", zero_division=0))
 
 
 # ---------------------------------------------------------------- over seeds
@@ -79,18 +81,53 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 # ---------------------------------------------------------------- paired comparison
 
 
-def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> tuple[float, int, int]:
-    """Exact two-sided McNemar test on paired outcomes: a binomial test of the discordant pairs.
-    Returns (p, b, c) with b = only A right, c = only B right."""
+def discordant(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[int, int]:
+    """(titles only A gets right, titles only B gets right) of one seed."""
     a, b = np.asarray(a_correct, dtype=bool), np.asarray(b_correct, dtype=bool)
-    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
-    return binomial_two_sided(min(only_a, only_b), only_a + only_b), only_a, only_b
+    return int((a & ~b).sum()), int((~a & b).sum())
+
+
+def title_differences(a_correct: np.ndarray, b_correct: np.ndarray) -> np.ndarray:
+    """Per seed and title, A right minus B right (-1, 0 or 1): shape (seeds, titles)."""
+    return np.atleast_2d(a_correct).astype(np.int64) - np.atleast_2d(b_correct).astype(np.int64)
+
+
+def sign_flip_p(differences: np.ndarray) -> float:
+    """Two-sided p of the paired permutation test over titles: under no difference, which of the two
+    rows a title's outcomes belong to is exchangeable, so each title's seed-summed difference is as
+    likely with either sign. The statistic is their sum; p = P(|T| >= |t observed|).
+
+    Exact, not sampled: the seed-summed differences are integers from -seeds to seeds, so T is a sum of
+    scaled binomials, one per magnitude, whose distribution is their convolution (scipy.stats.binom,
+    scipy.signal). With one seed this is the exact McNemar test (scipy.stats.binomtest, checked in a
+    test); scipy.stats.permutation_test gives the same p by enumeration, far slower."""
+    from scipy.signal import fftconvolve
+    from scipy.stats import binom
+
+    summed = np.atleast_2d(differences).sum(axis=0)
+    observed = int(summed.sum())
+    magnitudes = np.bincount(np.abs(summed))
+    distribution = np.ones(1)  # P(T = t) on t = -width .. width, width growing with each magnitude
+    width = 0
+    for size, count in enumerate(magnitudes):
+        if size == 0 or count == 0:
+            continue
+        flips = np.zeros(2 * size * count + 1)
+        flips[:: 2 * size] = binom.pmf(np.arange(count + 1), count, 0.5)  # size x (2 B - count), B ~ B(count, 1/2)
+        distribution = np.clip(fftconvolve(distribution, flips), 0, None) if width else flips
+        width += size * count
+    if width == 0 or observed == 0:
+        return 1.0
+    values = np.arange(-width, width + 1)
+    return float(min(1.0, distribution[np.abs(values) >= abs(observed)].sum()))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm's step-down adjustment of a family of p-values (in their order): the i-th smallest is
     multiplied by (m - i + 1), and the adjusted values are made non-decreasing in that order, capped at
-    1. Rejecting where the adjusted p < alpha keeps the family-wise error rate at alpha."""
+    1. Rejecting where the adjusted p < alpha keeps the family-wise error rate at alpha. (No library
+    here has it: statsmodels would be a new dependency in both images for one function; a test checks
+    it against Holm's closed-testing definition.)"""
     m = len(p_values)
     adjusted = [0.0] * m
     running = 0.0
@@ -100,26 +137,53 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
-def binomial_two_sided(k: int, n: int) -> float:
-    """P(X <= k or X >= n - k) for X ~ Binomial(n, 1/2), k <= n/2: twice the lower tail, capped at 1."""
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * tail)
-
-
-def paired_bootstrap_ci(
-    a_correct: np.ndarray, b_correct: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+def seed_title_interval(
+    differences: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
 ) -> tuple[float, float, float]:
-    """Accuracy of A minus accuracy of B on the same examples, averaged over seeds, with a 95% percentile
-    interval from resampling the examples (the same resample for every seed and both sides).
+    """The accuracy difference (mean over seeds and titles of `differences`, shape (seeds, titles)) and
+    its 95% percentile bootstrap interval.
 
-    `a_correct`, `b_correct`: arrays of shape (seeds, examples), True where the prediction was right.
-    Returns (difference, low, high)."""
-    a, b = np.atleast_2d(a_correct).astype(float), np.atleast_2d(b_correct).astype(float)
-    per_example = (a - b).mean(axis=0)  # the seed-averaged difference on each example
+    One seed: the titles are resampled (scipy.stats.bootstrap); the interval knows nothing of training
+    variance. Two or more: a two-level bootstrap, seeds with replacement and then titles with
+    replacement, the same titles for every seed drawn and both rows (paired), so the interval carries
+    the seeds' spread as well as the titles'. Resampling both levels counts the within-title noise
+    twice, which makes the interval a little wider than the truth (conservative, measured in
+    docs/power.md). Returns (difference, low, high)."""
+    d = np.atleast_2d(differences).astype(float)
+    seeds, titles = d.shape
+    difference = float(d.mean())
+    if seeds == 1:
+        from scipy.stats import bootstrap
+
+        interval = bootstrap((d[0],), np.mean, n_resamples=resamples, method="percentile", random_state=seed,
+                             vectorized=True, batch=max(1, 2**22 // titles)).confidence_interval  # fmt: skip
+        return difference, float(interval.low), float(interval.high)
     rng = np.random.default_rng(seed)
-    indices = rng.integers(0, per_example.size, size=(resamples, per_example.size))
-    resampled = per_example[indices].mean(axis=1)
-    low, high = np.percentile(resampled, [2.5, 97.5])
-    return float(per_example.mean()), float(low), float(high)
+    means = np.empty(resamples)
+    chunk = max(1, 2**22 // (titles * seeds))
+    for begin in range(0, resamples, chunk):
+        count = min(chunk, resamples - begin)
+        drawn = rng.integers(0, seeds, size=(count, seeds))
+        weights = np.stack([np.bincount(row, minlength=seeds) for row in drawn]) / seeds  # (count, seeds)
+        per_title = weights @ d  # each resample's seed-weighted difference per title
+        picked = rng.integers(0, titles, size=(count, titles))
+        means[begin : begin + count] = np.take_along_axis(per_title, picked, axis=1).mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return difference, float(low), float(high)
+
+
+def detectable_difference(spread: float, titles: int, family: int = 1) -> float:
+    """The smallest true accuracy difference the sign-flip test finds significant with POWER, by the
+    normal approximation: (z of alpha / 2 at Holm's first step, alpha / family, + z of POWER) standard
+    errors, where `spread` is the standard deviation of the seed-averaged per-title difference."""
+    from scipy.stats import norm
+
+    z = norm.ppf(1 - SIGNIFICANCE / (2 * family)) + norm.ppf(POWER)
+    return float(z * spread / np.sqrt(titles))
+
+
+def observed_spread(differences: np.ndarray) -> float:
+    """The standard deviation of the seed-averaged per-title difference, at least that of one title
+    changed (runs that agree on every title still leave that much unseen)."""
+    per_title = np.atleast_2d(differences).mean(axis=0)
+    return float(max(per_title.std(ddof=1) if per_title.size > 1 else 0.0, 1 / np.sqrt(per_title.size)))

@@ -1,7 +1,10 @@
 """From runs to a verdict: pick each row's learning rate on dev (never on test), summarise its seeds,
-and compare every other row with the chosen full fine-tuning row on the same test titles with an
-exact McNemar test per seed (Holm-adjusted across the rows compared) and a paired-bootstrap interval
-of the accuracy difference."""
+and compare every other row with the chosen full fine-tuning row on the same test titles and seeds.
+
+Each compared row gets one answer to "is it good enough?": non-inferior when the 95% interval of the
+row minus full fine-tuning (seeds, then titles, resampled) lies above -margin. Then one difference
+test per row over all its seeds, titles as the unit (the exact sign-flip permutation test), Holm-
+adjusted over the rows, significant only when the seeds also agree in direction."""
 
 from __future__ import annotations
 
@@ -11,15 +14,20 @@ from collections.abc import Sequence
 import numpy as np
 
 from job.errors import UserError
-from job.results.schema import Combined, Comparison, HeadlineRow, ResultRecord, RunFacts, RunResult, Stat
+from job.results.schema import Answer, Combined, Comparison, HeadlineRow, ResultRecord, RunFacts, RunResult, Stat
 from job.results.stats import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
+    SIGNIFICANCE,
     decode_classes,
+    detectable_difference,
+    discordant,
     holm,
-    mcnemar_exact,
     mean_std,
-    paired_bootstrap_ci,
+    observed_spread,
+    seed_title_interval,
+    sign_flip_p,
+    title_differences,
 )
 from job.training.runs import rate_text
 from job.training.strategies import STRATEGIES, baseline, compared
@@ -82,26 +90,17 @@ def _headline(members: list[RunResult]) -> HeadlineRow:
     )
 
 
-SIGNIFICANCE = 0.05
-
-
-def mcnemar_agrees(p_values: Sequence[float]) -> bool:
-    """The exact test confirms a difference on more than half of the seeds. The percentile bootstrap
-    alone can exclude zero on a handful of one-sided discordant titles (5 vs 0: McNemar p = 0.06), so a
-    difference is called significant only when both agree."""
-    return sum(p < SIGNIFICANCE for p in p_values) * 2 > len(p_values)
-
-
 def best_row(rows: Sequence[HeadlineRow], strategy: str) -> HeadlineRow | None:
     """The strategy's row with the best mean dev accuracy (a LoRA rank sweep has several)."""
     candidates = [row for row in rows if row.strategy == strategy]
     return max(candidates, key=lambda row: row.dev_accuracy.mean) if candidates else None
 
 
-def comparisons(rows: Sequence[HeadlineRow], results: Sequence[RunResult], facts: RunFacts) -> list[Comparison]:
-    """Every row of a strategy other than the baseline against the baseline's chosen row, seed by seed
-    on the same test titles. With several rows compared, each seed's McNemar p-values are Holm-adjusted
-    across them, and significance reads the adjusted values (one row: the same as unadjusted)."""
+def comparisons(
+    rows: Sequence[HeadlineRow], results: Sequence[RunResult], facts: RunFacts, margin: float
+) -> list[Comparison]:
+    """Every row of a strategy other than the baseline against the baseline's chosen row, on the seeds
+    both ran and the same test titles: one exact test per row, Holm-adjusted over the rows."""
     base = best_row(rows, baseline().name)
     labels_text = facts.data.test.labels
     if base is None or not labels_text:
@@ -111,31 +110,20 @@ def comparisons(rows: Sequence[HeadlineRow], results: Sequence[RunResult], facts
     compared_rows = [row for row in rows if row.strategy != base.strategy]
     pairs = [(row, _paired(row, base, by_key, gold)) for row in compared_rows]
     pairs = [(row, paired) for row, paired in pairs if paired is not None]
-    raw = {row.group: {str(seed): mcnemar_exact(a, b) for seed, a, b in paired} for row, paired in pairs}
-    adjusted: dict[str, dict[str, float]] = {row.group: {} for row, _ in pairs}
-    for seed in dict.fromkeys(seed for tests in raw.values() for seed in tests):
-        family = [group for group, tests in raw.items() if seed in tests]
-        for group, p in zip(family, holm([raw[group][seed][0] for group in family]), strict=True):
-            adjusted[group][seed] = p
+    raw = [sign_flip_p(title_differences(*_stacked(paired))) for _, paired in pairs]
     strategies = [row.strategy for row in compared_rows]
-    return [
-        _comparison(
-            row,
-            base,
-            paired,
-            raw[row.group],
-            adjusted[row.group],
-            len(pairs),
-            gold.size,
-            alone=strategies.count(row.strategy) == 1,
-        )
-        for row, paired in pairs
-    ]
+    found = []
+    for (row, paired), p, adjusted in zip(pairs, raw, holm(raw), strict=True):
+        alone = strategies.count(row.strategy) == 1
+        found.append(_comparison(row, base, paired, p_value=p, p_value_holm=adjusted, family=len(pairs),
+                                 examples=gold.size, margin=margin, alone=alone))  # fmt: skip
+    return found
 
 
-def _paired(
-    row: HeadlineRow, base: HeadlineRow, by_key: dict[str, RunResult], gold: np.ndarray
-) -> list[tuple[int, np.ndarray, np.ndarray]] | None:
+Paired = list[tuple[int, np.ndarray, np.ndarray]]
+
+
+def _paired(row: HeadlineRow, base: HeadlineRow, by_key: dict[str, RunResult], gold: np.ndarray) -> Paired | None:
     """(seed, row correct, baseline correct) per title, for each seed both rows ran."""
     mine = {by_key[k].seed: by_key[k] for k in row.keys}
     theirs = {by_key[k].seed: by_key[k] for k in base.keys}
@@ -147,15 +135,39 @@ def _paired(
     return [(seed, correct(mine[seed]), correct(theirs[seed])) for seed in seeds] or None
 
 
+def _stacked(paired: Paired) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([a for _, a, _ in paired]), np.array([b for _, _, b in paired])
+
+
+def answer_for(low: float, high: float, margin: float) -> Answer:
+    """Non-inferiority at `margin`: good enough when the whole interval lies above -margin, worse when
+    it lies wholly below, otherwise not shown either way."""
+    if low > -margin:
+        return "good enough"
+    if high < -margin:
+        return "worse"
+    return "not shown to be good enough"
+
+
+def directions_agree(seed_differences: Sequence[float], pooled: float) -> bool:
+    """More seeds differ in the pooled difference's direction than against it (no direction: no)."""
+    if pooled == 0:
+        return False
+    sign = 1 if pooled > 0 else -1
+    along = sum(d * sign > 0 for d in seed_differences)
+    return along > sum(d * sign < 0 for d in seed_differences)
+
+
 def _comparison(
-    row: HeadlineRow, base: HeadlineRow, paired: list[tuple[int, np.ndarray, np.ndarray]],
-    tests: dict[str, tuple[float, int, int]], adjusted: dict[str, float], family: int, examples: int, alone: bool,
+    row: HeadlineRow, base: HeadlineRow, paired: Paired, *, p_value: float, p_value_holm: float, family: int,
+    examples: int, margin: float, alone: bool,
 ) -> Comparison:  # fmt: skip
     seeds = [seed for seed, _, _ in paired]
-    mine = np.array([a for _, a, _ in paired])
-    theirs = np.array([b for _, _, b in paired])
-    difference, low, high = paired_bootstrap_ci(mine, theirs, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
-    significant = (low > 0 or high < 0) and mcnemar_agrees(list(adjusted.values()))
+    mine, theirs = _stacked(paired)
+    differences = title_differences(mine, theirs)
+    difference, low, high = seed_title_interval(differences, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
+    by_seed = {str(seed): float(d) for seed, d in zip(seeds, differences.mean(axis=1), strict=True)}
+    agree = directions_agree(list(by_seed.values()), difference)
     keys = dict(zip(row.seeds, row.keys, strict=True))
     base_keys = dict(zip(base.seeds, base.keys, strict=True))
     comparison = Comparison(
@@ -166,14 +178,21 @@ def _comparison(
         seeds=seeds,
         test_examples=int(examples),
         accuracy_difference=difference,
+        seed_differences=by_seed,
         accuracy_difference_ci95=(low, high),
+        interval_has_seed_variance=len(seeds) > 1,
         bootstrap_resamples=BOOTSTRAP_RESAMPLES,
         bootstrap_seed=BOOTSTRAP_SEED,
-        mcnemar_p={seed: p for seed, (p, _, _) in tests.items()},
-        mcnemar_p_holm=adjusted,
+        p_value=p_value,
+        p_value_holm=p_value_holm,
         compared_rows=family,
-        discordant={seed: (only_row, only_base) for seed, (_, only_row, only_base) in tests.items()},
-        significant=significant,
+        discordant={str(seed): discordant(a, b) for seed, a, b in paired},
+        directions_agree=agree,
+        significant=p_value_holm < SIGNIFICANCE and agree,
+        detectable_difference=detectable_difference(observed_spread(differences), int(examples), family),
+        margin=margin,
+        noninferior=low > -margin,
+        answer=answer_for(low, high, margin),
         verdict="",
     )
     return comparison.model_copy(update={"verdict": verdict_sentence(comparison)})
@@ -185,44 +204,71 @@ def primary(found: Sequence[Comparison], rows: Sequence[HeadlineRow]) -> Compari
     return next((c for c in found if row is not None and c.group == row.group), None)
 
 
-def _signed_points(value: float) -> str:
+def signed_points(value: float) -> str:
+    """A fraction as signed accuracy points: +1.2, −0.4 (a true minus sign)."""
     return f"{100 * value:+.1f}".replace("-", "−")
 
 
-def _p_value(p: float) -> str:
+def points(value: float) -> str:
+    """A fraction as a number of points: 1.0 point, 2.5 points."""
+    amount = f"{100 * value:.1f}"
+    return f"{amount} point" + ("" if amount == "1.0" else "s")
+
+
+def p_text(p: float) -> str:
     return f"{p:.2f}" if p >= 0.01 else f"{p:.1e}"
 
 
-def verdict_sentence(c: Comparison) -> str:
-    """The comparison in words; it claims a difference only when the 95% interval excludes zero."""
+def interval_text(c: Comparison) -> str:
+    low, high = c.accuracy_difference_ci95
+    how = (
+        "seeds and titles resampled"
+        if c.interval_has_seed_variance
+        else "titles resampled; one seed, so training variance is not in it"
+    )
+    return f"95% CI {signed_points(low)} to {signed_points(high)} points, {how}"
+
+
+def answer_text(c: Comparison) -> str:
+    """The answer to "is it good enough?", first words first."""
+    base, interval = baseline().title, interval_text(c)
+    if c.answer == "good enough":
+        return f"good enough: at most {points(c.margin)} below {base} ({interval})"
+    if c.answer == "worse":
+        return f"worse: more than {points(c.margin)} below {base} ({interval})"
+    low = c.accuracy_difference_ci95[0]
+    return (
+        f"not shown to be good enough: the interval reaches {signed_points(low)} points, beyond the margin of "
+        f"{points(c.margin)} ({interval})"
+    )
+
+
+def test_text(c: Comparison) -> str:
+    """The difference test in words; it claims a difference only when the test and the seeds allow it."""
     gap = 100 * c.accuracy_difference
     direction = "above" if gap > 0 else "below" if gap < 0 else "level with"
     amount = f"{abs(gap):.1f} points " if gap != 0 else ""
-    low, high = c.accuracy_difference_ci95
-    if len(c.seeds) == 1:
-        mcnemar = f"McNemar p = {_p_value(next(iter(c.mcnemar_p.values())))}"
-    else:
-        mcnemar = "McNemar p = " + ", ".join(f"{_p_value(p)} (seed {seed})" for seed, p in c.mcnemar_p.items())
+    seeds = f"{len(c.seeds)} seed" + ("s" if len(c.seeds) > 1 else "")
+    evidence = f"exact sign-flip test over {c.test_examples} paired titles x {seeds}, p = {p_text(c.p_value)}"
     if c.compared_rows > 1:
-        mcnemar += f", Holm-adjusted over {c.compared_rows} rows " + ", ".join(
-            _p_value(p) for p in c.mcnemar_p_holm.values()
-        )
-    evidence = (
-        f"(95% CI {_signed_points(low)} to {_signed_points(high)} points; {mcnemar} on {c.test_examples} paired titles)"
-    )
-    excludes_zero = low > 0 or high < 0
-    if excludes_zero and not c.significant:
-        conclusion = (
-            f"the interval excludes zero but the exact test does not confirm it (p ≥ {SIGNIFICANCE:g} on most "
-            "seeds): no firm difference at this sample size"
-        )
-    elif not c.significant:
-        conclusion = "no significant difference at this sample size"
-    elif gap < 0:
-        conclusion = f"{baseline().title} is significantly better (the interval excludes zero)"
+        evidence += f", Holm-adjusted over {c.compared_rows} rows {p_text(c.p_value_holm)}"
+    if c.significant:
+        better = baseline().title if gap < 0 else c.subject
+        conclusion = f"{better} is significantly better"
+    elif c.p_value_holm < SIGNIFICANCE:
+        by_seed = ", ".join(f"{signed_points(d)} (seed {seed})" for seed, d in c.seed_differences.items())
+        conclusion = f"the seeds disagree in direction ({by_seed}): no firm difference"
     else:
-        conclusion = f"{c.subject} is significantly better (the interval excludes zero)"
-    return f"{c.subject} is {amount}{direction} {baseline().title} {evidence}: {conclusion}."
+        conclusion = (
+            f"no significant difference, which is not evidence of none: this comparison finds a true difference "
+            f"of {c.detectable_difference * 100:.1f} points 80% of the time"
+        )
+    return f"{c.subject} is {amount}{direction} {baseline().title} ({evidence}): {conclusion}"
+
+
+def verdict_sentence(c: Comparison) -> str:
+    """The answer first, then what the difference test says."""
+    return f"{answer_text(c)}. {test_text(c)}."
 
 
 def check_same_sample(results: Sequence[RunResult]) -> None:
@@ -239,8 +285,9 @@ def check_same_sample(results: Sequence[RunResult]) -> None:
         )
 
 
-def combine(records: Sequence[ResultRecord]) -> Combined:
-    """results.json: the run's facts once, the headline rows, the comparison, then every run."""
+def combine(records: Sequence[ResultRecord], margin: float | None = None) -> Combined:
+    """results.json: the run's facts once, the headline rows, the comparisons, then every run. `margin`
+    (a fraction) replaces the config's `margin` (in points) for the non-inferiority answer."""
     facts = records[0].run
     results = [record.result for record in records]
     check_same_sample(results)
@@ -249,7 +296,7 @@ def combine(records: Sequence[ResultRecord]) -> Combined:
     strategies = list(dict.fromkeys(result.strategy for result in results))
     facts = facts.model_copy(update={"config": facts.config.model_copy(update={"strategies": strategies})})
     rows = headline_rows(results)
-    found = comparisons(rows, results, facts)
+    found = comparisons(rows, results, facts, facts.config.margin / 100 if margin is None else margin)
     return Combined(
         run=facts,
         headline=rows,
