@@ -71,8 +71,9 @@ doctor: venv ## check this machine: Paddle build, device, a training step of eac
 run-local: venv ## run the job in the venv: make run-local CONFIG=configs/x.yaml
 	$(PY) -m job run --config $(CONFIG)
 
-docs: venv ## write docs/configuration.md from the config schema (a test checks it is current)
+docs: venv ## write docs/configuration.md from the config schema and docs/power.md by simulation (tests check both)
 	$(PY) -m job config-reference --markdown > docs/configuration.md
+	$(PY) -m job.results.power > docs/power.md
 
 lint: venv ## ruff, hadolint, the compose file, the batch manifests against the services' schemas, import cycles
 	$(VENV)/bin/ruff check job tests peer

@@ -52,7 +52,7 @@ def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: 
     # Each row's label names its learning rate.
     assert [row[0] for row in rows] == ["lora (r=4, α=8, dropout=0.1, lr=0.03)", "full_finetune (lr=0.01)"]
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    assert results["schema_version"] == 5
+    assert results["schema_version"] == 6
     by_name = {r["strategy"]: r for r in results["runs"]}
     for row, name in zip(rows, ("lora", "full_finetune"), strict=True):
         r = by_name[name]
@@ -95,8 +95,11 @@ def test_run_writes_the_report_with_every_cell_measured(write_config, tmp_path: 
     assert comparison["accuracy_difference"] == pytest.approx(
         by_name["lora"]["test"]["accuracy"] - by_name["full_finetune"]["test"]["accuracy"]
     )
-    assert set(comparison["mcnemar_p"]) == {"42"}
+    assert set(comparison["discordant"]) == {"42"} and comparison["interval_df"] is None
+    assert comparison["margin"] == 0.01 and comparison["answer"] in comparison["verdict"].split(":")[0]
+    assert comparison["noninferior"] is (low > -0.01)
     assert f"Verdict: {comparison['verdict']}" in report
+    assert report.index(comparison["verdict"]) < report.index("## Configuration")  # the answer first
     assert "One seed per row" in report and "±" not in table_rows(report)[0][3]
     assert "device: cpu" in result.stderr
     assert "No model files were saved" in report
@@ -169,6 +172,18 @@ def test_merging_results_of_separate_strategy_runs(write_config, tmp_path: Path)
         "full_finetune (lr=0.005)",
     ]
     assert "LoRA trained" in report and "as many parameters as full fine-tuning" in report
+    # `job report --margin` judges the same runs at another margin, and says so; the runs stay as they were.
+    out = tmp_path / "out"
+    before = json.loads((out / "results.json").read_text(encoding="utf-8"))["comparison"]
+    wide = CliRunner().invoke(main, ["report", "--output-dir", str(out), "--margin", "100"])
+    assert wide.exit_code == 0, wide.output
+    after = json.loads((out / "results.json").read_text(encoding="utf-8"))["comparison"]
+    assert (before["margin"], after["margin"]) == (0.01, 1.0)
+    assert after["answer"] == "good enough" and after["noninferior"]  # nothing is 100 points below
+    assert after["accuracy_difference_ci95"] == before["accuracy_difference_ci95"]
+    assert "Margin 100.0 points" in (out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+    refused = CliRunner().invoke(main, ["report", "--output-dir", str(out), "--margin", "-1"])
+    assert refused.exit_code == 2 and "--margin" in refused.output
 
 
 def test_results_of_another_config_are_not_merged(write_config, tmp_path: Path) -> None:

@@ -171,7 +171,7 @@ def test_out_of_memory_names_the_batch_size_to_try(write_config, tmp_path: Path)
     [
         (lambda r: r["result"].pop("step_losses"), "field 'result.step_losses': Field required"),
         (lambda r: r["run"].update(config_hash=["not", "a", "hash"]), "field 'run.config_hash'"),
-        (lambda r: r.pop("schema_version"), "result schema 1, this job reads 5"),
+        (lambda r: r.pop("schema_version"), "result schema 1, this job reads 6"),
         (
             lambda r: r["result"]["test"].update(predictions=r["result"]["test"]["predictions"][1:]),
             "field 'result.test.predictions' has 59 class ids for 60 examples",

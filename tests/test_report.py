@@ -36,8 +36,9 @@ def test_seed_config_keeps_the_seed_layout() -> None:
     report = pair(545)
     headings = [line for line in report.splitlines() if line.startswith("#")]
     assert headings[0] == "# ERNIE 3.0 Medium: LoRA vs Full Fine-Tuning"
+    # The answer first, then the seed's sections in the seed's order.
     assert [h for h in headings if h.startswith("## ")] == [
-        "## Configuration", "## Results", "## Observations", "## Artifacts",
+        "## Summary", "## Configuration", "## Results", "## Observations", "## Artifacts",
     ]  # fmt: skip
     table = report.split("## Results\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
     expected = "| lora (r=16, α=32, dropout=0.1, lr=0.0005) | 306,447 | 75,734,031 | 50.0 | 0.5550 | 0.5450 |"
@@ -54,16 +55,18 @@ def test_several_seeds_give_mean_and_spread() -> None:
     assert "| 51.0 ± 1.0 (n=3) | 0.5550 ± 0.0000 (n=3) |" in table[2]
     assert "### Every run" in report and "`lora_lr0.0005_s3`" in report
     assert "One seed per row" not in report
-    assert "McNemar p = " in report and "(seed 1)" in report and "(seed 3)" in report
+    assert "exact sign-flip test over 1000 paired titles x 3 seeds, p = " in report
+    assert "seeds and titles as random, t with " in report
 
 
 def test_observations_follow_the_verdict() -> None:
     close = pair(545)
     far = pair(380)
-    assert "Verdict: LoRA is 0.5 points below full fine-tuning (95% CI −" in close
-    assert "no significant difference at this sample size" in close
-    assert "Verdict: LoRA is 17.0 points below full fine-tuning (95% CI −" in far
-    assert "full fine-tuning is significantly better" in far
+    assert "Verdict: not shown to be good enough: the interval reaches −" in close
+    assert "LoRA is 0.5 points below full fine-tuning (exact sign-flip test over 1000 paired titles x 1 seed" in close
+    assert "no significant difference, which is not evidence of none" in close
+    assert "Verdict: worse: more than 1.0 point below full fine-tuning (95% CI −" in far
+    assert "LoRA is 17.0 points below full fine-tuning" in far and "full fine-tuning is significantly better" in far
     assert "LoRA trained 0.41% as many parameters as full fine-tuning (306,447 vs 75,439,119)." in far
 
 
@@ -84,7 +87,9 @@ def test_tables_show_every_row_with_its_numbers() -> None:
     assert "| 0.6100 |" in results_table(changed.headline) and "| 0.6100 |" not in table
     full = combine(records([result("full_finetune", lr=5e-5, seed=1, dev_right=5, test_right=5, labels=LABELS,
                                    seconds=100.0)], LABELS))  # fmt: skip
-    assert "| full_finetune (lr=5e-05) | 5.1 | 1,000 | 2.300 | 1.200 | 100.000% |" in efficiency_table(
+    run = full.runs[0]  # the row's own costs, as its record gives them
+    assert (run.peak_memory_mb, run.optimizer_state_mb, run.checkpoint_mb) == (2310.5, 575.5105, 287.70105)
+    assert "| full_finetune (lr=5e-05) | 5.1 | 2,310 | 575.5 | 287.7 | 100.000% |" in efficiency_table(
         full.headline, full.runs
     )
 
@@ -106,3 +111,70 @@ def test_rate_choice_names_every_rate_tried_and_the_one_chosen_on_dev() -> None:
         "Learning rates were chosen on mean dev accuracy over seeds, never on test: "
         "lora: 0.0001 → 52.00%, 0.0005 → 60.00% (chosen); full_finetune: 5e-05 → 56.00% (chosen)."
     )
+
+
+def three_seed_records(lora_test: int = 545, full_test: int = 550, **config: object) -> list:
+    runs = []
+    for seed in (1, 2, 3):
+        runs.append(result("lora", lr=5e-4, seed=seed, dev_right=555, test_right=lora_test + seed, labels=LABELS,
+                           seconds=40.0 + seed, test_start=40))  # fmt: skip
+        runs.append(result("full_finetune", lr=5e-5, seed=seed, dev_right=560, test_right=full_test, labels=LABELS,
+                           seconds=100.0 + 2 * seed))  # fmt: skip
+    saved = records(runs, LABELS)
+    if config:
+        changed = saved[0].run.config.model_copy(update=config)
+        saved = [r.model_copy(update={"run": r.run.model_copy(update={"config": changed})}) for r in saved]
+    return saved
+
+
+def test_the_report_opens_with_each_rows_answer_and_its_own_savings() -> None:
+    import statistics
+
+    combined = combine(three_seed_records())
+    report = render_report(combined)
+    summary = report.split("## Summary\n\n", 1)[1].split("## Configuration", 1)[0]
+    c = combined.comparison
+    assert c is not None
+    first = summary.splitlines()[0]
+    assert first.startswith(f"- **{c.labels['lora']}**: {c.answer}: ") and c.verdict in first
+    lora, full = ([r for r in combined.runs if r.strategy == name] for name in ("lora", "full_finetune"))
+
+    def mean(runs: list, field: str) -> float:
+        return statistics.fmean(getattr(r, field) for r in runs)
+
+    memory, full_memory = mean(lora, "peak_memory_mb"), mean(full, "peak_memory_mb")
+    seconds, full_seconds = mean(lora, "training_seconds"), mean(full, "training_seconds")
+    disk, full_disk = mean(lora, "checkpoint_mb"), mean(full, "checkpoint_mb")
+    assert (round(memory), round(full_memory)) == (1027, 2320)  # each run's own figure, averaged over its seeds
+    row = (
+        f"| {c.labels['lora']} | {c.answer} | 0.405% | {memory:,.0f} ({memory / full_memory:.0%}) | "
+        f"{seconds:.1f} ({seconds / full_seconds:.0%}) | {disk:.3f} ({disk / full_disk:.0%}) |"
+    )
+    assert row in summary and "| 1,027 (44%) | 42.0 (40%) | 1.203 (0%) |" in row
+    assert f"| full_finetune (lr=5e-05) | (the reference) | 100.000% | 2,320 | 104.0 | {full_disk:.1f} |" in summary
+    assert report.index("## Summary") < report.index("## Configuration")
+
+
+def test_an_untuned_lora_rate_is_warned_about_and_a_rate_of_its_own_is_not() -> None:
+    shared = render_report(combine(three_seed_records()))
+    warning = (
+        "**Warning:** LoRA trained at full fine-tuning's learning rate (5e-05) with no rate of its own swept; "
+        "adapters usually need about 10x that (configs/tnews_lora_tuned.yaml): set `lora_learning_rate`"
+    )
+    assert warning in shared.split("## Configuration")[0]
+    assert "**Warning:**" not in render_report(combine(three_seed_records(lora_learning_rate=5e-4)))
+
+
+def test_at_chance_the_report_ranks_nothing_and_says_why() -> None:
+    chance_runs = []
+    for rank, right in ((4, 70), (8, 72)):
+        chance_runs.append(result("lora", lr=5e-4, seed=1, dev_right=70, test_right=right, labels=LABELS, rank=rank))
+    chance_runs.append(result("full_finetune", lr=5e-5, seed=1, dev_right=70, test_right=68, labels=LABELS))
+    report = render_report(combine(records(chance_runs, LABELS)))
+    ranked = report.split("### Accuracy against cost\n\n", 1)[1]
+    assert ranked.startswith("Not ranked: every row is within two standard errors of chance (6.7% for 15 classes)")
+    assert "| Rank by test accuracy |" not in report and "On the accuracy-cost front" not in report
+    assert "every row is within two standard errors of chance" in report.split("## Configuration")[0]
+    # One row that learned: the rows are ranked.
+    learned = [*chance_runs[:2], result("full_finetune", lr=5e-5, seed=1, dev_right=70, test_right=600, labels=LABELS)]
+    assert "| Rank by test accuracy |" in render_report(combine(records(learned, LABELS)))

@@ -125,7 +125,8 @@ def test_bootstrap_interval_is_the_95_percent_interval_of_the_exact_bootstrap(n:
     a[:plus] = True  # only A right
     b[plus : plus + minus] = True  # only B right
     a[plus + minus : plus + minus + n // 3] = b[plus + minus : plus + minus + n // 3] = True  # both right
-    difference, low, high = seed_title_interval(title_differences(a, b))
+    interval = seed_title_interval(title_differences(a, b))
+    difference, low, high = interval.difference, interval.low, interval.high
     assert difference == pytest.approx((plus - minus) / n)
     cdf = exact_bootstrap_cdf(plus, minus, n)
     step = 1 / n  # the bootstrap mean lives on multiples of 1/n
@@ -140,7 +141,8 @@ def test_bootstrap_resamples_titles_once_for_both_models() -> None:
     b = a.copy()
     flips = rng.choice(1500, 60, replace=False)
     b[flips] = ~b[flips]  # B agrees with A on 96% of titles
-    _, low, high = seed_title_interval(title_differences(a, b))
+    interval = seed_title_interval(title_differences(a, b))
+    low, high = interval.low, interval.high
     # The width a paired bootstrap must give: 2 x 1.96 standard errors of the per-title difference.
     per_title = a.astype(float) - b.astype(float)
     expected = 2 * 1.96 * per_title.std() / np.sqrt(per_title.size)
@@ -150,24 +152,48 @@ def test_bootstrap_resamples_titles_once_for_both_models() -> None:
     assert unpaired > 3 * expected
 
 
-def test_with_several_seeds_the_interval_resamples_seeds_then_titles() -> None:
-    """Seeds that agree title for title add nothing: the two-level interval is then the titles' alone (as
-    wide as scipy's bootstrap of one seed). Seeds that differ in level widen it by their spread."""
+def test_with_several_seeds_the_interval_carries_the_seeds_spread() -> None:
+    """Seeds that agree title for title add nothing: the interval is then as wide as the titles' alone
+    (scipy's bootstrap of one seed). Seeds that differ in level widen it by their spread."""
     rng = np.random.default_rng(12)
     a, b = rng.random(2000) < 0.7, rng.random(2000) < 0.68
     one = seed_title_interval(title_differences(a, b))
     copies = seed_title_interval(title_differences(np.stack([a] * 3), np.stack([b] * 3)))
-    assert copies[0] == pytest.approx(one[0])
-    assert copies[2] - copies[1] == pytest.approx(one[2] - one[1], rel=0.1)
+    assert one.df is None and copies.df is not None
+    assert copies.difference == pytest.approx(one.difference)
+    assert copies.high - copies.low == pytest.approx(one.high - one.low, rel=0.1)
     # Seed 1's row is 8 points better than on seeds 2 and 3 (say, a lucky initialisation): the spread enters.
     lucky = a.copy()
     lucky[np.flatnonzero(~a)[:160]] = True
-    rows, fulls = np.stack([lucky, a, a]), np.stack([b, b, b])
-    pooled = title_differences(rows, fulls)
-    two_level = seed_title_interval(pooled)
+    pooled = title_differences(np.stack([lucky, a, a]), np.stack([b, b, b]))
+    seeds_and_titles = seed_title_interval(pooled)
     titles_only = seed_title_interval(pooled.mean(axis=0, keepdims=True))
-    assert two_level[0] == pytest.approx(titles_only[0])
-    assert two_level[2] - two_level[1] > 1.5 * (titles_only[2] - titles_only[1])
+    assert seeds_and_titles.difference == pytest.approx(titles_only.difference)
+    assert seeds_and_titles.high - seeds_and_titles.low > 3 * (titles_only.high - titles_only.low)
+
+
+def test_the_seeds_and_titles_interval_is_the_random_effects_t_interval_at_welchs_df() -> None:
+    """The variance (MS seeds + MS titles) / (seeds x titles) and Satterthwaite's df: the df equals
+    scipy's Welch test's on two samples built with those mean squares, and the half-width is t at that df."""
+    from scipy.stats import t as student
+    from scipy.stats import ttest_ind
+
+    rng = np.random.default_rng(4)
+    differences = title_differences(rng.random((3, 400)) < 0.6 + 0.03 * np.arange(3)[:, None],
+                                    rng.random((3, 400)) < 0.6)  # fmt: skip
+    seeds, titles = differences.shape
+    ms_seeds = titles * np.var(differences.mean(axis=1), ddof=1)
+    ms_titles = seeds * np.var(differences.mean(axis=0), ddof=1)
+    interval = seed_title_interval(differences)
+
+    def sample(size: int, variance: float) -> np.ndarray:
+        z = rng.standard_normal(size)
+        return (z - z.mean()) / z.std(ddof=1) * np.sqrt(variance)
+
+    welch = ttest_ind(sample(seeds, ms_seeds / titles), sample(titles, ms_titles / seeds), equal_var=False)
+    assert interval.df == pytest.approx(welch.df, rel=1e-9)
+    half = student.ppf(0.975, interval.df) * np.sqrt((ms_seeds + ms_titles) / (seeds * titles))
+    assert (interval.low, interval.high) == pytest.approx((differences.mean() - half, differences.mean() + half))
 
 
 def test_macro_f1_and_per_class_accuracy_match_scikit_learn() -> None:
@@ -252,9 +278,13 @@ def test_the_recorded_numbers_reproduce_the_test_interval_and_detectable_differe
     differences = title_differences(correct_of(combined, c.selected["lora"]),
                                     correct_of(combined, c.selected["full_finetune"]))  # fmt: skip
     assert c.p_value == sign_flip_p(differences)
-    _, low, high = seed_title_interval(differences, c.bootstrap_resamples, c.bootstrap_seed)
-    assert c.accuracy_difference_ci95 == (low, high)
-    assert c.detectable_difference == pytest.approx(detectable_difference(observed_spread(differences), 200))
+    interval = seed_title_interval(differences, c.bootstrap_resamples, c.bootstrap_seed)
+    low, high = interval.low, interval.high
+    assert c.accuracy_difference_ci95 == (low, high) and c.interval_df == interval.df
+    # The larger of the exact test's and the interval's: these seeds differ widely, so the interval's.
+    by_test = detectable_difference(observed_spread(differences), 200)
+    assert c.detectable_difference == pytest.approx(max(by_test, interval.detectable()))
+    assert interval.detectable() > by_test
     assert f"95% CI {100 * low:+.1f} to {100 * high:+.1f} points".replace("-", "−") in c.verdict
     assert f"p = {c.p_value:.2f}" in c.verdict
     assert f"a true difference of {100 * c.detectable_difference:.1f} points 80% of the time" in c.verdict

@@ -186,8 +186,8 @@ def answers(combined: Combined) -> str:
     table_rows.append(_saving_row(full, full, combined, None))
     note = (
         f"Margin {_margin_text(combined.comparisons[0].margin)} (`margin`; `job report --margin` judges these runs "
-        f"again at another). Savings are against {base.title}: the share of weights trained, and each row's "
-        "own peak memory, training time and trained weights stored (means over its seeds)."
+        f"again at another). What each row costs: the share of weights it trains, and its own peak memory, "
+        f"training time and trained weights stored (means over its seeds; in brackets, as a share of {base.title}'s)."
     )
     return (
         "\n".join(lines)
@@ -234,7 +234,7 @@ def _saving_row(row: HeadlineRow, full: HeadlineRow, combined: Combined, c: Comp
         row.label,
         "(the reference)" if c is None else c.answer,
         f"{100 * row.trainable_params / row.total_params:.3f}%",
-        against(memory, full_memory, f"{memory:,.0f}"),
+        against(memory, full_memory, _memory(memory)),
         against(seconds, full_seconds, f"{seconds:.1f}"),
         against(disk, full_disk, _megabytes(disk)),
     ]
@@ -416,6 +416,10 @@ def per_class_table(rows: Sequence[HeadlineRow], labels: Labels) -> str:
         "`run.data.labels`."
     )
     return _table("Class", [row.label for row in rows], body) + "\n\n" + note
+
+
+def _memory(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
 def _megabytes(value: float) -> str:

@@ -169,16 +169,17 @@ class Comparison(Record):
     test_examples: int
     accuracy_difference: float  # the row minus full fine-tuning, mean over seeds and titles (a fraction)
     seed_differences: dict[str, float]  # seed -> the row minus full fine-tuning on that seed's runs
-    accuracy_difference_ci95: tuple[float, float]  # percentile bootstrap, seeds then titles (one seed: titles)
-    interval_has_seed_variance: bool  # the interval resampled seeds (2 or more), so carries training variance
-    bootstrap_resamples: int
+    accuracy_difference_ci95: tuple[float, float]  # seeds x titles random effects, t (one seed: titles' bootstrap)
+    interval_has_seed_variance: bool  # 2 or more seeds: the interval carries training variance
+    interval_df: float | None  # the t interval's Satterthwaite degrees of freedom (None: one seed, bootstrap)
+    bootstrap_resamples: int  # the one-seed interval's (job.results.stats.seed_title_interval)
     bootstrap_seed: int
     p_value: float  # exact sign-flip permutation test of the seed-averaged per-title differences, two-sided
     p_value_holm: float  # Holm-adjusted over the rows compared (equal for one row)
     compared_rows: int  # how many rows were compared with the baseline (the Holm family)
     discordant: dict[str, tuple[int, int]]  # seed -> (only the row right, only full fine-tuning right)
     directions_agree: bool  # more seeds differ in the pooled difference's direction than against it
-    significant: bool  # Holm-adjusted p < 0.05 and the seeds agree in direction
+    significant: bool  # Holm-adjusted p < 0.05, the seeds agree in direction, and the interval excludes 0
     detectable_difference: float  # true difference found significant with 80% power, at this row's spread
     margin: float  # non-inferiority margin (a fraction, as accuracy_difference)
     noninferior: bool  # the interval's lower end is above -margin

@@ -149,6 +149,12 @@ def answer_for(low: float, high: float, margin: float) -> Answer:
     return "not shown to be good enough"
 
 
+def is_significant(*, p_value_holm: float, directions_agree: bool, low: float, high: float) -> bool:
+    """A difference is called significant when the exact test rejects at the Holm-adjusted level, the
+    seeds agree in its direction, and the interval (which carries the seeds' spread) excludes zero."""
+    return p_value_holm < SIGNIFICANCE and directions_agree and (low > 0 or high < 0)
+
+
 def directions_agree(seed_differences: Sequence[float], pooled: float) -> bool:
     """More seeds differ in the pooled difference's direction than against it (no direction: no)."""
     if pooled == 0:
@@ -165,7 +171,8 @@ def _comparison(
     seeds = [seed for seed, _, _ in paired]
     mine, theirs = _stacked(paired)
     differences = title_differences(mine, theirs)
-    difference, low, high = seed_title_interval(differences, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
+    interval = seed_title_interval(differences, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED)
+    difference, low, high = interval.difference, interval.low, interval.high
     by_seed = {str(seed): float(d) for seed, d in zip(seeds, differences.mean(axis=1), strict=True)}
     agree = directions_agree(list(by_seed.values()), difference)
     keys = dict(zip(row.seeds, row.keys, strict=True))
@@ -180,7 +187,8 @@ def _comparison(
         accuracy_difference=difference,
         seed_differences=by_seed,
         accuracy_difference_ci95=(low, high),
-        interval_has_seed_variance=len(seeds) > 1,
+        interval_has_seed_variance=interval.df is not None,
+        interval_df=interval.df,
         bootstrap_resamples=BOOTSTRAP_RESAMPLES,
         bootstrap_seed=BOOTSTRAP_SEED,
         p_value=p_value,
@@ -188,8 +196,10 @@ def _comparison(
         compared_rows=family,
         discordant={str(seed): discordant(a, b) for seed, a, b in paired},
         directions_agree=agree,
-        significant=p_value_holm < SIGNIFICANCE and agree,
-        detectable_difference=detectable_difference(observed_spread(differences), int(examples), family),
+        significant=is_significant(p_value_holm=p_value_holm, directions_agree=agree, low=low, high=high),
+        detectable_difference=max(
+            detectable_difference(observed_spread(differences), int(examples), family), interval.detectable()
+        ),
         margin=margin,
         noninferior=low > -margin,
         answer=answer_for(low, high, margin),
@@ -222,8 +232,8 @@ def p_text(p: float) -> str:
 def interval_text(c: Comparison) -> str:
     low, high = c.accuracy_difference_ci95
     how = (
-        "seeds and titles resampled"
-        if c.interval_has_seed_variance
+        f"seeds and titles as random, t with {c.interval_df:.0f} df"
+        if c.interval_df is not None
         else "titles resampled; one seed, so training variance is not in it"
     )
     return f"95% CI {signed_points(low)} to {signed_points(high)} points, {how}"
@@ -255,9 +265,14 @@ def test_text(c: Comparison) -> str:
     if c.significant:
         better = baseline().title if gap < 0 else c.subject
         conclusion = f"{better} is significantly better"
-    elif c.p_value_holm < SIGNIFICANCE:
+    elif c.p_value_holm < SIGNIFICANCE and not c.directions_agree:
         by_seed = ", ".join(f"{signed_points(d)} (seed {seed})" for seed, d in c.seed_differences.items())
         conclusion = f"the seeds disagree in direction ({by_seed}): no firm difference"
+    elif c.p_value_holm < SIGNIFICANCE:
+        conclusion = (
+            "the titles differ, but the interval, which carries the seeds' spread, still holds zero: no firm "
+            "difference between the strategies"
+        )
     else:
         conclusion = (
             f"no significant difference, which is not evidence of none: this comparison finds a true difference "
