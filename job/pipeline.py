@@ -275,6 +275,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         f"[{key}] trained in {outcome.seconds:.1f} s; dev accuracy {dev.accuracy:.4f} loss {dev.loss:.4f}; "
         f"test accuracy {test.accuracy:.4f} loss {test.loss:.4f}"
     )
+    checkpoint_bytes = trainable_bytes(model)  # before saving: saving LoRA's merged model folds its adapters in
     artifacts = save_artifacts(session, run, model) if config.save_artifacts else []
     return RunResult(
         key=key,
@@ -301,7 +302,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         tokens_per_second=round(outcome.tokens / outcome.seconds, 1) if outcome.seconds else 0.0,
         peak_memory_mb=float(peak_memory),
         optimizer_state_mb=round(outcome.optimizer_state_bytes / 2**20, 3),
-        checkpoint_mb=round(trainable_bytes(model) / 2**20, 3),
+        checkpoint_mb=round(checkpoint_bytes / 2**20, 3),
         dev=split_record(dev, encoded.dev, len(session.labels)),
         test=split_record(test, encoded.test, len(session.labels)),
         step_losses=[round(loss, 6) for loss in outcome.step_losses],

@@ -210,6 +210,9 @@ def test_save_artifacts_lists_saved_models(write_config, tmp_path: Path) -> None
     # The full models are safetensors only: loading them runs no pickle.
     for folder in ("artifacts/lora/merged", "artifacts/full_finetune/model"):
         assert not list((out / folder).glob("*.pdparams")), folder
+    # Saving folds LoRA's adapters into the merged copy; the record still gives the adapter's own size.
+    lora = json.loads((out / "results" / "lora.json").read_text(encoding="utf-8"))["result"]
+    assert lora["checkpoint_mb"] == round(4 * lora["trainable_params"] / 2**20, 3)
 
 
 def test_gpu_on_a_cpu_only_build_exits_2_with_a_clear_message(write_config, tmp_path: Path) -> None:

@@ -86,6 +86,10 @@ def test_the_driver_is_read_from_the_kernel_module_and_checked_against_the_build
     old = driver_check("535.183.01")
     assert not old.passed and old.fix == "install driver >= 550.54.14"
     assert driver_check("550.54.14").passed and driver_check("570.86.10").passed
+    # Compared part by part as numbers, not as text: parts of other widths than the floor's.
+    assert driver_check("550.127.05").passed  # as text "550.127.05" < "550.54.14"
+    assert not driver_check("550.9.99").passed  # as text "550.9.99" > "550.54.14"
+    assert not driver_check("99.99.99").passed and driver_check("1000.0.0").passed
     assert not driver_check(None).passed
 
 

@@ -156,6 +156,7 @@ TRICKLED = {  # what the job fetches first, and the config that makes it fetch t
 }
 
 
+@pytest.mark.timeout(60)  # the check ends it in about a second; without the check it would run for hours
 @pytest.mark.parametrize("fetched", list(TRICKLED))
 def test_a_mirror_that_trickles_bytes_exits_75_at_the_minimum_rate(fetched, write_config, monkeypatch) -> None:
     """A byte every 50 ms never trips the read timeout; the rate check ends it (here after 1 s, at

@@ -61,8 +61,8 @@ def test_array_tasks_merging_at_the_same_time_leave_a_complete_report(
     a_has_read, b_finished = threading.Event(), threading.Event()
     real_combine = job.pipeline.combine
 
-    def combine(loaded):
-        combined = real_combine(loaded)
+    def combine(loaded, *args):
+        combined = real_combine(loaded, *args)
         if threading.current_thread().name == "A":  # inside A's merge: records read, nothing written yet
             a_has_read.set()
             wait_until(lambda: b_finished.is_set() or someone_waits_for(folder / LOCK_FILE), "task B")

@@ -53,11 +53,12 @@ def test_plan_command_prints_every_run_and_the_array_size(tmp_path) -> None:
     result = CliRunner().invoke(main, ["plan", "--config", str(config), "--set", "strategies=[lora, full_finetune]"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[-1] == "array size: 6"
+    assert lines[6] == "array size: 6"  # then what the comparison can show (tests/test_power.py)
+    assert lines[7].startswith("comparison: 256 test titles x 2 seeds: detects a true difference of ")
     assert lines[0].split()[:3] == ["0", "lora_r16_a32_lr0.0001_s42", "strategy=lora"]
     assert "lr=0.0001 seed=42 batch_size=8" in lines[0]
     assert lines[5].split()[:2] == ["5", "full_finetune_lr5e-05_s43"]
     only = CliRunner().invoke(main, ["plan", "--config", str(config), "--strategy", "full_finetune"])
-    assert only.output.splitlines()[-1] == "array size: 2"
+    assert only.output.splitlines()[-2:] == ["array size: 2", "comparison: none (no strategy besides the baseline)"]
     bad = CliRunner().invoke(main, ["plan", "--set", "seed=[1, 1]"])
     assert bad.exit_code == 2 and "config key 'seed'" in bad.output

@@ -269,3 +269,20 @@ def test_a_lora_target_that_matches_nothing_stops_before_full_finetuning_trains(
     assert "config key 'lora_target_modules': '.*query' matches no layer of the model" in result.output
     assert "[full_finetune]" not in result.output
     assert not (tmp_path / "out" / "results").exists()
+
+
+@pytest.mark.parametrize(("last", "accepted"), [("e", True), ("f", False), ("g", False)])
+def test_class_ids_stop_at_one_below_the_number_of_labels(last: str, accepted: bool) -> None:
+    """15 labels: ids 0 to 14 (base 36: 0-e). Id 15 ("f"), one past the end, is refused like any other."""
+    from job.results.records import inconsistency
+    from tests.records import records, result
+
+    labels = [i % 15 for i in range(30)]
+    record = records([result("lora", lr=5e-4, seed=1, dev_right=20, test_right=20, labels=labels)], labels)[0]
+    test = record.result.test.model_copy(update={"predictions": record.result.test.predictions[:-1] + last})
+    changed = record.model_copy(update={"result": record.result.model_copy(update={"test": test})})
+    problem = inconsistency(changed)
+    if accepted:
+        assert problem is None
+    else:
+        assert problem == f"field 'result.test.predictions' holds class id {int(last, 36)}, but the run has 15 labels"

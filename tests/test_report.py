@@ -159,7 +159,8 @@ def test_an_untuned_lora_rate_is_warned_about_and_a_rate_of_its_own_is_not() -> 
     shared = render_report(combine(three_seed_records()))
     warning = (
         "**Warning:** LoRA trained at full fine-tuning's learning rate (5e-05) with no rate of its own swept; "
-        "adapters usually need about 10x that (configs/tnews_lora_tuned.yaml): set `lora_learning_rate`"
+        "adapter recipes use about 10 times full fine-tuning's rate, and at its rate an adapter may barely move: "
+        "set `lora_learning_rate`"
     )
     assert warning in shared.split("## Configuration")[0]
     assert "**Warning:**" not in render_report(combine(three_seed_records(lora_learning_rate=5e-4)))
@@ -178,3 +179,48 @@ def test_at_chance_the_report_ranks_nothing_and_says_why() -> None:
     # One row that learned: the rows are ranked.
     learned = [*chance_runs[:2], result("full_finetune", lr=5e-5, seed=1, dev_right=70, test_right=600, labels=LABELS)]
     assert "| Rank by test accuracy |" in render_report(combine(records(learned, LABELS)))
+
+
+@pytest.mark.parametrize(("seeds", "bars"), [((1, 2, 3), True), ((42,), False)])
+def test_the_pareto_plot_has_error_bars_of_the_seeds_spread(seeds: tuple[int, ...], bars: bool, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Each point's vertical bar is its row's test-accuracy std over seeds (in points), and the time
+    axis its training-time std: none with one seed, so a difference within noise does not look clear."""
+    import matplotlib.axes
+
+    from job.results.plot import plot_pareto
+
+    drawn: list[tuple[float, float]] = []
+    original = matplotlib.axes.Axes.errorbar
+
+    def errorbar(self, x, y, *args, yerr=None, xerr=None, **kwargs):
+        drawn.append((float(yerr or 0.0), float(xerr or 0.0)))
+        return original(self, x, y, *args, yerr=yerr, xerr=xerr, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", errorbar)
+    combined = combine(three_seed_records() if bars else records(
+        [result("lora", lr=5e-4, seed=42, dev_right=555, test_right=545, labels=LABELS),
+         result("full_finetune", lr=5e-5, seed=42, dev_right=560, test_right=550, labels=LABELS)], LABELS))  # fmt: skip
+    path = plot_pareto(combined.headline, tmp_path / "pareto.png", "ERNIE 3.0 Medium on TNEWS")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    flat = [value for pair in drawn for value in pair]
+    expected = []  # per row: the parameters panel's bars, then the time panel's
+    for row in combined.headline:
+        spread = 100 * row.test_accuracy.std
+        expected += [spread, 0.0, spread, row.training_seconds.std]
+    assert flat == pytest.approx(expected)
+    assert any(value > 0 for value in flat) is bars
+
+
+def test_with_one_seed_runs_that_started_from_other_weights_are_named_not_called_the_same() -> None:
+    from job.results.report import start_note
+
+    lora = result("lora", lr=5e-4, seed=42, dev_right=555, test_right=545, labels=LABELS)
+    full = result("full_finetune", lr=5e-5, seed=42, dev_right=560, test_right=550, labels=LABELS)
+    assert "Every row started from the same initial weights (fingerprint `weights-of-seed-42`)" in start_note(
+        [lora, full]
+    )
+    other = full.model_copy(update={"initial_weights": "other-weights"})
+    note = start_note([lora, other])
+    assert "did NOT all start from the same initial weights" in note and "same initial weights (fingerprint" not in note
+    assert "lora_lr0.0005_s42 `weights-of-seed-42`, full_finetune_lr5e-05_s42 `other-weights`" in note

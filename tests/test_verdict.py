@@ -432,3 +432,20 @@ def test_runs_that_saw_different_rows_are_never_compared() -> None:
     message = str(error.value)
     assert "did not all see the same training, dev and test rows" in message
     assert f"sample 0000000000000000: {stale.key}" in message and runs[0].key in message
+
+
+def test_rows_that_got_every_title_alike_say_nothing_tells_them_apart() -> None:
+    """A random-weight model that predicts one class for every title, under both strategies: the interval
+    is a point at zero, and the detectable difference falls back to the usual disagreement between runs
+    (15% of titles), not to the zero disagreement of these runs."""
+    import math
+
+    same = [LABELS[0]] * len(LABELS)
+    runs = [result("lora", lr=5e-4, seed=42, dev_right=100, test_right=0, labels=LABELS, test_predictions=same),
+            result("full_finetune", lr=5e-5, seed=42, dev_right=100, test_right=0, labels=LABELS,
+                   test_predictions=same)]  # fmt: skip
+    c = combine(records(runs, LABELS)).comparison
+    assert c is not None and c.accuracy_difference_ci95 == (0.0, 0.0) and c.p_value == 1.0
+    assert c.detectable_difference == pytest.approx(detectable_difference(math.sqrt(0.15), 200))
+    assert "the two rows got the same titles right on every seed, so nothing here tells them apart" in c.verdict
+    assert f"a true difference of {100 * c.detectable_difference:.1f} points would be found" in c.verdict

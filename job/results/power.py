@@ -19,6 +19,7 @@ from job.config.plan import plan_runs
 from job.config.schema import JobConfig
 from job.data.tasks import CLUE_TASKS
 from job.results.stats import (
+    ASSUMED_DISAGREEMENT,
     POWER,
     detectable_difference,
     satterthwaite,
@@ -32,7 +33,7 @@ from job.results.verdict import directions_agree, is_significant, points
 @dataclass(frozen=True)
 class TitleModel:
     accuracy: float = 0.57  # full fine-tuning's: PaddleNLP's ERNIE 3.0 Medium TNEWS dev accuracy
-    disagreement: float = 0.15  # share of titles two runs of equal accuracy score differently (assumed)
+    disagreement: float = ASSUMED_DISAGREEMENT  # share of titles two runs of equal accuracy score differently
     seed_sd: float = 0.005  # standard deviation of a run's accuracy over training seeds (assumed)
 
     @cached_property
@@ -290,7 +291,8 @@ with seeds of the interval when that is wider (it carries their spread).
 With one seed nothing can tell a difference between the strategies from the luck of one training run:
 at 10,000 titles the titles' noise is smaller than the runs' own spread, and a row no better than full
 fine-tuning is called different on a third of comparisons. With seeds, the interval carries their
-spread and keeps that rate near 5%.
+spread: 1-2% at 256 and 1,000 titles, and 7% at 10,000, where the runs' spread dominates and 3 seeds
+estimate it only roughly (more seeds bring it to 5%).
 
 ## Showing "good enough"
 
@@ -298,7 +300,9 @@ The share of comparisons granted non-inferiority at a 1-point margin (the interv
 -1 point): when the row is level with full fine-tuning (what you want to see), and when it is exactly
 1 point below (an error; at most 5% is the promise, 2.5% the nominal rate of a two-sided 95%
 interval). The last column is the number of test titles `job plan` says would show the margin with
-80% power at no difference ("none": more seeds, not more titles, are needed).
+80% power at no difference ("none": more seeds, not more titles, are needed). With one seed the
+interval leaves training variance out, so it grants too often once titles are many (17% at 10,000):
+a non-inferiority answer wants seeds.
 
 {margin}
 

@@ -14,7 +14,7 @@ from job.output.layout import LOSS_PLOT, PARETO_PLOT
 from job.results.front import at_chance, pareto_front, row_memory
 from job.results.schema import Combined, Comparison, HeadlineRow, RunFacts, RunResult, Stat
 from job.results.stats import mean_std
-from job.results.verdict import answer_text, test_text
+from job.results.verdict import answer_text, best_row, points, test_text
 from job.training.runs import rate_text
 from job.training.strategies import STRATEGIES, baseline, compared
 
@@ -174,7 +174,7 @@ def answers(combined: Combined) -> str:
     """The report's opening: for each compared row, the answer to "is it good enough?" and what it saves
     against full fine-tuning; then what undermines the answers (chance, an untuned rate)."""
     rows, base = combined.headline, baseline()
-    full = next((row for row in rows if row.group == _base_group(combined)), None)
+    full = best_row(rows, base.name)  # the row every comparison is against
     if full is None or not combined.comparisons:
         missing = "no full fine-tuning row" if full is None else "no row to compare with full fine-tuning"
         return f"No answer: {missing} in these results." + _warnings_text(combined)
@@ -185,7 +185,7 @@ def answers(combined: Combined) -> str:
     table_rows = [_saving_row(by_group[c.group], full, combined, c) for c in combined.comparisons]
     table_rows.append(_saving_row(full, full, combined, None))
     note = (
-        f"Margin {_margin_text(combined.comparisons[0].margin)} (`margin`; `job report --margin` judges these runs "
+        f"Margin {points(combined.comparisons[0].margin)} (`margin`; `job report --margin` judges these runs "
         f"again at another). What each row costs: the share of weights it trains, and its own peak memory, "
         f"training time and trained weights stored (means over its seeds; in brackets, as a share of {base.title}'s)."
     )
@@ -197,19 +197,6 @@ def answers(combined: Combined) -> str:
         + note
         + _warnings_text(combined)
     )
-
-
-def _margin_text(margin: float) -> str:
-    amount = f"{100 * margin:.1f}"
-    return f"{amount} point" + ("" if amount == "1.0" else "s")
-
-
-def _base_group(combined: Combined) -> str | None:
-    c = combined.comparison or (combined.comparisons[0] if combined.comparisons else None)
-    if c is None:
-        return next((row.group for row in combined.headline if row.strategy == baseline().name), None)
-    key = c.selected[baseline().name][0]
-    return next(r.group for r in combined.runs if r.key == key)
 
 
 def row_costs(row: HeadlineRow, runs: Sequence[RunResult]) -> tuple[float, float, float]:
@@ -269,8 +256,8 @@ def _answer_warnings(combined: Combined) -> list[str]:
             rates = ", ".join(rate_text(rate) for rate in shared)
             lines.append(
                 f"{strategy.title} trained at {baseline().title}'s learning rate ({rates}) with no rate of its own "
-                f"swept; adapters usually need about 10x that (configs/tnews_lora_tuned.yaml): set `{key}` (a list "
-                "is swept and chosen on dev)"
+                f"swept; adapter recipes use about 10 times full fine-tuning's rate, and at its rate an adapter may "
+                f"barely move: set `{key}` (a list is swept and chosen on dev)"
             )
     return lines
 

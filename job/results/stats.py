@@ -172,10 +172,10 @@ def seed_title_interval(
     residual's subtraction keeps the variance from collapsing when the seeds happen to agree; it is
     slightly wider than the truth.
 
-    Why not a bootstrap of seeds, then titles: in the simulation of docs/power.md, with 10,000 titles
-    and 3 seeds its 95% interval left out zero on 8.5% of comparisons with no difference (2 seeds:
-    14.5%), because resampling 3 seeds cannot show how far a fourth would fall; this interval: 5.8%
-    and 9.3%, and at 256 to 1,000 titles 1-3%."""
+    Why not a bootstrap of seeds, then titles: in the simulation of docs/power.md (200 comparisons with
+    no difference, 10,000 titles), its 95% interval left out zero on 8.5% of them with 3 seeds and
+    14.5% with 2, because resampling 3 seeds cannot show how far a fourth would fall; this interval,
+    on the page's own 300: 7% with 3 seeds, and 1-2% at 256 and 1,000 titles."""
     d = np.atleast_2d(differences).astype(float)
     seeds, titles = d.shape
     difference = float(d.mean())
@@ -213,8 +213,14 @@ def detectable_difference(spread: float, titles: int, family: int = 1) -> float:
     return float(z * spread / np.sqrt(titles))
 
 
+ASSUMED_DISAGREEMENT = 0.15  # share of titles two runs of equal accuracy score differently (job.results.power)
+
+
 def observed_spread(differences: np.ndarray) -> float:
-    """The standard deviation of the seed-averaged per-title difference, at least that of one title
-    changed (runs that agree on every title still leave that much unseen)."""
-    per_title = np.atleast_2d(differences).mean(axis=0)
-    return float(max(per_title.std(ddof=1) if per_title.size > 1 else 0.0, 1 / np.sqrt(per_title.size)))
+    """The standard deviation of the seed-averaged per-title difference. When the rows got every title
+    alike there is nothing to measure it on, and the assumed disagreement stands in for it."""
+    d = np.atleast_2d(differences)
+    if not d.any():
+        return math.sqrt(ASSUMED_DISAGREEMENT / d.shape[0])
+    per_title = d.mean(axis=0)
+    return float(per_title.std(ddof=1))
