@@ -73,7 +73,7 @@ run-local: venv ## run the job in the venv: make run-local CONFIG=configs/x.yaml
 
 docs: venv ## write docs/configuration.md from the config schema and docs/power.md by simulation (tests check both)
 	$(PY) -m job config-reference --markdown > docs/configuration.md
-	$(PY) -m job.results.power > docs/power.md
+	$(PY) -m job.results.power --docs docs
 
 lint: venv ## ruff, hadolint, the compose file, the batch manifests against the services' schemas, import cycles
 	$(VENV)/bin/ruff check job tests peer

@@ -180,14 +180,13 @@ def run(
               help="Only this strategy's runs (repeatable), as `job run --strategy`.")  # fmt: skip
 @exit_codes("the config")
 def plan(config_path: Path | None, overrides: tuple[str, ...], strategies: tuple[str, ...]) -> None:
-    """Print the planned runs, one line each (array index, key, settings), then the array size a batch
-    queue needs. Loads and writes nothing."""
+    """Print the planned runs, one line each (array index, key, settings), what the planned comparison
+    can detect, then, last, the array size a batch queue needs. Loads and writes nothing."""
     config = resolve_config(config_path, overrides, strategies=list(strategies) or None)
     from job.config.plan import format_plan, plan_runs
     from job.results.power import plan_comparison
 
-    click.echo(format_plan(plan_runs(config)))
-    click.echo(plan_comparison(config))
+    click.echo(format_plan(plan_runs(config), notes=plan_comparison(config)))
 
 
 @main.command()

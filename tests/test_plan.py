@@ -53,12 +53,22 @@ def test_plan_command_prints_every_run_and_the_array_size(tmp_path) -> None:
     result = CliRunner().invoke(main, ["plan", "--config", str(config), "--set", "strategies=[lora, full_finetune]"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[6] == "array size: 6"  # then what the comparison can show (tests/test_power.py)
-    assert lines[7].startswith("comparison: 256 test titles x 2 seeds: detects a true difference of ")
+    assert lines[-1] == "array size: 6"  # last, for scripts; before it what the comparison can show
+    assert lines[6].startswith("comparison: 256 test titles x 2 seeds: detects a true difference of ")
     assert lines[0].split()[:3] == ["0", "lora_r16_a32_lr0.0001_s42", "strategy=lora"]
     assert "lr=0.0001 seed=42 batch_size=8" in lines[0]
     assert lines[5].split()[:2] == ["5", "full_finetune_lr5e-05_s43"]
     only = CliRunner().invoke(main, ["plan", "--config", str(config), "--strategy", "full_finetune"])
-    assert only.output.splitlines()[-2:] == ["array size: 2", "comparison: none (no strategy besides the baseline)"]
+    assert only.output.splitlines()[-2:] == ["comparison: none (no strategy besides the baseline)", "array size: 2"]
     bad = CliRunner().invoke(main, ["plan", "--set", "seed=[1, 1]"])
     assert bad.exit_code == 2 and "config key 'seed'" in bad.output
+
+
+def test_plan_spells_each_lora_option_as_its_own_setting() -> None:
+    result = CliRunner().invoke(main, ["plan", "--set", "lora_targets=[attention_qv, all_linear]",
+                                       "--set", "lora_rslora=true", "--set", "lora_plus_ratio=16"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    first, second = result.output.splitlines()[:2]
+    assert " dropout=0.1 rslora=true plus_ratio=16 lr=5e-05 " in first and "targets=" not in first
+    assert " dropout=0.1 targets=all_linear rslora=true plus_ratio=16 lr=5e-05 " in second
+    assert "_all_linear" not in second.split("strategy=", 1)[1]  # the key keeps its suffix; the settings do not

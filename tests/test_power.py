@@ -88,9 +88,10 @@ def test_job_plan_prints_what_the_comparison_can_detect_and_whether_the_margin_i
     result = CliRunner().invoke(main, ["plan", "--set", "margin=2"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[-3].startswith("comparison: 256 test titles x 1 seed: detects a true difference of 6.8 points")
+    assert lines[-1] == "array size: 2"
+    assert lines[-4].startswith("comparison: 256 test titles x 1 seed: detects a true difference of 6.8 points")
     needed = planned_reach(titles=256, seeds=1, rows=1, margin=0.02).titles_for_margin
-    assert lines[-1] == (
+    assert lines[-2] == (
         f"margin 2.0 points: out of reach with 256 test titles; about {needed:,} would reach it with 1 seed "
         "(max_eval_samples), or widen `margin`"
     )
@@ -115,3 +116,15 @@ def test_the_power_page_holds_what_the_simulation_gives() -> None:
         for seeds in POWER_SEEDS:
             detectable = planned_reach(titles=titles, seeds=seeds, rows=1, margin=0.01).detectable
             assert f"| {titles:,} | {seeds} | " in page and f"| {100 * detectable:.1f} points |" in page
+
+
+def test_how_it_works_carries_the_power_pages_table() -> None:
+    from job.results.power import TABLE_END, TABLE_START, significance_table
+
+    page = POWER_PAGE.read_text(encoding="utf-8")
+    how = (POWER_PAGE.parent / "how-it-works.md").read_text(encoding="utf-8")
+    copy = how.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
+    assert copy == significance_table(page).strip()
+    rows = [line for line in copy.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    cells = [row.split(" | ")[:2] for row in rows]
+    assert cells == [[f"| {titles:,}", str(seeds)] for titles in POWER_TITLES for seeds in POWER_SEEDS]

@@ -92,8 +92,9 @@ def _train_settings(config: JobConfig, strategy: str, learning_rate: float, seed
     )
 
 
-def format_plan(runs: list[Run]) -> str:
-    """`job plan`'s output: one line per run, then the array size a batch queue needs."""
+def format_plan(runs: list[Run], notes: str = "") -> str:
+    """`job plan`'s output: one line per run, any `notes`, then, last, the array size a batch queue needs
+    (scripts read it from the last line)."""
     width = max(len(run.key) for run in runs)
     lines = [f"{run.index:>3}  {run.key:{width}}  {run.describe()}" for run in runs]
-    return "\n".join([*lines, f"array size: {len(runs)}"])
+    return "\n".join([*lines, *([notes] if notes else []), f"array size: {len(runs)}"])

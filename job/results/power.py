@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
@@ -275,8 +276,8 @@ PAGE = """# Power and error rates of the verdict
 
 What the verdict ([how it works](how-it-works.md#the-verdict)) can find, by the number of test titles
 and seeds, measured by simulation: each cell applies the verdict's own rules to {datasets} simulated
-comparisons of one row with full fine-tuning (seeded: `python -m job.results.power` writes this page
-again with the same numbers; `make docs` runs it).
+comparisons of one row with full fine-tuning (seeded: `make docs` writes this page again with the same
+numbers, `python -m job.results.power --docs docs`, in about 9 minutes).
 
 ## Finding a difference
 
@@ -318,5 +319,29 @@ false-positive rate and the wrongly granted rate at 256 titles on every test run
 """
 
 
+TABLE_START, TABLE_END = "<!-- power table: make docs -->", "<!-- /power table -->"
+
+
+def significance_table(page: str) -> str:
+    """The page's table of finding a difference (docs/how-it-works.md carries a copy)."""
+    return "\n".join(line for line in page.split("## Finding a difference", 1)[1].split("\n\n")[2].splitlines())
+
+
+def write_docs(folder: Path) -> None:
+    """docs/power.md, and the copy of its table in docs/how-it-works.md between the markers."""
+    page = power_page()
+    (folder / "power.md").write_text(page, encoding="utf-8")
+    how = folder / "how-it-works.md"
+    text = how.read_text(encoding="utf-8")
+    before, rest = text.split(TABLE_START, 1)
+    after = rest.split(TABLE_END, 1)[1]
+    how.write_text(f"{before}{TABLE_START}\n{significance_table(page)}\n{TABLE_END}{after}", encoding="utf-8")
+
+
 if __name__ == "__main__":
-    print(power_page(), end="")
+    import sys
+
+    if sys.argv[1:2] == ["--docs"]:
+        write_docs(Path(sys.argv[2]))
+    else:
+        print(power_page(), end="")

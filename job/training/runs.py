@@ -60,6 +60,14 @@ class LoRASettings:
                  "pissa" if self.pissa else ""]  # fmt: skip
         return "".join(f"_{part}" for part in parts if part)
 
+    def settings_text(self) -> str:
+        """The options in `job plan`'s line, each as key=value: ` targets=all_linear rslora=true`."""
+        parts = [f"targets={self.targets}" if self.targets != "attention_qv" else "",
+                 "rslora=true" if self.rslora else "",
+                 f"plus_ratio={self.plus_ratio:g}" if self.plus_ratio != 1 else "",
+                 "pissa=true" if self.pissa else ""]  # fmt: skip
+        return "".join(f" {part}" for part in parts if part)
+
     def options_text(self) -> str:
         """The options in a row label: `, all linear, rsLoRA, LoRA+ B×16, PiSSA`; empty for plain LoRA."""
         parts = [self.targets.replace("_", " ") if self.targets not in ("attention_qv", "custom") else "",
@@ -95,7 +103,7 @@ class Run:
         """Every setting of the run on one line (`job plan`)."""
         s = self.settings
         lora = (
-            f"r={self.lora.r} alpha={self.lora.alpha} dropout={self.lora.dropout:g}{self.lora.suffix()} "
+            f"r={self.lora.r} alpha={self.lora.alpha} dropout={self.lora.dropout:g}{self.lora.settings_text()} "
             if self.lora
             else ""
         )
