@@ -35,7 +35,7 @@ from job.results.plot import plot_losses, plot_pareto
 from job.results.records import load_results, read_records, save_result
 from job.results.report import render_report, subject
 from job.results.scalars import scalar_log
-from job.results.schema import ResultRecord, RunFacts, RunResult, SplitResult
+from job.results.schema import DevPoint, ResultRecord, RunFacts, RunResult, SplitResult
 from job.results.stats import encode_classes, macro_f1, per_class_accuracy
 from job.results.verdict import combine
 from job.runtime.device import (
@@ -49,6 +49,7 @@ from job.runtime.device_faults import raise_if_device_fault
 from job.runtime.memory import peak_memory_mb, start_memory_meter
 from job.runtime.ranks import Ranks, process_ranks
 from job.runtime.signals import StopRequest
+from job.training.checkpoint import BestCheckpoint
 from job.training.evaluate import EvalResult, evaluate
 from job.training.loop import train
 from job.training.model import (
@@ -258,22 +259,48 @@ def train_one(session: Session, run: Run) -> RunResult | None:
     say(f"[{key}] {run.label}, seed {run.seed}: {trainable:,} of {total:,} parameters trainable "
         f"({100 * trainable / total:.3f}%)")  # fmt: skip
     paddle.seed(run.seed)  # the same dropout masks for every run of this seed
+    curve: list[DevPoint] = []
+    latest: list[EvalResult] = []  # the last dev evaluation, reused when its weights are the ones scored
+    best = BestCheckpoint(keep=config.select_checkpoint == "best_dev")
+
+    def evaluate_dev(step: int) -> bool:
+        """Score dev at `step`; True when early stopping says to stop (every rank decides alike)."""
+        with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
+            scored = evaluate(model, encoded.dev, run.eval_batch_size, pad_id, stop)
+        latest[:] = [scored]
+        curve.append(DevPoint(step=step, accuracy=scored.accuracy, loss=round(scored.loss, 6)))
+        log.evaluated(step, scored.accuracy, scored.loss)
+        improved = best.offer(step, scored.accuracy, model)
+        if ranks.is_main and settings.eval_steps is not None:
+            say(f"[{key}] step {step}: dev accuracy {scored.accuracy:.4f} loss {scored.loss:.4f}"
+                + (" (the best so far)" if improved and len(curve) > 1 else ""))  # fmt: skip
+        patience = config.early_stopping_patience
+        return patience is not None and best.since_best >= patience
+
     with scalar_log(config, session.output, key, ranks) as log:
         with out_of_memory_advice(f"[{key}] training", own_key(name, "batch_size"), settings.batch_size):
-            outcome = train(
-                model, encoded.train, settings, pad_id=pad_id, label=key, stop=stop, ranks=ranks, on_step=log.step
-            )
+            outcome = train(model, encoded.train, settings, pad_id=pad_id, label=key, stop=stop, ranks=ranks,
+                            on_step=log.step, evaluate_at=evaluate_dev)  # fmt: skip
         if not ranks.is_main:
             return None
         peak_memory = peak_memory_mb(memory_start)
         say(f"[{key}] evaluating on dev and test")
+        if not curve or curve[-1].step != outcome.steps:
+            evaluate_dev(outcome.steps)
+        dev = latest[0]
+        if best.keep and best.step != outcome.steps:  # best_dev chose an earlier evaluation
+            best.restore(model)
+            say(f"[{key}] scoring the weights of step {best.step}, the best dev accuracy ({best.accuracy:.4f})")
+            with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
+                dev = evaluate(model, encoded.dev, run.eval_batch_size, pad_id, stop)
         with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
-            dev = evaluate(model, encoded.dev, run.eval_batch_size, pad_id, stop)
             test = evaluate(model, encoded.test, run.eval_batch_size, pad_id, stop)
-        log.evaluated(outcome.steps, dev.accuracy, dev.loss)
+    selected = best.step if best.keep else outcome.steps
     say(
-        f"[{key}] trained in {outcome.seconds:.1f} s; dev accuracy {dev.accuracy:.4f} loss {dev.loss:.4f}; "
-        f"test accuracy {test.accuracy:.4f} loss {test.loss:.4f}"
+        f"[{key}] trained in {outcome.seconds:.1f} s"
+        + (f" (stopped early at step {outcome.steps})" if outcome.stopped_early else "")
+        + f"; dev accuracy {dev.accuracy:.4f} loss {dev.loss:.4f}; test accuracy {test.accuracy:.4f} loss "
+        f"{test.loss:.4f}" + (f" (weights of step {selected})" if selected != outcome.steps else "")
     )
     checkpoint_bytes = trainable_bytes(model)  # before saving: saving LoRA's merged model folds its adapters in
     artifacts = save_artifacts(session, run, model) if config.save_artifacts else []
@@ -306,6 +333,9 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         dev=split_record(dev, encoded.dev, len(session.labels)),
         test=split_record(test, encoded.test, len(session.labels)),
         step_losses=[round(loss, 6) for loss in outcome.step_losses],
+        dev_curve=curve,
+        selected_step=selected,
+        stopped_early=outcome.stopped_early,
         reinitialised_parameters=loaded.reinitialised,
         artifacts=artifacts,
         finished_at=now(),

@@ -72,3 +72,29 @@ def test_plan_spells_each_lora_option_as_its_own_setting() -> None:
     assert " dropout=0.1 rslora=true plus_ratio=16 lr=5e-05 " in first and "targets=" not in first
     assert " dropout=0.1 targets=all_linear rslora=true plus_ratio=16 lr=5e-05 " in second
     assert "_all_linear" not in second.split("strategy=", 1)[1]  # the key keeps its suffix; the settings do not
+
+
+def test_lokr_runs_are_keyed_by_the_dimension_it_uses_and_not_by_alpha() -> None:
+    config = validate_config({"strategies": ["lokr", "full_finetune"], "lora_r": [8, 16], "lora_alpha": [16, 32],
+                              "seed": [1, 2]})  # fmt: skip
+    lokr = [run for run in plan_runs(config) if run.strategy.name == "lokr"]
+    assert [run.key for run in lokr] == ["lokr_d8_lr5e-05_s1", "lokr_d8_lr5e-05_s2", "lokr_d16_lr5e-05_s1",
+                                         "lokr_d16_lr5e-05_s2"]  # fmt: skip
+    assert lokr[0].describe().startswith("strategy=lokr dim=8 lr=5e-05 ") and "alpha" not in lokr[0].describe()
+    # Two alphas at one rank are one LoKr run (it does not read alpha), and two LoRA rows.
+    same_rank = validate_config({"strategies": ["lora", "lokr"], "lora_r": [16, 16], "lora_alpha": [16, 32]})
+    assert [run.key for run in plan_runs(same_rank)] == ["lora_r16_a16_lr5e-05_s42", "lora_r16_a32_lr5e-05_s42",
+                                                        "lokr"]  # fmt: skip
+
+
+def test_lokrs_dimension_splits_the_second_factor_only_below_half_its_larger_side() -> None:
+    """PaddleNLP 3.0.0b4's LoKrLinear on ERNIE 3.0 Medium's shapes, as docs/methods.md says."""
+    from paddlenlp.peft.lokr.lokr_layers import LoKrLinear
+
+    def factors(inputs: int, outputs: int, dim: int) -> dict[str, tuple[int, ...]]:
+        layer = LoKrLinear(in_features=inputs, out_features=outputs, lokr_dim=dim)
+        return {name: tuple(p.shape) for name, p in layer.named_parameters() if name.startswith("lokr")}
+
+    assert factors(768, 768, 16) == factors(768, 768, 64) == {"lokr_w1": (24, 24), "lokr_w2": (32, 32)}
+    assert factors(768, 768, 8) == {"lokr_w1": (24, 24), "lokr_w2_a": (32, 8), "lokr_w2_b": (8, 32)}
+    assert factors(768, 3072, 16)["lokr_w2_a"] == (64, 16) and "lokr_w2" in factors(768, 3072, 32)

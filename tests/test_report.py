@@ -224,3 +224,23 @@ def test_with_one_seed_runs_that_started_from_other_weights_are_named_not_called
     note = start_note([lora, other])
     assert "did NOT all start from the same initial weights" in note and "same initial weights (fingerprint" not in note
     assert "lora_lr0.0005_s42 `weights-of-seed-42`, full_finetune_lr5e-05_s42 `other-weights`" in note
+
+
+def test_a_run_of_paddlenlps_protocol_names_every_remaining_departure() -> None:
+    def departures(**config: object) -> str:
+        saved = three_seed_records(**{"max_train_samples": None, "max_eval_samples": None, **config})
+        line = next(line for line in render_report(combine(saved)).splitlines() if "Published:" in line)
+        return line.split("Departures from PaddleNLP's protocol: ", 1)[1]
+
+    assert departures() == (
+        "the test titles carved from train are left out of training; dev scored only at the end with the last "
+        "checkpoint, not every 100 steps with the best; 1 epochs, not 3; batch size 8 only, of PaddleNLP's 16, "
+        "32, 64; rates 5e-05, not PaddleNLP's 1e-05, 2e-05, 3e-05, 5e-05; the rate chosen on the mean dev "
+        "accuracy over seeds, where PaddleNLP reports its best run."
+    )
+    protocol = {"eval_steps": 100, "select_checkpoint": "best_dev", "num_epochs": 3, "batch_size": 64,
+                "full_finetune_learning_rate": [1e-5, 2e-5, 3e-5, 5e-5]}  # fmt: skip
+    assert departures(**protocol) == (
+        "the test titles carved from train are left out of training; batch size 64 only, of PaddleNLP's 16, 32, "
+        "64; the rate chosen on the mean dev accuracy over seeds, where PaddleNLP reports its best run."
+    )

@@ -26,11 +26,17 @@ def plan_runs(config: JobConfig) -> list[Run]:
     runs: list[Run] = []
     for name in config.strategies:
         options = STRATEGIES[name].adapter_options
-        shapes = _lora_shapes(config, options) if options is not None else [None]
+        strategy = STRATEGIES[name]
+        shapes: list[LoRASettings | None] = [None]
+        if options is not None:  # shapes that differ only in what the strategy does not use (LoKr: alpha) are one
+            distinct: dict[str, LoRASettings] = {}
+            for lora_shape in _lora_shapes(config, options):
+                distinct.setdefault(strategy.shape_key(lora_shape), lora_shape)
+            shapes = list(distinct.values())
         rates, seeds = config.learning_rates_for(name), config.seeds()
         several = len(shapes) * len(rates) * len(seeds) > 1
         for lora in shapes:
-            shape = f"_r{lora.r}_a{lora.alpha}{lora.suffix()}" if lora is not None else ""
+            shape = strategy.shape_key(lora) if lora is not None else ""
             group = name if len(shapes) == 1 else f"{name}{shape}"
             for rate in rates:
                 for seed in seeds:
@@ -89,6 +95,7 @@ def _train_settings(config: JobConfig, strategy: str, learning_rate: float, seed
         seed=seed,
         logging_steps=config.logging_steps,
         bucket_window=config.length_bucket_window,
+        eval_steps=config.eval_steps,
     )
 
 

@@ -193,6 +193,20 @@ class CommonConfig(BaseModel):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warm-up")
     max_grad_norm: float = Field(1.0, ge=0, description="global gradient-norm clip (0: off)")
     logging_steps: int = Field(10, ge=1, description="steps between loss lines in the log")
+    eval_steps: PositiveInt | None = Field(
+        None,
+        description="score dev every this many optimizer steps and at the end, keeping each run's dev curve "
+        "(null: dev only at the end; PaddleNLP's CLUE protocol: 100)",
+    )
+    select_checkpoint: Literal["last", "best_dev"] = Field(
+        "last",
+        description="the weights test is scored on, and saved: last (the end of training) or best_dev (the "
+        "evaluation with the best dev accuracy; the first of equals); chosen on dev, never on test",
+    )
+    early_stopping_patience: PositiveInt | None = Field(
+        None,
+        description="stop a run after this many evaluations (eval_steps) without a better dev accuracy (null: off)",
+    )
     visualdl: bool = Field(
         False, description="write VisualDL scalars (loss, learning rate, dev metrics) to output_dir/vdl/<run>"
     )
@@ -294,6 +308,19 @@ class CommonConfig(BaseModel):
                 shown = ", ".join(f"{item:g}" if isinstance(item, float) else str(item) for item in repeated)
                 raise ValueError(f"the list repeats {shown}; give each value once")
         return value
+
+    @model_validator(mode="after")
+    def _evaluation_keys(self) -> CommonConfig:
+        if self.early_stopping_patience is not None and self.eval_steps is None:
+            raise ValueError(
+                "config key 'early_stopping_patience' counts evaluations during training; set eval_steps too"
+            )
+        if self.select_checkpoint == "best_dev" and self.eval_steps is None:
+            raise ValueError(
+                "config key 'select_checkpoint': best_dev chooses among the evaluations during training, and "
+                "without eval_steps there is only the last; set eval_steps (PaddleNLP's CLUE protocol: 100)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_way_to_name_targets(self) -> CommonConfig:

@@ -44,8 +44,12 @@ def _seeds_note(row: HeadlineRow) -> str:
 
 
 def plot_losses(rows: Sequence[HeadlineRow], path: Path, subject: str) -> Path:
-    """Each headline row's per-step training loss (the mean over its seeds), raw and smoothed."""
-    with figure_to(path, figsize=(8, 4.5), dpi=110) as (_, axes):
+    """Each headline row's per-step training loss (the mean over its seeds), raw and smoothed; beside it,
+    when dev was scored during training (eval_steps), each row's dev accuracy at every evaluation."""
+    curves = any(len(row.dev_curve) > 1 for row in rows)
+    shape = {"nrows": 1, "ncols": 2 if curves else 1, "figsize": (14 if curves else 8, 4.5), "dpi": 110}
+    with figure_to(path, **shape) as (_, panels):
+        axes = panels[0] if curves else panels
         for row in rows:
             losses = row.step_losses
             steps = range(1, len(losses) + 1)
@@ -53,11 +57,20 @@ def plot_losses(rows: Sequence[HeadlineRow], path: Path, subject: str) -> Path:
             (line,) = axes.plot(steps, losses, alpha=0.25, linewidth=0.8)
             axes.plot(steps, smoothed(losses, window), color=line.get_color(), linewidth=2,
                       label=f"{row.label} (moving average of {window}{_seeds_note(row)})")  # fmt: skip
+            if curves:
+                panels[1].plot([p.step for p in row.dev_curve], [100 * p.accuracy for p in row.dev_curve],
+                               marker="o", color=line.get_color(), label=f"{row.label}{_seeds_note(row)}")  # fmt: skip
         axes.set_xlabel("training step")
         axes.set_ylabel("training loss (cross-entropy)")
         axes.set_title(f"{subject}: training loss per step")
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
+        if curves:
+            panels[1].set_xlabel("training step")
+            panels[1].set_ylabel("dev accuracy (%)")
+            panels[1].set_title("dev accuracy at each evaluation")
+            panels[1].grid(alpha=0.3)
+            panels[1].legend(fontsize="small")
     return path
 
 

@@ -439,11 +439,13 @@ def observations(combined: Combined) -> list[str]:
         if c is None or other.group != c.group:
             strategy = next(iter(other.labels))
             lines.append(f"Verdict ({other.labels[strategy]} against {other.labels[base]}): {other.verdict}")
+    if (checkpoints := _checkpoint_line(rows, combined)) is not None:
+        lines.append(checkpoints)
     if c is not None and full is not None:
         lines.append(_time_line(next(r for r in lora if r.group == c.group), full))
     if len(rows) > 2:
         lines.append(_front_line(rows, combined))
-    if full is not None and (published := _published_line(run, full)):
+    if full is not None and (published := _published_line(run, full, combined.runs)):
         lines.append(published)
     lines += _caveats(rows, combined)
     return lines
@@ -457,8 +459,12 @@ PUBLISHED_TNEWS_DEV = {
 }  # fmt: skip
 
 
-def _published_line(run: RunFacts, full: HeadlineRow) -> str | None:
-    """Beside a run of PaddleNLP's protocol (TNEWS, every train and dev row), the published figure."""
+PADDLENLP_BATCHES, PADDLENLP_RATES = (16, 32, 64), (1e-5, 2e-5, 3e-5, 5e-5)  # its CLUE grid for full FT
+
+
+def _published_line(run: RunFacts, full: HeadlineRow, runs: Sequence[RunResult]) -> str | None:
+    """Beside a run of PaddleNLP's protocol (TNEWS, every train and dev row), the published figure and
+    every way this run still departs from how that figure was made."""
     config = run.config
     published = PUBLISHED_TNEWS_DEV.get(config.model_name)
     if published is None or config.dataset != DEFAULT_DATASET or config.max_train_samples or config.max_eval_samples:
@@ -468,8 +474,34 @@ def _published_line(run: RunFacts, full: HeadlineRow) -> str | None:
         "fine-tuning, the best dev score over its grid of batch sizes and learning rates (3 epochs on all 53,360 "
         f"training titles; a dev number, not a test one). Measured here: {100 * full.dev_accuracy.mean:.2f}% dev "
         f"accuracy ({full.label}, chosen on dev) on {run.data.dev.examples:,} dev titles, trained on "
-        f"{run.data.train.examples:,} titles (the test titles carved from train are left out of training)."
+        f"{run.data.train.examples:,} titles. Departures from PaddleNLP's protocol: "
+        + "; ".join(protocol_departures(config, [r for r in runs if r.strategy == baseline().name]))
+        + "."
     )
+
+
+def protocol_departures(config: JobConfig, full_runs: Sequence[RunResult]) -> list[str]:
+    """How a full fine-tuning run of this config differs from PaddleNLP's CLUE protocol."""
+    out = ["the test titles carved from train are left out of training"]
+    if config.eval_steps != 100 or config.select_checkpoint != "best_dev":
+        out.append(
+            f"dev scored {'only at the end' if config.eval_steps is None else f'every {config.eval_steps} steps'} "
+            f"with the {config.select_checkpoint.replace('_', ' ')} checkpoint, not every 100 steps with the best"
+        )
+    precisions = sorted({r.precision for r in full_runs})
+    if precisions != ["fp32"]:
+        out.append(f"training precision {', '.join(precisions)}, not fp32")
+    if config.num_epochs != 3:
+        out.append(f"{config.num_epochs} epochs, not 3")
+    batch = config.batch_size_for(baseline().name)
+    out.append(f"batch size {batch} only, of PaddleNLP's {', '.join(map(str, PADDLENLP_BATCHES))}")
+    rates = config.learning_rates_for(baseline().name)
+    if sorted(rates) != sorted(PADDLENLP_RATES):
+        out.append(f"rates {', '.join(map(rate_text, rates))}, not PaddleNLP's "
+                   f"{', '.join(map(rate_text, PADDLENLP_RATES))}")  # fmt: skip
+    if len({r.seed for r in full_runs}) > 1:
+        out.append("the rate chosen on the mean dev accuracy over seeds, where PaddleNLP reports its best run")
+    return out
 
 
 def _nothing_ranked(combined: Combined) -> str | None:
@@ -526,6 +558,28 @@ def _cost_line(row: HeadlineRow, run: RunFacts) -> str:
         f"{row.label} trained {row.trainable_params:,} of {row.total_params:,} parameters "
         f"({100 * row.trainable_params / row.total_params:.3f}%) in {timing} on {run.device.name}; test macro-F1 "
         f"{cell(row.test_macro_f1, 4)}."
+    )
+
+
+def _checkpoint_line(rows: Sequence[HeadlineRow], combined: Combined) -> str | None:
+    """Which step's weights each run was scored on, when dev was scored during training."""
+    config = combined.run.config
+    if config.eval_steps is None:
+        return None
+    by_key = {r.key: r for r in combined.runs}
+    parts = []
+    for row in rows:
+        runs = [by_key[key] for key in row.keys]
+        steps = ", ".join(
+            f"{r.selected_step if r.selected_step is not None else r.steps} of {r.steps}"
+            + (" (stopped early)" if r.stopped_early else "")
+            for r in runs
+        )
+        parts.append(f"{row.label}: step{'s' if len(runs) > 1 else ''} {steps}")
+    how = "the best dev accuracy" if config.select_checkpoint == "best_dev" else "the last"
+    return (
+        f"Checkpoints scored on test and saved ({how}; dev scored every {config.eval_steps} steps, chosen on dev, "
+        f"never on test): " + "; ".join(parts) + "."
     )
 
 

@@ -14,7 +14,8 @@ from job.data.labels import Labels
 
 # 2: grid runs (seed, learning rate), predictions, macro-F1, comparison; 3: sample; 4: eval batch; 5: labels,
 # a comparison per row (Holm); 6: peak memory above the run's own start, one exact test per row over all
-# seeds, the seeds-then-titles interval, the non-inferiority answer at a margin, the detectable difference
+# seeds, the interval with the seeds' spread, the non-inferiority answer at a margin, the detectable
+# difference, the dev curve and the step selected on dev
 SCHEMA_VERSION = 6
 
 
@@ -32,6 +33,14 @@ class SplitResult(Record):
     macro_f1: float
     per_class_accuracy: list[float | None]  # by class id; None where the split has no example of it
     predictions: str  # predicted class id per example, in the split's order (job.results.stats.encode_classes)
+
+
+class DevPoint(Record):
+    """One evaluation of dev during (or at the end of) training."""
+
+    step: int  # optimizer steps done
+    accuracy: float
+    loss: float
 
 
 class RunResult(Record):
@@ -63,6 +72,9 @@ class RunResult(Record):
     dev: SplitResult
     test: SplitResult
     step_losses: list[float]
+    dev_curve: list[DevPoint] = Field(default_factory=list)  # every evaluation of dev, the last one included
+    selected_step: int | None = None  # the step whose weights test was scored on and saved (None: the last)
+    stopped_early: bool = False  # early_stopping_patience ended training before its last step
     reinitialised_parameters: list[str]
     artifacts: list[str]
     finished_at: str
@@ -152,6 +164,7 @@ class HeadlineRow(Record):
     test_macro_f1: Stat
     test_per_class_accuracy: list[float | None]  # mean over seeds
     step_losses: list[float]  # mean over seeds, per step
+    dev_curve: list[DevPoint] = Field(default_factory=list)  # mean over seeds at the steps every seed evaluated
 
 
 Answer = Literal["good enough", "not shown to be good enough", "worse"]

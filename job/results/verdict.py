@@ -14,7 +14,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from job.errors import UserError
-from job.results.schema import Answer, Combined, Comparison, HeadlineRow, ResultRecord, RunFacts, RunResult, Stat
+from job.results.schema import (
+    Answer,
+    Combined,
+    Comparison,
+    DevPoint,
+    HeadlineRow,
+    ResultRecord,
+    RunFacts,
+    RunResult,
+    Stat,
+)
 from job.results.stats import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -87,7 +97,23 @@ def _headline(members: list[RunResult]) -> HeadlineRow:
             None if np.isnan(column).all() else float(np.nanmean(column)) for column in per_class.T
         ],
         step_losses=[statistics.fmean(r.step_losses[i] for r in chosen) for i in range(shortest)],
+        dev_curve=mean_curve(chosen),
     )
+
+
+def mean_curve(runs: Sequence[RunResult]) -> list[DevPoint]:
+    """The runs' dev curves averaged at the steps every one of them evaluated (early stopping can end
+    a seed sooner)."""
+    common = set.intersection(*({point.step for point in r.dev_curve} for r in runs)) if runs else set()
+    by_run = [{point.step: point for point in r.dev_curve} for r in runs]
+    return [
+        DevPoint(
+            step=step,
+            accuracy=statistics.fmean(c[step].accuracy for c in by_run),
+            loss=statistics.fmean(c[step].loss for c in by_run),
+        )
+        for step in sorted(common)
+    ]
 
 
 def best_row(rows: Sequence[HeadlineRow], strategy: str) -> HeadlineRow | None:

@@ -35,6 +35,7 @@ class TrainSettings:
     bucket_window: int = 0
     precision: str = "fp32"  # resolved (job.runtime.device.resolve_precision): fp32, bf16 or fp16
     compiled: bool = False  # resolved (job.runtime.device.resolve_compile): the forward as a static graph
+    eval_steps: int | None = None  # dev is scored every this many steps (the caller's `evaluate_at`)
 
 
 @dataclass
@@ -47,6 +48,7 @@ class TrainOutcome:
     optimizer_state_bytes: int = 0
     dropout: str = PADDLE  # which dropout ran (job.training.dropout)
     compiled: bool = False  # whether the forward ran as a static graph
+    stopped_early: bool = False  # evaluate_at asked to stop before the last step
 
     @property
     def samples_per_second(self) -> float:
@@ -157,9 +159,14 @@ def train(
     stop: StopRequest,
     ranks: Ranks = Ranks(),  # noqa: B008 - a frozen value
     on_step: Callable[[int, float, float], None] | None = None,
+    evaluate_at: Callable[[int], bool] | None = None,
 ) -> TrainOutcome:
     """Train in place. Under a data-parallel launch every rank takes its share of each global batch,
-    gradients are averaged by paddle.DataParallel, and only rank 0 shows progress."""
+    gradients are averaged by paddle.DataParallel, and only rank 0 shows progress.
+
+    With `settings.eval_steps`, `evaluate_at(step)` runs after every eval_steps-th step before the last
+    (the caller scores dev; the last step's evaluation is the caller's own), off the training clock;
+    it returns True to stop training there (early stopping)."""
     lengths = [len(row.input_ids) for row in rows]
     epochs = [
         usable_batches(epoch_batches(lengths, settings.batch_size, settings.seed, epoch, settings.bucket_window), ranks)
@@ -184,9 +191,12 @@ def train(
         import paddle
 
         paddle.seed(rank_seed(settings.seed, ranks))
+    evaluating_seconds = 0.0  # dev evaluations during training, left out of the training time
     with training_dropout(rank_seed(settings.seed, ranks), in_graph=outcome.compiled) as outcome.dropout:
         started = time.perf_counter()
         for epoch, batches in enumerate(epochs):
+            if outcome.stopped_early:
+                break
             for global_batch, batch in zip(
                 batches, iterate_batches(rows, shard_batches(batches, ranks), pad_id), strict=True
             ):
@@ -198,7 +208,13 @@ def train(
                 outcome.steps += 1
                 outcome.samples += len(global_batch)
                 outcome.tokens += sum(lengths[i] for i in global_batch)
-                logged = outcome.steps % settings.logging_steps == 0 or outcome.steps == total_steps
+                evaluation = (
+                    evaluate_at is not None
+                    and settings.eval_steps is not None
+                    and outcome.steps % settings.eval_steps == 0
+                    and outcome.steps < total_steps
+                )
+                logged = outcome.steps % settings.logging_steps == 0 or outcome.steps == total_steps or evaluation
                 if len(unread) < read_every and not logged:
                     continue
                 first = outcome.steps - len(unread) + 1
@@ -213,6 +229,7 @@ def train(
                 progress.update(len(unread))
                 unread.clear()
                 elapsed = time.perf_counter() - started
+                elapsed -= evaluating_seconds
                 progress.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}", samples_s=f"{outcome.samples / elapsed:.1f}")
                 if ranks.is_main and logged:
                     tqdm.write(
@@ -220,7 +237,13 @@ def train(
                         f"lr {schedule.get_lr():.2e} {outcome.samples / elapsed:.1f} samples/s",
                         file=sys.stderr,
                     )
-        outcome.seconds = time.perf_counter() - started
+                if evaluation:
+                    paused = time.perf_counter()
+                    outcome.stopped_early = bool(evaluate_at(outcome.steps))  # type: ignore[misc]
+                    evaluating_seconds += time.perf_counter() - paused
+                    if outcome.stopped_early:
+                        break
+        outcome.seconds = time.perf_counter() - started - evaluating_seconds
     progress.close()
     outcome.optimizer_state_bytes = state_bytes(optimizer)
     return outcome

@@ -34,6 +34,11 @@ class Strategy(Protocol):
 
     def label(self, run: Run) -> str: ...
 
+    # Adapter strategies only (adapter_options is not None): what run keys and `job plan` spell of a shape.
+    def shape_key(self, lora: LoRASettings) -> str: ...  # "_r16_a32_all_linear": the settings it uses
+
+    def shape_settings(self, lora: LoRASettings) -> str: ...  # "r=16 alpha=32 dropout=0.1 targets=all_linear"
+
     def prepare(self, loaded: LoadedModel, run: Run) -> Any: ...
 
     def save_artifacts(self, model: Any, tokenizer: Any, folder: Path) -> list[Path]: ...
@@ -102,13 +107,10 @@ class Run:
     def describe(self) -> str:
         """Every setting of the run on one line (`job plan`)."""
         s = self.settings
-        lora = (
-            f"r={self.lora.r} alpha={self.lora.alpha} dropout={self.lora.dropout:g}{self.lora.settings_text()} "
-            if self.lora
-            else ""
-        )
+        lora = f"{self.strategy.shape_settings(self.lora)} " if self.lora else ""
         return (
             f"strategy={self.strategy.name} {lora}lr={s.learning_rate:g} seed={s.seed} batch_size={s.batch_size} "
             f"epochs={s.num_epochs} weight_decay={s.weight_decay:g} warmup_ratio={s.warmup_ratio:g} "
             f"max_grad_norm={s.max_grad_norm:g} length_bucket_window={s.bucket_window}"
+            + (f" eval_steps={s.eval_steps}" if s.eval_steps else "")
         )

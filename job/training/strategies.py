@@ -18,7 +18,7 @@ from typing import Any
 
 from job.errors import UserError
 from job.training.model import LoadedModel
-from job.training.runs import Run, Strategy, rate_text
+from job.training.runs import LoRASettings, Run, Strategy, rate_text
 
 # LoRA's target layers by preset (ERNIE's layer names); `lora_target_modules` gives regexes of its own.
 LORA_TARGET_PRESETS: dict[str, tuple[str, ...]] = {
@@ -55,6 +55,12 @@ class LoRA:
         lora = run.lora
         return (f"lora (r={lora.r}, α={lora.alpha}, dropout={lora.dropout:g}{lora.options_text()}, "
                 f"lr={rate_text(run.learning_rate)})")  # fmt: skip
+
+    def shape_key(self, lora: LoRASettings) -> str:
+        return f"_r{lora.r}_a{lora.alpha}{lora.suffix()}"
+
+    def shape_settings(self, lora: LoRASettings) -> str:
+        return f"r={lora.r} alpha={lora.alpha} dropout={lora.dropout:g}{lora.settings_text()}"
 
     def prepare(self, loaded: LoadedModel, run: Run) -> Any:
         from paddlenlp.peft import LoRAConfig, LoRAModel
@@ -103,6 +109,13 @@ class LoKr:
     def label(self, run: Run) -> str:
         assert run.lora is not None
         return f"lokr (dim={run.lora.r}{run.lora.options_text()}, lr={rate_text(run.learning_rate)})"
+
+    # LoKr reads lora_r as its dimension and the targets; alpha and dropout it does not use (scale 1).
+    def shape_key(self, lora: LoRASettings) -> str:
+        return f"_d{lora.r}{lora.suffix()}"
+
+    def shape_settings(self, lora: LoRASettings) -> str:
+        return f"dim={lora.r}{lora.settings_text()}"
 
     def prepare(self, loaded: LoadedModel, run: Run) -> Any:
         from paddlenlp.peft import LoKrConfig, LoKrModel
