@@ -43,7 +43,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
 
 def trained(
     tiny_model: Path, tnews_dir: Path, monkeypatch: pytest.MonkeyPatch, *, gpu: bool, strategy: str,
-    counts: collections.Counter | None = None,
+    counts: collections.Counter | None = None, eval_steps: int | None = None, evaluate_at=None,
 ) -> tuple[list[float], list[int]]:  # fmt: skip
     """Train `strategy` for 2 epochs of the tiny model; returns the step losses and, per step, the host
     reads made since the previous step began."""
@@ -54,7 +54,7 @@ def trained(
     paddle.seed(0)
     loaded = load_model(str(tiny_model), 15)
     model = STRATEGIES[strategy].prepare(loaded, _run_for(strategy))
-    settings = TrainSettings(5e-3, 16, 2, 0.01, 0.1, 1.0, seed=0, logging_steps=LOGGING_STEPS)
+    settings = TrainSettings(5e-3, 16, 2, 0.01, 0.1, 1.0, seed=0, logging_steps=LOGGING_STEPS, eval_steps=eval_steps)
     per_step: list[int] = []
     original = job.training.loop.train_step
 
@@ -65,7 +65,8 @@ def trained(
 
     monkeypatch.setattr(job.training.loop, "train_step", step)
     paddle.seed(0)
-    outcome = train(model, rows, settings, pad_id=int(tokenizer.pad_token_id), label=strategy, stop=StopRequest())
+    outcome = train(model, rows, settings, pad_id=int(tokenizer.pad_token_id), label=strategy, stop=StopRequest(),
+                    evaluate_at=evaluate_at)  # fmt: skip
     monkeypatch.setattr(job.training.loop, "train_step", original)
     return outcome.step_losses, [b - a for a, b in itertools.pairwise(per_step)]
 
@@ -117,3 +118,21 @@ def test_a_nan_found_at_a_later_read_still_names_the_step_where_it_first_appeare
     monkeypatch.setattr(job.training.loop, "train_step", poisoned)
     with pytest.raises(TrainingDiverged, match="loss became nan at step 6;"):
         trained(tiny_model, tnews_dir, monkeypatch, gpu=True, strategy="lora")
+
+
+def test_scoring_dev_during_training_adds_no_host_read_to_the_steps_between_evaluations(
+    tiny_model: Path, tnews_dir: Path, monkeypatch: pytest.MonkeyPatch, reads: collections.Counter
+) -> None:
+    """The GPU path with eval_steps 6: the loop asks for evaluations at step 6 only (12 is the last, the
+    caller's), and reads the losses once at each logging step and at the evaluation, no more."""
+    asked: list[int] = []
+
+    def evaluate_at(step: int) -> bool:
+        asked.append(step)
+        return False
+
+    losses, per_step = trained(tiny_model, tnews_dir, monkeypatch, gpu=True, strategy="lora", counts=reads,
+                               eval_steps=6, evaluate_at=evaluate_at)  # fmt: skip
+    assert asked == [6] and len(losses) == 12
+    assert all(count <= 1 for count in per_step)
+    assert sum(per_step) <= len(per_step) // LOGGING_STEPS + 1 + len(asked)

@@ -375,3 +375,22 @@ def test_the_published_dev_accuracy_appears_beside_a_run_of_paddlenlps_protocol_
     other = config.model_copy(update={"model_name": "my-model"})
     mine = [r.model_copy(update={"run": r.run.model_copy(update={"config": other})}) for r in seed_like]
     assert "Published:" not in render_report(combine(mine))
+
+
+@pytest.mark.parametrize("pissa", [False, True])
+def test_pissa_trains_its_principal_factors_without_dropout_or_weight_decay(tiny_model: Path, pissa: bool) -> None:
+    """PiSSA's A and B start as the weight's top singular part: decay would pull the weight itself toward
+    zero and dropout would drop part of it, so neither applies to them (PiSSA's own recipes use
+    neither); plain LoRA keeps both, and the head decays either way."""
+    from job.training.loop import build_optimizer
+
+    model, run = prepared(tiny_model, "lora", lora_pissa=pissa)
+    assert run.lora is not None and run.lora.dropout == (0.0 if pissa else 0.1)
+    optimizer, _ = build_optimizer(model, run.settings, 10)
+    decays = {name: optimizer._apply_decay_param_fun(p.name) for name, p in model.named_parameters()
+              if not p.stop_gradient}  # fmt: skip
+    adapters = {name: d for name, d in decays.items() if ".lora_A" in name or ".lora_B" in name}
+    assert adapters and all(d is not pissa for d in adapters.values())
+    assert decays[next(name for name in decays if name.endswith("classifier.weight"))] is True
+    assert not any(decays[name] for name in decays if name.endswith("classifier.bias"))
+    assert "dropout=0, PiSSA" in run.label if pissa else "dropout=0.1, lr=" in run.label

@@ -69,7 +69,7 @@ def _lora_shapes(config: JobConfig, options: tuple[str, ...]) -> list[LoRASettin
         LoRASettings(
             r=rank,
             alpha=alpha,
-            dropout=config.lora_dropout,
+            dropout=0.0 if svd else config.lora_dropout,  # PiSSA's branch is the weight's principal part: no dropout
             target_modules=modules,
             targets=targets,
             rslora=scaled,

@@ -169,7 +169,8 @@ class CommonConfig(BaseModel):
     lora_pissa: bool | list[bool] = Field(
         False,
         description="PiSSA: A and B start from the frozen weight's top-r singular vectors, which the weight then "
-        "leaves out (scale 1; alpha is not used); only the merged model is saved",
+        "leaves out (scale 1; alpha is not used), trained with no dropout (lora_dropout is not used) and no weight "
+        "decay on A and B; only the merged model is saved",
     )
     strategies: list[StrategyName] = Field(
         list(DEFAULT_STRATEGIES),

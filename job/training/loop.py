@@ -80,7 +80,10 @@ def build_optimizer(model: Any, settings: TrainSettings, total_steps: int) -> tu
     from paddlenlp.transformers import LinearDecayWithWarmup
 
     trainable = [(name, p) for name, p in model.named_parameters() if not p.stop_gradient]
-    decayed = {p.name for name, p in trainable if not no_weight_decay(name)}
+    # A strategy marks the weights decay must not pull toward zero (PiSSA's principal factors) on the weight.
+    decayed = {
+        p.name for name, p in trainable if not no_weight_decay(name) and not getattr(p, "no_weight_decay", False)
+    }
     schedule = LinearDecayWithWarmup(settings.learning_rate, total_steps, float(settings.warmup_ratio))
     clip = gradient_clip(settings.max_grad_norm)
     optimizer = paddle.optimizer.AdamW(

@@ -80,7 +80,12 @@ class LoRA:
             lora_plus_scale=run.lora.plus_ratio,  # B's ParamAttr learning rate: AdamW scales B's rate by it
             pissa=run.lora.pissa,  # A, B from the SVD at the first forward; the weight keeps the residual
         )
-        return LoRAModel(loaded.model, lora_config)
+        model = LoRAModel(loaded.model, lora_config)
+        if run.lora.pissa:  # A and B hold the weight's principal part: decay would pull the weight itself down
+            for name, parameter in model.named_parameters():
+                if ".lora_A" in name or ".lora_B" in name:
+                    parameter.no_weight_decay = True
+        return model
 
     def save_artifacts(self, model: Any, tokenizer: Any, folder: Path) -> list[Path]:
         adapter, merged = folder / "adapter", folder / "merged"
