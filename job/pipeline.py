@@ -65,6 +65,7 @@ from job.training.model import (
     weights_fingerprint,
 )
 from job.training.strategies import check_targets_match
+from job.training.update_rank import trained_weights, update_ranks
 
 
 def say(message: str) -> None:
@@ -258,6 +259,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
     trainable, total = count_parameters(model)
     say(f"[{key}] {run.label}, seed {run.seed}: {trainable:,} of {total:,} parameters trainable "
         f"({100 * trainable / total:.3f}%)")  # fmt: skip
+    initial = trained_weights(model)  # full fine-tuning's encoder weights before training (host copy)
     paddle.seed(run.seed)  # the same dropout masks for every run of this seed
     curve: list[DevPoint] = []
     latest: list[EvalResult] = []  # the last dev evaluation, reused when its weights are the ones scored
@@ -295,6 +297,8 @@ def train_one(session: Session, run: Run) -> RunResult | None:
                 dev = evaluate(model, encoded.dev, run.eval_batch_size, pad_id, stop)
         with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
             test = evaluate(model, encoded.test, run.eval_batch_size, pad_id, stop)
+    ranks = update_ranks(initial, model)  # of the weights scored, once, at the end
+    del initial
     selected = best.step if best.keep else outcome.steps
     say(
         f"[{key}] trained in {outcome.seconds:.1f} s"
@@ -336,6 +340,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         dev_curve=curve,
         selected_step=selected,
         stopped_early=outcome.stopped_early,
+        update_rank=ranks,
         reinitialised_parameters=loaded.reinitialised,
         artifacts=artifacts,
         finished_at=now(),

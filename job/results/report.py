@@ -17,6 +17,7 @@ from job.results.stats import mean_std
 from job.results.verdict import answer_text, best_row, points, test_text
 from job.training.runs import rate_text
 from job.training.strategies import STRATEGIES, baseline, compared
+from job.training.update_rank import WEIGHT_KINDS
 
 SEED_MODEL, SEED_MODEL_TITLE = "ernie-3.0-medium-zh", "ERNIE 3.0 Medium"
 PER_CLASS_SHOWN = 10  # above twice this many classes, the per-class table shows the worst and best this many
@@ -441,6 +442,8 @@ def observations(combined: Combined) -> list[str]:
             lines.append(f"Verdict ({other.labels[strategy]} against {other.labels[base]}): {other.verdict}")
     if (checkpoints := _checkpoint_line(rows, combined)) is not None:
         lines.append(checkpoints)
+    if (ranks := update_rank_line(rows, combined)) is not None:
+        lines.append(ranks)
     if c is not None and full is not None:
         lines.append(_time_line(next(r for r in lora if r.group == c.group), full))
     if len(rows) > 2:
@@ -558,6 +561,34 @@ def _cost_line(row: HeadlineRow, run: RunFacts) -> str:
         f"{row.label} trained {row.trainable_params:,} of {row.total_params:,} parameters "
         f"({100 * row.trainable_params / row.total_params:.3f}%) in {timing} on {run.device.name}; test macro-F1 "
         f"{cell(row.test_macro_f1, 4)}."
+    )
+
+
+def update_rank_line(rows: Sequence[HeadlineRow], combined: Combined) -> str | None:
+    """The effective rank of each weight kind's learned update (rows that train the encoder's own
+    weights), as median and range over layers and seeds, beside the LoRA ranks of the config."""
+    import statistics
+
+    by_key = {r.key: r for r in combined.runs}
+    parts = []
+    for row in rows:
+        runs = [by_key[key] for key in row.keys if by_key[key].update_rank]
+        texts = []
+        for kind in WEIGHT_KINDS:
+            values = [value for r in runs for value in r.update_rank.get(kind, [])]
+            if values:
+                texts.append(f"{kind} {statistics.median(values):g} ({min(values)}–{max(values)})")
+        if texts:
+            layers = len(runs[0].update_rank[next(iter(runs[0].update_rank))])
+            scope = f"{layers} layers" + (f" x {len(runs)} seeds" if len(runs) > 1 else "")
+            parts.append(f"{row.label}, over {scope}: " + ", ".join(texts))
+    if not parts:
+        return None
+    lora_ranks = sorted({r.lora_r for r in combined.runs if r.strategy == compared()[0].name and r.lora_r})
+    beside = f"; LoRA's rank here: r = {', '.join(map(str, lora_ranks))}" if lora_ranks else ""
+    return (
+        "Effective rank of the learned update ΔW = W_after − W_before (the rank holding 90% of its energy; median "
+        "and range): " + "; ".join(parts) + beside + "."
     )
 
 

@@ -1,0 +1,78 @@
+"""The effective rank of full fine-tuning's learned update, on weights whose update has a known rank,
+and in a real run's record and report."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from job.training.update_rank import WEIGHT_KINDS, energy_rank, kind_of, trained_weights, update_ranks
+from tests.fixtures import TINY_ERNIE, run_tiny
+
+
+def low_rank(rows: int, cols: int, singular: list[float], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.standard_normal((rows, len(singular))))
+    v, _ = np.linalg.qr(rng.standard_normal((cols, len(singular))))
+    return (u * np.asarray(singular)) @ v.T
+
+
+def test_the_energy_rank_counts_the_directions_holding_90_percent() -> None:
+    assert energy_rank(low_rank(64, 48, [1.0] * 7)) == 7  # 7 equal directions: all 7 are needed
+    assert energy_rank(low_rank(64, 48, [10.0, 5.0, 1.0])) == 2  # 100 + 25 of 126: 99% in two
+    assert energy_rank(low_rank(64, 48, [3.0, 1.0])) == 1  # 9 of 10: exactly 90% in one
+    assert energy_rank(low_rank(64, 48, [2.0, 1.0])) == 2  # 4 of 5: 80%, so two
+    assert energy_rank(np.zeros((8, 8))) == 0
+    full = np.random.default_rng(1).standard_normal((40, 40))
+    assert 20 <= energy_rank(full) < 40  # a random update spreads its energy over most directions
+
+
+def test_a_layers_update_of_known_rank_is_measured_at_that_rank(tiny_model: Path) -> None:
+    import paddle
+
+    from job.training.model import load_model
+
+    model = load_model(str(tiny_model), 15).model  # every weight trains, as in full fine-tuning
+    before = trained_weights(model)
+    kinds = {kind_of(name) for name in before}
+    assert kinds == set(WEIGHT_KINDS) and len(before) == 6 * TINY_ERNIE["num_hidden_layers"]
+    with paddle.no_grad():
+        for index, (name, parameter) in enumerate(model.named_parameters()):
+            if name in before:
+                rank = 1 + index % 4  # 1, 2, 3 or 4 equal directions, by position
+                update = low_rank(*parameter.shape, [0.5] * rank, seed=index)
+                parameter.set_value(parameter + paddle.to_tensor(update, dtype=parameter.dtype))
+    ranks = update_ranks(before, model)
+    expected: dict[str, list[int]] = {}
+    for index, (name, _) in enumerate(model.named_parameters()):
+        if name in before:
+            expected.setdefault(kind_of(name), []).append(1 + index % 4)
+    assert ranks == {kind: expected[kind] for kind in WEIGHT_KINDS}
+
+
+def test_a_full_fine_tuning_run_records_and_reports_its_update_rank_and_lora_none(
+    tmp_path: Path, tiny_model: Path, tnews_dir: Path
+) -> None:
+    out = run_tiny(tmp_path, tiny_model, tnews_dir, max_train_samples=96, max_eval_samples=32, num_epochs=2,
+                   full_finetune_learning_rate=1e-2)  # fmt: skip
+    runs = {r["strategy"]: r for r in json.loads((out / "results.json").read_text(encoding="utf-8"))["runs"]}
+    full, lora = runs["full_finetune"]["update_rank"], runs["lora"]["update_rank"]
+    layers, hidden = TINY_ERNIE["num_hidden_layers"], TINY_ERNIE["hidden_size"]
+    assert lora == {} and list(full) == list(WEIGHT_KINDS)
+    assert all(len(values) == layers and all(1 <= v <= hidden for v in values) for values in full.values())
+    report = (out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+    line = next(line for line in report.splitlines() if line.startswith("- Effective rank of the learned update"))
+    q = full["q"]
+    assert f"q {float(np.median(q)):g} ({min(q)}–{max(q)})" in line and "LoRA's rank here: r = 4" in line
+    assert re.search(rf"full_finetune \(lr=0\.01\), over {layers} layers: q ", line)
+
+
+@pytest.mark.parametrize(
+    "name", ["ernie.encoder.layers.3.self_attn.q_proj.weight", "ernie.encoder.layers.0.linear2.weight"]
+)
+def test_weight_kinds_are_read_from_ernies_parameter_names(name: str) -> None:
+    assert kind_of(name) in WEIGHT_KINDS and kind_of(name.replace(".weight", ".bias")) is None
