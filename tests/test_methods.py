@@ -136,8 +136,9 @@ def test_pissa_starts_from_the_top_singular_vectors_and_keeps_the_residual(tiny_
 
 
 def test_paddlenlp_vera_cannot_learn_from_its_own_initialisation(tiny_model: Path) -> None:
-    """Why `vera` is not a strategy (README): PaddleNLP 3.0.0b4's VeRA starts B at zero and keeps it
-    frozen, so its trainable scaling vectors b and d get no gradient, ever."""
+    """Why the job's `vera` starts VeRA its own way (docs/methods.md): PaddleNLP 3.0.0b4's VeRA starts B at
+    zero and keeps it frozen, so its trainable scaling vectors b and d get no gradient, ever; and its
+    restore_original_model refuses every sublayer but VeRA's."""
     import paddle
     from paddlenlp.peft import VeRAConfig, VeRAModel
 
@@ -181,7 +182,7 @@ def test_the_options_sweep_as_their_own_rows_with_labels_that_say_them(tiny_mode
         ({"lora_targets": "every_layer"}, "config key 'lora_targets'"),
         ({"lora_plus_ratio": 0}, "config key 'lora_plus_ratio'"),
         ({"lora_rslora": [True, True]}, "the list repeats True"),
-        ({"strategies": ["vera"]}, "config key 'strategies'"),
+        ({"strategies": ["dora"]}, "config key 'strategies'"),
     ],
 )
 def test_bad_method_keys_are_named(values: dict, fragment: str) -> None:
@@ -394,3 +395,41 @@ def test_pissa_trains_its_principal_factors_without_dropout_or_weight_decay(tiny
     assert decays[next(name for name in decays if name.endswith("classifier.weight"))] is True
     assert not any(decays[name] for name in decays if name.endswith("classifier.bias"))
     assert "dropout=0, PiSSA" in run.label if pissa else "dropout=0.1, lr=" in run.label
+
+
+def test_the_jobs_vera_learns_trains_only_its_vectors_and_the_head_and_its_merged_model_reloads(
+    tiny_model: Path, tnews_dir: Path, tmp_path: Path
+) -> None:
+    """With B drawn like A, b = 0 and d = 0.1 (the paper's start) the update starts at zero and the
+    vectors get gradients: they move in training, and the merged model gives the adapter's logits."""
+    import paddle
+    from paddlenlp.peft.vera.vera_layers import VeRALinear
+    from paddlenlp.transformers import AutoModelForSequenceClassification
+
+    from job.training.model import load_tokenizer
+    from tests.test_strategies import train_briefly
+
+    model, run = prepared(tiny_model, "vera")
+    assert run.key == "vera" and run.label == "vera (r=4, lr=5e-05)" and run.lora is not None
+    assert run.describe().startswith("strategy=vera r=4 lr=5e-05 ")
+    layers = [layer for layer in model.model.sublayers() if isinstance(layer, VeRALinear)]
+    assert len(layers) == 2 * LAYERS  # q and v of every layer
+    trained = {name for name, p in model.named_parameters() if not p.stop_gradient}
+    assert trained and all(".vera_b" in n or ".vera_d" in n or "classifier" in n for n in trained)
+    assert sum(".vera_b" in n for n in trained) == sum(".vera_d" in n for n in trained) == 2 * LAYERS
+    first = layers[0]
+    assert float(first.vera_b.abs().max()) == 0.0 and float(first.vera_B.abs().min()) > 0
+    np.testing.assert_allclose(first.vera_d.numpy(), 0.1)
+    before = {id(layer): layer.vera_b.numpy().copy() for layer in layers}
+    train_briefly(model, tiny_model, tnews_dir)
+    moved = [float(np.abs(layer.vera_b.numpy() - before[id(layer)]).max()) for layer in layers]
+    assert all(change > 0 for change in moved)  # every b learned (PaddleNLP's own start: none would)
+    model.eval()
+    ids = paddle.to_tensor([[1, 8, 9, 10, 11, 2]])
+    expected = model(input_ids=ids).numpy()
+    (folder,) = STRATEGIES["vera"].save_artifacts(model, load_tokenizer(str(tiny_model)), tmp_path)
+    assert folder.name == "model" and not list(folder.glob("*.pdparams"))
+    merged = AutoModelForSequenceClassification.from_pretrained(str(folder))
+    merged.eval()
+    np.testing.assert_allclose(merged(input_ids=ids).numpy(), expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(expected, load_model(str(tiny_model), len(TNEWS)).model(input_ids=ids).numpy(), atol=1e-4)

@@ -175,8 +175,9 @@ class CommonConfig(BaseModel):
     strategies: list[StrategyName] = Field(
         list(DEFAULT_STRATEGIES),
         min_length=1,
-        description="strategies to run, in this order: lora, full_finetune (the default), and lokr, bitfit "
-        "(biases and head), head_only (the head alone: a linear probe)",
+        description="strategies to run, in this order: lora, full_finetune (the default), and lokr, vera (trained "
+        "scaling vectors over frozen random matrices), bitfit (biases and head), head_only (the head alone: a "
+        "linear probe)",
     )
     margin: float = Field(
         1.0,

@@ -11,6 +11,7 @@ batch size.
 
 from __future__ import annotations
 
+import math
 import re
 import tempfile
 from pathlib import Path
@@ -154,6 +155,76 @@ class LoKr:
         return _save_whole(model.restore_original_model(), tokenizer, folder)
 
 
+class VeRA:
+    """VeRA (Kopiczko et al. 2024): each target weight's update is A diag(d) B diag(b), with A (in x r)
+    and B (r x out) random and frozen, and only the vectors d (r) and b (out) trained, plus the head;
+    PaddleNLP's VeRAModel on the LoRA targets (its A and B are per layer, the paper shares them), scale 1.
+
+    PaddleNLP 3.0.0b4 starts B at zero, which gives b and d zero gradient: that VeRA never learns (a
+    test shows it). The job starts as the paper and HF PEFT do: B drawn like A (Kaiming uniform, from
+    the run's seed), b = 0 (the update starts at zero) and d = 0.1."""
+
+    name = "vera"
+    title = "VeRA"
+    adapter_options = ("targets",)
+    is_baseline = False
+    in_default_plan = False
+    step_passes = 2  # frozen weights: input gradients only
+
+    def label(self, run: Run) -> str:
+        assert run.lora is not None
+        return f"vera (r={run.lora.r}{run.lora.options_text()}, lr={rate_text(run.learning_rate)})"
+
+    # VeRA reads lora_r as its rank and the targets; alpha and dropout it does not use (scale 1, no dropout).
+    def shape_key(self, lora: LoRASettings) -> str:
+        return f"_r{lora.r}{lora.suffix()}"
+
+    def shape_settings(self, lora: LoRASettings) -> str:
+        return f"r={lora.r}{lora.settings_text()}"
+
+    def prepare(self, loaded: LoadedModel, run: Run) -> Any:
+        import paddle
+        from paddlenlp.peft import VeRAConfig, VeRAModel
+        from paddlenlp.peft.vera.vera_layers import VeRALinear
+
+        assert run.lora is not None
+        check_targets_match([name for name, _ in loaded.model.named_sublayers()], run.lora.target_modules)
+        config = VeRAConfig(
+            r=run.lora.r, vera_alpha=run.lora.r, vera_dropout=0.0, target_modules=list(run.lora.target_modules),
+            trainable_modules=_head_trains(loaded), base_model_name_or_path=loaded.source,
+        )  # fmt: skip
+        model = VeRAModel(loaded.model, config)
+        model.mark_only_vera_as_trainable()  # VeRAModel leaves every other weight trainable otherwise
+        with paddle.no_grad():
+            for layer in model.model.sublayers():
+                if isinstance(layer, VeRALinear):
+                    layer.vera_B.set_value(_kaiming_uniform(layer.vera_B.shape, fan_in=layer.vera_B.shape[0]))
+                    layer.vera_b.set_value(paddle.zeros_like(layer.vera_b))
+                    layer.vera_d.set_value(paddle.full_like(layer.vera_d, 0.1))
+        return model
+
+    def save_artifacts(self, model: Any, tokenizer: Any, folder: Path) -> list[Path]:
+        """The merged model only: VeRAModel saves the trained vectors but not its random frozen A and B,
+        so a saved adapter could not be reloaded; and its restore_original_model refuses every layer but
+        VeRA's, so the job folds each update in (VeRALinear.merge) and puts a plain Linear back itself."""
+        from paddlenlp.peft.vera.vera_layers import VeRALinear
+
+        names = [name for name, layer in model.model.named_sublayers() if isinstance(layer, VeRALinear)]
+        for name in names:
+            model.model.get_sublayer(name).merge()
+            model._find_and_restore_module(name)
+        return _save_whole(model.model, tokenizer, folder)
+
+
+def _kaiming_uniform(shape: list[int], fan_in: int) -> Any:
+    """Kaiming-uniform values with a = sqrt(5), as nn.initializer.KaimingUniform draws VeRA's A (and
+    torch's Linear its weights): bound 1 / sqrt(fan_in), from Paddle's generator (the run's seed)."""
+    import paddle
+
+    bound = 1 / math.sqrt(fan_in)
+    return paddle.uniform(shape, min=-bound, max=bound)
+
+
 class _OwnWeights:
     """The strategies that train some of the model's own weights (no adapter); `trains` says which."""
 
@@ -231,7 +302,7 @@ def check_targets_match(names: list[str], patterns: tuple[str, ...] | list[str])
 
 # The one place strategy names are written; the order is the report's row order.
 STRATEGIES: dict[str, Strategy] = {
-    strategy.name: strategy for strategy in (LoRA(), LoKr(), BitFit(), HeadOnly(), FullFinetune())
+    strategy.name: strategy for strategy in (LoRA(), LoKr(), VeRA(), BitFit(), HeadOnly(), FullFinetune())
 }
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
 DEFAULT_STRATEGIES: tuple[str, ...] = tuple(name for name, s in STRATEGIES.items() if s.in_default_plan)
