@@ -1,6 +1,7 @@
 """In-process guards of behaviour the slow end-to-end tests also cover, so `make test-fast` catches
-their breakage: a page in the model cache is fetched again, `job launch` passes SIGTERM on to its
-child, and each data-parallel rank weights its shard's loss by its share of the global batch."""
+their breakage: a page in the model cache is fetched again, weights that hold no tensor are never
+cached, `job launch` passes SIGTERM on to its child, and each data-parallel rank weights its shard's
+loss by its share of the global batch."""
 
 from __future__ import annotations
 
@@ -133,3 +134,17 @@ def test_each_rank_weights_its_shard_loss_by_its_share_of_the_global_batch(
     for (first_rows, first_share), (second_rows, second_share) in zip(seen[0], seen[1], strict=True):
         assert (first_rows, second_rows) == (3, 2)
         assert (first_share, second_share) == pytest.approx((6 / 5, 4 / 5))
+
+
+def test_weights_that_load_as_an_empty_mapping_are_not_weights(tmp_path: Path) -> None:
+    """`paddle.save({})` loads without error but holds no tensor: refused like any file that is not
+    weights, so it is never renamed into the model cache; one tensor is enough to pass."""
+    import paddle
+
+    from job.data.download import weights_problem
+
+    empty, one = tmp_path / "empty.pdparams", tmp_path / "one.pdparams"
+    paddle.save({}, str(empty))
+    paddle.save({"w": paddle.zeros([2])}, str(one))
+    assert weights_problem(empty) == "not Paddle weights (it loads as dict, not a name -> tensor mapping)"
+    assert weights_problem(one) is None
