@@ -24,6 +24,7 @@ from job.data.sources import read_source
 from job.errors import RetryableError, UserError
 from job.output.layout import (
     ARTIFACTS_FOLDER,
+    LEARNING_PLOT,
     LOSS_PLOT,
     PARETO_PLOT,
     RESULTS_FILE,
@@ -31,7 +32,7 @@ from job.output.layout import (
 )
 from job.output.storage import Output, open_output
 from job.results.facts import now, run_facts
-from job.results.plot import plot_losses, plot_pareto
+from job.results.plot import plot_learning_curve, plot_losses, plot_pareto
 from job.results.records import load_results, read_records, save_result
 from job.results.report import render_report, subject
 from job.results.scalars import scalar_log
@@ -110,10 +111,11 @@ def pending_runs(config: JobConfig, output: Output, runs: list[Run], force: bool
         for path, record in records.items()
         if record.run.config_hash == config_hash
     }
-    sample = current_sample(config) if not force and any(run.key in done for run in runs) else None
+    samples = current_samples(config) if not force and any(run.key in done for run in runs) else {}
     pending = []
     for run in runs:
         path, saved = done.get(run.key, (None, None))
+        sample = samples.get(run.train_rows)
         if path is not None and not force and saved == sample:
             say(f"[{run.key}] already done for config {config_hash} ({path}); skipping (--force recomputes)")
             continue
@@ -123,11 +125,15 @@ def pending_runs(config: JobConfig, output: Output, runs: list[Run], force: bool
     return pending
 
 
-def current_sample(config: JobConfig) -> str:
-    """The identity of the rows (and files) this config trains on now (job.data.sources.Splits.identity)."""
+def current_samples(config: JobConfig) -> dict[int | None, str]:
+    """Each training size -> the identity of the rows (and files) it trains on now
+    (job.data.sources.Splits.identity)."""
     use_mirror()
     raw = read_source(config.data_spec())
-    return draw_samples(raw, config.max_train_samples, config.max_eval_samples, config.sample_seed()).identity()
+    return {
+        size: draw_samples(raw, size, config.max_eval_samples, config.sample_seed()).identity()
+        for size in config.train_sizes()
+    }
 
 
 def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: list[str] | None = None) -> str | None:
@@ -164,11 +170,22 @@ class Session:
     device: DeviceChoice
     tokenizer: Any
     pad_id: int
-    encoded: EncodedSplits
     labels: Labels  # the task's classes: the classifier's outputs
     text_columns: tuple[str, ...]  # the record keys of the text (and its pair), for saved models
     facts: RunFacts
+    sizes: dict[int | None, Sized]  # each training size's rows (max_train_samples; one unless it is a list)
+
+    def rows_for(self, run: Run) -> Sized:
+        return self.sizes[run.train_rows]
+
+
+@dataclass(frozen=True)
+class Sized:
+    """The rows of one training size: its own train sample, the dev and test titles every size shares."""
+
+    encoded: EncodedSplits
     sample: str  # identity of those rows (job.data.sources.Splits.identity)
+    eval_sample: str  # identity of the dev and test rows alone (the same for every size)
 
 
 def train_runs(
@@ -196,23 +213,31 @@ def setup_session(
     fetch_model(config.model_name)
     _check_model(config, runs)
     raw = read_source(config.data_spec())
-    splits = draw_samples(raw, config.max_train_samples, config.max_eval_samples, config.sample_seed())
+    drawn = {
+        size: draw_samples(raw, size, config.max_eval_samples, config.sample_seed()) for size in config.train_sizes()
+    }
+    splits = drawn[max(drawn, key=lambda size: len(drawn[size].train.examples))]  # the run facts name the largest
     device, runs = _setup_device(config, runs)
     stop.checkpoint()
     say(
         f"device: {device.description} ({device.reason}), precision {runs[0].settings.precision}, evaluation batch "
         f"{runs[0].eval_batch_size}" + (f", rank {ranks.rank} of {ranks.world}" if ranks.world > 1 else "")
     )
-    for split in splits.all():
+    for sample in drawn.values():
+        say(f"train: {sample.train.source}")
+    for split in (splits.dev, splits.test):
         say(f"{split.name}: {split.source}")
     tokenizer = load_tokenizer(config.model_name)
     stop.checkpoint()
-    encoded = encode_splits(splits, tokenizer, config.max_seq_length)
+    sizes = {
+        size: Sized(encode_splits(sample, tokenizer, config.max_seq_length), sample.identity(), sample.eval_identity())
+        for size, sample in drawn.items()
+    }
     stop.checkpoint()
     session = Session(
         config=config, output=output, stop=stop, ranks=ranks, device=device, tokenizer=tokenizer,
-        pad_id=int(tokenizer.pad_token_id), encoded=encoded, labels=raw.labels, text_columns=raw.text_columns,
-        facts=run_facts(config, planned, device, splits, raw), sample=splits.identity(),
+        pad_id=int(tokenizer.pad_token_id), labels=raw.labels, text_columns=raw.text_columns,
+        facts=run_facts(config, planned, device, splits, raw), sizes=sizes,
     )  # fmt: skip
     return session, runs
 
@@ -248,7 +273,9 @@ def train_one(session: Session, run: Run) -> RunResult | None:
 
     key, name, settings = run.key, run.strategy.name, run.settings
     paddle.seed(run.seed)  # the same head initialisation for every run of this seed
-    config, stop, ranks, encoded, pad_id = session.config, session.stop, session.ranks, session.encoded, session.pad_id
+    config, stop, ranks, pad_id = session.config, session.stop, session.ranks, session.pad_id
+    rows = session.rows_for(run)
+    encoded = rows.encoded
     memory_start = start_memory_meter()  # the run's own weights, gradients, optimizer state and activations
     loaded = load_model(config.model_name, len(session.labels))
     stop.checkpoint()
@@ -324,7 +351,9 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         lora_r=run.lora.r if run.lora else None,
         lora_alpha=run.lora.alpha if run.lora else None,
         initial_weights=fingerprint,
-        sample=session.sample,
+        sample=rows.sample,
+        eval_sample=rows.eval_sample,
+        train_examples=len(encoded.train),
         trainable_params=trainable,
         total_params=total,
         training_seconds=round(outcome.seconds, 3),
@@ -415,6 +444,9 @@ def write_report(
             plot_losses(combined.headline, path, subject(combined.run.config))
         with output.file(PARETO_PLOT) as path:
             plot_pareto(combined.headline, path, subject(combined.run.config))
+        if len({row.train_examples for row in combined.headline}) > 1:
+            with output.file(LEARNING_PLOT) as path:
+                plot_learning_curve(combined.headline, path, subject(combined.run.config))
         return output.write_text(report_file or combined.run.config.report_file, render_report(combined))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from job.config.schema import JobConfig
 from job.errors import UserError
 from job.training.loop import TrainSettings
-from job.training.runs import LoRASettings, Run, rate_text
+from job.training.runs import LoRASettings, Run, rate_text, size_key
 from job.training.strategies import STRATEGIES
 
 __all__ = ["LoRASettings", "Run", "format_plan", "plan_runs"]
@@ -24,6 +24,8 @@ def plan_runs(config: JobConfig) -> list[Run]:
     """Every run of the config, in the order of `strategies`; within a strategy by LoRA rank, then
     learning rate and seed in the config's order. Array task i trains the i-th."""
     runs: list[Run] = []
+    sizes = config.train_sizes()
+    sized = len(sizes) > 1
     for name in config.strategies:
         options = STRATEGIES[name].adapter_options
         strategy = STRATEGIES[name]
@@ -34,24 +36,28 @@ def plan_runs(config: JobConfig) -> list[Run]:
                 distinct.setdefault(strategy.shape_key(lora_shape), lora_shape)
             shapes = list(distinct.values())
         rates, seeds = config.learning_rates_for(name), config.seeds()
-        several = len(shapes) * len(rates) * len(seeds) > 1
+        several = len(shapes) * len(rates) * len(seeds) * len(sizes) > 1
         for lora in shapes:
             shape = strategy.shape_key(lora) if lora is not None else ""
-            group = name if len(shapes) == 1 else f"{name}{shape}"
-            for rate in rates:
-                for seed in seeds:
-                    key = f"{name}{shape}_lr{rate_text(rate)}_s{seed}" if several else name
-                    runs.append(
-                        Run(
-                            index=len(runs),
-                            key=key,
-                            group=group,
-                            strategy=STRATEGIES[name],
-                            settings=_train_settings(config, name, rate, seed),
-                            eval_batch_size=config.eval_batch_size,
-                            lora=lora,
+            for size in sizes:
+                rows = size_key(size) if sized else ""
+                group = name if len(shapes) == 1 and not sized else f"{name}{shape}{rows}"
+                for rate in rates:
+                    for seed in seeds:
+                        key = f"{name}{shape}{rows}_lr{rate_text(rate)}_s{seed}" if several else name
+                        runs.append(
+                            Run(
+                                index=len(runs),
+                                key=key,
+                                group=group,
+                                strategy=strategy,
+                                settings=_train_settings(config, name, rate, seed),
+                                eval_batch_size=config.eval_batch_size,
+                                lora=lora,
+                                train_rows=size,
+                                sized=sized,
+                            )
                         )
-                    )
     keys = [run.key for run in runs]
     if len(set(keys)) != len(keys):  # by construction they differ (rate_text round-trips); never merge two runs
         repeated = sorted({key for key in keys if keys.count(key) > 1})

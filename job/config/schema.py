@@ -101,7 +101,11 @@ class CommonConfig(BaseModel):
     )
     weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay (not on bias/LayerNorm)")
     num_epochs: int = Field(1, ge=1, le=1000, description="passes over the training sample")
-    max_train_samples: int | None = Field(512, ge=1, description="training rows drawn from train (null: all)")
+    max_train_samples: PositiveInt | list[PositiveInt | None] | None = Field(
+        512,
+        description="training rows drawn from train (null: all); a list (e.g. [500, 2000, 8000, null]) trains "
+        "every run at each size, on the same dev and test titles: a learning curve, one comparison per size",
+    )
     max_eval_samples: int | None = Field(256, ge=1, description="rows drawn for dev and for test (null: all)")
     seed: Seed | list[Seed] = Field(
         42, description="seeds batch order, head and LoRA initialisation and dropout; a list repeats every run per seed"
@@ -311,6 +315,16 @@ class CommonConfig(BaseModel):
                 raise ValueError(f"the list repeats {shown}; give each value once")
         return value
 
+    @field_validator("max_train_samples")
+    @classmethod
+    def _distinct_sizes(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("an empty list trains nothing; give a size, null (all), or a list of them")
+            if len(set(value)) != len(value):
+                raise ValueError(f"the list repeats a size: {value}")
+        return value
+
     @model_validator(mode="after")
     def _evaluation_keys(self) -> CommonConfig:
         if self.early_stopping_patience is not None and self.eval_steps is None:
@@ -386,6 +400,10 @@ class CommonConfig(BaseModel):
 
     def seeds(self) -> list[int]:
         return _as_list(self.seed)
+
+    def train_sizes(self) -> list[int | None]:
+        """Every training size, in the config's order (one: the plain case)."""
+        return _as_list(self.max_train_samples)
 
     def sample_seed(self) -> int:
         """The seed of the data sample: `data_seed`, else the first seed."""

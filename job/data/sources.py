@@ -71,7 +71,15 @@ class Splits:
         runs with the same identity trained and were scored on the same rows of the same files. Changed
         data under the same file names (a refreshed folder between array tasks) gives another identity,
         so its runs are never compared with the earlier ones."""
-        rows = ";".join(f"{split.name}:{','.join(map(str, split.rows))}" for split in self.all())
+        return self._identity(self.all())
+
+    def eval_identity(self) -> str:
+        """The same over dev and test alone: what runs of different training sizes must share to be
+        compared (a learning curve)."""
+        return self._identity([self.dev, self.test])
+
+    def _identity(self, splits: list[Split]) -> str:
+        rows = ";".join(f"{split.name}:{','.join(map(str, split.rows))}" for split in splits)
         files = ";".join(f"{name}={check}" for name, check in sorted(self.files.items()))
         return hashlib.sha256(f"{rows}|{files}".encode()).hexdigest()[:16]
 

@@ -11,6 +11,7 @@ RESULTS_FILE = "results.json"
 LOCK_FILE = ".lock"  # the merge lock
 LOSS_PLOT = "loss_curves.png"
 PARETO_PLOT = "pareto.png"
+LEARNING_PLOT = "learning_curve.png"  # with several training sizes (max_train_samples as a list)
 ARTIFACTS_FOLDER = "artifacts"  # artifacts/<run>/
 VISUALDL_FOLDER = "vdl"  # vdl/<run>/
 
@@ -47,5 +48,5 @@ def settle_modes(folder: Path) -> None:
 
 
 RESERVED_NAMES = frozenset(
-    {RESULTS_FOLDER, RESULTS_FILE, LOCK_FILE, LOSS_PLOT, PARETO_PLOT, ARTIFACTS_FOLDER, VISUALDL_FOLDER}
+    {RESULTS_FOLDER, RESULTS_FILE, LOCK_FILE, LOSS_PLOT, PARETO_PLOT, LEARNING_PLOT, ARTIFACTS_FOLDER, VISUALDL_FOLDER}
 )

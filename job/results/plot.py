@@ -99,3 +99,26 @@ def plot_pareto(rows: Sequence[HeadlineRow], path: Path, subject: str) -> Path:
             fontsize="medium",
         )
     return path
+
+
+def plot_learning_curve(rows: Sequence[HeadlineRow], path: Path, subject: str) -> Path:
+    """Test accuracy (mean, error bars: std over seeds) against the training rows, one line per strategy
+    and shape (its rows at each size, each at the rate chosen on dev there)."""
+    import re
+
+    lines: dict[str, list[HeadlineRow]] = {}
+    for row in rows:  # one line per group without its size suffix (_n2000, _nall): the rate may differ by size
+        lines.setdefault(re.sub(r"_n(?:\d+|all)$", "", row.group), []).append(row)
+    with figure_to(path, figsize=(8, 4.5), dpi=110) as (_, axes):
+        for label, members in lines.items():
+            members = sorted(members, key=lambda row: row.train_examples)
+            axes.errorbar([row.train_examples for row in members], [100 * row.test_accuracy.mean for row in members],
+                          yerr=[100 * row.test_accuracy.std for row in members], fmt="o-", capsize=4,
+                          label=label + _seeds_note(members[0]))  # fmt: skip
+        axes.set_xscale("log")
+        axes.set_xlabel("training rows (log scale)")
+        axes.set_ylabel("test accuracy (%)")
+        axes.set_title(f"{subject}: test accuracy against training rows")
+        axes.grid(alpha=0.3, which="both")
+        axes.legend(fontsize="small")
+    return path

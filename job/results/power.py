@@ -195,7 +195,7 @@ def plan_comparison(config: JobConfig) -> str:
     base = baseline().name
     if base not in config.strategies:
         return f"comparison: none ({base} is not among the strategies)"
-    rows = len({run.group for run in runs if run.strategy.name != base})
+    rows = len({run.group for run in runs if run.strategy.name != base}) // len(config.train_sizes())  # per size
     if rows == 0:
         return "comparison: none (no strategy besides the baseline)"
     titles = config.max_eval_samples

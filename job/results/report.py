@@ -10,7 +10,7 @@ from pathlib import Path
 from job.config.schema import JobConfig, own_key
 from job.data.labels import Labels
 from job.data.tasks import CLUE_TASKS, DEFAULT_DATASET, OWN, dataset_title
-from job.output.layout import LOSS_PLOT, PARETO_PLOT
+from job.output.layout import LEARNING_PLOT, LOSS_PLOT, PARETO_PLOT
 from job.results.front import at_chance, pareto_front, row_memory
 from job.results.schema import Combined, Comparison, HeadlineRow, RunFacts, RunResult, Stat
 from job.results.stats import mean_std
@@ -48,7 +48,8 @@ def render_report(combined: Combined) -> str:
             *(["### Accuracy against cost\n\n" + front_table(rows, combined)] if len(rows) > 2 else []),
             "### Test accuracy per class\n\n" + per_class_table(rows, run.data.label_set()),
             f"![Training loss per step]({LOSS_PLOT})\n\n![Test accuracy against trainable parameters and time]"
-            f"({PARETO_PLOT})",
+            f"({PARETO_PLOT})"
+            + (f"\n\n![Test accuracy against training rows]({LEARNING_PLOT})" if _sized(rows) else ""),
         ]
     )
     sections = [
@@ -183,8 +184,12 @@ def answers(combined: Combined) -> str:
     lines = []
     for c in combined.comparisons:
         lines.append(f"- **{c.labels[next(iter(c.labels))]}**: {answer_text(c)}. {test_text(c)}.")
-    table_rows = [_saving_row(by_group[c.group], full, combined, c) for c in combined.comparisons]
-    table_rows.append(_saving_row(full, full, combined, None))
+    table_rows = []
+    for c in combined.comparisons:  # each against the full fine-tuning row it was compared with
+        reference = by_group.get(c.baseline_group, full)
+        table_rows.append(_saving_row(by_group[c.group], reference, combined, c))
+    for group in dict.fromkeys(c.baseline_group or full.group for c in combined.comparisons):
+        table_rows.append(_saving_row(by_group.get(group, full), by_group.get(group, full), combined, None))
     note = (
         f"Margin {points(combined.comparisons[0].margin)} (`margin`; `job report --margin` judges these runs "
         f"again at another). What each row costs: the share of weights it trains, and its own peak memory, "
@@ -440,6 +445,8 @@ def observations(combined: Combined) -> list[str]:
         if c is None or other.group != c.group:
             strategy = next(iter(other.labels))
             lines.append(f"Verdict ({other.labels[strategy]} against {other.labels[base]}): {other.verdict}")
+    if (curve := learning_curve_line(combined)) is not None:
+        lines.append(curve)
     if (checkpoints := _checkpoint_line(rows, combined)) is not None:
         lines.append(checkpoints)
     if (ranks := update_rank_line(rows, combined)) is not None:
@@ -564,6 +571,39 @@ def _cost_line(row: HeadlineRow, run: RunFacts) -> str:
     )
 
 
+def learning_curve_line(combined: Combined) -> str | None:
+    """With several training sizes: from which size on LoRA's best row is good enough at every larger
+    size (computed from the verdicts), or that it is at none."""
+    by_group = {row.group: row for row in combined.headline}
+    lora = compared()[0].name
+    sizes = sorted({row.train_examples for row in combined.headline})
+    if len(sizes) < 2:
+        return None
+    answers: dict[int, str] = {}
+    for size in sizes:
+        rows = [row for row in combined.headline if row.train_examples == size]
+        best = best_row(rows, lora)
+        found = next((c for c in combined.comparisons if best is not None and c.group == best.group), None)
+        if found is not None:
+            answers[by_group[found.group].train_examples] = found.answer
+    if not answers:
+        return None
+    measured = sorted(answers)
+    margin = points(combined.comparisons[0].margin)
+    listing = ", ".join(f"{size:,} rows: {answers[size]}" for size in measured)
+    good_from = next(
+        (size for index, size in enumerate(measured) if all(answers[s] == "good enough" for s in measured[index:])),
+        None,
+    )
+    if good_from is None:
+        verdict = f"LoRA is good enough (within {margin}) at none of the training sizes"
+    elif good_from == measured[0]:
+        verdict = f"LoRA is good enough (within {margin}) at every training size"
+    else:
+        verdict = f"LoRA is good enough (within {margin}) from {good_from:,} training rows on"
+    return f"Learning curve: {verdict} ({listing}; `{LEARNING_PLOT}`)."
+
+
 def update_rank_line(rows: Sequence[HeadlineRow], combined: Combined) -> str | None:
     """The effective rank of each weight kind's learned update (rows that train the encoder's own
     weights), as median and range over layers and seeds, beside the LoRA ranks of the config."""
@@ -640,6 +680,10 @@ def _caveats(rows: Sequence[HeadlineRow], combined: Combined) -> list[str]:
     return lines
 
 
+def _sized(rows: Sequence[HeadlineRow]) -> bool:
+    return len({row.train_examples for row in rows}) > 1
+
+
 def artifact_lines(runs: Sequence[RunResult]) -> list[str]:
     lines = [
         "`results.json`: every number above plus per-step losses, predictions, the comparison, device, versions "
@@ -647,6 +691,8 @@ def artifact_lines(runs: Sequence[RunResult]) -> list[str]:
         f"`{LOSS_PLOT}`: training loss per step",
         f"`{PARETO_PLOT}`: test accuracy against trainable parameters and training time",
     ]
+    if len({r.train_examples for r in runs}) > 1:
+        lines.append(f"`{LEARNING_PLOT}`: test accuracy against training rows, per strategy")
     lines += [f"`results/{r.key}.json`: {r.label}, seed {r.seed}, on its own" for r in runs]
     saved = [(r.label, path) for r in runs for path in r.artifacts]
     if saved:

@@ -60,6 +60,8 @@ class RunResult(Record):
     lora_alpha: int | None
     initial_weights: str  # fingerprint of the weights training started from
     sample: str  # identity of the train, dev and test rows the run saw (job.data.sources.Splits.identity)
+    eval_sample: str = ""  # identity of its dev and test rows alone (shared by every training size)
+    train_examples: int = 0  # training rows it trained on (a learning curve: its size)
     trainable_params: int
     total_params: int
     training_seconds: float
@@ -168,6 +170,7 @@ class HeadlineRow(Record):
     test_per_class_accuracy: list[float | None]  # mean over seeds
     step_losses: list[float]  # mean over seeds, per step
     dev_curve: list[DevPoint] = Field(default_factory=list)  # mean over seeds at the steps every seed evaluated
+    train_examples: int = 0  # the training rows its runs trained on (a learning curve has several sizes)
 
 
 Answer = Literal["good enough", "not shown to be good enough", "worse"]
@@ -178,6 +181,7 @@ class Comparison(Record):
     and seeds (job.results.verdict; the statistics in job.results.stats)."""
 
     group: str  # the headline row compared
+    baseline_group: str = ""  # the full fine-tuning row it is compared with (the same training size)
     subject: str  # how the verdict names it: the strategy's title, or the row label in a sweep
     selected: dict[str, list[str]]  # strategy -> the run keys compared (one per seed)
     labels: dict[str, str]

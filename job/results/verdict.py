@@ -98,6 +98,7 @@ def _headline(members: list[RunResult]) -> HeadlineRow:
         ],
         step_losses=[statistics.fmean(r.step_losses[i] for r in chosen) for i in range(shortest)],
         dev_curve=mean_curve(chosen),
+        train_examples=first.train_examples,
     )
 
 
@@ -125,8 +126,18 @@ def best_row(rows: Sequence[HeadlineRow], strategy: str) -> HeadlineRow | None:
 def comparisons(
     rows: Sequence[HeadlineRow], results: Sequence[RunResult], facts: RunFacts, margin: float
 ) -> list[Comparison]:
-    """Every row of a strategy other than the baseline against the baseline's chosen row, on the seeds
-    both ran and the same test titles: one exact test per row, Holm-adjusted over the rows."""
+    """Every row of a strategy other than the baseline against the baseline's chosen row of the same
+    training size, on the seeds both ran and the same test titles: one exact test per row, Holm-adjusted
+    over the rows of that size (a learning curve has one comparison per size)."""
+    found: list[Comparison] = []
+    for size in dict.fromkeys(row.train_examples for row in rows):
+        found += _comparisons_at([row for row in rows if row.train_examples == size], results, facts, margin)
+    return found
+
+
+def _comparisons_at(
+    rows: Sequence[HeadlineRow], results: Sequence[RunResult], facts: RunFacts, margin: float
+) -> list[Comparison]:
     base = best_row(rows, baseline().name)
     labels_text = facts.data.test.labels
     if base is None or not labels_text:
@@ -205,6 +216,7 @@ def _comparison(
     base_keys = dict(zip(base.seeds, base.keys, strict=True))
     comparison = Comparison(
         group=row.group,
+        baseline_group=base.group,
         subject=STRATEGIES[row.strategy].title if alone else row.label,
         selected={row.strategy: [keys[s] for s in seeds], base.strategy: [base_keys[s] for s in seeds]},
         labels={row.strategy: row.label, base.strategy: base.label},
@@ -235,8 +247,10 @@ def _comparison(
 
 
 def primary(found: Sequence[Comparison], rows: Sequence[HeadlineRow]) -> Comparison | None:
-    """The comparison the report leads with: the first compared strategy's (LoRA's) best row on dev."""
-    row = best_row(rows, compared()[0].name)
+    """The comparison the report leads with: the first compared strategy's (LoRA's) best row on dev, at
+    the largest training size."""
+    largest = max((row.train_examples for row in rows), default=0)
+    row = best_row([row for row in rows if row.train_examples == largest], compared()[0].name)
     return next((c for c in found if row is not None and c.group == row.group), None)
 
 
@@ -321,14 +335,24 @@ def verdict_sentence(c: Comparison) -> str:
 def check_same_sample(results: Sequence[RunResult]) -> None:
     """The paired statistics compare runs title by title: every run must have trained and been scored on
     the same rows. Runs whose recorded samples differ are never compared (a UserError naming them)."""
-    by_sample: dict[str, list[str]] = {}
+    by_size: dict[int, dict[str, list[str]]] = {}  # runs of one training size saw one sample
     for result in results:
-        by_sample.setdefault(result.sample, []).append(result.key)
-    if len(by_sample) > 1:
-        listing = "; ".join(f"sample {sample}: {', '.join(keys)}" for sample, keys in by_sample.items())
+        by_size.setdefault(result.train_examples, {}).setdefault(result.sample, []).append(result.key)
+    for by_sample in by_size.values():
+        if len(by_sample) > 1:
+            listing = "; ".join(f"sample {sample}: {', '.join(keys)}" for sample, keys in by_sample.items())
+            raise UserError(
+                f"the runs did not all see the same training, dev and test rows ({listing}); their results "
+                "cannot be compared: were the data files changed between runs? Rerun the stale ones with --force"
+            )
+    by_eval: dict[str, list[str]] = {}  # and every size the same dev and test rows
+    for result in results:
+        by_eval.setdefault(result.eval_sample, []).append(result.key)
+    if len(by_eval) > 1:
+        listing = "; ".join(f"dev and test {sample}: {', '.join(keys)}" for sample, keys in by_eval.items())
         raise UserError(
-            f"the runs did not all see the same training, dev and test rows ({listing}); their results cannot "
-            "be compared: were the data files changed between runs? Rerun the stale ones with --force"
+            f"the runs were not all scored on the same dev and test rows ({listing}); their results cannot be "
+            "compared: were the data files changed between runs? Rerun the stale ones with --force"
         )
 
 

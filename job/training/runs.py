@@ -11,6 +11,16 @@ from job.training.loop import TrainSettings
 from job.training.model import LoadedModel
 
 
+def size_text(rows: int | None) -> str:
+    """A training size in labels: `2,000 rows`, `all rows`."""
+    return "all rows" if rows is None else f"{rows:,} rows"
+
+
+def size_key(rows: int | None) -> str:
+    """A training size in run keys and groups: `_n2000`, `_nall`."""
+    return f"_n{'all' if rows is None else rows}"
+
+
 def rate_text(rate: float) -> str:
     """A learning rate as keys, labels and results write it: Python's shortest text that reads back as
     the same float (5e-05, 0.0005, 0.00050000001), so two rates never share a run key. For rates of up
@@ -90,6 +100,8 @@ class Run:
     settings: TrainSettings  # learning rate, batch size, seed, epochs, optimizer and batching
     eval_batch_size: int | str  # "auto" until the device is known (job.runtime.device.resolve_eval_batch_size)
     lora: LoRASettings | None = None
+    train_rows: int | None = None  # the training size drawn (max_train_samples; None: every row)
+    sized: bool = False  # the config trains several sizes: label and key say this run's
 
     @property
     def seed(self) -> int:
@@ -101,8 +113,13 @@ class Run:
 
     @property
     def label(self) -> str:
-        """The row label: strategy, LoRA shape and learning rate (not the seed: seeds share a row)."""
-        return self.strategy.label(self)
+        """The row label: strategy, LoRA shape and learning rate (not the seed: seeds share a row), and
+        the training size when several are trained."""
+        label = self.strategy.label(self)
+        if not self.sized:
+            return label
+        assert label.endswith(")"), label  # every strategy's label closes its settings in brackets
+        return f"{label[:-1]}, {size_text(self.train_rows)})"
 
     def describe(self) -> str:
         """Every setting of the run on one line (`job plan`)."""
@@ -113,4 +130,5 @@ class Run:
             f"epochs={s.num_epochs} weight_decay={s.weight_decay:g} warmup_ratio={s.warmup_ratio:g} "
             f"max_grad_norm={s.max_grad_norm:g} length_bucket_window={s.bucket_window}"
             + (f" eval_steps={s.eval_steps}" if s.eval_steps else "")
+            + (f" train_rows={self.train_rows if self.train_rows is not None else 'all'}" if self.sized else "")
         )
