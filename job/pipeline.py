@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 
 from job.config.plan import Run, plan_runs
 from job.config.schema import JobConfig, check_against_model, own_key
-from job.data.batches import Encoded, EncodedSplits, encode_splits
+from job.data.batches import Encoded, EncodedSplits, encode, encode_splits
 from job.data.download import fetch_model, use_mirror
 from job.data.labels import Labels
 from job.data.sampling import draw_samples
@@ -229,10 +229,12 @@ def setup_session(
         say(f"{split.name}: {split.source}")
     tokenizer = load_tokenizer(config.model_name)
     stop.checkpoint()
-    sizes = {
-        size: Sized(encode_splits(sample, tokenizer, config.max_seq_length), sample.identity(), sample.eval_identity())
-        for size, sample in drawn.items()
-    }
+    shared = encode_splits(splits, tokenizer, config.max_seq_length)  # dev and test: the same for every size
+    sizes = {}
+    for size, sample in drawn.items():
+        encoded = shared if sample is splits else replace(shared, train=encode(sample.train.examples, tokenizer,
+                                                                                 config.max_seq_length))  # fmt: skip
+        sizes[size] = Sized(encoded, sample.identity(), sample.eval_identity())
     stop.checkpoint()
     session = Session(
         config=config, output=output, stop=stop, ranks=ranks, device=device, tokenizer=tokenizer,

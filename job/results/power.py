@@ -200,7 +200,7 @@ def plan_comparison(config: JobConfig) -> str:
         return "comparison: none (no strategy besides the baseline)"
     titles = config.max_eval_samples
     if titles is None:
-        task = CLUE_TASKS.get(config.dataset) if config.data_dir is None or config.dataset in CLUE_TASKS else None
+        task = CLUE_TASKS.get(config.dataset)  # own data: unknown until read
         titles = task.dev_rows if task is not None else None
     if titles is None:
         return (

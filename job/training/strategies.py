@@ -195,10 +195,11 @@ class VeRA:
         )  # fmt: skip
         model = VeRAModel(loaded.model, config)
         model.mark_only_vera_as_trainable()  # VeRAModel leaves every other weight trainable otherwise
+        kaiming = paddle.nn.initializer.KaimingUniform(negative_slope=math.sqrt(5), nonlinearity="leaky_relu")
         with paddle.no_grad():
             for layer in model.model.sublayers():
                 if isinstance(layer, VeRALinear):
-                    layer.vera_B.set_value(_kaiming_uniform(layer.vera_B.shape, fan_in=layer.vera_B.shape[0]))
+                    kaiming(layer.vera_B)  # as PaddleNLP draws A, from Paddle's generator (the run's seed)
                     layer.vera_b.set_value(paddle.zeros_like(layer.vera_b))
                     layer.vera_d.set_value(paddle.full_like(layer.vera_d, 0.1))
         return model
@@ -214,15 +215,6 @@ class VeRA:
             model.model.get_sublayer(name).merge()
             model._find_and_restore_module(name)
         return _save_whole(model.model, tokenizer, folder)
-
-
-def _kaiming_uniform(shape: list[int], fan_in: int) -> Any:
-    """Kaiming-uniform values with a = sqrt(5), as nn.initializer.KaimingUniform draws VeRA's A (and
-    torch's Linear its weights): bound 1 / sqrt(fan_in), from Paddle's generator (the run's seed)."""
-    import paddle
-
-    bound = 1 / math.sqrt(fan_in)
-    return paddle.uniform(shape, min=-bound, max=bound)
 
 
 class _OwnWeights:
