@@ -15,7 +15,7 @@ from job.data.batches import encode
 from job.data.download import fetch_model
 from job.data.labels import SAVED_TEXT_COLUMNS, Labels, saved_labels
 from job.data.sources import Example
-from job.data.textfiles import read_text
+from job.data.textfiles import lines_of, read_text
 from job.errors import RetryableError, UserError
 from job.runtime.device_faults import raise_if_device_fault
 from job.training.model import classifier_of, looks_like_a_path
@@ -43,7 +43,7 @@ def read_inputs(path: Path, text_columns: Sequence[str]) -> list[tuple[str, ...]
     both of its keys). Blank lines are skipped."""
     text = read_text(path, "--input", limit=INPUT_LIMIT)
     rows = [_row(line, path, number, text_columns)
-            for number, line in enumerate(text.splitlines(), start=1) if line.strip()]  # fmt: skip
+            for number, line in enumerate(lines_of(text), start=1) if line.strip()]  # fmt: skip
     if not rows:
         raise UserError(f"--input {path} has no titles (one per line, or JSON lines with '{text_columns[0]}')")
     return rows
@@ -55,7 +55,7 @@ def _row(line: str, path: Path, number: int, text_columns: Sequence[str]) -> tup
     if stripped.startswith("{"):
         try:
             record = json.loads(stripped)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; 4,300+ digits; deep nesting
             record = None  # a title that happens to start with a brace
     if record is None:
         if len(text_columns) == 2:

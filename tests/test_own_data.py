@@ -219,7 +219,9 @@ def test_bad_json_lines_and_folders_are_named(tmp_path: Path) -> None:
     assert "has no train file (train.jsonl, train.json, train.csv, train.tsv)" in bad(tmp_path, "", name="x.txt")
     (tmp_path / "train.csv").write_text("text,label\n好,a\n坏,b\n", encoding="utf-8")
     (tmp_path / "test.csv").write_text("text\n没有标签\n", encoding="utf-8")
-    assert "test.csv:2: record has no label" in bad(tmp_path, "text,label\n好,a\n坏,b\n")
+    assert "test.csv: no column 'label'; the header has 'text' (set config key 'label_column'" in bad(
+        tmp_path, "text,label\n好,a\n坏,b\n"
+    )
 
 
 @pytest.mark.parametrize(

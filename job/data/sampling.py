@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Sequence
 
 from job.data.sources import Example, RawSplits, Split, Splits
@@ -23,12 +24,17 @@ def draw_samples(raw: RawSplits, max_train: int | None, max_eval: int | None, se
         test = sampled("test", raw.test, range(len(raw.test)), max_eval, "max_eval_samples")
         train_pool: Sequence[int] = range(len(raw.train))
     else:
-        test_size = max_eval if max_eval is not None else len(raw.dev)
+        asked = max_eval if max_eval is not None else len(raw.dev)
+        test_size = min(asked, len(raw.train) // 2)  # at least half of train stays to train on
+        if test_size == 0:
+            raise UserError(f"{raw.origin}: train has {len(raw.train)} row(s), too few to carve a test split from "
+                            "and keep rows to train on; add a labelled test file")  # fmt: skip
         test_rows, train_pool = _carve_test(raw.train, test_size, random.Random(f"{seed}-carve"))
+        capped = f" (max_eval_samples asks {asked:,}; at most half of train is carved)" if test_size < asked else ""
         test = Split(
             "test",
             [raw.train[i] for i in test_rows],
-            f"{raw.origin}: carved from train ({raw.why_carved}), {len(test_rows):,} rows "
+            f"{raw.origin}: carved from train ({raw.why_carved}), {len(test_rows):,} rows{capped} "
             f"with {'sentence pairs' if raw.train[0].text_pair is not None else 'sentences'} that never occur in the "
             "training sample",
             test_rows,
@@ -58,17 +64,28 @@ def _texts(example: Example) -> tuple[str, str | None]:
 
 def _carve_test(rows: Sequence[Example], size: int, rng: random.Random) -> tuple[list[int], list[int]]:
     """Take `size` rows with distinct texts (a pair task: distinct pairs) for test; the rest, minus any
-    row sharing a test text, stays for training (train.json repeats some titles). Returns both as row
-    numbers."""
+    row sharing a test text, stays for training (train.json repeats some titles). A text whose rows are
+    the last training rows of a class is not taken: every class of train keeps a row to train on.
+    Returns both as row numbers."""
     order = list(range(len(rows)))
     rng.shuffle(order)
+    by_text: dict[tuple[str, str | None], list[int]] = {}
+    for index, row in enumerate(rows):
+        by_text.setdefault(_texts(row), []).append(index)
+    left = Counter(row.label for row in rows)  # training rows of each class not yet carved
     test_indices: list[int] = []
     test_texts: set[tuple[str, str | None]] = set()
     for index in order:
         if len(test_indices) == size:
             break
-        if _texts(rows[index]) not in test_texts:
-            test_texts.add(_texts(rows[index]))
-            test_indices.append(index)
+        texts = _texts(rows[index])
+        if texts in test_texts:
+            continue
+        taken = Counter(rows[i].label for i in by_text[texts])
+        if any(left[label] <= count for label, count in taken.items()):
+            continue  # the class's last training rows
+        left.subtract(taken)
+        test_texts.add(texts)
+        test_indices.append(index)
     remaining = [i for i, row in enumerate(rows) if _texts(row) not in test_texts]
     return sorted(test_indices), remaining

@@ -9,6 +9,8 @@ import hashlib
 import io
 import json
 import os
+import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +18,13 @@ from typing import Any
 
 from job.data.labels import TNEWS, Labels
 from job.data.tasks import CLUE_TASKS, OWN, ClueTask
-from job.data.textfiles import read_text
+from job.data.textfiles import excerpt, lines_of, read_data_file
 from job.errors import UserError
 
 SPLITS = ("train", "dev", "test")
 OWN_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")  # what a split's file may be in `dataset: own`
 SHOWN_LABELS = 20  # a message lists at most this many labels
+INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits: str.isdigit() also takes '²', which int() refuses
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ class Row:
     texts: tuple[str, ...]
     label: str | None
     where: str  # file:line
+    no_label: str = ""  # why the label is None: the record has no such key (its keys), for the message
 
 
 # ---------------------------------------------------------------- records
@@ -124,19 +128,32 @@ def record_row(record: Any, where: str, text_columns: Sequence[str], label_colum
     for column in text_columns:
         text = record.get(column)
         if not isinstance(text, str) or not text.strip():
-            raise UserError(f"{where}: record has no '{column}' text")
+            raise UserError(f"{where}: record has no '{column}' text{_keys_hint(record, column)}"
+                            + (" (config key 'text_column')" if column not in record else ""))  # fmt: skip
         texts.append(text)
     label = record.get(label_column)
     if isinstance(label, bool) or not isinstance(label, str | int | None):
-        raise UserError(f"{where}: label {label!r} must be a string or an integer, not {type(label).__name__}")
-    label = None if label is None or label == "" else str(label)
-    return Row(tuple(texts), label, where)
+        raise UserError(f"{where}: label {excerpt(label)} must be a string or an integer, not {type(label).__name__}")
+    if isinstance(label, int) and len(str(abs(label))) > 18:  # JSON may write a 5,000-digit integer
+        raise UserError(f"{where}: label {excerpt(label)} is not a class name ({len(str(label)):,} digits)")
+    # ` 1` and `1` are one class; a cell of spaces is an empty label
+    label = None if label is None or not str(label).strip() else str(label).strip()
+    missing = f"no '{label_column}' key{_keys_hint(record, label_column)} (config key 'label_column')"
+    return Row(tuple(texts), label, where, missing if label_column not in record else "")
 
 
-def json_rows(path: Path, text_columns: Sequence[str], label_column: str) -> Iterator[Row]:
+def _keys_hint(record: dict, column: str) -> str:
+    """Where a record lacks a key: the keys it has (a few), and the config key that names the column."""
+    if column in record:
+        return ""
+    keys = ", ".join(excerpt(key, 30) for key in list(record)[:8]) + (", …" if len(record) > 8 else "")
+    return f"; its keys are {keys or 'none'}"
+
+
+def json_rows(path: Path, folder: Path, text_columns: Sequence[str], label_column: str) -> Iterator[Row]:
     """The records of a JSON-lines file (CLUE's format: one object per line; blank lines skipped)."""
-    text = read_text(path, "data file").removeprefix("\ufeff")
-    for number, line in enumerate(text.splitlines(), start=1):
+    text = read_data_file(path, folder).removeprefix("\ufeff")
+    for number, line in enumerate(lines_of(text), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -145,25 +162,33 @@ def json_rows(path: Path, text_columns: Sequence[str], label_column: str) -> Ite
         except json.JSONDecodeError as exc:
             hint = "; the job reads JSON lines (one object per line), not a JSON array" if line.strip() == "[" else ""
             raise UserError(f"{where}: malformed JSON ({exc.msg}){hint}") from None
+        except (ValueError, RecursionError) as exc:  # an integer of 4,300+ digits; 100,000 nested '['
+            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+            raise UserError(f"{where}: unreadable JSON ({why})") from None
         yield record_row(record, where, text_columns, label_column)
 
 
-def delimited_rows(path: Path, text_columns: Sequence[str], label_column: str, delimiter: str) -> Iterator[Row]:
+def delimited_rows(
+    path: Path, folder: Path, text_columns: Sequence[str], label_column: str, delimiter: str, require_label: bool
+) -> Iterator[Row]:
     """The rows of a CSV or TSV file with a header line. Quoted fields may hold newlines and delimiters
     (the record's line is where it starts); a UTF-8 byte-order mark is dropped."""
-    text = read_text(path, "data file").removeprefix("\ufeff")
+    text = read_data_file(path, folder).removeprefix("\ufeff")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     start = 1
     try:
         header = [name.strip() for name in next(reader, [])]
         if not any(header):
             raise UserError(f"data file {path} is empty (a header line names the columns)")
-        repeated = sorted({name for name in header if header.count(name) > 1})
+        repeated = sorted(name for name, count in Counter(header).items() if count > 1)  # linear: 200,000 columns
         if repeated:
-            raise UserError(f"{path}:1: the header names column {', '.join(map(repr, repeated))} more than once")
-        for column in text_columns:
+            raise UserError(f"{path}:1: the header names column {_names(repeated)} more than once")
+        wanted = [*text_columns, *([label_column] if require_label else [])]
+        for column in wanted:
             if column not in header:
-                raise UserError(f"{path}: no column '{column}'; the header has {', '.join(map(repr, header))}")
+                key = "label_column" if column == label_column and column not in text_columns else "text_column"
+                raise UserError(f"{path}: no column '{column}'; the header has {_names(header)} "
+                                f"(set config key '{key}' to the column's name)")  # fmt: skip
         start = reader.line_num + 1
         for fields in reader:
             where = f"{path}:{start}"
@@ -171,18 +196,27 @@ def delimited_rows(path: Path, text_columns: Sequence[str], label_column: str, d
             if not fields:  # a blank line
                 continue
             if len(fields) != len(header):
+                columns = _names(header, quoted=False)
                 raise UserError(f"{where}: {len(fields)} fields, but the header has {len(header)} "
-                                f"({', '.join(header)}); a field holding the delimiter must be quoted")  # fmt: skip
+                                f"({columns}); a field holding the delimiter must be quoted")  # fmt: skip
             yield record_row(dict(zip(header, fields, strict=True)), where, text_columns, label_column)
     except csv.Error as exc:
         raise UserError(f"{path}:{start}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({exc})") from None
 
 
-def read_rows(path: Path, text_columns: Sequence[str], label_column: str) -> list[Row]:
+def _names(names: Sequence[str], quoted: bool = True) -> str:
+    """Column names for a message: a few, each cut short (a header may be a whole file's first line)."""
+    shown = ", ".join(excerpt(name, 30) if quoted or len(name) > 25 else name for name in names[:8])
+    return shown + (f", … ({len(names):,} in all)" if len(names) > 8 else "")
+
+
+def read_rows(path: Path, folder: Path, text_columns: Sequence[str], label_column: str,
+              require_label: bool = True) -> list[Row]:  # fmt: skip
     if path.suffix in (".csv", ".tsv"):
-        rows = list(delimited_rows(path, text_columns, label_column, "," if path.suffix == ".csv" else "\t"))
+        delimiter = "," if path.suffix == ".csv" else "\t"
+        rows = list(delimited_rows(path, folder, text_columns, label_column, delimiter, require_label))
     else:
-        rows = list(json_rows(path, text_columns, label_column))
+        rows = list(json_rows(path, folder, text_columns, label_column))
     if not rows:
         raise UserError(f"data file {path} is empty")
     return rows
@@ -194,7 +228,8 @@ def labelled(rows: list[Row], path: Path, require_label: bool) -> list[Row] | No
     if not unlabelled:
         return rows
     if require_label:
-        raise UserError(f"{unlabelled[0].where}: record has no label")
+        why = unlabelled[0].no_label or "an empty or blank label"
+        raise UserError(f"{unlabelled[0].where}: record has no label ({why})")
     if len(unlabelled) < len(rows):
         raise UserError(f"{path}: {len(unlabelled)} records have no label while {len(rows) - len(unlabelled)} do")
     return None
@@ -207,13 +242,13 @@ def to_examples(rows: Sequence[Row], labels: Labels, unknown: str) -> list[Examp
     for row in rows:
         class_id = index.get(row.label)  # type: ignore[arg-type]
         if class_id is None:
-            raise UserError(f"{row.where}: label {row.label!r} is not one of {unknown}")
+            raise UserError(f"{row.where}: label {excerpt(row.label)} is not one of {unknown}")
         examples.append(Example(row.texts[0], class_id, row.texts[1] if len(row.texts) > 1 else None))
     return examples
 
 
 def listing(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:SHOWN_LABELS])
+    shown = ", ".join(excerpt(name, 30)[1:-1] if len(name) > 25 else name for name in names[:SHOWN_LABELS])
     return shown + (f", … ({len(names)} in all)" if len(names) > SHOWN_LABELS else "")
 
 
@@ -246,12 +281,12 @@ def clue_labels(task: ClueTask, folder: Path) -> Labels:
     if not (task.has_label_file and described.is_file()):
         return Labels(names)
     descriptions = {}
-    for number, line in enumerate(read_text(described, "label file").splitlines(), start=1):
+    for number, line in enumerate(lines_of(read_data_file(described, folder, "label file")), start=1):
         if line.strip():
             try:
                 record = json.loads(line)
                 descriptions[str(record["label"])] = str(record["label_des"])
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (ValueError, RecursionError, KeyError, TypeError):
                 raise UserError(f'{described}:{number}: expected {{"label": ..., "label_des": ...}}') from None
     if set(descriptions) != set(names):
         return Labels(names)
@@ -260,8 +295,10 @@ def clue_labels(task: ClueTask, folder: Path) -> Labels:
 
 def clue_split(task: ClueTask, folder: Path, split: str, labels: Labels, require_label: bool) -> list[Example] | None:
     path = folder / clue_file(task, split)
-    rows = [row for row in read_rows(path, task.text_fields, "label")
-            if not (task.skips_unlabelled and row.label == "-")]  # fmt: skip
+    read = read_rows(path, folder, task.text_fields, "label", require_label)
+    rows = [row for row in read if not (task.skips_unlabelled and row.label == "-")]
+    if not rows:  # OCNLI writes '-' where its annotators disagreed
+        raise UserError(f"{path}: none of its {len(read):,} records has a label (every one is '-')")
     kept = labelled(rows, path, require_label)
     if kept is None:
         return None
@@ -274,8 +311,8 @@ def read_clue_folder(folder: Path, task: ClueTask, origin: str, read_test: bool)
     if not folder.is_dir():
         raise UserError(f"config key 'data_dir': {folder} is not a folder")
     train_path = folder / clue_file(task, "train")
-    if not train_path.exists():
-        own = [f"train{suffix}" for suffix in OWN_SUFFIXES if (folder / f"train{suffix}").is_file()]
+    if not _present(train_path):
+        own = [f"train{suffix}" for suffix in OWN_SUFFIXES if _present(folder / f"train{suffix}")]
         if own and own != [train_path.name]:
             raise UserError(
                 f"config key 'data_dir': {folder} holds {own[0]}, not {task.title}'s {train_path.name}; "
@@ -285,9 +322,9 @@ def read_clue_folder(folder: Path, task: ClueTask, origin: str, read_test: bool)
     train = clue_split(task, folder, "train", labels, True)
     dev = clue_split(task, folder, "dev", labels, True)
     test_path = folder / clue_file(task, "test")
-    test = clue_split(task, folder, "test", labels, False) if read_test and test_path.exists() else None
+    test = clue_split(task, folder, "test", labels, False) if read_test and _present(test_path) else None
     files = {p.name: sha256_file(p) for p in (train_path, folder / clue_file(task, "dev"), test_path)
-             if p.exists() and (read_test or p != test_path)}  # fmt: skip
+             if _present(p) and (read_test or p != test_path)}  # fmt: skip
     return RawSplits(train=train or [], dev=dev or [], test=test, origin=origin, files=files, labels=labels,
                      text_columns=task.text_fields)  # fmt: skip
 
@@ -309,8 +346,13 @@ def read_paddlenlp_task(task: ClueTask) -> RawSplits:
 # ---------------------------------------------------------------- a user's own files
 
 
+def _present(path: Path) -> bool:
+    """Anything by that name, a folder, a FIFO or a dangling link included: reading it says what it is."""
+    return path.is_symlink() or path.exists()
+
+
 def own_file(folder: Path, split: str, required: bool) -> Path | None:
-    found = [folder / f"{split}{suffix}" for suffix in OWN_SUFFIXES if (folder / f"{split}{suffix}").is_file()]
+    found = [folder / f"{split}{suffix}" for suffix in OWN_SUFFIXES if _present(folder / f"{split}{suffix}")]
     if len(found) > 1:
         raise UserError(f"data_dir {folder} holds {' and '.join(p.name for p in found)}: keep one file per split")
     if not found and required:
@@ -318,9 +360,21 @@ def own_file(folder: Path, split: str, required: bool) -> Path | None:
     return found[0] if found else None
 
 
-def sorted_labels(values: set[str]) -> tuple[str, ...]:
-    """The distinct labels of train in order: numerically when every one is an integer, else as text."""
-    if all(value.lstrip("-").isdigit() for value in values):
+def sorted_labels(values: set[str], path: Path) -> tuple[str, ...]:
+    """The distinct labels of train in order: numerically when every one is an integer, else as text.
+    Two spellings of one number (`1` and `1.0`, `1` and `01`) would silently be two classes: refused."""
+    numbers: dict[float, str] = {}
+    for value in sorted(values):
+        try:
+            number = float(value) if len(value) < 40 else None
+        except ValueError:
+            number = None
+        if number is not None and number in numbers:
+            raise UserError(f"{path}: labels {excerpt(numbers[number])} and {excerpt(value)} are one number "
+                            "written two ways, and would be two classes: write each class one way")  # fmt: skip
+        if number is not None:
+            numbers[number] = value
+    if all(INTEGER.fullmatch(value) for value in values):
         return tuple(sorted(values, key=int))
     return tuple(sorted(values))
 
@@ -332,13 +386,13 @@ def read_own_folder(folder: Path, spec: DataSpec) -> RawSplits:
         raise UserError(f"config key 'data_dir': {folder} is not a folder")
     columns = spec.text_columns()
     paths = {split: own_file(folder, split, required=split != "test") for split in SPLITS}
-    rows = {split: labelled(read_rows(path, columns, spec.label_column), path, True)
+    rows = {split: labelled(read_rows(path, folder, columns, spec.label_column), path, True)
             for split, path in paths.items() if path is not None}  # fmt: skip
     if spec.label_names is not None:
         labels = Labels(spec.label_names)
         unknown = f"label_names ({listing(labels.names)})"
     else:
-        labels = Labels(sorted_labels({row.label for row in rows["train"]}))  # type: ignore[misc]
+        labels = Labels(sorted_labels({row.label for row in rows["train"]}, paths["train"]))  # type: ignore[misc,arg-type]
         unknown = f"the labels of {paths['train'].name} ({listing(labels.names)})"  # type: ignore[union-attr]
         if len(labels) < 2:
             raise UserError(
