@@ -24,9 +24,10 @@ from job.config.schema import (
     parse_override,
     report_file_problem,
 )
+from job.data.cache import check_cache_home
 from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError
 from job.predict import load_saved_model, predictions, read_inputs
-from job.runtime.device_faults import as_job_error
+from job.runtime.device_faults import as_job_error, out_of_memory
 from job.training.strategies import STRATEGY_NAMES
 
 CONFIG_OPTION = click.option(
@@ -101,6 +102,8 @@ def exit_codes(io_where: str) -> Callable[[Callable[..., None]], Callable[..., N
                 fail(exc, exc.exit_code)
             except (UserError, RetryableError, TrainingDiverged) as exc:
                 fail(exc, exc.exit_code)
+            except MemoryError as exc:  # loading, saving, predict, doctor: wherever it happens
+                fail(out_of_memory(exc), UserError.exit_code)
             except (OSError, RuntimeError) as exc:
                 fault = as_job_error(exc)
                 if fault is not None:
@@ -117,8 +120,9 @@ def exit_codes(io_where: str) -> Callable[[Callable[..., None]], Callable[..., N
 def resolve_config(config_path: Path | None, overrides: tuple[str, ...], **options: Any) -> JobConfig:
     """YAML, then --set, then the dedicated options (which win)."""
     values = dict(parse_override(item) for item in overrides)
+    strategies = options.pop("strategies", None)
     values.update({key: value for key, value in options.items() if value not in (None, ())})
-    return load_config(config_path, values)
+    return load_config(config_path, values, strategies=strategies)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -158,6 +162,7 @@ def run(
 
     stop = StopRequest()
     stop.install()
+    check_cache_home()
     config = resolve_config(
         config_path, overrides, device=device, output_dir=output_dir, strategies=list(strategies) or None
     )
@@ -209,6 +214,7 @@ def prefetch(config_path: Path | None, overrides: tuple[str, ...]) -> None:
     PaddleNLP cache ($PPNLP_HOME), then exit. Run it once before an array job that shares the cache.
     PPNLP_ENDPOINT points every download at a mirror."""
     config = resolve_config(config_path, overrides)
+    check_cache_home()
     from job.pipeline import prefetch as fetch_all
 
     for line in fetch_all(config):
@@ -261,6 +267,7 @@ def bench(
 ) -> None:  # fmt: skip
     """Measure training and evaluation speed of each strategy on the full-size model, as a table and JSON."""
     config = resolve_config(config_path, overrides)
+    check_cache_home()
     from job.bench import export_peer_batches, format_table, run_bench
 
     if peer_batches is not None:
@@ -299,6 +306,7 @@ def predict(
     {"sentence", "label", "label_desc", "probability"}."""
     if not titles and input_file is None:
         raise UserError("no titles: give them as arguments or with --input FILE")
+    check_cache_home()
     from job.runtime.device import resolve_eval_batch_size, select_device
     from job.training.model import quiet_paddlenlp
 
@@ -327,14 +335,15 @@ def doctor(config_path: Path | None, overrides: tuple[str, ...], device: str | N
     GPUs, output_dir and the model cache writable; on CPU the threads, MKL and matmul peak. One line per
     check, PASS or FAIL with the fix; exit 0 when all pass, 2 otherwise."""
     config = resolve_config(config_path, overrides, device=device, output_dir=output_dir)
-    from job.doctor import run_checks
+    from job.doctor import isolated_cache, run_checks
     from job.training.model import quiet_paddlenlp
 
-    quiet_paddlenlp()
     failed = 0
-    for check in run_checks(config):
-        click.echo(check.line())
-        failed += not check.passed
+    with isolated_cache() as cache_check:  # importing PaddleNLP must not create or need the cache checked
+        quiet_paddlenlp()
+        for check in run_checks(config, cache_check):
+            click.echo(check.line())
+            failed += not check.passed
     click.echo(f"{'all checks passed' if not failed else f'{failed} check(s) failed'}")
     if failed:
         sys.exit(UserError.exit_code)

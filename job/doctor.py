@@ -224,9 +224,37 @@ def all_reduce_check(processes: int, gpus: bool, timeout: float = 300) -> Check:
     return Check("all-reduce", False, detail, fault.fix if fault and fault.fix else COLLECTIVE_FIX)
 
 
-def writable_checks(config: JobConfig) -> Iterator[Check]:
-    from paddlenlp.utils.env import PPNLP_HOME
+@contextlib.contextmanager
+def isolated_cache() -> Iterator[Check]:
+    """The model cache's check, made before PaddleNLP is imported; while the doctor runs, a cache that
+    does not exist yet or cannot be used is replaced by a scratch folder, so the import neither fails nor
+    leaves folders behind."""
+    from job.data.cache import FIX, cache_home, cache_problem
 
+    home, problem = cache_home(), cache_problem()
+    if problem is None and home.is_dir():
+        writable = os.access(home, os.W_OK | os.X_OK)
+        yield Check("model cache", True, f"{home} ($PPNLP_HOME) is writable" if writable else
+                    f"{home} ($PPNLP_HOME) is read-only and holds PaddleNLP's folders: runs read what was "
+                    "prefetched into it and download nothing")  # fmt: skip
+        return
+    if problem is None:
+        check = Check("model cache", True, f"{home} ($PPNLP_HOME) does not exist yet; the first run creates it")
+    else:
+        check = Check("model cache", False, problem, FIX)
+    saved = os.environ.get("PPNLP_HOME")
+    with tempfile.TemporaryDirectory(prefix="job-doctor-cache-") as scratch:
+        os.environ["PPNLP_HOME"] = scratch
+        try:
+            yield check
+        finally:
+            if saved is None:
+                os.environ.pop("PPNLP_HOME", None)
+            else:
+                os.environ["PPNLP_HOME"] = saved
+
+
+def writable_checks(config: JobConfig, cache_check: Check) -> Iterator[Check]:
     from job.output.storage import open_output
 
     output = open_output(config.output_dir)
@@ -242,16 +270,7 @@ def writable_checks(config: JobConfig) -> Iterator[Check]:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         yield Check("output_dir", True, f"{output.where()} is writable")
-    cache = Path(PPNLP_HOME)
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache, prefix=".doctor-"):
-            pass
-    except OSError as exc:
-        yield Check("model cache", False, f"{cache} ($PPNLP_HOME): {exc.strerror or exc}",
-                    "point PPNLP_HOME at a writable folder (the images use the volume at /cache)")  # fmt: skip
-    else:
-        yield Check("model cache", True, f"{cache} ($PPNLP_HOME) is writable")
+    yield cache_check
 
 
 def cpu_checks() -> Iterator[Check]:
@@ -271,8 +290,9 @@ def cpu_checks() -> Iterator[Check]:
     )
 
 
-def run_checks(config: JobConfig) -> Iterator[Check]:
-    """Every check, in order; each yielded as soon as it is known."""
+def run_checks(config: JobConfig, cache_check: Check) -> Iterator[Check]:
+    """Every check, in order; each yielded as soon as it is known. `cache_check` is the model cache's,
+    made before PaddleNLP was imported (isolated_cache)."""
     yield paddle_build()
     checks, device = device_checks(config.device)
     yield from checks
@@ -286,4 +306,4 @@ def run_checks(config: JobConfig) -> Iterator[Check]:
                 yield all_reduce_check(count, gpus=True)
         else:
             yield from cpu_checks()
-    yield from writable_checks(config)
+    yield from writable_checks(config, cache_check)

@@ -46,7 +46,7 @@ from job.runtime.device import (
     resolve_precision,
     select_device,
 )
-from job.runtime.device_faults import raise_if_device_fault
+from job.runtime.device_faults import out_of_memory, raise_if_device_fault
 from job.runtime.memory import peak_memory_mb, start_memory_meter
 from job.runtime.ranks import Ranks, process_ranks
 from job.runtime.signals import StopRequest
@@ -99,11 +99,15 @@ def _fix(exc: OSError, output_dir: str) -> str:
     return ""
 
 
-def pending_runs(config: JobConfig, output: Output, runs: list[Run], force: bool) -> list[Run]:
+def pending_runs(config: JobConfig, output: Output, runs: list[Run], force: bool, planned: set[str]) -> list[Run]:
     """Runs still to train: a saved result of the same config hash and the same data sample counts as
     done (a rerun after a preemption resumes), unless `force`. A record made on other data (the files
     under data_dir, or the cache, changed since) is trained again. Every record is read and validated
-    once, here: a corrupt or foreign record stops the job now, not after training."""
+    once, here: a corrupt or foreign record stops the job now, not after training.
+
+    A record of this config outside the `planned` keys (another strategy, left out by --strategy) made
+    on other data would never be trained again by this command, and the runs trained now could not be
+    compared with it: UserError before anything trains, and every saved record stays as it was."""
     config_hash = config.config_hash()
     records = read_records(output)
     done = {
@@ -111,7 +115,16 @@ def pending_runs(config: JobConfig, output: Output, runs: list[Run], force: bool
         for path, record in records.items()
         if record.run.config_hash == config_hash
     }
-    samples = current_samples(config) if not force and any(run.key in done for run in runs) else {}
+    others = {key: saved for key, saved in done.items() if key not in planned}
+    needed = (not force and any(run.key in done for run in runs)) or (others and runs)
+    samples = current_samples(config) if needed else {}
+    for key, (path, saved) in others.items():
+        if samples and saved not in samples.values():
+            raise UserError(
+                f"{path} ({key}) was made on other data (sample {saved}, now {', '.join(sorted(samples.values()))}): "
+                f"training {', '.join(run.key for run in runs)} alone would leave runs that cannot be compared; run "
+                "every strategy again (drop --strategy), or restore the data"
+            )
     pending = []
     for run in runs:
         path, saved = done.get(run.key, (None, None))
@@ -143,7 +156,7 @@ def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: lis
     created = check_output_dir(output)
     plan = plan_runs(config)
     runs = [run for run in plan if keys is None or run.key in keys]
-    pending = pending_runs(config, output, runs, force)
+    pending = pending_runs(config, output, runs, force, {run.key for run in plan})
     ranks = process_ranks() if pending else Ranks()
     if pending:
         try:
@@ -399,10 +412,8 @@ def out_of_memory_advice(what: str, key: str, batch_size: int) -> Iterator[None]
         yield
     except MemoryError as exc:
         smaller = max(1, batch_size // 2)
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "MemoryError"
-        raise UserError(
-            f"{what} ran out of memory at batch size {batch_size} ({detail}); try --set {key}={smaller}"
-        ) from None
+        advice = f"try --set {key}={smaller}, or stop another process holding the device's memory (nvidia-smi)"
+        raise out_of_memory(exc, f"{what} at batch size {batch_size}", advice) from None
 
 
 def save_artifacts(session: Session, run: Run, model: Any) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -215,3 +216,185 @@ def test_a_carved_test_split_leaves_every_class_rows_to_train_on(tmp_path: Path)
         assert len(splits.test) == 10 and "max_eval_samples asks 100; at most half of train is carved" in (
             splits.test.source
         )
+
+
+# ---------------------------------------------------------------- R11, R12, R13: method keys
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [({"strategies": ["lokr"], "lora_rslora": True}, "config key 'lora_rslora' is read only by lora, and "
+      "strategies are lokr"),
+     ({"strategies": ["bitfit", "full_finetune"], "lora_pissa": True}, "config key 'lora_pissa' is read only by lora"),
+     ({"strategies": ["head_only"], "lora_plus_ratio": 16}, "config key 'lora_plus_ratio' is read only by lora"),
+     ({"strategies": ["head_only"], "lora_targets": "all_linear"}, "config key 'lora_targets' is read only by "
+      "lora, lokr, vera"),
+     ({"strategies": ["full_finetune"], "lora_target_modules": [".*q_proj"]}, "config key 'lora_target_modules'")],
+    ids=["lokr-rslora", "bitfit-pissa", "head-only-plus", "head-only-targets", "full-target-modules"],
+)  # fmt: skip
+def test_a_method_key_no_listed_strategy_reads_exits_2(write_config, values: dict, fragment: str) -> None:
+    result = CliRunner().invoke(main, ["validate", "--config", str(write_config(**values))])
+    assert result.exit_code == 2 and fragment in result.output, result.output
+
+
+def test_strategy_picks_from_a_config_whose_keys_its_strategies_read(write_config) -> None:
+    """--strategy lokr on a lora + lokr config with lora_rslora: the whole config reads the key."""
+    config = write_config(strategies=["lora", "lokr"], lora_rslora=True)
+    result = CliRunner().invoke(main, ["plan", "--config", str(config), "--strategy", "lokr"])
+    assert result.exit_code == 0, result.output
+    assert "lokr  strategy=lokr dim=4" in result.output and "strategy=lora " not in result.output
+
+
+def test_targets_that_match_layers_no_adapter_wraps_stop_before_anything_trains(write_config, tmp_path: Path) -> None:
+    config = write_config(strategies=["full_finetune", "lora"], lora_target_modules=[".*"], num_epochs=1)
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "'.*' matches" in result.output and "that are not Linear" in result.output
+    assert "Embedding" in result.output and result.exc_info[0] is SystemExit
+    assert not (tmp_path / "out" / "results").exists()  # full fine-tuning never trained
+
+
+@pytest.mark.timeout(300)
+def test_pissa_trains_with_the_forward_compiled(write_config, tmp_path: Path) -> None:
+    config = write_config(strategies=["lora"], lora_pissa=True, compile="on", num_epochs=1, max_train_samples=64)
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "results" / "lora.json").read_text("utf-8"))["result"]
+    assert record["compiled"] is True and all(loss == loss for loss in record["step_losses"])
+
+
+# ---------------------------------------------------------------- R14: the model cache
+
+
+def test_a_model_cache_that_is_a_file_exits_2_in_run_and_fails_in_doctor(
+    write_config, tmp_path: Path, monkeypatch
+) -> None:
+    (tmp_path / "cache").write_text("x")
+    monkeypatch.setenv("PPNLP_HOME", str(tmp_path / "cache"))
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config())])
+    assert result.exit_code == 2 and result.exc_info[0] is SystemExit
+    assert f"PPNLP_HOME {tmp_path / 'cache'} is a file, not a folder: point PPNLP_HOME" in result.output
+
+
+@pytest.mark.timeout(300)
+def test_doctor_with_a_missing_model_cache_leaves_nothing_behind(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    home = tmp_path / "missing" / "cache"
+    env = {**os.environ, "PPNLP_HOME": str(home)}
+    result = subprocess.run([sys.executable, "-m", "job", "doctor", "--device", "cpu", "--output-dir",
+                             str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=280,
+                            cwd=Path(__file__).resolve().parents[1], check=False)  # fmt: skip
+    assert f"PASS  model cache: {home} ($PPNLP_HOME) does not exist yet" in result.stdout, result.stdout + result.stderr
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_read_only_cache_without_paddlenlp_folders_is_a_problem_and_with_them_is_not(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from job.data.cache import cache_problem
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes to read-only folders")
+    home = tmp_path / "cache"
+    home.mkdir()
+    monkeypatch.setenv("PPNLP_HOME", str(home))
+    home.chmod(0o555)
+    try:
+        assert cache_problem() == f"PPNLP_HOME {home} is read-only"
+        home.chmod(0o755)
+        for name in ("models", "datasets", "packages"):
+            (home / name).mkdir()
+        home.chmod(0o555)
+        assert cache_problem() is None
+    finally:
+        home.chmod(0o755)
+
+
+# ---------------------------------------------------------------- R17, R18: the report's tables
+
+
+def test_label_names_holding_a_bar_or_a_newline_stay_in_their_cell() -> None:
+    from types import SimpleNamespace
+
+    from job.data.labels import Labels
+    from job.results.report import per_class_table
+
+    rows = [SimpleNamespace(label="lora", test_per_class_accuracy=[0.5, 0.25]),
+            SimpleNamespace(label="full | ft", test_per_class_accuracy=[0.75, 1.0])]  # fmt: skip
+    table = per_class_table(rows, Labels(("a|b", "c\nd")))
+    lines = table.splitlines()
+    assert len(lines) == 4 and all(len(re.findall(r"(?<!\\)\|", line)) == 4 for line in lines)
+    assert "| a\\|b | 0.50 | 0.75 |" in table and "| c d | 0.25 | 1.00 |" in table and "full \\| ft" in table
+
+
+def test_fewer_classes_in_test_than_the_table_shows_lists_each_once() -> None:
+    from types import SimpleNamespace
+
+    from job.data.labels import Labels
+    from job.results.report import per_class_table
+
+    names = tuple(f"c{i}" for i in range(50))
+    present = [0.1 * (i % 7) if i < 15 else None for i in range(50)]
+    table = per_class_table([SimpleNamespace(label="lora", test_per_class_accuracy=present)], Labels(names))
+    shown = [line.split(" | ")[0].removeprefix("| ") for line in table.splitlines()[2:] if line.startswith("| c")]
+    assert sorted(shown) == sorted(f"c{i}" for i in range(15)) and len(shown) == 15
+    assert "The 15 of 50 classes that have test examples." in table
+
+
+# ---------------------------------------------------------------- R19: what a killed save left
+
+
+def test_a_rerun_removes_what_a_killed_save_left_and_keeps_what_a_live_writer_holds(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from job.output.storage import STALE_SECONDS, LocalOutput, scratch_prefix
+
+    out = tmp_path / "out"
+    (out / "results").mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = scratch_prefix("loss_curves.png").replace(f"~{os.getpid()}.", f"~{dead.pid}.")
+    (out / f"{mine}abc.tmp").write_bytes(b"half a plot")
+    (out / "artifacts" / f"{mine.replace('loss_curves.png', 'lora')}x.tmp").mkdir(parents=True)
+    live = out / "results" / f"{scratch_prefix('lora.json')}def.tmp"
+    live.write_text("{")
+    old_elsewhere = out / ".report.md.otherhost~12.xyz.tmp"
+    old_elsewhere.write_text("x")
+    os.utime(old_elsewhere, (time.time() - STALE_SECONDS - 5,) * 2)
+    fresh_elsewhere = out / ".report.md.otherhost~13.xyz.tmp"
+    fresh_elsewhere.write_text("x")
+    LocalOutput(out).check_writable()
+    left = sorted(p.name for p in out.rglob("*.tmp"))
+    assert left == sorted([live.name, fresh_elsewhere.name])
+
+
+# ---------------------------------------------------------------- R20: a subset after the data changed
+
+
+@pytest.mark.timeout(400)
+def test_a_strategy_alone_after_the_data_changed_stops_before_training_and_keeps_the_pair(
+    tmp_path: Path, tiny_model: Path, tnews_dir: Path
+) -> None:
+    import shutil
+
+    import yaml
+
+    data = tmp_path / "data"
+    shutil.copytree(tnews_dir, data)
+    values = {"model_name": str(tiny_model), "data_dir": str(data), "max_seq_length": 32, "batch_size": 16,
+              "num_epochs": 1, "max_train_samples": 64, "max_eval_samples": 32, "output_dir": str(tmp_path / "out"),
+              "device": "cpu", "lora_r": 4, "lora_alpha": 8}  # fmt: skip
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(values), encoding="utf-8")
+    assert CliRunner().invoke(main, ["run", "--config", str(config)]).exit_code == 0
+    saved = {p.name: p.read_bytes() for p in (tmp_path / "out" / "results").iterdir()}
+    train = data / "train.json"
+    train.write_text(train.read_text(encoding="utf-8").replace("的", "地", 1), encoding="utf-8")
+    result = CliRunner().invoke(main, ["run", "--config", str(config), "--strategy", "lora"])
+    assert result.exit_code == 2, result.output
+    assert "full_finetune) was made on other data" in result.output and "drop --strategy" in result.output
+    assert "training lora alone" in result.output and "[lora] step" not in result.output
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "results").iterdir()} == saved

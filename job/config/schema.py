@@ -352,6 +352,27 @@ class CommonConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _keys_a_strategy_reads(self, info: ValidationInfo) -> CommonConfig:
+        """A LoRA option set where no listed strategy reads it would be ignored in silence (lokr with
+        lora_rslora, head_only with lora_targets). Judged on the config's own `strategies`: `--strategy`
+        picks some of them afterwards (SUBSET), and the keys stay what the whole config meant."""
+        if info.context and info.context.get(SUBSET):
+            return self
+        fields = type(self).model_fields
+        for key in (*LORA_OPTION_KEYS, "lora_target_modules"):
+            option = "targets" if key == "lora_target_modules" else key.removeprefix("lora_")
+            if getattr(self, key) == fields[key].default:
+                continue
+            readers = [name for name in STRATEGY_NAMES if option in (STRATEGIES[name].adapter_options or ())]
+            if not any(name in readers for name in self.strategies):
+                raise ValueError(
+                    f"config key '{key}' is read only by {', '.join(readers)}, and strategies are "
+                    f"{', '.join(self.strategies)}: it would change nothing; add {readers[0]} to strategies, or "
+                    "drop the key"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _sweep_pairs(self) -> CommonConfig:
         if isinstance(self.lora_alpha, list) and len(self.lora_alpha) != len(_as_list(self.lora_r)):
             raise ValueError(
@@ -514,11 +535,17 @@ def safe_load(text: str) -> Any:
     return yaml.load(text, Loader=SafeLoader)
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> JobConfig:
-    """Read a YAML file (or none: all defaults), apply overrides, validate. Raises UserError."""
+def load_config(
+    path: str | Path | None, overrides: dict[str, Any] | None = None, strategies: list[str] | None = None
+) -> JobConfig:
+    """Read a YAML file (or none: all defaults), apply overrides, validate; then, with `strategies`
+    (`--strategy`), keep only those. Raises UserError."""
     values: dict[str, Any] = read_yaml_mapping(Path(path)) if path is not None else {}
     values.update(overrides or {})
-    return validate_config(values, source=str(path) if path else "defaults")
+    config = validate_config(values, source=str(path) if path else "defaults")
+    if not strategies:
+        return config
+    return validate_config({**values, "strategies": strategies}, source="--strategy", subset=True)
 
 
 CONFIG_LIMIT = 1 << 20  # a config is a few hundred bytes; a megabyte means the wrong file
@@ -550,12 +577,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def validate_config(values: dict[str, Any], source: str = "settings") -> JobConfig:
+SUBSET = "strategy_subset"  # validation context: `strategies` is --strategy's pick of a checked config's
+
+
+def validate_config(values: dict[str, Any], source: str = "settings", subset: bool = False) -> JobConfig:
     unknown = [key for key in values if key not in FIELD_NAMES]
     if unknown:
         raise UserError(_unknown_key_message(unknown[0], source))
     try:
-        return JobConfig(**values)
+        return JobConfig.model_validate(values, context={SUBSET: subset})
     except ValidationError as exc:
         raise UserError(_validation_message(exc, source)) from None
     except TypeError as exc:  # non-string keys, e.g. `1: x` in YAML

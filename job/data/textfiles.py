@@ -73,7 +73,7 @@ def read_data_file(path: Path, folder: Path, what: str = "data file", limit: int
                         "sample it into a smaller file")  # fmt: skip
     with os.fdopen(descriptor, "rb") as handle:
         try:
-            raw = handle.read(limit + 1)
+            raw = handle.read(info.st_size + 1)  # not limit + 1: Python allocates what it is asked for
         except OSError as exc:
             raise RetryableError(f"could not read {what} {path}: {exc.strerror}") from None
     if len(raw) > limit:  # it grew while being read

@@ -150,7 +150,7 @@ def write_atomic(path: Path, text: str) -> None:
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside `path` that replaces it (mode 644) when the block ends without error."""
     make_folders(path.parent)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=scratch_prefix(path.name), suffix=".tmp")
     os.close(handle)
     try:
         yield Path(temporary)
@@ -158,6 +158,63 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+# A scratch file or folder is `.<name>.<host>~<pid>.<random>.tmp` (and a replaced folder `.<name>.old-<hex>`):
+# a kill -9 leaves it behind, and the next run on this output removes it when its writer is gone.
+SCRATCH = re.compile(r"\.(?P<name>.+?)\.(?:(?P<host>[^~/.]*)~(?P<pid>\d+)\.[^/]*\.tmp|old-[0-9a-f]{8})")
+STALE_SECONDS = 6 * 3600  # another host's scratch this old has no writer left (a save takes minutes)
+
+
+def scratch_prefix(name: str) -> str:
+    return f".{name}.{_host()}~{os.getpid()}."
+
+
+def _host() -> str:
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_scratch(folder: Path, now: float) -> list[Path]:
+    """Remove what a killed save left in `folder`: scratch of this host whose process is gone, a
+    replaced folder's old copy, and any scratch unchanged for STALE_SECONDS. Never follows a link.
+    Returns what it removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = SCRATCH.fullmatch(entry.name)
+        if match is None:
+            continue
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        mine = match["host"] == _host() and match["pid"] is not None and not _alive(int(match["pid"]))
+        replaced = match["pid"] is None and age > 60  # a moment for its own writer to remove it
+        if not (mine or replaced or age > STALE_SECONDS):
+            continue
+        path = Path(entry.path)
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+    return removed
 
 
 RECORD_LIMIT = 64 << 20  # a record holds a run's predictions and step losses: about 1 MB at TNEWS's full size
@@ -233,6 +290,10 @@ class LocalOutput(Output):
         created = make_folders(self.root)
         for name in (RESULTS_FOLDER, ARTIFACTS_FOLDER, VISUALDL_FOLDER):  # a planted link stops the job now
             self.inside(name)
+        import time
+
+        for folder in (self.root, self.root / RESULTS_FOLDER, self.root / ARTIFACTS_FOLDER):
+            sweep_scratch(folder, time.time())
         descriptor, probe = tempfile.mkstemp(dir=self.root, prefix=".write-test-")
         os.close(descriptor)
         os.unlink(probe)
@@ -264,7 +325,7 @@ class LocalOutput(Output):
                 settle_modes(folder)
             return
         make_folders(folder.parent)
-        scratch = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+        scratch = Path(tempfile.mkdtemp(dir=folder.parent, prefix=scratch_prefix(folder.name), suffix=".tmp"))
         try:
             yield scratch
             settle_modes(scratch)

@@ -285,9 +285,16 @@ def cell(value: Stat, digits: int) -> str:
 
 
 def _table(first: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    columns = [table_cell(column) for column in columns]
     header = f"| {first} | " + " | ".join(columns) + " |"
     rule = "|" + "-" * (len(first) + 2) + "|" + "|".join("-" * (len(c) + 1) + ":" for c in columns) + "|"
-    return "\n".join([header, rule, *("| " + " | ".join(row) + " |" for row in rows)])
+    return "\n".join([header, rule, *("| " + " | ".join(map(table_cell, row)) + " |" for row in rows)])
+
+
+def table_cell(text: str) -> str:
+    """A table cell as Markdown keeps it in its column: a `|` escaped, a line break a space (a label
+    named `a|b`, or holding a newline, split the per-class table)."""
+    return " ".join(text.split("\n")).replace("\r", " ").replace("|", "\\|")
 
 
 def results_table(rows: Sequence[HeadlineRow]) -> str:
@@ -396,6 +403,11 @@ def per_class_table(rows: Sequence[HeadlineRow], labels: Labels) -> str:
         values = [row.test_per_class_accuracy[class_id] for row in rows]
         if all(value is not None for value in values):
             means[class_id] = sum(values) / len(values)  # type: ignore[arg-type]
+    if len(means) <= 2 * PER_CLASS_SHOWN:  # few classes in test: each once, none in both halves
+        note = f"The {len(means)} of {len(labels)} classes that have test examples."
+        return _table("Class", [row.label for row in rows], [line(class_id) for class_id in sorted(means)]) + (
+            "\n\n" + note
+        )
     ranked = sorted(means, key=lambda class_id: (means[class_id], class_id))
     shown = ranked[:PER_CLASS_SHOWN] + ranked[-PER_CLASS_SHOWN:]
     between = ["…", *("…" for _ in rows)]

@@ -55,6 +55,15 @@ LIBRARY_FIX = (
     "NVIDIA driver, or use --device cpu"
 )
 
+OUT_OF_MEMORY_FIX = (
+    "another process may hold the device's memory (`nvidia-smi` lists them: stop them or use another GPU), "
+    "or lower batch_size, eval_batch_size or max_seq_length"
+)
+# cudaErrorMemoryAllocation (2) and the libraries' own allocation failures: the same fault as Paddle's
+# "Out of memory error on GPU" MemoryError, which a retry on the same node and config meets again.
+ALLOCATION_FAILED = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "cudaErrorMemoryAllocation")
+PAGE_OUT = re.compile(r"Out of memory error on (?:GPU|XPU|device) \d+\.[^\n]*")
+
 CUDA_ERROR = re.compile(r"CUDA error\((\d+)\)")
 NCCL_ERROR = re.compile(r"NCCL error\((\d+)\)")
 # ncclUnhandledCudaError (1) carries a CUDA fault of its own; ncclRemoteError (6) is a peer that failed
@@ -88,6 +97,8 @@ def device_fault(exc: BaseException) -> DeviceFault | None:
     detail = _summary(text)
     if library:
         return DeviceFault(detail, LIBRARY_FIX)
+    if any(name in text for name in ALLOCATION_FAILED) or (cuda and int(cuda.group(1)) == 2):
+        return DeviceFault(detail, OUT_OF_MEMORY_FIX)
     if cuda:
         fix = PERMANENT_CUDA.get(int(cuda.group(1)))
         return DeviceFault(detail, fix.format(cuda=_cuda_version(), floor=driver_floor()) if fix else None)
@@ -96,6 +107,16 @@ def device_fault(exc: BaseException) -> DeviceFault | None:
     if "ARCH_MISMATCH" in text:  # cuBLAS / cuDNN: no kernel for this architecture
         return DeviceFault(detail, ARCH_FIX)
     return DeviceFault(detail, None)
+
+
+def out_of_memory(exc: MemoryError, what: str = "the job", advice: str = OUT_OF_MEMORY_FIX) -> UserError:
+    """Paddle raises an exhausted allocator (GPU or host) as MemoryError, its first line only
+    "(ResourceExhausted)"; Python raises a host allocation it cannot make the same way. Either is exit 2
+    with Paddle's own "Out of memory error on GPU 0. Cannot allocate ..." line kept, and the fix."""
+    text = str(exc)
+    found = PAGE_OUT.search(text)
+    detail = found.group(0).strip() if found else _summary(text) if text.strip() else "MemoryError"
+    return UserError(f"{what} ran out of memory ({detail}); {advice}")
 
 
 def as_job_error(exc: BaseException) -> UserError | RetryableError | None:

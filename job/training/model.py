@@ -66,10 +66,10 @@ def model_limits(model_name: str) -> dict[str, int]:
     return {key: int(config[key]) for key in ("hidden_size", "max_position_embeddings") if key in config}
 
 
-def layer_names(model_name: str) -> list[str] | None:
-    """The sublayer names of the classifier the job would build, from the model's config alone (no
-    weights are read or allocated), so LoRA's target patterns are checked before anything trains.
-    None for a model type other than ERNIE: its names are checked when LoRA wraps the loaded model."""
+def layer_names(model_name: str) -> dict[str, str] | None:
+    """The sublayers of the classifier the job would build (name -> class name), from the model's config
+    alone (no weights are read or allocated), so LoRA's target patterns are checked before anything
+    trains. None for a model type other than ERNIE: its names are checked when LoRA wraps the loaded model."""
     import paddle
     from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification
 
@@ -81,7 +81,7 @@ def layer_names(model_name: str) -> list[str] | None:
         return None
     with paddle.LazyGuard():  # parameters are declared, not allocated or initialised
         model = ErnieForSequenceClassification(config)
-    return [name for name, _ in model.named_sublayers()]
+    return {name: type(layer).__name__ for name, layer in model.named_sublayers()}
 
 
 def quiet_paddlenlp() -> None:

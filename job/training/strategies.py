@@ -67,7 +67,7 @@ class LoRA:
         from paddlenlp.peft import LoRAConfig, LoRAModel
 
         assert run.lora is not None
-        check_targets_match([name for name, _ in loaded.model.named_sublayers()], run.lora.target_modules)
+        check_targets_match(layer_kinds(loaded.model), run.lora.target_modules)
         lora_config = LoRAConfig(
             r=run.lora.r,
             lora_alpha=run.lora.alpha,
@@ -82,7 +82,9 @@ class LoRA:
             pissa=run.lora.pissa,  # A, B from the SVD at the first forward; the weight keeps the residual
         )
         model = LoRAModel(loaded.model, lora_config)
-        if run.lora.pissa:  # A and B hold the weight's principal part: decay would pull the weight itself down
+        if run.lora.pissa:
+            _pissa_now(model)
+            # A and B hold the weight's principal part: decay would pull the weight itself down
             for name, parameter in model.named_parameters():
                 if ".lora_A" in name or ".lora_B" in name:
                     parameter.no_weight_decay = True
@@ -99,6 +101,19 @@ class LoRA:
         plain.save_pretrained(str(merged), safe_serialization=True)  # safetensors: loading runs no code
         tokenizer.save_pretrained(str(merged))
         return [merged] if pissa else [adapter, merged]
+
+
+def _pissa_now(model: Any) -> None:
+    """PiSSA's SVD now, as LoRALinear's first forward would run it (lora_layers.py: `if not
+    self.apply_pissa and self.pissa`), on the same frozen weights: under `compile: on` that first
+    forward is being traced, and the SVD's set_value there ended in an AttributeError."""
+    import paddle
+
+    with paddle.no_grad():
+        for layer in model.model.sublayers():
+            if getattr(layer, "pissa", False) and not layer.apply_pissa:
+                layer.pissa_init(layer.r)
+                layer.apply_pissa = True
 
 
 class LoKr:
@@ -127,7 +142,7 @@ class LoKr:
         from paddlenlp.peft import LoKrConfig, LoKrModel
 
         assert run.lora is not None
-        check_targets_match([name for name, _ in loaded.model.named_sublayers()], run.lora.target_modules)
+        check_targets_match(layer_kinds(loaded.model), run.lora.target_modules)
         with tempfile.TemporaryDirectory() as scratch:
             # LoKrModel reads its base's config from base_model_name_or_path (lokr_model.py, __init__): a
             # model built in memory (job doctor's) has none on disk, so its own config is written there.
@@ -188,7 +203,7 @@ class VeRA:
         from paddlenlp.peft.vera.vera_layers import VeRALinear
 
         assert run.lora is not None
-        check_targets_match([name for name, _ in loaded.model.named_sublayers()], run.lora.target_modules)
+        check_targets_match(layer_kinds(loaded.model), run.lora.target_modules)
         config = VeRAConfig(
             r=run.lora.r, vera_alpha=run.lora.r, vera_dropout=0.0, target_modules=list(run.lora.target_modules),
             trainable_modules=_head_trains(loaded), base_model_name_or_path=loaded.source,
@@ -281,9 +296,25 @@ class FullFinetune(_OwnWeights):
 # NotImplementedError at the first layer that is not a VeRALinear.
 
 
-def check_targets_match(names: list[str], patterns: tuple[str, ...] | list[str]) -> None:
-    """Every pattern must match at least one layer name, or LoRA would silently train less."""
+def layer_kinds(model: Any) -> dict[str, str]:
+    """Each sublayer's name -> its class name ("Linear", "Embedding", "LayerNorm")."""
+    return {name: type(layer).__name__ for name, layer in model.named_sublayers()}
+
+
+def check_targets_match(layers: dict[str, str], patterns: tuple[str, ...] | list[str]) -> None:
+    """Every pattern must match at least one layer name, or LoRA would silently train less; and every
+    layer it matches must be a Linear, the one kind of ERNIE's layers PaddleNLP's LoRA, LoKr and VeRA wrap
+    (`.*` also matches embeddings and layer norms: found now, not after full fine-tuning has trained)."""
+    names = list(layers)
     for pattern in patterns:
+        others = [name for name in names if re.fullmatch(pattern, name) and layers[name] != "Linear"]
+        if others:
+            shown = ", ".join(f"{name} ({layers[name]})" for name in others[:3])
+            raise UserError(
+                f"config key 'lora_target_modules': {pattern!r} matches {len(others)} layer(s) that are not Linear "
+                f"({shown}{', …' if len(others) > 3 else ''}); adapters wrap Linear layers only: match those, "
+                r"e.g. '.*\.self_attn\.(q|v)_proj'"
+            )
         if not any(re.fullmatch(pattern, name) for name in names):
             examples = ", ".join([name for name in names if name.endswith("_proj")][:3])
             raise UserError(
