@@ -26,6 +26,7 @@ from job.config.schema import (
 )
 from job.data.cache import check_cache_home
 from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError
+from job.launch import record_rank_exit
 from job.predict import load_saved_model, predictions, read_inputs
 from job.runtime.device_faults import as_job_error, out_of_memory
 from job.training.strategies import STRATEGY_NAMES
@@ -84,6 +85,7 @@ def io_failure(exc: OSError, where: Path | str) -> tuple[Exception, int]:
 
 def fail(exc: Exception, code: int) -> None:
     click.echo(f"error: {exc}", err=True)
+    record_rank_exit(code, str(exc))  # under `job launch`: the command returns the most telling rank's code
     sys.exit(code)
 
 
@@ -351,13 +353,24 @@ def doctor(config_path: Path | None, overrides: tuple[str, ...], device: str | N
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("launcher_args", nargs=-1, type=click.UNPROCESSED)
+@exit_codes("the launch log folder")
 def launch(launcher_args: tuple[str, ...]) -> None:
-    """Data-parallel training: `python -m paddle.distributed.launch LAUNCHER_ARGS` (e.g. `--gpus 0,1
-    job/__main__.py run --config C`), with the ranks' logs in reports/launch-logs unless --log_dir is
-    given, and exit 143 when stopped by SIGTERM (130 for Ctrl-C), as `job run` does."""
-    from job.launch import launch as run_launcher
+    """Data-parallel training: paddle.distributed.launch's options, then the job's command (e.g. `--gpus
+    0,1 run --config C`); each rank runs `python -m job run ...`. The ranks' logs go to
+    <output_dir>/launch-logs unless --log_dir is given. Exit: the most telling rank's code (2, then 75,
+    then any other); 143 when stopped by SIGTERM (130 for Ctrl-C), as `job run` does."""
+    from job.launch import default_log_dir, launch as run_launcher, parse_launch
+    from job.runtime.cpu import CHOSEN
 
-    sys.exit(run_launcher(list(launcher_args)))
+    plan = parse_launch(list(launcher_args))
+    output_dir = None
+    if plan.job_args is not None and not plan.log_dir_given:
+        command = main.get_command(click.get_current_context(), plan.job_args[0])
+        assert command is not None  # parse_launch takes only the job's own commands
+        params = command.make_context(plan.job_args[0], plan.job_args[1:]).params
+        output_dir = resolve_config(params["config_path"], params["overrides"],
+                                    output_dir=params.get("output_dir")).output_dir  # fmt: skip
+    sys.exit(run_launcher(plan, default_log_dir(output_dir), set(CHOSEN)))
 
 
 @main.command(name="config-reference")

@@ -1,47 +1,219 @@
 """`python -m job launch ARGS`: paddle.distributed.launch (one process per GPU) as a child, so that a
-stop reaches the job the way a queue expects.
+stop and a failed rank reach the job the way a queue expects.
 
-Run as PID 1 of a container, the launcher itself exits 15 after `docker stop` or a preemption's SIGTERM
-(the ranks stop cleanly, but the code says "failed"), and its default log folder ./log lands wherever the
-container started, a tmpfs in the hardened images. Here the launcher's ranks get SIGTERM/SIGINT passed
-on, the command ends with 128 + the signal (143 for SIGTERM) once they have stopped, and the ranks' logs
-(workerlog.N) go to reports/launch-logs unless --log_dir says otherwise."""
+- **Options.** ARGS are the launcher's options, then the job's command: `--gpus 0,1 run --config C`
+  (`job/__main__.py run ...`, the older spelling, means the same). The options are read with the
+  launcher's own parser before anything starts: one it does not know, or `--nproc_per_node 0`, exits 2
+  (the launcher swallowed the first and took the next word as the script; the second trained nothing
+  and exited 0).
+- **The ranks run `python -m job`.** Each rank runs a two-line entry point written into the log folder,
+  which runs the `job` package as `python -m job` does. Run as a script, `job/__main__.py` put `job/` first
+  on `sys.path`, so its `config`, `data` and `results` shadowed any library's modules of those names.
+- **Threads.** The job's own OMP_NUM_THREADS default (every core, set when `python -m job` starts) is
+  not passed on: each rank takes its share of the cores (job.runtime.cpu), as under
+  `python -m paddle.distributed.launch`. A value the user set is passed on.
+- **Exit code.** Paddle's launcher stops the other ranks when one fails and exits with the first non-zero
+  code in rank order: a rank's 2 (bad config, data, GPU node) or 75 came back as 143 or 247. Each rank
+  leaves its code and error line in the log folder; the command returns the most telling one (2, then
+  75, then any other) and logs each failed rank's line. A signal to the command is passed on, and it
+  ends with 128 + the signal (143 for SIGTERM) once the ranks have stopped.
+- **Logs.** The ranks' logs (workerlog.N, and the launcher's backup_env.N.json, a copy of the
+  environment) go to `<output_dir>/launch-logs` of the job's config, in a folder only the job's user may
+  read, unless --log_dir is given; never under the current folder.
+- **The device first.** On a GPU build, the GPUs are counted (as the launcher does first) before the
+  launcher starts: a driver too old for the image's CUDA exits 2 with its fix, not the launcher's traceback.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+from contextlib import redirect_stderr
+from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 
+from job.errors import UserError
+
 LOG_FOLDER = "launch-logs"
+STATUS_VARIABLE = "JOB_RANK_STATUS_DIR"  # where each rank leaves its exit code and error line
+ENTRY_NAME = "job_rank_entry.py"
+JOB_SCRIPT = Path(__file__).resolve().parent / "__main__.py"
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+# The job's commands a rank may run; a first word that is one of these starts the job's own arguments.
+RANK_COMMANDS = ("run",)
 
 
-def default_log_dir() -> Path:
-    """Under the reports folder (JOB_REPORTS_DIR, the mounted /app/reports in the images)."""
+@dataclass(frozen=True)
+class LaunchPlan:
+    """The launcher's options as given, and what each rank runs: the job's own arguments (`run ...`),
+    or another script and its arguments."""
+
+    options: list[str]
+    job_args: list[str] | None  # None: `script` is the user's own
+    script: str | None = None
+    script_args: tuple[str, ...] = ()
+    log_dir_given: bool = False
+
+
+def parse_launch(args: list[str]) -> LaunchPlan:
+    """ARGS read with paddle.distributed.launch's own parser (context/args_envs.py); UserError for an
+    option it does not know, a missing command, or a process count below 1."""
+    from paddle.distributed.launch.context.args_envs import parse_args
+
+    saved = sys.argv
+    sys.argv = ["launch", *args]
+    try:
+        with redirect_stderr(StringIO()) as errors:
+            parsed, unknown = parse_args()
+    except SystemExit:
+        lines = [line for line in errors.getvalue().splitlines() if line.strip()]
+        raise UserError(f"job launch: {lines[-1] if lines else 'the launcher options do not parse'}") from None
+    finally:
+        sys.argv = saved
+    if unknown:
+        raise UserError(f"job launch: {unknown[0]!r} is not an option of paddle.distributed.launch "
+                        "(`python -m paddle.distributed.launch --help` lists them)")  # fmt: skip
+    if parsed.nproc_per_node is not None and parsed.nproc_per_node < 1:
+        raise UserError(f"job launch: --nproc_per_node {parsed.nproc_per_node} starts no process; give 1 or more")
+    script, rest = parsed.training_script, list(parsed.training_script_args)
+    options = args[: len(args) - len(rest) - 1]
+    log_dir_given = any(arg == "--log_dir" or arg.startswith("--log_dir=") for arg in options)
+    if script in RANK_COMMANDS:
+        return LaunchPlan(options, [script, *rest], log_dir_given=log_dir_given)
+    if Path(script).name == "__main__.py" and Path(script).parent.name == "job":
+        if not rest:
+            raise UserError(f"job launch: {script} needs the job's command after it, e.g. `run --config C`")
+        return LaunchPlan(options, rest, log_dir_given=log_dir_given)
+    if not log_dir_given:  # whose output_dir the script writes to is unknown: never the current folder
+        raise UserError(f"job launch: {script} is not the job's own command; give --log_dir for the ranks' logs")
+    return LaunchPlan(options, None, script, tuple(rest), log_dir_given)
+
+
+def default_log_dir(output_dir: str | None) -> Path:
+    """<output_dir>/launch-logs of the job's config; for an object-store output_dir (no local folder),
+    the reports folder (JOB_REPORTS_DIR, the mounted /app/reports in the images)."""
+    if output_dir and "://" not in output_dir:
+        return Path(output_dir) / LOG_FOLDER
     return Path(os.environ.get("JOB_REPORTS_DIR", "reports")) / LOG_FOLDER
 
 
-def launcher_command(args: list[str]) -> list[str]:
-    """The launcher's command line, with --log_dir added when `args` has none."""
-    given = any(arg == "--log_dir" or arg.startswith("--log_dir=") for arg in args)
-    log_dir = [] if given else ["--log_dir", str(default_log_dir())]
-    return [sys.executable, "-m", "paddle.distributed.launch", *log_dir, *args]
+def entry_point(folder: Path) -> Path:
+    """A rank's entry point: the `job` package run as `python -m job` runs it, with the folder that
+    holds the package (not job/ itself) first on sys.path."""
+    path = folder / ENTRY_NAME
+    path.write_text(
+        "import runpy, sys\n"
+        f"sys.path[0] = {str(PACKAGE_ROOT)!r}\n"
+        "runpy.run_module('job', run_name='__main__', alter_sys=True)\n",
+        encoding="utf-8",
+    )
+    return path
 
 
-def launch(args: list[str]) -> int:
+def _given_log_dir(plan: LaunchPlan) -> Path | None:
+    for index, arg in enumerate(plan.options):
+        if arg.startswith("--log_dir="):
+            return Path(arg.partition("=")[2])
+        if arg == "--log_dir" and index + 1 < len(plan.options):
+            return Path(plan.options[index + 1])
+    return None
+
+
+def launcher_command(plan: LaunchPlan, log_dir: Path, entry: Path | None) -> list[str]:
+    log = [] if plan.log_dir_given else ["--log_dir", str(log_dir)]
+    rank = [str(entry), *(plan.job_args or [])] if plan.job_args is not None else [plan.script, *plan.script_args]
+    return [sys.executable, "-m", "paddle.distributed.launch", *log, *plan.options, *rank]  # type: ignore[list-item]
+
+
+def rank_environment(status: Path, chosen: set[str]) -> dict[str, str]:
+    """The launcher's environment: without the defaults `python -m job` chose for itself (each rank
+    chooses its own share), with the folder the ranks report their exit codes into."""
+    env = {key: value for key, value in os.environ.items() if key not in chosen}
+    env[STATUS_VARIABLE] = str(status)
+    return env
+
+
+def record_rank_exit(code: int, message: str) -> None:
+    """In a rank of `job launch`: leave this rank's exit code and error line for the command to read."""
+    folder = os.environ.get(STATUS_VARIABLE)
+    rank = os.environ.get("PADDLE_TRAINER_ID", "")
+    if not folder or not rank.isdigit():
+        return
+    try:
+        Path(folder, f"rank{rank}.json").write_text(json.dumps({"code": code, "error": message[:500]}), "utf-8")
+    except OSError:
+        pass  # the launcher's own code still reaches the queue
+
+
+def rank_exits(status: Path) -> dict[int, tuple[int, str]]:
+    found = {}
+    for path in sorted(status.glob("rank*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            found[int(path.stem.removeprefix("rank"))] = (int(record["code"]), str(record["error"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def most_telling(launcher_code: int, exits: dict[int, tuple[int, str]]) -> int:
+    """2 (the input or node must change) before 75 (a retry may pass) before any other failure; the
+    launcher's own code when no rank left one."""
+    codes = [code for code, _ in exits.values() if code != 0]
+    for wanted in (UserError.exit_code, 75):
+        if wanted in codes:
+            return wanted
+    if codes:
+        return codes[0]
+    return launcher_code
+
+
+def check_devices() -> None:
+    """On a GPU build, count the GPUs as the launcher does first (context/device.py): a fault there (a
+    driver too old: CUDA error 35) exits 2 with its fix instead of the launcher's traceback."""
+    import paddle
+
+    from job.runtime.device_faults import as_job_error
+
+    if not paddle.is_compiled_with_cuda():
+        return
+    try:
+        paddle.device.cuda.device_count()
+    except (OSError, RuntimeError) as exc:
+        error = as_job_error(exc)
+        if error is None:
+            raise
+        raise error from None
+
+
+def launch(plan: LaunchPlan, log_dir: Path, chosen: set[str]) -> int:
     """Run the launcher, pass SIGTERM/SIGINT on to it, and return the exit code for the queue."""
+    check_devices()
+    log_dir = _given_log_dir(plan) or log_dir
+    log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # backup_env.N.json holds the environment
     received: list[int] = []
-    child = subprocess.Popen(launcher_command(args))
+    with tempfile.TemporaryDirectory(prefix="job-launch-") as scratch:
+        status = Path(scratch)
+        entry = entry_point(status) if plan.job_args is not None else None
+        child = subprocess.Popen(launcher_command(plan, log_dir, entry), env=rank_environment(status, chosen))
 
-    def forward(signum: int, frame: object) -> None:
-        received.append(signum)
-        child.send_signal(signum)
+        def forward(signum: int, frame: object) -> None:
+            received.append(signum)
+            child.send_signal(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, forward)
-    code = child.wait()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, forward)
+        code = child.wait()
+        exits = rank_exits(status)
+    for rank, (rank_code, error) in sorted(exits.items()):
+        if rank_code != 0:
+            print(f"rank {rank} exited {rank_code}: {error}", file=sys.stderr, flush=True)
     if received:
         return 128 + received[0]
-    return code if code >= 0 else 128 - code
+    launcher_code = code if code >= 0 else 128 - code
+    return most_telling(launcher_code, exits) if launcher_code != 0 else 0

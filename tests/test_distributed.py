@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from job.launch import launcher_command
+from job.launch import default_log_dir, entry_point, launcher_command, most_telling, parse_launch
 from job.runtime.cpu import set_cpu_thread_defaults
 from job.runtime.ranks import Ranks, shard_batches, usable_batches
 from job.training.loop import rank_seed
@@ -48,13 +48,92 @@ def test_each_rank_draws_its_own_dropout_masks_and_rank_0_those_of_one_process()
     assert rank_seed(43, Ranks(1, 4)) != seeds[1]
 
 
-def test_the_launcher_logs_into_the_reports_folder_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_launcher_logs_under_the_output_folder_and_each_rank_runs_the_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("JOB_REPORTS_DIR", "/app/reports")
-    command = launcher_command(["--gpus", "0,1", "job/__main__.py", "run"])
-    assert command[1:5] == ["-m", "paddle.distributed.launch", "--log_dir", "/app/reports/launch-logs"]
-    assert command[-4:] == ["--gpus", "0,1", "job/__main__.py", "run"]
-    assert launcher_command(["--log_dir=/x", "job/__main__.py"]).count("--log_dir=/x") == 1
-    assert "/app/reports/launch-logs" not in launcher_command(["--log_dir", "/x", "job/__main__.py"])
+    plan = parse_launch(["--gpus", "0,1", "job/__main__.py", "run", "--config", "c.yaml"])
+    assert plan.options == ["--gpus", "0,1"] and plan.job_args == ["run", "--config", "c.yaml"]
+    assert parse_launch(["--gpus", "0,1", "run", "--config", "c.yaml"]) == plan
+    entry = entry_point(tmp_path)
+    command = launcher_command(plan, default_log_dir("/data/out"), entry)
+    assert command[1:5] == ["-m", "paddle.distributed.launch", "--log_dir", "/data/out/launch-logs"]
+    assert command[5:] == ["--gpus", "0,1", str(entry), "run", "--config", "c.yaml"]
+    assert default_log_dir("s3://bucket/x") == Path("/app/reports/launch-logs")
+    given = parse_launch(["--log_dir=/x", "run"])
+    assert given.log_dir_given and launcher_command(given, Path("unused"), entry).count("--log_dir=/x") == 1
+    assert "unused" not in launcher_command(given, Path("unused"), entry)
+    probe = subprocess.run([sys.executable, str(entry), "--help"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120, check=False, env={**os.environ, "PYTHONPATH": ""})  # fmt: skip
+    assert probe.returncode == 0 and "Usage: python -m job" in probe.stdout, probe.stderr
+    sys_path = subprocess.run(
+        [sys.executable, "-c", f"import runpy, sys; sys.argv = [{str(entry)!r}]; exec(open({str(entry)!r}).read()"
+         ".replace('runpy.run_module', 'print(sys.path[0]) or (lambda *a, **k: None)'))"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert sys_path.stdout.strip() == str(ROOT)  # not ROOT/job: its config, data, results shadow nothing
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [(["--nproc_per_node", "0", "run"], "--nproc_per_node 0 starts no process"),
+     (["--bogus", "1", "run"], "'--bogus' is not an option of paddle.distributed.launch"),
+     (["--gpus", "0", "job/__main__.py"], "needs the job's command after it"),
+     (["--gpus", "0", "train.py"], "train.py is not the job's own command; give --log_dir")],
+    ids=["no-process", "unknown-option", "no-command", "own-script-without-log-dir"],
+)  # fmt: skip
+def test_launcher_options_that_would_train_nothing_exit_2(args: list[str], fragment: str) -> None:
+    from click.testing import CliRunner
+
+    from job.cli import main
+
+    result = CliRunner().invoke(main, ["launch", *args])
+    assert result.exit_code == 2 and fragment in result.output, result.output
+
+
+def test_the_command_returns_the_most_telling_rank_code() -> None:
+    assert most_telling(143, {0: (143, "stopped"), 1: (2, "bad data")}) == 2
+    assert most_telling(247, {0: (1, "nan"), 1: (75, "download")}) == 75
+    assert most_telling(247, {0: (1, "nan")}) == 1
+    assert most_telling(247, {}) == 247
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_rank_that_exits_2_makes_the_launch_exit_2_and_each_rank_takes_its_share_of_threads(
+    write_config, tmp_path: Path, tiny_model: Path
+) -> None:
+    """Two CPU ranks through `python -m job launch`; rank 1's model folder has no tokenizer, so it exits 2
+    after choosing its device while rank 0 waits for it in the first collective. Paddle's launcher stops
+    rank 0 and exits with rank 0's code; the command must exit 2 and name rank 1's error."""
+    import shutil
+
+    broken = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_model, broken)
+    for path in broken.iterdir():
+        if "vocab" in path.name or "tokenizer" in path.name:
+            path.unlink()
+    wrapper = tmp_path / "rank.py"
+    wrapper.write_text(
+        "import os, runpy, sys\n"
+        f"sys.path[0] = {str(ROOT)!r}\n"
+        f"if os.environ['PADDLE_TRAINER_ID'] == '1': sys.argv += ['--set', 'model_name={broken}']\n"
+        "runpy.run_module('job', run_name='__main__', alter_sys=True)\n",
+        encoding="utf-8",
+    )
+    config = write_config(num_epochs=1, max_train_samples=64, strategies=["lora"])
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "job", "launch", "--nproc_per_node", "2", "--log_dir", str(tmp_path / "out" /
+         "launch-logs"), str(wrapper), "run", "--config", str(config)],
+        cwd=ROOT, capture_output=True, text=True, timeout=560, check=False, env=env,
+    )  # fmt: skip
+    logs = tmp_path / "out" / "launch-logs"
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "rank 1 exited 2: model folder" in result.stderr and "has no usable tokenizer files" in result.stderr
+    for rank in (0, 1):
+        assert "cpu (1 threads)" in (logs / f"workerlog.{rank}").read_text(encoding="utf-8")
+    assert oct(logs.stat().st_mode & 0o777) == "0o700"
 
 
 @pytest.mark.slow
@@ -70,7 +149,7 @@ def test_sigterm_to_the_launcher_stops_the_ranks_cleanly_with_exit_143(write_con
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONPATH": str(ROOT), "JOB_REPORTS_DIR": str(reports)},
     )  # fmt: skip
-    log = reports / "launch-logs" / "workerlog.0"
+    log = tmp_path / "out" / "launch-logs" / "workerlog.0"  # under the config's output_dir
     deadline = time.monotonic() + 300
     while not (log.is_file() and "[lora] step 2/" in log.read_text(encoding="utf-8")):
         assert process.poll() is None and time.monotonic() < deadline, "the rank never trained"
@@ -150,3 +229,26 @@ def test_two_processes_end_with_the_weights_of_one_process_over_the_same_global_
     for name in one:
         np.testing.assert_allclose(two[name].numpy(), one[name].numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
     assert losses("two") == pytest.approx(losses("one"), rel=1e-4)
+
+
+def test_a_driver_too_old_stops_the_launch_before_the_launcher_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launcher counts the GPUs first (paddle/distributed/launch/context/device.py) and crashes there
+    with a traceback on a driver too old; the command counts them first and exits 2 with the fix."""
+    import paddle
+    from click.testing import CliRunner
+
+    from job.cli import main
+
+    def insufficient() -> int:
+        raise OSError(
+            "(External) CUDA error(35), CUDA driver version is insufficient for CUDA runtime version. "
+            "[Hint: 'cudaErrorInsufficientDriver'. This indicates that the installed NVIDIA CUDA driver is older "
+            "than the CUDA runtime library.] (at /paddle/paddle/phi/backends/gpu/cuda/cuda_info.cc:67)"
+        )
+
+    monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: True)
+    monkeypatch.setattr(paddle.device.cuda, "device_count", insufficient)
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("the launcher started"))
+    result = CliRunner().invoke(main, ["launch", "--gpus", "0,1", "--log_dir", "/tmp/unused-logs", "run"])
+    assert result.exit_code == 2, result.output
+    assert "CUDA error(35)" in result.output and "install driver >=" in result.output

@@ -57,10 +57,18 @@ def set_cpu_thread_defaults(vendor: str | None = None) -> bool:
     """Use every available core, shared out between the ranks a launch starts here, and MKL's fast
     kernels on AMD, unless the user chose otherwise. Returns whether the job chose OMP_NUM_THREADS."""
     chosen = "OMP_NUM_THREADS" not in os.environ
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cpus() // local_ranks())))
-    if (vendor if vendor is not None else cpu_vendor()) in AMD_VENDORS:
-        os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    if chosen:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, available_cpus() // local_ranks()))
+        CHOSEN.add("OMP_NUM_THREADS")
+    if (vendor if vendor is not None else cpu_vendor()) in AMD_VENDORS and "MKL_DEBUG_CPU_TYPE" not in os.environ:
+        os.environ["MKL_DEBUG_CPU_TYPE"] = "5"
+        CHOSEN.add("MKL_DEBUG_CPU_TYPE")
     return chosen
+
+
+# The variables set_cpu_thread_defaults set itself (not the user): `job launch` leaves them out of the
+# ranks' environment, so each rank chooses its own share of the cores.
+CHOSEN: set[str] = set()
 
 
 # Paddle's import prints these two lines whenever OMP_NUM_THREADS > 1 (a warning meant for
