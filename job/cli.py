@@ -359,7 +359,8 @@ def launch(launcher_args: tuple[str, ...]) -> None:
     0,1 run --config C`); each rank runs `python -m job run ...`. The ranks' logs go to
     <output_dir>/launch-logs unless --log_dir is given. Exit: the most telling rank's code (2, then 75,
     then any other); 143 when stopped by SIGTERM (130 for Ctrl-C), as `job run` does."""
-    from job.launch import default_log_dir, launch as run_launcher, parse_launch
+    from job.launch import default_log_dir, parse_launch
+    from job.launch import launch as run_launcher
     from job.runtime.cpu import CHOSEN
 
     plan = parse_launch(list(launcher_args))

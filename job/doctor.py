@@ -30,7 +30,7 @@ from job.runtime.device import (
     resolve_precision,
     select_device,
 )
-from job.runtime.device_faults import device_fault, driver_floor
+from job.runtime.device_faults import cuda_version, device_fault, driver_floor
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,13 @@ class Check:
     passed: bool
     detail: str
     fix: str = ""
+    warning: bool = False  # passed, with something to know: WARN and its advice
 
     def line(self) -> str:
         fix = f" -> fix: {self.fix}" if self.fix and not self.passed else ""
-        return f"{'PASS' if self.passed else 'FAIL'}  {self.name}: {self.detail}{fix}"
+        advice = f" -> {self.fix}" if self.fix and self.warning else ""
+        status = "FAIL" if not self.passed else "WARN" if self.warning else "PASS"
+        return f"{status}  {self.name}: {self.detail}{fix}{advice}"
 
 
 def paddle_build() -> Check:
@@ -71,10 +74,26 @@ def driver_check(version: str | None) -> Check:
                      "install the NVIDIA driver on the host and run with the NVIDIA container toolkit")  # fmt: skip
     if not re.fullmatch(r"\d+(?:\.\d+)+", floor):  # a CUDA build without a floor in DRIVER_FLOORS
         return Check("driver", True, f"{version} (this build needs {floor})")
-    old = [int(part) for part in version.split(".")] < [int(part) for part in floor.split(".")]
-    if old:
-        return Check("driver", False, f"{version}, older than {floor}", f"install driver >= {floor}")
+    if _numbers(version) < _numbers(floor):
+        cuda = cuda_version()
+        compatible = MINOR_COMPATIBLE.get(cuda.split(".")[0])
+        detail = (f"{version}, older than {floor}, the driver of CUDA {cuda}"
+                  + (f"; CUDA {cuda.split('.')[0]}'s minor-version compatibility runs this build from "
+                     f"{compatible} as long as no newer PTX must be compiled" if compatible else ""))  # fmt: skip
+        return Check("driver", True, detail, f"if a step fails with CUDA error 222 or 35, install driver >= {floor}",
+                     warning=True)  # fmt: skip
     return Check("driver", True, f"{version} (this build needs >= {floor})")
+
+
+# The oldest driver of each CUDA major release that runs any of its minor releases' binaries (NVIDIA's
+# CUDA Compatibility guide, "minor version compatibility"): GKE and Cloud Batch images with R535 run a
+# cu126 build, unless a kernel needs PTX newer than the driver compiles (CUDA error 222).
+MINOR_COMPATIBLE = {"11": "450.80.02", "12": "525.60.13"}
+
+
+def _numbers(version: str) -> list[int]:
+    """A driver version compared part by part as numbers: 550.127.05 is newer than 550.54.14."""
+    return [int(part) for part in version.split(".")]
 
 
 def device_checks(requested: str) -> tuple[list[Check], DeviceChoice | None]:

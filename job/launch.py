@@ -26,6 +26,7 @@ stop and a failed rank reach the job the way a queue expects.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -144,10 +145,8 @@ def record_rank_exit(code: int, message: str) -> None:
     rank = os.environ.get("PADDLE_TRAINER_ID", "")
     if not folder or not rank.isdigit():
         return
-    try:
+    with contextlib.suppress(OSError):  # the launcher's own code still reaches the queue
         Path(folder, f"rank{rank}.json").write_text(json.dumps({"code": code, "error": message[:500]}), "utf-8")
-    except OSError:
-        pass  # the launcher's own code still reaches the queue
 
 
 def rank_exits(status: Path) -> dict[int, tuple[int, str]]:

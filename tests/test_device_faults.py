@@ -162,3 +162,136 @@ def test_predict_on_a_node_without_a_visible_gpu_exits_2(tiny_model: Path, monke
     result = CliRunner().invoke(main, ["predict", "--model", str(tiny_model), "--device", "cpu", "a title"])
     assert result.exit_code == 2, result.output  # not "is not a model this job can load"
     assert "the container sees no GPU" in result.output
+
+
+# ---------------------------------------------------------------- round 2: what a first cloud run would hit
+
+# paddle/phi/backends/gpu/gpu_resources.cc (Paddle 3.1+), at the first GPU context: no CUDA code, no tag.
+UNSUPPORTED_ARCH = "Unsupported GPU architecture"
+# paddle/phi/core/distributed/nccl_tools.h: NCCL_CHECK quotes ncclGetErrorString, with no number.
+QUOTED_NCCL = "(External) Failed, NCCL error /paddle/paddle/phi/core/distributed/nccl_comm_context.cc:49 '{}'\n" + (
+    "  [Hint: Expected ...] (at /paddle/paddle/phi/core/distributed/nccl_comm_context.cc:49)\n"
+)
+# paddle/fluid/memory/allocation/allocator_facade / cuda_allocator.cc: PADDLE_THROW_BAD_ALLOC(ResourceExhausted)
+GPU_OOM = (
+    "(ResourceExhausted) \n\nOut of memory error on GPU 0. Cannot allocate 1.50GB memory on GPU 0, 14.20GB memory has "
+    "been allocated and available memory is only 312.00MB.\n\nPlease check whether there is any other process using "
+    "GPU 0.\n1. If yes, please stop them, or start PaddlePaddle on another GPU.\n2. If no, please decrease the batch "
+    "size of your model.\n (at /paddle/paddle/phi/core/memory/allocation/cuda_allocator.cc:84)\n"
+)
+CUBLAS_ALLOC = (
+    "(External) CUBLAS error(3). \n  [Hint: 'CUBLAS_STATUS_ALLOC_FAILED'.  Resource allocation failed inside the "
+    "cuBLAS library. ] (at /paddle/paddle/phi/kernels/funcs/blas/blas_impl.cu.h:40)\n"
+)
+PTX_TOO_NEW = (
+    "(External) CUDA error(222), the provided PTX was compiled with an unsupported toolchain. \n"
+    "  [Hint: 'cudaErrorUnsupportedPtxVersion'.]" + SOURCE
+)
+FABRIC_MANAGER = (
+    "(External) CUDA error(802), system not yet initialized. \n  [Hint: 'cudaErrorSystemNotReady'.]" + SOURCE
+)
+
+
+@pytest.fixture
+def one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA build that sees one GPU: the GPU path forced on this CPU build."""
+    monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: True)
+    monkeypatch.setattr(paddle.device.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(paddle, "set_device", lambda name: None)
+
+
+def test_an_architecture_the_wheel_lacks_exits_2_at_device_selection_before_anything_loads(
+    write_config, one_gpu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paddle 3.1+ raises it at the first tensor; the job makes one right after set_device."""
+    from paddlenlp.transformers import AutoModelForSequenceClassification
+
+    monkeypatch.setattr(paddle, "ones", raising(UNSUPPORTED_ARCH, RuntimeError))
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", lambda *a, **k: pytest.fail("loaded"))
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config(device="gpu"))])
+    assert result.exit_code == 2 and result.exc_info[0] is SystemExit, result.output
+    assert "GPU fault: Unsupported GPU architecture; this Paddle build has no kernels for this GPU's architecture" in (
+        result.output
+    )
+    assert "stable/cu129/" in result.output
+
+
+def test_an_architecture_the_wheel_lacks_is_a_fault_at_load(write_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    from paddlenlp.transformers import AutoModelForSequenceClassification
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", raising(UNSUPPORTED_ARCH, RuntimeError))
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config())])
+    assert result.exit_code == 2, result.output  # not "weights cannot be read, truncated or corrupt?"
+    assert "Unsupported GPU architecture" in result.output and "cu129" in result.output
+    assert "corrupt" not in result.output
+
+
+def test_an_architecture_the_wheel_lacks_fails_the_doctors_device_check_with_the_fix(
+    tmp_path: Path, one_gpu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(paddle, "ones", raising(UNSUPPORTED_ARCH, RuntimeError))
+    doctor = CliRunner().invoke(main, ["doctor", "--device", "gpu", "--output-dir", str(tmp_path / "d")])
+    assert "FAIL  devices: GPU fault: Unsupported GPU architecture; this Paddle build has no kernels" in doctor.output
+    assert "report this" not in doctor.output
+
+
+@pytest.mark.parametrize(
+    ("quoted", "code"),
+    [("unhandled system error (run with NCCL_DEBUG=INFO for details)", 2),
+     ("internal error - please report this issue to the NCCL developers", 2),
+     ("invalid argument (run with NCCL_DEBUG=WARN for details)", 2),
+     ("invalid usage (run with NCCL_DEBUG=WARN for details)", 2),
+     ("remote process exited or there was a network error", 75),
+     ("unhandled cuda error (run with NCCL_DEBUG=INFO for details)", 75)],
+    ids=["system", "internal", "invalid-argument", "invalid-usage", "remote", "cuda"],
+)  # fmt: skip
+def test_a_collective_fault_quoted_without_a_number_exits_by_what_it_says(
+    write_config, monkeypatch: pytest.MonkeyPatch, quoted: str, code: int
+) -> None:
+    monkeypatch.setattr(paddle.optimizer.AdamW, "step", raising(QUOTED_NCCL.format(quoted)))
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config(strategies=["lora"]))])
+    assert result.exit_code == code, result.output
+    assert f"Failed, NCCL error /paddle/paddle/phi/core/distributed/nccl_comm_context.cc:49 '{quoted}'" in result.output
+    assert ("shared memory" in result.output) == (code == 2)
+
+
+def test_out_of_memory_outside_training_exits_2_keeping_paddles_line(
+    write_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from paddlenlp.transformers import AutoModelForSequenceClassification
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", raising(GPU_OOM, MemoryError))
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config())])
+    assert result.exit_code == 2 and result.exc_info[0] is SystemExit, result.output
+    assert "ran out of memory (Out of memory error on GPU 0. Cannot allocate 1.50GB memory on GPU 0" in result.output
+    assert "another process may hold the device's memory" in result.output
+
+
+def test_out_of_memory_in_a_step_keeps_paddles_line_and_names_the_batch_size(
+    write_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(paddle.optimizer.AdamW, "step", raising(GPU_OOM, MemoryError))
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config(strategies=["lora"]))])
+    assert result.exit_code == 2, result.output
+    assert "[lora] training at batch size 16 ran out of memory (Out of memory error on GPU 0. Cannot allocate" in (
+        result.output
+    )
+    assert "try --set lora_batch_size=8" in result.output
+
+
+@pytest.mark.parametrize(
+    ("message", "fragment"),
+    [(CUBLAS_ALLOC, "another process may hold the device's memory"),
+     (PTX_TOO_NEW, "too old to compile this image's PTX"),
+     (FABRIC_MANAGER, "nvidia-fabricmanager is not running"),
+     ("(External) CUDA error(2), out of memory. \n  [Hint: 'cudaErrorMemoryAllocation'.]" + SOURCE,
+      "lower batch_size")],
+    ids=["cublas-alloc", "ptx-222", "fabric-802", "cuda-2"],
+)  # fmt: skip
+def test_faults_permanent_for_the_node_exit_2_with_their_fix(
+    write_config, monkeypatch: pytest.MonkeyPatch, message: str, fragment: str
+) -> None:
+    monkeypatch.setattr(paddle.optimizer.AdamW, "step", raising(message))
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config(strategies=["lora"]))])
+    assert result.exit_code == 2, result.output  # was 75: retried for ever on the same node
+    assert fragment in result.output

@@ -50,6 +50,21 @@ def gpu_available() -> GpuCheck:
     return GpuCheck(True, f"{count} GPU(s) visible")
 
 
+def build_context() -> None:
+    """One tiny op on the device just selected, so that every fault of building the GPU context (since
+    Paddle 3.1 an architecture the wheel lacks raises here, at the first tensor, not at set_device)
+    surfaces now, with its fix, and never later as a failed model load or a traceback at the first step."""
+    import paddle
+
+    try:
+        paddle.ones([1]).sum().item()
+    except (OSError, RuntimeError) as exc:
+        fault = device_fault(exc)
+        if fault is None:
+            raise
+        raise fault.error() from None
+
+
 def select_device(requested: str) -> DeviceChoice:
     """Pick and activate the device. `gpu` without a usable GPU is an error (exit 2). A GPU build whose
     driver fails when asked stops `gpu` and `auto` alike with the fault's own exit code and fix: no
@@ -67,6 +82,7 @@ def select_device(requested: str) -> DeviceChoice:
         # Under paddle.distributed.launch each process is given its own GPU (FLAGS_selected_gpus).
         index = int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0] or 0)  # noqa: SIM112 - Paddle's name
         paddle.set_device(f"gpu:{index}")
+        build_context()
         name = paddle.device.cuda.get_device_name(index)
         major, minor = paddle.device.cuda.get_device_capability(index)
         description = f"gpu:{index} ({name}, compute capability {major}.{minor})"

@@ -42,6 +42,25 @@ PERMANENT_CUDA = {
     803: "the node's NVIDIA kernel module and driver libraries are of different versions (a driver update "
     "without a reboot?): reboot the node or reinstall the driver",
     804: "this GPU cannot use CUDA forward compatibility: install a driver >= {floor} for CUDA {cuda}",
+    222: "the NVIDIA driver on this node is too old to compile this image's PTX (CUDA {cuda}): install driver >= "
+    "{floor}, or build the image for an older CUDA with --build-arg PADDLE_INDEX_URL="
+    + PADDLE_INDEX.format(build="cu118"),
+    802: "the GPUs of this NVSwitch node are not ready: nvidia-fabricmanager is not running (`systemctl start "
+    "nvidia-fabricmanager`, its version the driver's; on a cloud image, one that ships it)",
+}
+# cudaGetErrorString's text for the codes above: Paddle's collectives check CUDA calls with CUDA_CHECK
+# (paddle/phi/core/distributed/nccl_tools.h), which quotes this text with no number.
+CUDA_TEXTS = {
+    "CUDA driver is a stub library": 34,
+    "CUDA driver version is insufficient for CUDA runtime version": 35,
+    "no CUDA-capable device is detected": 100,
+    "invalid device ordinal": 101,
+    "no kernel image is available for execution on the device": 209,
+    "the provided PTX was compiled with an unsupported toolchain": 222,
+    "system not yet initialized": 802,
+    "system has unsupported display driver / cuda driver combination": 803,
+    "forward compatibility was attempted on non supported HW": 804,
+    "out of memory": 2,
 }
 NCCL_FIX = (
     "NCCL could not set up communication between the GPUs: give the container shared memory "
@@ -66,6 +85,19 @@ PAGE_OUT = re.compile(r"Out of memory error on (?:GPU|XPU|device) \d+\.[^\n]*")
 
 CUDA_ERROR = re.compile(r"CUDA error\((\d+)\)")
 NCCL_ERROR = re.compile(r"NCCL error\((\d+)\)")
+# NCCL_CHECK and CUDA_CHECK of paddle/phi/core/distributed/nccl_tools.h (comm init, all-reduce,
+# broadcast): `Failed, NCCL error <file>:<line> '<ncclGetErrorString>'`, no number.
+QUOTED_NCCL = re.compile(r"Failed, NCCL error [^']*'([^']*)'")
+QUOTED_CUDA = re.compile(r"Failed, cuda error [^']*'([^']*)'")
+# ncclGetErrorString's text of the results a retry may pass: a CUDA fault inside NCCL (1), and a peer
+# that failed or a network that dropped (6). System, internal, invalid-argument and invalid-usage
+# errors come back on every retry of the same set-up.
+NCCL_TRANSIENT_TEXTS = ("unhandled cuda error", "remote process exited or there was a network error")
+# Since Paddle 3.1, a GPU whose architecture the wheel has no kernels for (Blackwell on a cu126 wheel)
+# fails as the first GPU context is built, with this RuntimeError, no CUDA code and no (External) tag
+# (paddle/phi/backends/gpu/gpu_resources.cc; its stderr says "Mismatched GPU Architecture: The installed
+# PaddlePaddle package was compiled for ... but your current GPU is 120").
+ARCH_TEXTS = ("Unsupported GPU architecture", "Mismatched GPU Architecture")
 # ncclUnhandledCudaError (1) carries a CUDA fault of its own; ncclRemoteError (6) is a peer that failed
 # or went away. System, internal and usage errors (2-5) come back on every retry of the same set-up.
 NCCL_TRANSIENT = (1, 6)
@@ -92,18 +124,26 @@ def device_fault(exc: BaseException) -> DeviceFault | None:
         return None
     text = str(exc)
     cuda, nccl, library = CUDA_ERROR.search(text), NCCL_ERROR.search(text), LIBRARY_MISSING.search(text)
-    if not (cuda or nccl or library or "(External)" in text or "ExternalError" in text):
+    arch = any(marker in text for marker in ARCH_TEXTS)
+    if not (cuda or nccl or library or arch or "(External)" in text or "ExternalError" in text):
         return None
     detail = _summary(text)
     if library:
         return DeviceFault(detail, LIBRARY_FIX)
-    if any(name in text for name in ALLOCATION_FAILED) or (cuda and int(cuda.group(1)) == 2):
+    if arch:
+        return DeviceFault(detail, ARCH_FIX)
+    quoted_cuda, quoted_nccl = QUOTED_CUDA.search(text), QUOTED_NCCL.search(text)
+    code = int(cuda.group(1)) if cuda else _cuda_code(quoted_cuda.group(1)) if quoted_cuda else None
+    if any(name in text for name in ALLOCATION_FAILED) or code == 2:
         return DeviceFault(detail, OUT_OF_MEMORY_FIX)
-    if cuda:
-        fix = PERMANENT_CUDA.get(int(cuda.group(1)))
-        return DeviceFault(detail, fix.format(cuda=_cuda_version(), floor=driver_floor()) if fix else None)
+    if code is not None:
+        fix = PERMANENT_CUDA.get(code)
+        return DeviceFault(detail, fix.format(cuda=cuda_version(), floor=driver_floor()) if fix else None)
     if nccl:
         return DeviceFault(detail, None if int(nccl.group(1)) in NCCL_TRANSIENT else NCCL_FIX)
+    if quoted_nccl:
+        transient = quoted_nccl.group(1).lower().startswith(NCCL_TRANSIENT_TEXTS)
+        return DeviceFault(detail, None if transient else NCCL_FIX)
     if "ARCH_MISMATCH" in text:  # cuBLAS / cuDNN: no kernel for this architecture
         return DeviceFault(detail, ARCH_FIX)
     return DeviceFault(detail, None)
@@ -132,16 +172,22 @@ def raise_if_device_fault(exc: BaseException) -> None:
         raise error from None
 
 
+def _cuda_code(text: str) -> int | None:
+    """The CUDA error code of cudaGetErrorString's `text`, for the codes the job acts on."""
+    return next((code for known, code in CUDA_TEXTS.items() if text.strip().rstrip(".") == known), None)
+
+
 def _summary(text: str) -> str:
     """The line that says what failed: Paddle's summary line when it printed a C++ traceback first,
     without the `(at file:line)` of its source and the hint's long prose."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    wanted = next((line for line in lines if "error(" in line or line.startswith("(")), lines[0] if lines else text)
+    wanted = next((line for line in lines if "error(" in line or "Failed, " in line or line.startswith("(")),
+                  lines[0] if lines else text)  # fmt: skip
     wanted = re.sub(r"\s*\(at [^)]*\)\s*$", "", wanted)
     return wanted[:300]
 
 
-def _cuda_version() -> str:
+def cuda_version() -> str:
     """The CUDA version this Paddle was built with ("12.6"), or the image's default when unknown."""
     try:
         import paddle
@@ -154,5 +200,5 @@ def _cuda_version() -> str:
 
 def driver_floor(cuda: str | None = None) -> str:
     """The oldest driver for CUDA `cuda` (default: this Paddle build's), e.g. "550.54.14"."""
-    cuda = cuda or _cuda_version()
+    cuda = cuda or cuda_version()
     return DRIVER_FLOORS.get(cuda, f"the one NVIDIA's CUDA {cuda} release notes give")
