@@ -104,7 +104,7 @@ check-gpu-runtime:
 GPUS ?=
 run-gpu: check-gpu-runtime reports-dir ## run the job in the GPU container (--device gpu); GPUS=0,1 for data-parallel
 	@$(call compose_run,-e JOB_CONFIG=$(CONFIG) gpu-job \
-	  $(if $(GPUS),launch --gpus $(GPUS) /app/job/__main__.py run,run) --device gpu)
+	  $(if $(GPUS),launch --gpus $(GPUS) run,run) --device gpu)
 
 test-docker: venv ## lint, build both images, run the job in them on a tiny model, check the report
 	PY=$(PY) bash tests/docker/smoke.sh

@@ -84,12 +84,18 @@ def copy_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
     """The training device's memory bandwidth: bytes read plus written per second. On CPU the best of a
     NumPy copy (one thread) and an in-place Paddle scale with the job's threads over a large fp32 array
     (measured here: 23 and 17 GB/s; AdamW reached about the first); on a GPU the in-place scale alone, on
-    the device (host memory is not what AdamW reads there)."""
+    the device (host memory is not what AdamW reads there), timed between two device syncs: reading an
+    element back to the host would time the copy and its launch too."""
     import numpy as np
     import paddle
 
     tensor = paddle.ones([megabytes << 18])
-    copies = [lambda: float(tensor.scale_(1.0)[0])]  # the read waits for the scale, on any device
+
+    def scale() -> None:
+        tensor.scale_(1.0)
+        synchronize()  # the scale has run (a CPU op has when it returns)
+
+    copies = [scale]
     if not on_gpu():
         source = np.ones(megabytes << 18, dtype=np.float32)
         target = np.empty_like(source)
@@ -99,6 +105,7 @@ def copy_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
         for copy in copies:
             copy()  # warm-up: every page touched
             for _ in range(repeats):
+                synchronize()
                 started = time.perf_counter()
                 copy()
                 best = min(best, time.perf_counter() - started)
@@ -138,10 +145,18 @@ def matmul_peak_gflops(sizes: tuple[int, ...] = CPU_PEAK_SIZES, seconds: float =
         for a, b in operands:
             synchronize()
             started = time.perf_counter()
-            float(paddle.matmul(a, b)[0, 0])  # the read waits for the product
+            paddle.matmul(a, b)
+            synchronize()  # the product has run; no host read in the timing
             best = max(best, 2 * a.shape[0] ** 3 / (time.perf_counter() - started) / 1e9)
         if time.perf_counter() >= deadline:
             return best
+
+
+def measure_peaks(sizes: tuple[int, ...], dtype: str) -> tuple[float, float]:
+    """Training's matmul peak (in its dtype) and evaluation's: evaluation runs in fp32 whatever training's
+    precision, so on a bf16 or fp16 GPU its share is of the fp32 peak (against bf16's it always missed)."""
+    peak = matmul_peak_gflops(sizes, dtype=dtype)
+    return peak, peak if dtype == "float32" else matmul_peak_gflops(sizes, dtype="float32")
 
 
 def bench_model(config: JobConfig) -> tuple[LoadedModel, str]:
@@ -349,6 +364,7 @@ class BenchReport(BenchRecord):
     eval_batch_size: int
     matmul_peak_gflops: float
     matmul_peak_dtype: str
+    eval_matmul_peak_gflops: float  # fp32: evaluation's own peak (the training peak on CPU and in fp32)
     tf32: bool | None
     copy_bandwidth_gbs: float
     runs: list[RunBench]
@@ -370,7 +386,7 @@ class Timing:
 
 
 def bench_strategy(run: Run, rows: list[Encoded], config: JobConfig, *, steps: int, warmup: int, peak: float,
-                   bandwidth: float, with_eval: bool) -> RunBench:  # fmt: skip
+                   eval_peak: float, bandwidth: float, with_eval: bool) -> RunBench:  # fmt: skip
     """Training speed of `run` (and, with `with_eval`, evaluation speed) against this machine's floors."""
     loaded, _ = bench_model(config)
     model = run.strategy.prepare(loaded, run)
@@ -396,7 +412,7 @@ def bench_strategy(run: Run, rows: list[Encoded], config: JobConfig, *, steps: i
         evaluation = {
             "eval_samples_per_second": figures(eval_rate),
             "eval_achieved_gflops": figures(eval_work / eval_seconds / 1e9),
-            "eval_fraction_of_matmul_peak": figures(eval_work / eval_seconds / 1e9 / peak),
+            "eval_fraction_of_matmul_peak": figures(eval_work / eval_seconds / 1e9 / eval_peak),
             "eval_vs_train_throughput": figures(eval_rate / (batch / median)),
         }  # fmt: skip
     return RunBench(
@@ -468,7 +484,7 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
     eval_batch_size = resolve_eval_batch_size(config.eval_batch_size, device)
     gpu = device.name == "gpu"
     sizes, dtype = peak_setup(precision, gpu)
-    peak = matmul_peak_gflops(sizes, dtype=dtype)
+    peak, eval_peak = measure_peaks(sizes, dtype)
     bandwidth = copy_bandwidth_gbs()
     tokenizer = bench_tokenizer(config)
     titles, source = bench_titles(config)
@@ -491,6 +507,7 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
             steps=steps,
             warmup=warmup,
             peak=peak,
+            eval_peak=eval_peak,
             bandwidth=bandwidth,
             with_eval=window == WINDOWS[0],
         )
@@ -506,7 +523,7 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
         device=device.description, threads=os.environ.get("OMP_NUM_THREADS"), model=model_source,
         data=f"{source}, first {len(rows)} training titles", batch_size=config.batch_size,
         max_seq_length=config.max_seq_length, precision=precision, eval_batch_size=eval_batch_size,
-        matmul_peak_gflops=figures(peak), matmul_peak_dtype=dtype,
+        matmul_peak_gflops=figures(peak), matmul_peak_dtype=dtype, eval_matmul_peak_gflops=figures(eval_peak),
         tf32=tf32_matmuls() if gpu and dtype == "float32" else None,
         copy_bandwidth_gbs=figures(bandwidth), runs=results, targets=targets(results), end_to_end_seconds=end_to_end,
     )  # fmt: skip

@@ -107,7 +107,9 @@ def test_every_manifest_warms_the_shared_cache_with_prefetch() -> None:
     pod = job["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
     assert init["args"] == ["prefetch"] and init["image"] == pod["containers"][0]["image"]
-    assert init["env"] == pod["containers"][0]["env"]
+    # The download needs no GPU: where nvidia is containerd's default runtime it would see every one.
+    assert init["env"] == [*pod["containers"][0]["env"], {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}]
+    assert "NVIDIA_VISIBLE_DEVICES" not in {item["name"] for item in pod["containers"][0]["env"]}
     assert {m["mountPath"] for m in init["volumeMounts"]} == {
         m["mountPath"] for m in pod["containers"][0]["volumeMounts"]
     }
@@ -239,6 +241,11 @@ def test_gcp_job_parses_as_a_cloud_batch_job_with_the_expected_tasks(tmp_path: P
     group = job.task_groups[0]
     runs = planned_count(Path(gcp()["config"]).name)
     assert (group.task_count, group.parallelism) == (runs, runs)
+    # Batch may start a GPU task's container without the image's ENTRYPOINT (nextflow-io/nextflow#7315):
+    # each runnable names it, as the GPU image's Dockerfile does.
+    dockerfile = (ROOT / "Dockerfile.gpu").read_text(encoding="utf-8")
+    for runnable in group.task_spec.runnables:
+        assert f'ENTRYPOINT ["{runnable.container.entrypoint}"]' in dockerfile
     commands = [list(runnable.container.commands) for runnable in group.task_spec.runnables]
     assert commands == [
         ["prefetch"],
