@@ -5,7 +5,6 @@ model, device, a GPU node or image that must change), 75 retryable (download, I/
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import os
@@ -26,9 +25,9 @@ from job.config.schema import (
 )
 from job.data.cache import check_cache_home
 from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError
+from job.exit_codes import failure
 from job.launch import record_rank_exit
 from job.predict import load_saved_model, predictions, read_inputs
-from job.runtime.device_faults import as_job_error, out_of_memory
 from job.training.strategies import STRATEGY_NAMES
 
 CONFIG_OPTION = click.option(
@@ -71,18 +70,6 @@ def run_for_task(runs: list[str], environ: dict[str, str]) -> str:
     return runs[int(raw)]
 
 
-# Permissions and read-only mounts stay so on a retry: exit 2. A full disk or a vanished mount may not.
-# ELOOP: a planted link; ENAMETOOLONG: a path the file system can never hold.
-PERMANENT_IO_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP, errno.ENAMETOOLONG)
-
-
-def io_failure(exc: OSError, where: Path | str) -> tuple[Exception, int]:
-    """An OSError as the job's own error: UserError (2) when a retry cannot help, else RetryableError (75)."""
-    if exc.errno in PERMANENT_IO_ERRORS:
-        return UserError(f"cannot write to {where}: {exc.strerror}"), UserError.exit_code
-    return RetryableError(f"I/O error: {exc}"), RetryableError.exit_code
-
-
 def fail(exc: Exception, code: int) -> None:
     click.echo(f"error: {exc}", err=True)
     record_rank_exit(code, str(exc))  # under `job launch`: the command returns the most telling rank's code
@@ -90,29 +77,22 @@ def fail(exc: Exception, code: int) -> None:
 
 
 def exit_codes(io_where: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Every command's failures as the exit codes of the module docstring, in one place. A GPU, driver
-    or NCCL fault (Paddle raises them as OSError) is told apart from a real I/O error first
-    (job.runtime.device_faults); an OSError left is I/O on `io_where` (formatted with the command's options)."""
+    """Every command's failures as the exit codes of the module docstring (job.exit_codes.failure); an
+    OSError that is no device fault is I/O on `io_where` (formatted with the command's options)."""
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(command)
         def guarded(*args: Any, **kwargs: Any) -> None:
             try:
                 command(*args, **kwargs)
-            except Interrupted as exc:
-                click.echo("stopping: finished runs' results are kept; rerun to complete", err=True)
-                fail(exc, exc.exit_code)
-            except (UserError, RetryableError, TrainingDiverged) as exc:
-                fail(exc, exc.exit_code)
-            except MemoryError as exc:  # loading, saving, predict, doctor: wherever it happens
-                fail(out_of_memory(exc), UserError.exit_code)
-            except (OSError, RuntimeError) as exc:
-                fault = as_job_error(exc)
-                if fault is not None:
-                    fail(fault, fault.exit_code)
-                if not isinstance(exc, OSError):
+            except (Interrupted, UserError, RetryableError, TrainingDiverged, MemoryError, OSError,
+                    RuntimeError) as exc:  # fmt: skip
+                mapped = failure(exc, io_where.format(**kwargs))
+                if mapped is None:
                     raise
-                fail(*io_failure(exc, exc.filename or io_where.format(**kwargs)))
+                if isinstance(exc, Interrupted):
+                    click.echo("stopping: finished runs' results are kept; rerun to complete", err=True)
+                fail(*mapped)
 
         return guarded
 

@@ -39,6 +39,7 @@ from io import StringIO
 from pathlib import Path
 
 from job.errors import UserError
+from job.exit_codes import most_telling
 
 LOG_FOLDER = "launch-logs"
 STATUS_VARIABLE = "JOB_RANK_STATUS_DIR"  # where each rank leaves its exit code and error line
@@ -160,18 +161,6 @@ def rank_exits(status: Path) -> dict[int, tuple[int, str]]:
     return found
 
 
-def most_telling(launcher_code: int, exits: dict[int, tuple[int, str]]) -> int:
-    """2 (the input or node must change) before 75 (a retry may pass) before any other failure; the
-    launcher's own code when no rank left one."""
-    codes = [code for code, _ in exits.values() if code != 0]
-    for wanted in (UserError.exit_code, 75):
-        if wanted in codes:
-            return wanted
-    if codes:
-        return codes[0]
-    return launcher_code
-
-
 def check_devices() -> None:
     """On a GPU build, count the GPUs as the launcher does first (context/device.py): a fault there (a
     driver too old: CUDA error 35) exits 2 with its fix instead of the launcher's traceback."""
@@ -215,4 +204,6 @@ def launch(plan: LaunchPlan, log_dir: Path, chosen: set[str]) -> int:
     if received:
         return 128 + received[0]
     launcher_code = code if code >= 0 else 128 - code
-    return most_telling(launcher_code, exits) if launcher_code != 0 else 0
+    if launcher_code == 0:
+        return 0
+    return most_telling(code for code, _ in exits.values()) or launcher_code  # no rank left a code: the launcher's

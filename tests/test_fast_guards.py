@@ -69,7 +69,7 @@ def test_job_launch_passes_sigterm_on_to_its_child_and_ends_with_143(
 
     ready, got = tmp_path / "ready", tmp_path / "got"
     monkeypatch.setattr(
-        job.launch, "launcher_command", lambda args: [sys.executable, "-c", CHILD, str(ready), str(got)]
+        job.launch, "launcher_command", lambda *args: [sys.executable, "-c", CHILD, str(ready), str(got)]
     )
     saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
 
@@ -82,7 +82,7 @@ def test_job_launch_passes_sigterm_on_to_its_child_and_ends_with_143(
     sender = threading.Thread(target=signal_when_ready, daemon=True)
     sender.start()
     try:
-        code = job.launch.launch(["job/__main__.py", "run"])
+        code = job.launch.launch(job.launch.parse_launch(["job/__main__.py", "run"]), tmp_path / "logs", set())
     finally:
         for signum, handler in saved.items():
             signal.signal(signum, handler)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from job.cli import io_failure, main
+from job.cli import main
 from job.config.plan import plan_runs
 from job.config.schema import load_config
+from job.exit_codes import io_failure
 
 
 def test_rates_that_agree_to_six_digits_keep_their_own_runs_records_and_scores(write_config, tmp_path: Path) -> None:
