@@ -130,10 +130,14 @@ def main() -> None:
     help=f"Array task: train run i of `job plan`, i from {', '.join(INDEX_VARIABLES)}.",
 )  # fmt: skip
 @click.option("--force", is_flag=True, help="Retrain strategies whose result for this config already exists.")
+@click.option("--workers", type=str, default=None, envvar="JOB_WORKERS", show_envvar=True,
+              help="Override config key 'workers': N processes train the pending runs side by side (one per GPU, "
+                   "or a share of the cores each); auto: one per visible GPU.")  # fmt: skip
+@click.option("--serve-runs", is_flag=True, hidden=True, help="Be a worker of `--workers`: train the keys on stdin.")
 @exit_codes("the output folder")  # disk full, a vanished mount: worth a retry, never a traceback
 def run(
     config_path: Path | None, overrides: tuple[str, ...], device: str | None, output_dir: str | None,
-    strategies: tuple[str, ...], run_from_index: bool, force: bool,
+    strategies: tuple[str, ...], run_from_index: bool, force: bool, workers: str | None, serve_runs: bool,
 ) -> None:  # fmt: skip
     """Train every planned run (`job plan`), then write the report and results.json to output_dir.
 
@@ -145,16 +149,41 @@ def run(
     stop = StopRequest()
     stop.install()
     check_cache_home()
+    chosen_workers = int(workers) if workers is not None and workers.isdigit() else workers  # "auto", or refused
     config = resolve_config(
-        config_path, overrides, device=device, output_dir=output_dir, strategies=list(strategies) or None
-    )
+        config_path, overrides, device=device, output_dir=output_dir, strategies=list(strategies) or None,
+        workers=chosen_workers,
+    )  # fmt: skip
     from job.config.plan import plan_runs
     from job.pipeline import run_job
 
+    if serve_runs:
+        from job.workers import serve
+
+        serve(config, stop)
+        return
     keys = None
     if run_from_index:
         keys = [run_for_task([run.key for run in plan_runs(config)], os.environ)]
-    report = run_job(config, stop, force=force, keys=keys)
+    count = 1
+    if keys is None and config.workers != 1:
+        from job.workers import worker_count
+
+        count = worker_count(config.workers, config.device)
+    if count > 1:
+        from job.workers import RunsFailed, run_parallel
+
+        command = [sys.executable, "-m", "job", "run", *(["--config", str(config_path)] if config_path else []),
+                   *(arg for item in overrides for arg in ("--set", item)),
+                   *(["--device", device] if device else []), *(["--output-dir", output_dir] if output_dir else []),
+                   *(arg for name in strategies for arg in ("--strategy", name)),
+                   "--workers", "1", "--serve-runs"]  # fmt: skip
+        try:
+            report = run_parallel(config=config, stop=stop, force=force, count=count, command=command)
+        except RunsFailed as exc:
+            fail(exc, exc.exit_code)
+    else:
+        report = run_job(config, stop, force=force, keys=keys)
     if report is None:  # a data-parallel rank other than 0, or runs still missing on object storage
         return
     click.echo(f"report: {report}")

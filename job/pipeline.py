@@ -68,6 +68,8 @@ from job.training.model import (
 from job.training.strategies import check_targets_match
 from job.training.update_rank import trained_weights, update_ranks
 
+WORKER_VARIABLE = "JOB_WORKER"  # set by `job run --workers` in each worker: its name and device
+
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -291,6 +293,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
     config, stop, ranks, pad_id = session.config, session.stop, session.ranks, session.pad_id
     rows = session.rows_for(run)
     encoded = rows.encoded
+    started = now()
     memory_start = start_memory_meter()  # the run's own weights, gradients, optimizer state and activations
     loaded = load_model(config.model_name, len(session.labels))
     stop.checkpoint()
@@ -387,7 +390,9 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         update_rank=ranks,
         reinitialised_parameters=loaded.reinitialised,
         artifacts=artifacts,
+        started_at=started,
         finished_at=now(),
+        worker=os.environ.get(WORKER_VARIABLE, ""),
     )
 
 

@@ -59,7 +59,17 @@ LORA_OPTION_KEYS = ("lora_targets", "lora_rslora", "lora_plus_ratio", "lora_piss
 # Keys that do not change any strategy's numbers (where results go, which strategies run, how
 # often to log): they are left out of the config hash, so results of split runs can be merged.
 NOT_HASHED_KEYS = frozenset(
-    {"output_dir", "report_file", "save_artifacts", "device", "logging_steps", "strategies", "visualdl", "margin"}
+    {
+        "output_dir",
+        "report_file",
+        "save_artifacts",
+        "device",
+        "logging_steps",
+        "strategies",
+        "visualdl",
+        "margin",
+        "workers",
+    }
 )
 
 
@@ -130,6 +140,13 @@ class CommonConfig(BaseModel):
 
     # --- what a real run needs ---
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto: GPU when Paddle sees one, else CPU")
+    workers: PositiveInt | Literal["auto"] = Field(
+        1,
+        description="processes that train the plan's pending runs side by side on this machine, each taking the "
+        "next run when it finishes one: on a GPU node each pinned to one GPU, on CPU each given its share of the "
+        "cores; auto: one per visible GPU (1 on CPU). Same records as one process; for many small runs (one "
+        "large run: data parallelism, `job launch`)",
+    )
     dataset: Literal[DATASET_NAMES] = Field(  # type: ignore[valid-type]
         DEFAULT_DATASET,
         description="the task: a CLUE classification task by name (tnews, iflytek, afqmc, ocnli, cmnli; "

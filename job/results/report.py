@@ -382,7 +382,32 @@ def efficiency_table(rows: Sequence[HeadlineRow], runs: Sequence[RunResult]) -> 
         "above what was allocated when it began, the same whatever ran before it. Checkpoint size: the trained "
         "weights a strategy must store beyond the base model (fp32)."
     )
-    return _table("Efficiency", EFFICIENCY_COLUMNS, lines) + "\n\n" + note
+    return _table("Efficiency", EFFICIENCY_COLUMNS, lines) + "\n\n" + note + plan_time(runs)
+
+
+def plan_time(runs: Sequence[RunResult]) -> str:
+    """The plan's wall time (first run's start to last run's finish) beside the sum of its runs' training
+    times, and the workers that trained them: what `job run --workers` bought."""
+    import datetime as dt
+
+    timed = [run for run in runs if run.started_at and run.finished_at]
+    if len(timed) < 2:
+        return ""
+    start = min(dt.datetime.fromisoformat(run.started_at) for run in timed)
+    end = max(dt.datetime.fromisoformat(run.finished_at) for run in timed)
+    wall = (end - start).total_seconds()
+    training = sum(run.training_seconds for run in timed)
+    workers = sorted({run.worker for run in timed if run.worker})
+    who = f"{len(workers)} workers ({'; '.join(workers)})" if workers else "one process"
+    return (
+        f"\n\nPlan time: the {len(timed)} runs took {_seconds(wall)} of wall time from the first one's start to the "
+        f"last one's finish, for {_seconds(training)} of training summed over them, trained by {who}"
+        + " (wall time also counts loading, evaluation and saving, and any pause between resumed commands)."
+    )
+
+
+def _seconds(value: float) -> str:
+    return f"{value:,.0f} s" if value < 600 else f"{value / 60:,.1f} min"
 
 
 def per_class_table(rows: Sequence[HeadlineRow], labels: Labels) -> str:

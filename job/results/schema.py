@@ -82,7 +82,9 @@ class RunResult(Record):
     update_rank: dict[str, list[int]] = Field(default_factory=dict)
     reinitialised_parameters: list[str]
     artifacts: list[str]
+    started_at: str = ""  # when the run's model began loading (older records: unknown)
     finished_at: str
+    worker: str = ""  # the worker of `job run --workers` that trained it ("w1 gpu:1"); "" for one process
 
 
 # ---------------------------------------------------------------- what every run of a process shares

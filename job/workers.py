@@ -1,0 +1,339 @@
+"""`job run --workers N` (config key `workers`): the plan's pending runs trained side by side by N worker
+processes on one machine, with the same records as one process.
+
+- **Devices.** On a GPU node each worker sees one GPU (CUDA_VISIBLE_DEVICES; round robin when there are
+  more workers than GPUs). On CPU each worker is given its share of the cores: OMP_NUM_THREADS and, where
+  the cores go round, a CPU affinity of its own; no worker takes every core. `auto` is one worker per
+  visible GPU, 1 on CPU.
+- **Balance.** A worker sets up once (data, tokenizer, device), then takes the next pending run, in plan
+  order, each time it finishes one: long and short runs balance without a schedule.
+- **Failures.** A failed run does not stop the others. The command's exit code is the most telling of the
+  failed runs' (2, then 75, then any other), and the log names each failed run with its error line.
+  SIGTERM (or Ctrl-C) is passed to every worker, which stops at its next step boundary: finished records
+  stay, and the command exits 143 (130). A rerun trains only what is missing.
+- **Progress.** Every worker's lines are tagged with its name and device; the command adds a line per
+  finished run (`[run 3/12 done]`), with an ETA once one has finished.
+- **The report** is written once, by this command, after the last run.
+
+Each worker is `python -m job run ... --serve-runs`: it reads run keys on stdin, one per line, and writes
+one JSON line per finished run ({"key", "code", "error", "seconds"}) to the file descriptor named by
+JOB_WORKER_STATUS_FD.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from job.config.plan import Run, plan_runs
+from job.config.schema import JobConfig
+from job.errors import Interrupted, UserError
+from job.exit_codes import failure, most_telling
+from job.output.storage import open_output
+from job.pipeline import WORKER_VARIABLE, check_output_dir, pending_runs, say, setup_session, train_one, write_report
+from job.results.records import save_result
+from job.results.schema import ResultRecord
+from job.runtime.cpu import CHOSEN, available_cpus
+from job.runtime.ranks import Ranks
+from job.runtime.signals import StopRequest
+
+STATUS_FD_VARIABLE = "JOB_WORKER_STATUS_FD"
+_LINES = threading.Lock()  # one whole line at a time on stderr, from every worker's relay and the command
+
+
+def emit(line: str) -> None:
+    with _LINES:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One worker: its name, the device it trains on, and what its environment and CPU affinity get."""
+
+    name: str  # "w0"
+    device: str  # "gpu:3", "cpu (4 threads)"
+    env: dict[str, str]
+    cpus: tuple[int, ...] | None = None  # the cores it may run on; None: no affinity of its own
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them ("0", "3", "GPU-<uuid>"); []
+    on CPU or without a usable GPU."""
+    from job.runtime.device import gpu_available
+
+    check = gpu_available()
+    if not check.usable:
+        if check.fault is not None:
+            raise check.fault.error()
+        return []
+    import paddle
+
+    count = paddle.device.cuda.device_count()
+    named = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
+    return named[:count] if named else [str(index) for index in range(count)]
+
+
+def worker_count(requested: int | str, device: str, gpus: Callable[[], list[str]] | None = None) -> int:
+    """`workers` resolved: `auto` is one per visible GPU (1 on CPU, or with `device: cpu`)."""
+    if requested != "auto":
+        return int(requested)
+    return max(1, len((gpus or visible_gpus)())) if device != "cpu" else 1
+
+
+def plan_slots(count: int, gpus: list[str], cpus: list[int], threads: int) -> list[Slot]:
+    """`count` workers over `gpus` (one each, round robin), or over the CPU: `threads` (the job's whole
+    share) split evenly, and disjoint cores from `cpus` when there are enough for every worker."""
+    share = max(1, threads // count)
+    if gpus:
+        return [Slot(f"w{index}", f"gpu:{gpus[index % len(gpus)]}",
+                     {"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)], "OMP_NUM_THREADS": str(share)})
+                for index in range(count)]  # fmt: skip
+    split = len(cpus) >= share * count
+    return [
+        Slot(f"w{index}", f"cpu ({share} threads)", {"OMP_NUM_THREADS": str(share), "CUDA_VISIBLE_DEVICES": ""},
+             tuple(cpus[index * share:(index + 1) * share]) if split else None)
+        for index in range(count)
+    ]  # fmt: skip
+
+
+def cpu_share() -> tuple[list[int], int]:
+    """The cores this process may use and the threads it would train with (the user's OMP_NUM_THREADS
+    when they set it, else every available core)."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    chosen = "OMP_NUM_THREADS" in CHOSEN or not os.environ.get("OMP_NUM_THREADS", "").isdigit()
+    return cores, available_cpus() if chosen else max(1, int(os.environ["OMP_NUM_THREADS"]))
+
+
+@dataclass
+class Outcome:
+    key: str
+    code: int
+    error: str = ""
+    seconds: float = 0.0
+    worker: str = ""
+
+
+@dataclass
+class Worker:
+    slot: Slot
+    process: subprocess.Popen
+    status: IO[str]
+    busy: str | None = None  # the run it trains now
+    last_error: str = ""
+    threads: list[threading.Thread] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- in the command
+
+
+def run_parallel(*, config: JobConfig, stop: StopRequest, force: bool, count: int, command: list[str]) -> str | None:
+    """Train the pending runs of `config`'s plan in `count` workers started as `command` (`python -m job
+    run ... --serve-runs`), then write the report once. Raises the most telling failure when a run failed,
+    Interrupted on a signal."""
+    if int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1) > 1:
+        raise UserError("workers and `job launch` are two ways to use several devices: under launch set workers: 1")
+    output = open_output(config.output_dir)
+    check_output_dir(output)
+    plan = plan_runs(config)
+    pending = pending_runs(config, output, plan, force, {run.key for run in plan})
+    if pending:
+        gpus = visible_gpus() if config.device != "cpu" else []
+        cores, threads = cpu_share()
+        slots = plan_slots(min(count, len(pending)), gpus, cores, threads)
+        if gpus and len(slots) > len(gpus):
+            say(f"{len(slots)} workers share {len(gpus)} GPU(s): several runs per GPU at once")
+        outcomes = drive(pending, command, slots, stop)
+        failed = [outcome for outcome in outcomes if outcome.code != 0]
+        for outcome in failed if stop.signum is None else []:  # a stop is not a failure
+            say(f"failed: {outcome.key} (exit {outcome.code}{', ' + outcome.worker if outcome.worker else ''}): "
+                f"{outcome.error or 'no error line'}")  # fmt: skip
+        if stop.signum is not None:
+            raise Interrupted(stop.signum)
+        if failed:
+            report = write_report(output, config.report_file, config.config_hash(), complete_only=output.lock_free)
+            if report:
+                say(f"report (without the failed runs): {report}")
+            code = most_telling(outcome.code for outcome in failed)
+            raise RunsFailed(f"{len(failed)} of {len(pending)} run(s) failed: {', '.join(o.key for o in failed)}",
+                             code)  # fmt: skip
+    return write_report(output, config.report_file, config.config_hash(), complete_only=output.lock_free)
+
+
+class RunsFailed(Exception):
+    """Some runs of a `--workers` command failed; `exit_code` is the most telling of theirs."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def drive(runs: list[Run], command: list[str], slots: list[Slot], stop: StopRequest) -> list[Outcome]:
+    """Start a worker per slot, hand out the runs in plan order as workers come free, and collect one
+    outcome per run (a worker that dies takes its run with it: that run fails with its exit code)."""
+    events: queue.Queue[tuple[Worker, dict[str, Any] | None]] = queue.Queue()
+    waiting = deque(run.key for run in runs)
+    total, outcomes, started = len(runs), [], time.monotonic()
+    names = ", ".join(f"{slot.name} {slot.device}" for slot in slots)
+    emit(f"workers: {len(slots)} ({names}); {total} run(s) to train")
+    workers = [start_worker(slot, command, events) for slot in slots]
+    for worker in workers:
+        hand_out(worker, waiting)
+    live = len(workers)
+    signalled = False
+    while live:
+        if stop.signum is not None and not signalled:
+            signalled = True
+            waiting.clear()
+            for worker in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(stop.signum)
+        try:
+            worker, status = events.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        if status is None:  # the worker exited
+            live -= 1
+            code = worker.process.wait()
+            code = code if code >= 0 else 128 - code
+            if worker.busy is not None:
+                outcomes.append(Outcome(worker.busy, code or 1, worker.last_error or f"the worker exited {code}",
+                                        worker=f"{worker.slot.name} {worker.slot.device}"))  # fmt: skip
+                worker.busy = None
+            continue
+        worker.busy = None
+        outcome = Outcome(status["key"], int(status["code"]), str(status.get("error", "")),
+                          float(status.get("seconds", 0.0)), f"{worker.slot.name} {worker.slot.device}")  # fmt: skip
+        outcomes.append(outcome)
+        emit(progress_line(outcome, len(outcomes), total, outcomes, len(slots), time.monotonic() - started))
+        hand_out(worker, waiting)
+    for key in waiting:  # every worker died with runs still waiting
+        outcomes.append(Outcome(key, most_telling(o.code for o in outcomes) or 1, "not trained: no worker was left"))
+    return outcomes
+
+
+def progress_line(outcome: Outcome, done: int, total: int, outcomes: list[Outcome], workers: int,
+                  elapsed: float) -> str:  # fmt: skip
+    what = "done" if outcome.code == 0 else f"FAILED (exit {outcome.code})"
+    line = f"[run {done}/{total} {what}] {outcome.key} on {outcome.worker} in {outcome.seconds:.1f} s"
+    left = total - done
+    timed = [o.seconds for o in outcomes if o.code == 0 and o.seconds > 0]
+    if left and timed:
+        eta = left * (sum(timed) / len(timed)) / min(workers, left)
+        line += f"; {left} left, about {_duration(eta)} to go ({_duration(elapsed)} so far)"
+    elif not left:
+        line += f"; all {total} finished in {_duration(elapsed)}"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def start_worker(slot: Slot, command: list[str], events: queue.Queue) -> Worker:
+    read_fd, write_fd = os.pipe()
+    env = {key: value for key, value in os.environ.items() if key not in CHOSEN}
+    env.update(slot.env)
+    env[WORKER_VARIABLE] = f"{slot.name} {slot.device}"
+    env[STATUS_FD_VARIABLE] = str(write_fd)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    cpus = slot.cpus
+
+    def pin() -> None:  # in the child, before it runs: its own cores
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the command, which passes it on
+
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env=env, pass_fds=(write_fd,), preexec_fn=pin, text=True, bufsize=1)  # fmt: skip
+    os.close(write_fd)
+    worker = Worker(slot, process, os.fdopen(read_fd, encoding="utf-8"))
+    tag = f"[{slot.name} {slot.device}]"
+
+    def relay() -> None:  # the worker's own lines, tagged
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            if line.startswith("error: "):
+                worker.last_error = line.removeprefix("error: ")
+            emit(f"{tag} {line}")
+
+    def statuses() -> None:
+        for line in worker.status:
+            with contextlib.suppress(ValueError):
+                events.put((worker, json.loads(line)))
+        relaying.join()  # every line of the worker printed before its exit is handled
+        events.put((worker, None))
+
+    relaying = threading.Thread(target=relay, daemon=True)
+    relaying.start()
+    watching = threading.Thread(target=statuses, daemon=True)
+    watching.start()
+    worker.threads = [relaying, watching]
+    return worker
+
+
+def hand_out(worker: Worker, waiting: deque[str]) -> None:
+    """The next run to a free worker, or the end of its input when none is left."""
+    assert worker.process.stdin is not None
+    try:
+        if waiting:
+            worker.busy = waiting.popleft()
+            worker.process.stdin.write(worker.busy + "\n")
+            worker.process.stdin.flush()
+        else:
+            worker.process.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass  # it has exited: its run is accounted for when its exit is read
+
+
+# ---------------------------------------------------------------- in a worker
+
+
+def serve(config: JobConfig, stop: StopRequest, keys: Iterable[str] | None = None) -> None:
+    """A worker: set up once, then train each run key read on stdin and report it on the status fd."""
+    status_fd = int(os.environ[STATUS_FD_VARIABLE])
+    output = open_output(config.output_dir)
+    plan = plan_runs(config)
+    session, runs = setup_session(config=config, output=output, runs=plan, planned=[run.key for run in plan],
+                                  stop=stop, ranks=Ranks())  # fmt: skip
+    by_key = {run.key: run for run in runs}
+    with os.fdopen(status_fd, "w", encoding="utf-8", buffering=1) as status:
+        for line in keys if keys is not None else sys.stdin:
+            key = line.strip()
+            if not key:
+                continue
+            started = time.monotonic()
+            try:
+                stop.raise_if_requested()
+                result = train_one(session, by_key[key])
+                assert result is not None  # one process: rank 0
+                path = save_result(output, ResultRecord(run=session.facts, result=result))
+                say(f"[{key}] saved {path}")
+                report_status(status, key, 0, "", time.monotonic() - started)
+            except BaseException as exc:
+                mapped = failure(exc, output.where())
+                error, code = mapped if mapped is not None else (exc, 1)
+                say(f"error: [{key}] {error}")
+                report_status(status, key, code, f"{error}", time.monotonic() - started)
+                if mapped is None or isinstance(exc, Interrupted):
+                    raise
+
+
+def report_status(status: IO[str], key: str, code: int, error: str, seconds: float) -> None:
+    status.write(json.dumps({"key": key, "code": code, "error": error[:500], "seconds": round(seconds, 3)}) + "\n")

@@ -1,0 +1,172 @@
+"""`job run --workers N`: the plan's pending runs in N worker processes on one machine, each pinned to a GPU
+or given its share of the cores, with the same records as one process, failures kept to their run, the
+most telling exit code, a stop that keeps what finished, and a report written once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from job.cli import main
+from job.workers import plan_slots, progress_line, worker_count
+
+ROOT = Path(__file__).resolve().parents[1]
+# What differs between two trainings of the same run by design: when, how fast, on which worker.
+NOT_COMPARED = {"training_seconds", "samples_per_second", "tokens_per_second", "started_at", "finished_at",
+                "worker", "peak_memory_mb"}  # fmt: skip
+
+
+def grid(tmp_path: Path, tiny_model: Path, tnews_dir: Path, name: str, **values) -> Path:
+    config = {
+        "model_name": str(tiny_model), "data_dir": str(tnews_dir), "max_seq_length": 32, "batch_size": 16,
+        "learning_rate": [5e-3, 1e-3], "seed": [1, 2], "num_epochs": 1, "max_train_samples": 96,
+        "max_eval_samples": 32, "output_dir": str(tmp_path / name), "device": "cpu", "lora_r": 4, "lora_alpha": 8,
+        "eval_batch_size": 32, **values,
+    }  # fmt: skip
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def job(*args: str, threads: int, timeout: float = 500) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "job", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)  # fmt: skip
+
+
+def records(out: Path) -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text(encoding="utf-8"))["result"] for path in (out / "results").iterdir()}
+
+
+@pytest.mark.timeout(560)
+def test_two_workers_write_the_records_of_one_process_run_by_run(
+    tmp_path: Path, tiny_model: Path, tnews_dir: Path
+) -> None:
+    """8 runs (2 strategies x 2 rates x 2 seeds): one process with 1 thread, and 2 workers of 1 thread
+    each (OMP_NUM_THREADS=2 shared out). Every number of every run is the same; only when, how fast and
+    where differ."""
+    one = job("run", "--config", str(grid(tmp_path, tiny_model, tnews_dir, "one")), threads=1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = job("run", "--config", str(grid(tmp_path, tiny_model, tnews_dir, "two")), "--workers", "2", threads=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    single, parallel = records(tmp_path / "one"), records(tmp_path / "two")
+    assert sorted(single) == sorted(parallel) and len(single) == 8
+    for key, record in single.items():
+        other = parallel[key]
+        assert {k: v for k, v in record.items() if k not in NOT_COMPARED} == {
+            k: v for k, v in other.items() if k not in NOT_COMPARED
+        }, key
+        assert record["worker"] == "" and other["worker"] in ("w0 cpu (1 threads)", "w1 cpu (1 threads)")
+    assert {record["worker"] for record in parallel.values()} == {"w0 cpu (1 threads)", "w1 cpu (1 threads)"}
+    assert two.stderr.count("[run ") == 8 and "[run 8/8 done]" in two.stderr and "all 8 finished in" in two.stderr
+    assert "[run 1/8 done]" in two.stderr and "about " in two.stderr.split("[run 2/8 done]")[1].splitlines()[0]
+    assert "[w0 cpu (1 threads)] device: cpu (1 threads)" in two.stderr
+    assert "[w1 cpu (1 threads)] device: cpu (1 threads)" in two.stderr
+    for name in ("one", "two"):  # the verdict's numbers are the same: results.json's headline rows
+        combined = json.loads((tmp_path / name / "results.json").read_text(encoding="utf-8"))
+        if name == "one":
+            headline = [{k: v for k, v in row.items() if "seconds" not in k and "memory" not in k
+                         and "per_second" not in k} for row in combined["headline"]]  # fmt: skip
+        else:
+            assert headline == [{k: v for k, v in row.items() if "seconds" not in k and "memory" not in k
+                                 and "per_second" not in k} for row in combined["headline"]]  # fmt: skip
+    report = (tmp_path / "two" / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+    assert "Plan time: the 8 runs took" in report and "trained by 2 workers (w0 cpu (1 threads); w1 cpu" in report
+    assert two.stdout.count("report: ") == 1  # written once, by the command
+
+
+@pytest.mark.timeout(400)
+def test_a_failed_run_leaves_the_others_and_the_command_exits_with_its_code(
+    tmp_path: Path, tiny_model: Path, tnews_dir: Path
+) -> None:
+    config = grid(tmp_path, tiny_model, tnews_dir, "out", learning_rate=5e-3, seed=[1, 2], save_artifacts=True)
+    planted = tmp_path / "out" / "artifacts" / "full_finetune_lr0.005_s1"
+    planted.parent.mkdir(parents=True)
+    planted.symlink_to(tmp_path, target_is_directory=True)  # the job writes nothing through a link: exit 2
+    failed = job("run", "--config", str(config), "--workers", "2", threads=2)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert sorted(records(tmp_path / "out")) == ["full_finetune_lr0.005_s2", "lora_r4_a8_lr0.005_s1",
+                                                  "lora_r4_a8_lr0.005_s2"]  # fmt: skip
+    assert "FAILED (exit 2)] full_finetune_lr0.005_s1 on w" in failed.stderr
+    assert "failed: full_finetune_lr0.005_s1 (exit 2, w" in failed.stderr and "is a symbolic link" in failed.stderr
+    assert "1 of 4 run(s) failed: full_finetune_lr0.005_s1" in failed.stderr
+    planted.unlink()
+    rerun = job("run", "--config", str(config), "--workers", "2", threads=2)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "workers: 1 (w0 cpu (2 threads)); 1 run(s) to train" in rerun.stderr  # only what was missing
+    assert len(records(tmp_path / "out")) == 4
+
+
+def test_the_gpu_branch_pins_one_gpu_to_each_worker(
+    tmp_path: Path, tiny_model: Path, tnews_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node with GPUs 3 and 5 visible (the GPU count forced on this CPU build): each worker is given one
+    of them, and its records say which."""
+    import job.workers
+
+    monkeypatch.setattr(job.workers, "visible_gpus", lambda: ["3", "5"])
+    config = grid(tmp_path, tiny_model, tnews_dir, "out", device="auto", learning_rate=5e-3, seed=1)
+    result = CliRunner().invoke(main, ["run", "--config", str(config), "--workers", "auto"])
+    assert result.exit_code == 0, result.output
+    saved = records(tmp_path / "out")
+    assert {record["worker"] for record in saved.values()} == {"w0 gpu:3", "w1 gpu:5"}
+
+
+def test_slots_share_out_gpus_and_cores() -> None:
+    gpus = plan_slots(3, ["0", "1"], list(range(8)), 8)
+    assert [slot.env["CUDA_VISIBLE_DEVICES"] for slot in gpus] == ["0", "1", "0"]  # round robin past the GPUs
+    assert [slot.device for slot in gpus] == ["gpu:0", "gpu:1", "gpu:0"]
+    cpus = plan_slots(4, [], list(range(8)), 8)
+    assert [slot.cpus for slot in cpus] == [(0, 1), (2, 3), (4, 5), (6, 7)]
+    assert {slot.env["OMP_NUM_THREADS"] for slot in cpus} == {"2"} and cpus[0].device == "cpu (2 threads)"
+    quota = plan_slots(2, [], list(range(64)), 8)  # a cgroup quota of 8 cores on a 64-core node
+    assert [slot.cpus for slot in quota] == [tuple(range(4)), tuple(range(4, 8))]
+    few = plan_slots(3, [], [0, 1], 2)  # more workers than cores: 1 thread each, no affinity of their own
+    assert [slot.cpus for slot in few] == [None, None, None] and {s.env["OMP_NUM_THREADS"] for s in few} == {"1"}
+    assert worker_count("auto", "auto", lambda: ["0", "1", "2"]) == 3
+    assert worker_count("auto", "cpu", lambda: ["0"]) == 1 and worker_count("auto", "auto", lambda: []) == 1
+    assert worker_count(4, "auto", lambda: []) == 4
+
+
+def test_progress_gives_an_eta_once_a_run_has_finished() -> None:
+    from job.workers import Outcome
+
+    first = Outcome("lora_s1", 0, seconds=30.0, worker="w0 gpu:0")
+    line = progress_line(first, 1, 9, [first], 2, 31.0)
+    assert line == "[run 1/9 done] lora_s1 on w0 gpu:0 in 30.0 s; 8 left, about 2 min to go (31 s so far)"
+    bad = Outcome("full_s1", 2, "bad", 1.0, "w1 gpu:1")
+    assert progress_line(bad, 2, 9, [first, bad], 2, 32.0).startswith("[run 2/9 FAILED (exit 2)] full_s1 on w1")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(560)
+def test_sigterm_stops_every_worker_keeps_finished_records_and_exits_143(
+    tmp_path: Path, tiny_model: Path, tnews_dir: Path
+) -> None:
+    config = grid(tmp_path, tiny_model, tnews_dir, "out", learning_rate=5e-3, seed=[1, 2, 3], num_epochs=40,
+                  logging_steps=1)  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)}
+    log = tmp_path / "log"
+    with log.open("w") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "job", "run", "--config", str(config), "--workers", "2"],
+                                   cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)  # fmt: skip
+        deadline = time.monotonic() + 400
+        while "[run 1/6 done]" not in log.read_text(encoding="utf-8"):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text(encoding="utf-8")[-3000:]
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 143
+    text = log.read_text(encoding="utf-8")
+    assert "stopping: finished runs' results are kept" in text
+    saved = records(tmp_path / "out")
+    assert 1 <= len(saved) < 6 and not (tmp_path / "out" / "ernie_lora_vs_full_report.md").exists()
+    assert not [p for p in (tmp_path / "out" / "results").iterdir() if p.suffix == ".tmp"]
