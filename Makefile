@@ -21,7 +21,7 @@ define compose_run
 	docker rm $(CONTAINER) >/dev/null 2>&1; exit $$code
 endef
 
-.PHONY: help venv lock bench bench-peer doctor docs test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
+.PHONY: help venv lock demo bench bench-workers bench-peer doctor docs test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,12 @@ test: venv ## run every test, the slow full-size ones included (offline)
 
 test-fast: venv ## run the tests without the slow ones (full-size model, real data, processes and signals)
 	$(PY) -m pytest -ra -m "not slow"
+
+demo: venv ## a whole report in about a minute with no network: tiny random model, synthetic titles (reports/demo)
+	$(PY) -m job demo --output-dir reports/demo
+
+bench-workers: venv ## 6 small full-size runs with 2 workers against one process, interleaved (bench-workers.json)
+	JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(CONFIG) --workers-ab --output bench-workers.json
 
 bench: venv ## speed of each strategy on the full-size model (table + bench.json; a few minutes); BENCH_ARGS="--set compile=on"
 	JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(CONFIG) $(BENCH_ARGS) --output bench.json
@@ -100,10 +106,12 @@ check-gpu-runtime:
 	  echo "make run-gpu: no NVIDIA container runtime found. Install the NVIDIA driver and the NVIDIA Container"; \
 	  echo "Toolkit (nvidia-ctk runtime configure --runtime=docker), or use make run-cpu."; exit 2; }
 
-# GPUS=0,1 trains data-parallel on those GPUs (paddle.distributed.launch, one process per GPU).
+# WORKERS=8 trains 8 runs at once, one per GPU (the default, auto: one worker per visible GPU; 1: one
+# process). GPUS=0,1 instead trains each run data-parallel on those GPUs (paddle.distributed.launch).
 GPUS ?=
-run-gpu: check-gpu-runtime reports-dir ## run the job in the GPU container (--device gpu); GPUS=0,1 for data-parallel
-	@$(call compose_run,-e JOB_CONFIG=$(CONFIG) gpu-job \
+WORKERS ?= auto
+run-gpu: check-gpu-runtime reports-dir ## run the job in the GPU container (--device gpu); WORKERS=N runs N at once; GPUS=0,1 data-parallel
+	@$(call compose_run,-e JOB_CONFIG=$(CONFIG) -e JOB_WORKERS=$(if $(GPUS),1,$(WORKERS)) gpu-job \
 	  $(if $(GPUS),launch --gpus $(GPUS) run,run) --device gpu)
 
 test-docker: venv ## lint, build both images, run the job in them on a tiny model, check the report

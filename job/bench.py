@@ -28,6 +28,7 @@ from job.data.labels import TNEWS
 from job.data.sources import clue_split, read_source
 from job.data.tasks import CLUE_TASKS
 from job.errors import RetryableError, UserError
+from job.runtime.cpu import available_cpus
 from job.runtime.device import (
     batch_on_device,
     on_gpu,
@@ -448,12 +449,23 @@ def targets(runs: list[RunBench]) -> list[TargetCheck]:
     return checked
 
 
+def saved_model(folder: Path, model: Any, tokenizer: Any) -> Path:
+    """The bench's model and tokenizer as a local model folder `job run` can load."""
+    model_dir = folder / "model"
+    model.save_pretrained(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
+    return model_dir
+
+
+def shared_data_dir(config: JobConfig, source: str) -> str | None:
+    """The folder of the bench's titles when they came from $JOB_BENCH_DATA, for `job run`'s data_dir."""
+    return None if config.data_dir or source == "PaddleNLP clue/tnews" else str(Path(source).parent)
+
+
 def end_to_end_seconds(config_path: Path | None, model: Any, tokenizer: Any, data_dir: str | None) -> float:
     """Wall time of `python -m job run` on the config with the bench's model saved as a local folder."""
     with tempfile.TemporaryDirectory() as folder:
-        model_dir = Path(folder) / "model"
-        model.save_pretrained(str(model_dir))
-        tokenizer.save_pretrained(str(model_dir))
+        model_dir = saved_model(Path(folder), model, tokenizer)
         command = [sys.executable, "-m", "job", "run", "--set", f"model_name={model_dir}",
                    "--output-dir", str(Path(folder) / "out"), "--force"]  # fmt: skip
         if config_path is not None:
@@ -465,6 +477,41 @@ def end_to_end_seconds(config_path: Path | None, model: Any, tokenizer: Any, dat
         if result.returncode != 0:
             raise RetryableError(f"end-to-end run failed: {result.stderr[-2000:]}")
         return time.perf_counter() - started
+
+
+# The grid `--workers-ab` times: 2 strategies x 3 seeds of small runs on the full-size model, the case
+# workers are for (many short runs; a large one is data parallelism's).
+WORKER_GRID = ("strategies=[lora, full_finetune]", "seed=[1, 2, 3]", "max_train_samples=128",
+               "max_eval_samples=128", "num_epochs=1", "max_seq_length=64", "eval_steps=null")  # fmt: skip
+
+
+def workers_ab(config: JobConfig, config_path: Path | None, rounds: int = 2, workers: int = 2) -> dict[str, Any]:
+    """Wall time of `job run` of WORKER_GRID with `workers` workers (the cores shared out) against one
+    process with every core, interleaved (A B, then B A, ...) so that a machine's drift falls on both."""
+    loaded, _ = bench_model(config)
+    tokenizer = bench_tokenizer(config)
+    local_data = shared_data_dir(config, bench_titles(config)[1])
+    threads = os.environ.get("OMP_NUM_THREADS") or str(available_cpus())
+    times: dict[int, list[float]] = {1: [], workers: []}
+    with tempfile.TemporaryDirectory() as folder:
+        model_dir = saved_model(Path(folder), loaded.model, tokenizer)
+        for round_ in range(rounds):
+            for count in (workers, 1) if round_ % 2 == 0 else (1, workers):
+                command = [sys.executable, "-m", "job", "run", "--set", f"model_name={model_dir}", "--force",
+                           "--output-dir", str(Path(folder) / f"out-{count}-{round_}"), "--workers", str(count),
+                           *(arg for item in WORKER_GRID for arg in ("--set", item))]  # fmt: skip
+                command += ["--config", str(config_path)] if config_path is not None else []
+                command += ["--set", f"data_dir={local_data}"] if local_data is not None else []
+                started = time.perf_counter()
+                result = subprocess.run(command, capture_output=True, text=True, check=False,
+                                        env={**os.environ, "OMP_NUM_THREADS": threads})  # fmt: skip
+                if result.returncode != 0:
+                    raise RetryableError(f"the {count}-worker run failed: {result.stderr[-2000:]}")
+                times[count].append(round(time.perf_counter() - started, 1))
+    one, several = statistics.median(times[1]), statistics.median(times[workers])
+    return {"grid": list(WORKER_GRID), "threads": int(threads), "workers": workers, "rounds": rounds,
+            "one_process_seconds": times[1], "workers_seconds": times[workers],
+            "speedup": figures(one / several)}  # fmt: skip
 
 
 def one_run_per_group(config: JobConfig) -> list[Run]:
@@ -516,7 +563,7 @@ def run_bench(config: JobConfig, config_path: Path | None, steps: int, warmup: i
     ]
     end_to_end = None
     if e2e:
-        local_data = None if config.data_dir or source == "PaddleNLP clue/tnews" else str(Path(source).parent)
+        local_data = shared_data_dir(config, source)
         loaded, _ = bench_model(config)
         end_to_end = round(end_to_end_seconds(config_path, loaded.model, tokenizer, local_data), 1)
     return BenchReport(

@@ -27,7 +27,7 @@ from job.data.cache import check_cache_home
 from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError
 from job.exit_codes import failure
 from job.launch import record_rank_exit
-from job.predict import load_saved_model, predictions, read_inputs
+from job.predict import check_model_folder, load_saved_model, predictions, read_inputs
 from job.training.strategies import STRATEGY_NAMES
 
 CONFIG_OPTION = click.option(
@@ -101,10 +101,14 @@ def exit_codes(io_where: str) -> Callable[[Callable[..., None]], Callable[..., N
 
 def resolve_config(config_path: Path | None, overrides: tuple[str, ...], **options: Any) -> JobConfig:
     """YAML, then --set, then the dedicated options (which win)."""
-    values = dict(parse_override(item) for item in overrides)
+    parsed = [(item, *parse_override(item)) for item in overrides]
+    values = {key: value for _, key, value in parsed}
     strategies = options.pop("strategies", None)
-    values.update({key: value for key, value in options.items() if value not in (None, ())})
-    return load_config(config_path, values, strategies=strategies)
+    given = {key: value for key, value in options.items() if value not in (None, ())}
+    values.update(given)
+    origins = {key: f"--set {item}" for item, key, _ in parsed}
+    origins.update({key: f"--{key.replace('_', '-')}" for key in given})
+    return load_config(config_path, values, strategies=strategies, origins=origins)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -166,7 +170,8 @@ def run(
     if run_from_index:
         keys = [run_for_task([run.key for run in plan_runs(config)], os.environ)]
     count = 1
-    if keys is None and config.workers != 1:
+    launched = int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1) > 1  # a rank of `job launch`: auto is 1
+    if keys is None and config.workers != 1 and not (launched and config.workers == "auto"):
         from job.workers import worker_count
 
         count = worker_count(config.workers, config.device)
@@ -271,26 +276,35 @@ def report(output_dir: str, report_file: str | None, margin: float | None) -> No
 @click.option("--peer-batches", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Only write the batches the bench times at window 0, with the model's shape and each row's "
                    "settings, for the torch + PEFT peer (peer/torch_peft.py; make bench-peer), and stop.")  # fmt: skip
+@click.option("--workers-ab", is_flag=True,
+              help="Only time `job run` of a grid of 6 small runs with 2 workers against one process, interleaved, "
+                   "and write the ratio (make bench-workers).")  # fmt: skip
 @exit_codes("{output}")
 def bench(
     config_path: Path | None, overrides: tuple[str, ...], output: Path, steps: int, warmup: int, e2e: bool,
-    peer_batches: Path | None,
+    peer_batches: Path | None, workers_ab: bool,
 ) -> None:  # fmt: skip
     """Measure training and evaluation speed of each strategy on the full-size model, as a table and JSON."""
     config = resolve_config(config_path, overrides)
     check_cache_home()
     from job.bench import export_peer_batches, format_table, run_bench
+    from job.bench import workers_ab as time_workers
+    from job.output.storage import write_atomic
+
+    if workers_ab:
+        numbers = time_workers(config, config_path)
+        write_atomic(output, json.dumps(numbers, indent=2) + "\n")
+        click.echo(f"{numbers['workers']} workers of {numbers['threads'] // numbers['workers']} thread(s) against one "
+                   f"process of {numbers['threads']}: {numbers['workers_seconds']} s against "
+                   f"{numbers['one_process_seconds']} s, speedup {numbers['speedup']}x\nwritten: {output}")  # fmt: skip
+        return
 
     if peer_batches is not None:
-        from job.output.storage import write_atomic
-
         write_atomic(peer_batches, json.dumps(export_peer_batches(config, steps=steps, warmup=warmup)) + "\n")
         click.echo(f"written: {peer_batches}")
         return
 
     report = run_bench(config, config_path, steps, warmup, e2e)
-    from job.output.storage import write_atomic
-
     write_atomic(output, json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
     click.echo(format_table(report))
     click.echo(f"\nwritten: {output}")
@@ -317,6 +331,7 @@ def predict(
     {"sentence", "label", "label_desc", "probability"}."""
     if not titles and input_file is None:
         raise UserError("no titles: give them as arguments or with --input FILE")
+    check_model_folder(model_dir)  # before Paddle's import: a typo costs no seconds
     check_cache_home()
     from job.runtime.device import resolve_eval_batch_size, select_device
     from job.training.model import quiet_paddlenlp
@@ -381,6 +396,28 @@ def launch(launcher_args: tuple[str, ...]) -> None:
         output_dir = resolve_config(params["config_path"], params["overrides"],
                                     output_dir=params.get("output_dir")).output_dir  # fmt: skip
     sys.exit(run_launcher(plan, default_log_dir(output_dir), set(CHOSEN)))
+
+
+@main.command()
+@click.option("--output-dir", default="reports/demo", show_default=True, help="Where the demo's report goes.")
+@exit_codes("{output_dir}")
+def demo(output_dir: str) -> None:
+    """A complete report in about a minute with no network: a tiny random ERNIE and synthetic TNEWS-format
+    titles made here, trained with LoRA and full fine-tuning over 3 seeds by the job's own code. The
+    report says it is a demo; its numbers say nothing about ERNIE 3.0 Medium (make run-local does)."""
+    from job.runtime.signals import StopRequest
+
+    stop = StopRequest()
+    stop.install()
+    check_cache_home()
+    from job.config.schema import validate_config
+    from job.demo import build_inputs, demo_config
+    from job.pipeline import run_job
+
+    config = validate_config(demo_config(output_dir), source="the demo")
+    build_inputs(output_dir)
+    report = run_job(config, stop)
+    click.echo(f"report: {report}")
 
 
 @main.command(name="config-reference")

@@ -71,14 +71,19 @@ def _row(line: str, path: Path, number: int, text_columns: Sequence[str]) -> tup
     return tuple(texts)
 
 
-def load_saved_model(folder: Path) -> SavedModel:
-    """The classifier saved in `folder`, with its tokenizer and labels. Exit-2 errors name the folder."""
+def check_model_folder(folder: Path) -> None:
+    """A saved model's folder, checked before anything heavy is imported. Exit-2 errors name the folder."""
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--model {folder} is a file; give the model's folder (a folder under artifacts/)")
     if not folder.is_dir():
         raise UserError(f"model folder {folder} does not exist")
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} is not a saved model: it has no config.json (use a folder under artifacts/)")
+
+
+def load_saved_model(folder: Path) -> SavedModel:
+    """The classifier saved in `folder`, with its tokenizer and labels. Exit-2 errors name the folder."""
+    check_model_folder(folder)
     from paddlenlp.transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     try:

@@ -10,9 +10,7 @@ import contextlib
 import copy
 import functools
 import http.server
-import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -22,93 +20,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from job.data.labels import TNEWS_LABEL_DESC, TNEWS_LABELS
+from job.demo import (  # noqa: F401 - the builders the tests and the smoke test use
+    FILLER,
+    KEYWORDS,
+    SPECIAL_TOKENS,
+    TINY_ERNIE,
+    build_tiny_encoder,
+    build_tiny_model,
+    build_tnews_folder,
+    keywords_for,
+    make_sentence,
+    tnews_records,
+    write_jsonl,
+    write_vocab,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
-# Three keyword characters per label, plus shared filler characters.
-KEYWORDS = "天地玄黄宇宙洪荒日月盈昃辰宿列张寒来暑往秋收冬藏闰余成岁律吕调阳云腾致雨露结为霜金生丽水玉出昆冈剑号巨阙"
-FILLER = "的一是了我不人在他有这个上们来到时大和"
-TINY_ERNIE = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
-    type_vocab_size=4, task_type_vocab_size=3, use_task_id=True, pad_token_id=0,
-)  # fmt: skip
-
-
-def keywords_for(label_index: int) -> str:
-    return KEYWORDS[3 * label_index : 3 * label_index + 3]
-
-
-def write_vocab(path: Path) -> Path:
-    tokens = SPECIAL_TOKENS + sorted(set(KEYWORDS + FILLER))
-    path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
-    return path
-
-
-def build_tiny_model(folder: Path, num_classes: int = len(TNEWS_LABELS), seed: int = 0, dropout: float = 0.1) -> Path:
-    """A randomly initialised 2-layer ERNIE with its tokenizer, saved like a PaddleNLP model folder."""
-    import paddle
-    from paddlenlp.transformers import ErnieConfig, ErnieForSequenceClassification, ErnieTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = write_vocab(folder / "vocab.txt")
-    tokenizer = ErnieTokenizer(str(vocab))
-    paddle.seed(seed)
-    config = ErnieConfig(vocab_size=len(tokenizer.vocab), num_classes=num_classes, hidden_dropout_prob=dropout,
-                         attention_probs_dropout_prob=dropout, **TINY_ERNIE)  # fmt: skip
-    model = ErnieForSequenceClassification(config)
-    model.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
-
-
-def build_tiny_encoder(folder: Path, seed: int = 0) -> Path:
-    """The tiny ERNIE's encoder alone, saved as a pretrained checkpoint is: no classifier head, so the
-    job must create (and seed) the head itself."""
-    import paddle
-    from paddlenlp.transformers import ErnieConfig, ErnieModel, ErnieTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = ErnieTokenizer(str(write_vocab(folder / "vocab.txt")))
-    paddle.seed(seed)
-    encoder = ErnieModel(ErnieConfig(vocab_size=len(tokenizer.vocab), **TINY_ERNIE))
-    encoder.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
-
-
-def make_sentence(label_index: int, rng: random.Random) -> str:
-    words = [rng.choice(keywords_for(label_index)) for _ in range(rng.randint(2, 4))]
-    words += [rng.choice(FILLER) for _ in range(rng.randint(3, 12))]
-    rng.shuffle(words)
-    return "".join(words)
-
-
-def tnews_records(count: int, seed: int) -> list[dict[str, str]]:
-    rng = random.Random(seed)
-    records = []
-    for index in range(count):
-        label_index = index % len(TNEWS_LABELS)
-        label = TNEWS_LABELS[label_index]
-        records.append(
-            {"label": label, "label_desc": TNEWS_LABEL_DESC[label], "sentence": make_sentence(label_index, rng),
-             "keywords": ""}
-        )  # fmt: skip
-    rng.shuffle(records)
-    return records
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-def build_tnews_folder(folder: Path, train: int = 600, dev: int = 150) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_jsonl(folder / "train.json", tnews_records(train, seed=1))
-    write_jsonl(folder / "dev.json", tnews_records(dev, seed=2))
-    return folder
 
 
 def run_tiny(folder: Path, tiny_model: Path, tnews_dir: Path, **overrides: Any) -> Path:

@@ -1,6 +1,10 @@
-"""docs/configuration.md is generated from the config schema: the page and the schema never disagree."""
+"""The docs are checked: docs/configuration.md is generated from the config schema (the page and the
+schema never disagree), every page is linked, and every relative link and #anchor resolves."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -29,3 +33,57 @@ def test_every_page_in_docs_is_linked_from_the_readme() -> None:
     pages = sorted(path.name for path in (ROOT / "docs").glob("*.md"))
     assert pages, "docs/ holds no page"
     assert [page for page in pages if f"](docs/{page})" not in readme] == []
+
+
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")  # [text](target); an image's ![..](..) is its own file
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation but `-` and `_` dropped, spaces as `-`."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)  # no headings in code
+    return {slug(line.lstrip("#")) for line in text.splitlines() if re.match(r"#{1,6} ", line)}
+
+
+def test_every_relative_link_and_anchor_in_the_docs_resolves() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+        for target in LINK.findall(text):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (page.parent / path).resolve() if path else page
+            if not resolved.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert broken == []
+
+
+def test_the_anchor_rule_is_githubs() -> None:
+    assert slug("Devices, threads and GPUs") == "devices-threads-and-gpus"
+    assert slug("Checking a node (`job doctor`)") == "checking-a-node-job-doctor"
+    assert slug("Several GPUs: several runs at once, or one run on several GPUs") == (
+        "several-gpus-several-runs-at-once-or-one-run-on-several-gpus"
+    )
+
+
+def test_the_docs_state_the_schema_version_the_code_writes() -> None:
+    from job.results.schema import SCHEMA_VERSION
+
+    page = (ROOT / "docs" / "how-it-works.md").read_text(encoding="utf-8")
+    assert re.findall(r"`schema_version` (\d+)", page) == [str(SCHEMA_VERSION)]
+
+
+def test_the_layout_in_development_md_names_every_module_and_config() -> None:
+    page = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
+    layout = page.split("```")[1]
+    modules = sorted(path.stem for path in (ROOT / "job").rglob("*.py") if path.stem not in ("__init__", "__main__"))
+    assert [name for name in modules if not re.search(rf"\b{name}\b", layout)] == []
+    configs = sorted(path.name for path in (ROOT / "configs").glob("*.yaml"))
+    assert [name for name in configs if name not in page] == []

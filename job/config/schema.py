@@ -6,6 +6,7 @@ Validation happens here, once, before anything is loaded or written; everything 
 from __future__ import annotations
 
 import collections
+import contextlib
 import difflib
 import hashlib
 import json
@@ -140,6 +141,9 @@ class CommonConfig(BaseModel):
 
     # --- what a real run needs ---
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto: GPU when Paddle sees one, else CPU")
+    report_note: str | None = Field(
+        None, max_length=2000, description="a paragraph the report prints under its title (the demo says it is one)"
+    )
     workers: PositiveInt | Literal["auto"] = Field(
         1,
         description="processes that train the plan's pending runs side by side on this machine, each taking the "
@@ -553,13 +557,20 @@ def safe_load(text: str) -> Any:
 
 
 def load_config(
-    path: str | Path | None, overrides: dict[str, Any] | None = None, strategies: list[str] | None = None
+    path: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    strategies: list[str] | None = None,
+    origins: dict[str, str] | None = None,
 ) -> JobConfig:
     """Read a YAML file (or none: all defaults), apply overrides, validate; then, with `strategies`
-    (`--strategy`), keep only those. Raises UserError."""
+    (`--strategy`), keep only those. Raises UserError. With `origins` (the CLI's: key -> `--device`),
+    a bad key from the overrides is blamed on where it came from (`--set lora_r=...` otherwise), not on
+    the file."""
     values: dict[str, Any] = read_yaml_mapping(Path(path)) if path is not None else {}
     values.update(overrides or {})
-    config = validate_config(values, source=str(path) if path else "defaults")
+    file = str(path) if path else "defaults"
+    given = {key: origins.get(key, f"--set {key}=...") for key in overrides or {}} if origins is not None else {}
+    config = validate_config(values, source=file, origins=given)
     if not strategies:
         return config
     return validate_config({**values, "strategies": strategies}, source="--strategy", subset=True)
@@ -569,6 +580,8 @@ CONFIG_LIMIT = 1 << 20  # a config is a few hundred bytes; a megabyte means the 
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    if not path.exists() and not path.is_symlink():
+        raise UserError(f"config file {path} does not exist{_nearest_config(path)}")
     text = read_text(path, "config file", limit=CONFIG_LIMIT)
     try:
         data = safe_load(text)
@@ -579,6 +592,23 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must be a mapping of key: value, not a {type(data).__name__}")
     return data
+
+
+def _nearest_config(path: Path) -> str:
+    """'; did you mean configs/x.yaml?' for a config path that does not exist, from the configs/ folder
+    beside it, the current one's, or the project's; else the files there."""
+    folders = [path.parent, Path("configs"), Path(__file__).resolve().parents[2] / "configs"]
+    known: dict[str, Path] = {}
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            for candidate in sorted(folder.glob("*.y*ml")):
+                known.setdefault(candidate.name, candidate)
+    if not known:
+        return ""
+    close = difflib.get_close_matches(path.name, list(known), n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean {known[close[0]]}?"
+    return f"; configs: {', '.join(str(known[name]) for name in list(known)[:8])}"
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -597,14 +627,17 @@ def parse_override(text: str) -> tuple[str, Any]:
 SUBSET = "strategy_subset"  # validation context: `strategies` is --strategy's pick of a checked config's
 
 
-def validate_config(values: dict[str, Any], source: str = "settings", subset: bool = False) -> JobConfig:
+def validate_config(
+    values: dict[str, Any], source: str = "settings", subset: bool = False, origins: dict[str, str] | None = None
+) -> JobConfig:
+    origins = origins or {}
     unknown = [key for key in values if key not in FIELD_NAMES]
     if unknown:
-        raise UserError(_unknown_key_message(unknown[0], source))
+        raise UserError(_unknown_key_message(unknown[0], origins.get(unknown[0], source)))
     try:
         return JobConfig.model_validate(values, context={SUBSET: subset})
     except ValidationError as exc:
-        raise UserError(_validation_message(exc, source)) from None
+        raise UserError(_validation_message(exc, source, origins)) from None
     except TypeError as exc:  # non-string keys, e.g. `1: x` in YAML
         raise UserError(f"{source}: {exc}") from None
 
@@ -615,7 +648,7 @@ def _unknown_key_message(key: Any, source: str) -> str:
     return f"{source}: unknown config key {excerpt(str(key))}{hint}"
 
 
-def _validation_message(exc: ValidationError, source: str) -> str:
+def _validation_message(exc: ValidationError, source: str, origins: dict[str, str] | None = None) -> str:
     lines = []
     for error in _one_branch_per_union(exc.errors()):
         message = error["msg"].removeprefix("Value error, ")
@@ -625,7 +658,8 @@ def _validation_message(exc: ValidationError, source: str) -> str:
         key, *rest = [str(part) for part in error["loc"]]
         items = [part for part in rest if part.isdigit()]
         item = f" (item {items[0]})" if items else ""
-        lines.append(f"{source}: config key '{key}'{item}: {message} (got {excerpt(error.get('input'))})")
+        where = (origins or {}).get(key, source)
+        lines.append(f"{where}: config key '{key}'{item}: {message} (got {excerpt(error.get('input'))})")
     return "\n".join(dict.fromkeys(lines))
 
 

@@ -253,6 +253,14 @@ def extract_checked(zip_path: Path, archive: Archive, scratch: Path) -> None:
         os.replace(scratch / "unpacked" / member, target)
 
 
+# What a download failure tells a user with no network (or behind a firewall) to do instead.
+OFFLINE = (
+    "without network: run `python -m job prefetch --config C` on a connected machine and copy its $PPNLP_HOME "
+    "here, or set model_name to a local model folder and data_dir to a local copy of the data "
+    "(docs/troubleshooting.md#downloads-and-running-offline); `python -m job demo` runs with no network at all"
+)
+
+
 def download(url: str, path: Path) -> None:
     """Stream `url` to `path` with a progress bar; a short or failed transfer is RetryableError (75)."""
     import requests
@@ -283,6 +291,9 @@ def download(url: str, path: Path) -> None:
                             f"could not download {url}: {written:,} bytes in {elapsed:.0f} s, below the minimum "
                             f"rate of {MIN_RATE // 1024} KiB/s; the mirror is too slow"
                         )
+    except (requests.ConnectionError, requests.Timeout) as exc:  # no network, no DNS, a firewall
+        reason = str(exc).split(": ")[-1][:160] or type(exc).__name__
+        raise RetryableError(f"could not download {url} ({type(exc).__name__}: {reason}); {OFFLINE}") from None
     except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:  # raw reads raise urllib3's own
         raise RetryableError(f"could not download {url}: {exc}") from None
     if expected and written != expected:

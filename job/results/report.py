@@ -54,6 +54,7 @@ def render_report(combined: Combined) -> str:
     )
     sections = [
         title(run.config),
+        *([run.config.report_note] if run.config.report_note else []),
         _introduction(combined),
         "## Summary\n\n" + answers(combined),
         _run_facts(combined),
