@@ -24,6 +24,7 @@ from job.config.schema import (
     report_file_problem,
 )
 from job.data.cache import check_cache_home
+from job.data.tasks import OWN
 from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError
 from job.exit_codes import failure
 from job.launch import record_rank_exit
@@ -215,8 +216,15 @@ def plan(config_path: Path | None, overrides: tuple[str, ...], strategies: tuple
 @SET_OPTION
 @exit_codes("the config")
 def validate(config_path: Path | None, overrides: tuple[str, ...]) -> None:
-    """Check the config and print it resolved (JSON), without loading or writing anything."""
+    """Check the config and print it resolved (JSON), without loading or writing anything. With your own
+    data (dataset: own), each file's header or first record is read too: a missing column or an unreadable
+    file stops here, not after the imports of `job run`."""
     config = resolve_config(config_path, overrides)
+    if config.data_dir and config.dataset == OWN:
+        from job.data.sources import peek_own_folder
+
+        for line in peek_own_folder(Path(config.data_dir), config.data_spec()):
+            click.echo(f"data: {line}", err=True)
     click.echo(json.dumps(config.model_dump(), indent=2, ensure_ascii=False))
     click.echo(f"config hash: {config.config_hash()}", err=True)
 

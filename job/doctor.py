@@ -292,6 +292,69 @@ def writable_checks(config: JobConfig, cache_check: Check) -> Iterator[Check]:
     yield cache_check
 
 
+PROBE_SECONDS = 5.0  # how long the doctor waits for the model store (or PPNLP_ENDPOINT) to answer
+
+
+def reachable(url: str, timeout: float = PROBE_SECONDS) -> str | None:
+    """None when `url` answers (a HEAD, redirects followed), else why not, in a few words."""
+    import requests
+
+    try:
+        response = requests.head(url, timeout=timeout, allow_redirects=True)
+    except requests.RequestException as exc:
+        return type(exc).__name__
+    return None if response.status_code < 400 else f"HTTP {response.status_code}"
+
+
+def inputs_checks(config: JobConfig) -> Iterator[Check]:
+    """The config's model and data: in the cache (or local), or reachable in a few seconds, so that `job
+    run` will not stop at its first download. FAIL with the offline options when neither holds."""
+    from job.data.download import OFFLINE, builtin_model_files, clue_archive, missing_members, use_mirror
+    from job.data.sources import peek_own_folder
+    from job.data.tasks import CLUE_TASKS, OWN
+
+    use_mirror()
+    model = config.model_name
+    if Path(model).expanduser().is_dir():
+        present = (Path(model).expanduser() / "config.json").is_file()
+        yield Check("model", present, f"local folder {model}" + ("" if present else " has no config.json"),
+                    "give the folder a saved model (config.json, weights, tokenizer)")  # fmt: skip
+    else:
+        files = builtin_model_files(model)
+        if files and all(file.path.is_file() for file in files):
+            yield Check("model", True, f"{model} is in the cache ({files[0].path.parent})")
+        elif files:
+            problem = reachable(files[0].url)
+            detail = f"{model} is not in the cache ($PPNLP_HOME)"
+            if problem is None:
+                yield Check("model", True, f"{detail}; the store answers, the first run downloads it")
+            else:
+                yield Check("model", False, f"{detail}, and {files[0].url} does not answer ({problem})", OFFLINE)
+        else:
+            yield Check("model", True, f"{model}: PaddleNLP resolves it on the first run (not one the doctor knows)")
+    if config.data_dir:
+        try:
+            lines = peek_own_folder(Path(config.data_dir), config.data_spec()) if config.dataset == OWN else []
+        except UserError as exc:
+            yield Check("data", False, str(exc), "fix the file, or the column keys (docs/own-data.md)")
+        else:
+            folder = Path(config.data_dir)
+            ok = folder.is_dir()
+            yield Check("data", ok, f"{folder}" + (f": {'; '.join(lines)}" if lines else "") if ok else
+                        f"data_dir {folder} is not a folder", "set data_dir to the folder of your files")  # fmt: skip
+    elif config.dataset in CLUE_TASKS:
+        archive = clue_archive(config.dataset)
+        if not missing_members(archive):
+            yield Check("data", True, f"{config.dataset} is in the cache ({archive.folder})")
+        else:
+            problem = reachable(archive.url)
+            detail = f"{config.dataset} is not in the cache ($PPNLP_HOME)"
+            if problem is None:
+                yield Check("data", True, f"{detail}; the store answers, the first run downloads it")
+            else:
+                yield Check("data", False, f"{detail}, and {archive.url} does not answer ({problem})", OFFLINE)
+
+
 def cpu_checks() -> Iterator[Check]:
     from job.bench import matmul_peak_gflops
 
@@ -326,3 +389,4 @@ def run_checks(config: JobConfig, cache_check: Check) -> Iterator[Check]:
         else:
             yield from cpu_checks()
     yield from writable_checks(config, cache_check)
+    yield from inputs_checks(config)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from job.output.layout import (
     RESULTS_FILE,
     RESULTS_FOLDER,
 )
+from job.output.log import run_done, say, set_position
 from job.output.storage import Output, open_output
 from job.results.facts import now, run_facts
 from job.results.plot import plot_learning_curve, plot_losses, plot_pareto
@@ -69,10 +70,6 @@ from job.training.strategies import check_targets_match
 from job.training.update_rank import trained_weights, update_ranks
 
 WORKER_VARIABLE = "JOB_WORKER"  # set by `job run --workers` in each worker: its name and device
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def check_output_dir(output: Output) -> list[Path]:
@@ -208,13 +205,23 @@ def train_runs(
 ) -> None:
     """Train `runs` (pending runs of the plan whose keys are `planned`) and save each one's record."""
     session, runs = setup_session(config=config, output=output, runs=runs, planned=planned, stop=stop, ranks=ranks)
-    for run in runs:
+    started, timed = time.monotonic(), []
+    for number, run in enumerate(runs, start=1):
         stop.raise_if_requested()
-        result = train_one(session, run)
-        if result is None:  # not rank 0
-            continue
-        path = save_result(output, ResultRecord(run=session.facts, result=result))
-        say(f"[{run.key}] saved {path}")
+        set_position(f"[run {number}/{len(runs)}] " if len(runs) > 1 else "")
+        began = time.monotonic()
+        try:
+            result = train_one(session, run)
+            if result is None:  # not rank 0
+                continue
+            path = save_result(output, ResultRecord(run=session.facts, result=result))
+            say(f"[{run.key}] saved {path}")
+        finally:
+            set_position("")
+        timed.append(time.monotonic() - began)
+        if len(runs) > 1:
+            say(run_done(key=run.key, code=0, seconds=timed[-1], done=number, total=len(runs), timed=timed,
+                         parallel=1, elapsed=time.monotonic() - started))  # fmt: skip
     stop.raise_if_requested()  # a signal during the last run's saves: its record is kept, the job exits 143
 
 
@@ -313,7 +320,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
     def evaluate_dev(step: int) -> bool:
         """Score dev at `step`; True when early stopping says to stop (every rank decides alike)."""
         with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
-            scored = evaluate(model, encoded.dev, run.eval_batch_size, pad_id, stop)
+            scored = evaluate(model, encoded.dev, run.eval_batch_size, pad_id, stop, progress(key, "dev"))
         latest[:] = [scored]
         curve.append(DevPoint(step=step, accuracy=scored.accuracy, loss=round(scored.loss, 6)))
         log.evaluated(step, scored.accuracy, scored.loss)
@@ -339,9 +346,9 @@ def train_one(session: Session, run: Run) -> RunResult | None:
             best.restore(model)
             say(f"[{key}] scoring the weights of step {best.step}, the best dev accuracy ({best.accuracy:.4f})")
             with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
-                dev = evaluate(model, encoded.dev, run.eval_batch_size, pad_id, stop)
+                dev = evaluate(model, encoded.dev, run.eval_batch_size, pad_id, stop, progress(key, "dev"))
         with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
-            test = evaluate(model, encoded.test, run.eval_batch_size, pad_id, stop)
+            test = evaluate(model, encoded.test, run.eval_batch_size, pad_id, stop, progress(key, "test"))
     ranks = update_ranks(initial, model)  # of the weights scored, once, at the end
     del initial
     selected = best.step if best.keep else outcome.steps
@@ -394,6 +401,25 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         finished_at=now(),
         worker=os.environ.get(WORKER_VARIABLE, ""),
     )
+
+
+EVAL_PROGRESS_ROWS = 2000  # an evaluation of at least this many titles says how far it has got
+
+
+def progress(key: str, split: str) -> Callable[[int, int], None] | None:
+    """Lines at a quarter, a half and three quarters of a long evaluation (10,000 dev titles in the
+    reference config take minutes on CPU)."""
+    marks: list[int] = []
+
+    def report(done: int, total: int) -> None:
+        if total < EVAL_PROGRESS_ROWS:
+            return
+        quarter = 4 * done // total
+        if 0 < quarter < 4 and quarter not in marks:
+            marks.append(quarter)
+            say(f"[{key}] evaluating {split}: {done:,} of {total:,} titles")
+
+    return report
 
 
 def split_record(evaluation: EvalResult, rows: list[Encoded], classes: int) -> SplitResult:

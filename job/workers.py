@@ -40,8 +40,10 @@ from job.config.plan import Run, plan_runs
 from job.config.schema import JobConfig
 from job.errors import Interrupted, UserError
 from job.exit_codes import failure, most_telling
+from job.output.log import line as log_line
+from job.output.log import run_done, say, set_position
 from job.output.storage import open_output
-from job.pipeline import WORKER_VARIABLE, check_output_dir, pending_runs, say, setup_session, train_one, write_report
+from job.pipeline import WORKER_VARIABLE, check_output_dir, pending_runs, setup_session, train_one, write_report
 from job.results.records import save_result
 from job.results.schema import ResultRecord
 from job.runtime.cpu import CHOSEN, available_cpus
@@ -186,10 +188,10 @@ def drive(runs: list[Run], command: list[str], slots: list[Slot], stop: StopRequ
     waiting = deque(run.key for run in runs)
     total, outcomes, started = len(runs), [], time.monotonic()
     names = ", ".join(f"{slot.name} {slot.device}" for slot in slots)
-    emit(f"workers: {len(slots)} ({names}); {total} run(s) to train")
+    emit(log_line(f"workers: {len(slots)} ({names}); {total} run(s) to train"))
     workers = [start_worker(slot, command, events) for slot in slots]
     for worker in workers:
-        hand_out(worker, waiting)
+        hand_out(worker, waiting, total)
     live = len(workers)
     signalled = False
     while live:
@@ -216,33 +218,14 @@ def drive(runs: list[Run], command: list[str], slots: list[Slot], stop: StopRequ
         outcome = Outcome(status["key"], int(status["code"]), str(status.get("error", "")),
                           float(status.get("seconds", 0.0)), f"{worker.slot.name} {worker.slot.device}")  # fmt: skip
         outcomes.append(outcome)
-        emit(progress_line(outcome, len(outcomes), total, outcomes, len(slots), time.monotonic() - started))
-        hand_out(worker, waiting)
+        timed = [o.seconds for o in outcomes if o.code == 0 and o.seconds > 0]
+        emit(log_line(run_done(key=outcome.key, code=outcome.code, seconds=outcome.seconds, done=len(outcomes),
+                           total=total, timed=timed, parallel=len(slots), elapsed=time.monotonic() - started,
+                           where=outcome.worker)))  # fmt: skip
+        hand_out(worker, waiting, total)
     for key in waiting:  # every worker died with runs still waiting
         outcomes.append(Outcome(key, most_telling(o.code for o in outcomes) or 1, "not trained: no worker was left"))
     return outcomes
-
-
-def progress_line(outcome: Outcome, done: int, total: int, outcomes: list[Outcome], workers: int,
-                  elapsed: float) -> str:  # fmt: skip
-    what = "done" if outcome.code == 0 else f"FAILED (exit {outcome.code})"
-    line = f"[run {done}/{total} {what}] {outcome.key} on {outcome.worker} in {outcome.seconds:.1f} s"
-    left = total - done
-    timed = [o.seconds for o in outcomes if o.code == 0 and o.seconds > 0]
-    if left and timed:
-        eta = left * (sum(timed) / len(timed)) / min(workers, left)
-        line += f"; {left} left, about {_duration(eta)} to go ({_duration(elapsed)} so far)"
-    elif not left:
-        line += f"; all {total} finished in {_duration(elapsed)}"
-    return line
-
-
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    if seconds < 120:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
 
 
 def start_worker(slot: Slot, command: list[str], events: queue.Queue) -> Worker:
@@ -269,8 +252,8 @@ def start_worker(slot: Slot, command: list[str], events: queue.Queue) -> Worker:
         assert process.stdout is not None
         for line in process.stdout:
             line = line.rstrip("\n")
-            if line.startswith("error: "):
-                worker.last_error = line.removeprefix("error: ")
+            if "error: " in line:  # the CLI's last word, or a failed run's (after its time stamp)
+                worker.last_error = line.split("error: ", 1)[1]
             emit(f"{tag} {line}")
 
     def statuses() -> None:
@@ -288,13 +271,14 @@ def start_worker(slot: Slot, command: list[str], events: queue.Queue) -> Worker:
     return worker
 
 
-def hand_out(worker: Worker, waiting: deque[str]) -> None:
-    """The next run to a free worker, or the end of its input when none is left."""
+def hand_out(worker: Worker, waiting: deque[str], total: int) -> None:
+    """The next run to a free worker (its key and its place in the plan), or the end of its input when
+    none is left."""
     assert worker.process.stdin is not None
     try:
         if waiting:
             worker.busy = waiting.popleft()
-            worker.process.stdin.write(worker.busy + "\n")
+            worker.process.stdin.write(f"{worker.busy} {total - len(waiting)} {total}\n")
             worker.process.stdin.flush()
         else:
             worker.process.stdin.close()
@@ -314,10 +298,11 @@ def serve(config: JobConfig, stop: StopRequest, keys: Iterable[str] | None = Non
                                   stop=stop, ranks=Ranks())  # fmt: skip
     by_key = {run.key: run for run in runs}
     with os.fdopen(status_fd, "w", encoding="utf-8", buffering=1) as status:
-        for line in keys if keys is not None else sys.stdin:
-            key = line.strip()
-            if not key:
+        for given in keys if keys is not None else sys.stdin:
+            if not given.strip():
                 continue
+            key, *place = given.split()
+            set_position(f"[run {place[0]}/{place[1]}] " if len(place) == 2 else "")
             started = time.monotonic()
             try:
                 stop.raise_if_requested()

@@ -227,10 +227,11 @@ def test_an_architecture_the_wheel_lacks_is_a_fault_at_load(write_config, monkey
 
 
 def test_an_architecture_the_wheel_lacks_fails_the_doctors_device_check_with_the_fix(
-    tmp_path: Path, one_gpu, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, one_gpu, monkeypatch: pytest.MonkeyPatch, write_config
 ) -> None:
     monkeypatch.setattr(paddle, "ones", raising(UNSUPPORTED_ARCH, RuntimeError))
-    doctor = CliRunner().invoke(main, ["doctor", "--device", "gpu", "--output-dir", str(tmp_path / "d")])
+    doctor = CliRunner().invoke(main, ["doctor", "--config", str(write_config()), "--device", "gpu", "--output-dir",
+                                       str(tmp_path / "d")])  # fmt: skip
     assert "FAIL  devices: GPU fault: Unsupported GPU architecture; this Paddle build has no kernels" in doctor.output
     assert "report this" not in doctor.output
 

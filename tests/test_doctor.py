@@ -18,55 +18,61 @@ from job.training.strategies import STRATEGY_NAMES
 from tests.test_device_faults import INSUFFICIENT_DRIVER, raising
 
 
-def doctor(tmp_path: Path, *args: str):
-    return CliRunner().invoke(main, ["doctor", "--output-dir", str(tmp_path / "out"), *args])
+def doctor(tmp_path: Path, *args: str, config: Path | None = None):
+    """`job doctor` on a config whose model and data are local (the tiny ones), so no check needs a network."""
+    chosen = ["--config", str(config)] if config is not None else []
+    return CliRunner().invoke(main, ["doctor", *chosen, "--output-dir", str(tmp_path / "out"), *args])
 
 
-def test_on_this_cpu_every_check_passes_and_nothing_is_left_behind(tmp_path: Path) -> None:
-    result = doctor(tmp_path)
+def test_on_this_cpu_every_check_passes_and_nothing_is_left_behind(tmp_path: Path, write_config) -> None:
+    result = doctor(tmp_path, config=write_config())
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert all(line.startswith("PASS  ") for line in lines[:-1]) and lines[-1] == "all checks passed"
     names = [line.split(":")[0][6:] for line in lines[:-1]]
     steps = [f"{name} step (fp32)" for name in STRATEGY_NAMES]  # every strategy of the registry
-    assert names == ["paddle build", "devices", *steps, "MKL", "threads", "matmul peak", "output_dir", "model cache"]
+    assert names == ["paddle build", "devices", *steps, "MKL", "threads", "matmul peak", "output_dir", "model cache",
+                     "model", "data"]  # fmt: skip
     assert "GFLOP/s" in lines[names.index("matmul peak")]
     assert not (tmp_path / "out").exists()  # the probe's folder is removed again
 
 
-def test_an_output_dir_that_cannot_be_written_fails_with_the_fix(tmp_path: Path) -> None:
+def test_an_output_dir_that_cannot_be_written_fails_with_the_fix(tmp_path: Path, write_config) -> None:
     (tmp_path / "file").write_text("x")
-    result = CliRunner().invoke(main, ["doctor", "--output-dir", str(tmp_path / "file" / "out")])
+    result = CliRunner().invoke(main, ["doctor", "--config", str(write_config()), "--output-dir",
+                                       str(tmp_path / "file" / "out")])  # fmt: skip
     assert result.exit_code == 2, result.output
     assert "FAIL  output_dir: " in result.output and "-> fix: mount the folder read-write" in result.output
     assert result.output.splitlines()[-1] == "1 check(s) failed"
 
 
-def test_a_model_cache_that_cannot_be_written_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_model_cache_that_cannot_be_written_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_config
+) -> None:
     (tmp_path / "cache").write_text("not a folder")
     monkeypatch.setenv("PPNLP_HOME", str(tmp_path / "cache"))
-    result = doctor(tmp_path)
+    result = doctor(tmp_path, config=write_config())
     assert result.exit_code == 2 and "FAIL  model cache: PPNLP_HOME " in result.output
     assert "is a file, not a folder -> fix: point PPNLP_HOME at a writable folder" in result.output
 
 
-def test_a_step_with_a_non_finite_loss_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_step_with_a_non_finite_loss_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_config) -> None:
     real = job.training.loop.train_step
     monkeypatch.setattr(job.training.loop, "train_step", lambda *a, **k: real(*a, **k) * float("nan"))
-    result = doctor(tmp_path)
+    result = doctor(tmp_path, config=write_config())
     assert result.exit_code == 2
     assert "FAIL  lora step (fp32): loss nan -> fix: " in result.output
     assert "FAIL  full_finetune step (fp32): loss nan" in result.output
 
 
 def test_a_driver_too_old_fails_the_device_check_with_the_driver_it_needs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_config
 ) -> None:
     monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: True)
     monkeypatch.setattr(paddle.version, "cuda", lambda: "12.6")
     monkeypatch.setattr(paddle.version, "cudnn", lambda: "9.5.1")
     monkeypatch.setattr(paddle.device.cuda, "device_count", raising(INSUFFICIENT_DRIVER))
-    result = doctor(tmp_path, "--device", "gpu")
+    result = doctor(tmp_path, "--device", "gpu", config=write_config())
     assert result.exit_code == 2, result.output
     assert "PASS  paddle build: paddlepaddle-gpu 3.3.1, CUDA 12.6, cuDNN 9.5.1" in result.output
     assert "FAIL  devices: the GPU cannot be used ((External) CUDA error(35)" in result.output
@@ -123,3 +129,45 @@ def test_an_all_reduce_across_two_ranks_agrees_and_a_hung_one_fails_with_the_fix
     assert check.detail == "2 ranks (gloo) agree"
     hung = all_reduce_check(2, gpus=False, timeout=0.5)
     assert not hung.passed and "NCCL_DEBUG=INFO" in hung.fix
+
+
+def test_a_model_and_data_neither_cached_nor_reachable_fail_with_the_offline_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_config
+) -> None:
+    """An empty cache and a store that does not answer (PPNLP_ENDPOINT at a closed port on 127.0.0.1): the
+    doctor says `job run` would stop at its first download, before it does."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the block ends: nothing listens there
+    monkeypatch.setenv("PPNLP_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("PPNLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    from tests.fixtures import original_paddlenlp_urls
+
+    with original_paddlenlp_urls():
+        result = doctor(tmp_path, config=write_config(model_name="ernie-3.0-medium-zh", data_dir=None))
+    assert result.exit_code == 2, result.output
+    assert f"FAIL  model: ernie-3.0-medium-zh is not in the cache ($PPNLP_HOME), and http://127.0.0.1:{port}/" in (
+        result.output
+    )
+    assert (
+        "FAIL  data: tnews is not in the cache ($PPNLP_HOME)" in result.output and "(ConnectionError)" in result.output
+    )
+    assert "-> fix: without network: run `python -m job prefetch --config C` on a connected machine" in result.output
+    assert not (tmp_path / "empty").exists()
+
+
+def test_own_data_with_a_missing_column_fails_the_doctor_and_validate(tmp_path: Path, write_config) -> None:
+    data = tmp_path / "reviews"
+    data.mkdir()
+    for split in ("train", "dev"):
+        (data / f"{split}.csv").write_text("review,label\n好,a\n坏,b\n", encoding="utf-8")
+    config = write_config(dataset="own", data_dir=str(data), text_column="text")
+    result = doctor(tmp_path, config=config)
+    assert result.exit_code == 2 and "FAIL  data: " in result.output and "(set text_column: review)" in result.output
+    checked = CliRunner().invoke(main, ["validate", "--config", str(config)])
+    assert checked.exit_code == 2 and "no column 'text'; the header has 'review', 'label'" in checked.output
+    fixed = CliRunner().invoke(main, ["validate", "--config", str(write_config(dataset="own", data_dir=str(data),
+                                                                                text_column="review"))])  # fmt: skip
+    assert fixed.exit_code == 0 and "data: train.csv: columns 'review', 'label'" in fixed.output

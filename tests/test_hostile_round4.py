@@ -183,13 +183,15 @@ def test_an_ocnli_folder_whose_train_rows_are_all_unlabelled_exits_2(tmp_path: P
 
 def test_a_missing_label_column_lists_the_columns_and_names_the_key(tmp_path: Path) -> None:
     data = own(tmp_path / "d", "text,category\n好,a\n坏,b\n")
-    assert "no column 'label'; the header has 'text', 'category' (set config key 'label_column'" in refused(data)
+    assert "no column 'label'; the header has 'text', 'category' (set label_column: category)" in refused(data)
     data = own(tmp_path / "e", '{"text": "好", "category": "a"}\n', name="train.jsonl")
     message = refused(data)
     assert "train.jsonl:1: record has no label (no 'label' key; its keys are 'text', 'category'" in message
     assert "config key 'label_column'" in message
     data = own(tmp_path / "f", "review,label\n好,a\n坏,b\n")
-    assert "(set config key 'text_column' to the column's name)" in refused(data)
+    assert "(set text_column: review)" in refused(data)
+    data = own(tmp_path / "g", "review,title,label\n好,a,a\n坏,b,b\n")
+    assert "(set config key 'text_column' to the column's name)" in refused(data)  # two candidates: no guess
 
 
 # ---------------------------------------------------------------- R9: a test carved from too little
@@ -277,14 +279,15 @@ def test_a_model_cache_that_is_a_file_exits_2_in_run_and_fails_in_doctor(
 
 
 @pytest.mark.timeout(300)
-def test_doctor_with_a_missing_model_cache_leaves_nothing_behind(tmp_path: Path) -> None:
+def test_doctor_with_a_missing_model_cache_leaves_nothing_behind(tmp_path: Path, write_config) -> None:
     import subprocess
     import sys
 
     home = tmp_path / "missing" / "cache"
     env = {**os.environ, "PPNLP_HOME": str(home)}
-    result = subprocess.run([sys.executable, "-m", "job", "doctor", "--device", "cpu", "--output-dir",
-                             str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=280,
+    result = subprocess.run([sys.executable, "-m", "job", "doctor", "--config", str(write_config()), "--device",
+                             "cpu", "--output-dir", str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                            timeout=280,
                             cwd=Path(__file__).resolve().parents[1], check=False)  # fmt: skip
     assert f"PASS  model cache: {home} ($PPNLP_HOME) does not exist yet" in result.stdout, result.stdout + result.stderr
     assert not (tmp_path / "missing").exists() and not (tmp_path / "out").exists()

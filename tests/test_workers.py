@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import yaml
 from click.testing import CliRunner
 
 from job.cli import main
-from job.workers import plan_slots, progress_line, worker_count
+from job.output.log import run_done
+from job.workers import plan_slots, worker_count
 
 ROOT = Path(__file__).resolve().parents[1]
 # What differs between two trainings of the same run by design: when, how fast, on which worker.
@@ -67,10 +69,11 @@ def test_two_workers_write_the_records_of_one_process_run_by_run(
         }, key
         assert record["worker"] == "" and other["worker"] in ("w0 cpu (1 threads)", "w1 cpu (1 threads)")
     assert {record["worker"] for record in parallel.values()} == {"w0 cpu (1 threads)", "w1 cpu (1 threads)"}
-    assert two.stderr.count("[run ") == 8 and "[run 8/8 done]" in two.stderr and "all 8 finished in" in two.stderr
+    assert len(re.findall(r"\[run \d/8 done\]", two.stderr)) == 8 and "all 8 finished in" in two.stderr
     assert "[run 1/8 done]" in two.stderr and "about " in two.stderr.split("[run 2/8 done]")[1].splitlines()[0]
-    assert "[w0 cpu (1 threads)] device: cpu (1 threads)" in two.stderr
-    assert "[w1 cpu (1 threads)] device: cpu (1 threads)" in two.stderr
+    for worker in ("w0", "w1"):  # each line tagged, then stamped with the time since the worker started
+        assert re.search(rf"\[{worker} cpu \(1 threads\)\] \+0:\d\d:\d\d device: cpu \(1 threads\)", two.stderr)
+    assert re.search(r"\+0:\d\d:\d\d \[run \d/8\] \[lora_r4_a8_lr0.005_s1\] step 6/6", two.stderr)
     for name in ("one", "two"):  # the verdict's numbers are the same: results.json's headline rows
         combined = json.loads((tmp_path / name / "results.json").read_text(encoding="utf-8"))
         if name == "one":
@@ -138,13 +141,14 @@ def test_slots_share_out_gpus_and_cores() -> None:
 
 
 def test_progress_gives_an_eta_once_a_run_has_finished() -> None:
-    from job.workers import Outcome
-
-    first = Outcome("lora_s1", 0, seconds=30.0, worker="w0 gpu:0")
-    line = progress_line(first, 1, 9, [first], 2, 31.0)
+    line = run_done(key="lora_s1", code=0, seconds=30.0, done=1, total=9, timed=[30.0], parallel=2, elapsed=31.0,
+                    where="w0 gpu:0")  # fmt: skip
     assert line == "[run 1/9 done] lora_s1 on w0 gpu:0 in 30.0 s; 8 left, about 2 min to go (31 s so far)"
-    bad = Outcome("full_s1", 2, "bad", 1.0, "w1 gpu:1")
-    assert progress_line(bad, 2, 9, [first, bad], 2, 32.0).startswith("[run 2/9 FAILED (exit 2)] full_s1 on w1")
+    failed = run_done(key="full_s1", code=2, seconds=1.0, done=2, total=9, timed=[30.0], parallel=2, elapsed=32.0)
+    assert failed.startswith("[run 2/9 FAILED (exit 2)] full_s1 in 1.0 s; 7 left")
+    assert run_done(key="x", code=0, seconds=5.0, done=3, total=3, timed=[5.0], parallel=1, elapsed=3725.0) == (
+        "[run 3/3 done] x in 5.0 s; all 3 finished in 62 min"
+    )
 
 
 @pytest.mark.slow

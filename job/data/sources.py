@@ -152,7 +152,10 @@ def _keys_hint(record: dict, column: str) -> str:
 
 def json_rows(path: Path, folder: Path, text_columns: Sequence[str], label_column: str) -> Iterator[Row]:
     """The records of a JSON-lines file (CLUE's format: one object per line; blank lines skipped)."""
-    text = read_data_file(path, folder).removeprefix("\ufeff")
+    return json_rows_of(path, read_data_file(path, folder).removeprefix("\ufeff"), text_columns, label_column)
+
+
+def json_rows_of(path: Path, text: str, text_columns: Sequence[str], label_column: str) -> Iterator[Row]:
     for number, line in enumerate(lines_of(text), start=1):
         if not line.strip():
             continue
@@ -174,6 +177,12 @@ def delimited_rows(
     """The rows of a CSV or TSV file with a header line. Quoted fields may hold newlines and delimiters
     (the record's line is where it starts); a UTF-8 byte-order mark is dropped."""
     text = read_data_file(path, folder).removeprefix("\ufeff")
+    return delimited_rows_of(path, text, text_columns, label_column, delimiter, require_label)
+
+
+def delimited_rows_of(
+    path: Path, text: str, text_columns: Sequence[str], label_column: str, delimiter: str, require_label: bool
+) -> Iterator[Row]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     start = 1
     try:
@@ -187,8 +196,9 @@ def delimited_rows(
         for column in wanted:
             if column not in header:
                 key = "label_column" if column == label_column and column not in text_columns else "text_column"
-                raise UserError(f"{path}: no column '{column}'; the header has {_names(header)} "
-                                f"(set config key '{key}' to the column's name)")  # fmt: skip
+                others = [name for name in header if name not in (*text_columns, label_column)]
+                fix = f"set {key}: {others[0]}" if len(others) == 1 else f"set config key '{key}' to the column's name"
+                raise UserError(f"{path}: no column '{column}'; the header has {_names(header)} ({fix})")
         start = reader.line_num + 1
         for fields in reader:
             where = f"{path}:{start}"
@@ -377,6 +387,39 @@ def sorted_labels(values: set[str], path: Path) -> tuple[str, ...]:
     if all(INTEGER.fullmatch(value) for value in values):
         return tuple(sorted(values, key=int))
     return tuple(sorted(values))
+
+
+PEEK_BYTES = 1 << 16  # what a preflight reads of each file: its header and first records
+
+
+def peek_own_folder(folder: Path, spec: DataSpec) -> list[str]:
+    """The preflight of `job validate` for own data: each split's file found and of the right kind, and
+    its header (CSV, TSV) or first record (JSON lines) holding the configured columns, from the file's
+    first 64 KiB alone. UserError (the run's own message) for what `job run` would stop on there; one
+    line per file otherwise."""
+    if not folder.is_dir():
+        raise UserError(f"config key 'data_dir': {folder} is not a folder")
+    columns, lines = spec.text_columns(), []
+    for split in SPLITS:
+        path = own_file(folder, split, required=split != "test")
+        if path is None:
+            continue
+        text = read_data_file(path, folder, head=PEEK_BYTES).removeprefix("\ufeff")
+        first = next((line for line in lines_of(text) if line.strip()), None)
+        if first is None:
+            raise UserError(f"data file {path} is empty")
+        if path.suffix in (".csv", ".tsv"):  # the header alone: a cut may fall inside a quoted field
+            list(delimited_rows_of(path, first, columns, spec.label_column, _delimiter(path), require_label=True))
+            lines.append(f"{path.name}: columns {_names(next(csv.reader([first], delimiter=_delimiter(path))))}")
+        else:
+            row = next(json_rows_of(path, first, columns, spec.label_column))
+            labelled([row], path, require_label=True)
+            lines.append(f"{path.name}: first record has {', '.join(map(repr, (*columns, spec.label_column)))}")
+    return lines
+
+
+def _delimiter(path: Path) -> str:
+    return "," if path.suffix == ".csv" else "\t"
 
 
 def read_own_folder(folder: Path, spec: DataSpec) -> RawSplits:

@@ -46,12 +46,14 @@ def read_text(path: Path, what: str, limit: int | None = None) -> str:
     return _decoded(raw, path)
 
 
-def read_data_file(path: Path, folder: Path, what: str = "data file", limit: int = DATA_LIMIT) -> str:
+def read_data_file(path: Path, folder: Path, what: str = "data file", limit: int = DATA_LIMIT,
+                   head: int | None = None) -> str:  # fmt: skip
     """The UTF-8 text of a data file in `folder` (data_dir, or the task's folder in the PaddleNLP cache),
     read as the records are: a regular file only, at most `limit` bytes, and never through a link that
     leaves `folder` (a link to /proc/self/environ or /etc/passwd; a link inside the folder is followed).
     A FIFO, a device (/dev/zero), a folder or a socket is a UserError naming the file, at once: no read
-    blocks and none fills memory."""
+    blocks and none fills memory. With `head`, only the file's first `head` bytes (a preflight's peek;
+    a character cut in two at the end is dropped)."""
     real, inside = path.resolve(), folder.resolve()
     if real != inside and inside not in real.parents:
         raise UserError(f"{what} {path} is a symbolic link to a file outside {folder}: "
@@ -73,11 +75,13 @@ def read_data_file(path: Path, folder: Path, what: str = "data file", limit: int
                         "sample it into a smaller file")  # fmt: skip
     with os.fdopen(descriptor, "rb") as handle:
         try:
-            raw = handle.read(info.st_size + 1)  # not limit + 1: Python allocates what it is asked for
+            raw = handle.read(info.st_size + 1 if head is None else head)  # never more than the file holds
         except OSError as exc:
             raise RetryableError(f"could not read {what} {path}: {exc.strerror}") from None
     if len(raw) > limit:  # it grew while being read
         raise UserError(f"{what} {path} is more than the {limit:,} bytes the job reads")
+    if head is not None and len(raw) == head:
+        raw = raw[: raw.rfind(b"\n") + 1] or raw  # whole lines only
     return _decoded(raw, path)
 
 

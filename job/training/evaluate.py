@@ -3,7 +3,7 @@ shortcuts of job.training.inference (same numbers up to float rounding, tested).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,13 +46,21 @@ def batched_logits(
         model.train()
 
 
-def evaluate(model: Any, rows: Sequence[Encoded], batch_size: int, pad_id: int, stop: Any = None) -> EvalResult:
+def evaluate(
+    model: Any, rows: Sequence[Encoded], batch_size: int, pad_id: int, stop: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalResult:  # fmt: skip
+    """`progress(rows done, rows)` after each batch, when given."""
     import paddle
     import paddle.nn.functional as F
 
     loss_sum = 0.0
     predictions = [0] * len(rows)
+    done = 0
     for indices, logits in batched_logits(model, rows, batch_size, pad_id, stop):
+        done += len(indices)
+        if progress is not None:
+            progress(done, len(rows))
         labels = paddle.to_tensor([rows[i].label for i in indices], dtype="int64")
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
         for index, predicted in zip(indices, logits.argmax(axis=-1).numpy().tolist(), strict=True):

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from job.data.batches import Encoded, epoch_batches, iterate_batches
 from job.errors import TrainingDiverged
+from job.output.log import say
 from job.runtime import device
 from job.runtime.device import batch_on_device
 from job.runtime.ranks import Ranks, shard_batches, usable_batches
@@ -234,12 +235,9 @@ def train(
                 elapsed = time.perf_counter() - started
                 elapsed -= evaluating_seconds
                 progress.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}", samples_s=f"{outcome.samples / elapsed:.1f}")
-                if ranks.is_main and logged:
-                    tqdm.write(
-                        f"[{label}] step {outcome.steps}/{total_steps} epoch {epoch + 1} loss {value:.4f} "
-                        f"lr {schedule.get_lr():.2e} {outcome.samples / elapsed:.1f} samples/s",
-                        file=sys.stderr,
-                    )
+                if ranks.is_main and logged and progress.disable:  # on a terminal the bar says it
+                    say(f"[{label}] step {outcome.steps}/{total_steps} epoch {epoch + 1} loss {value:.4f} "
+                        f"lr {schedule.get_lr():.2e} {outcome.samples / elapsed:.1f} samples/s")  # fmt: skip
                 if evaluation:
                     paused = time.perf_counter()
                     outcome.stopped_early = bool(evaluate_at(outcome.steps))  # type: ignore[misc]
