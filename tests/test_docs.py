@@ -87,3 +87,13 @@ def test_the_layout_in_development_md_names_every_module_and_config() -> None:
     assert [name for name in modules if not re.search(rf"\b{name}\b", layout)] == []
     configs = sorted(path.name for path in (ROOT / "configs").glob("*.yaml"))
     assert [name for name in configs if name not in page] == []
+
+
+def test_the_config_table_gives_each_shipped_config_its_run_count() -> None:
+    from job.config.plan import plan_runs
+    from job.config.schema import load_config
+
+    page = (ROOT / "docs" / "config-guide.md").read_text(encoding="utf-8")
+    table = dict(re.findall(r"^\| `([\w.]+\.yaml)` \| (\d+) \|", page, flags=re.M))
+    planned = {path.name: str(len(plan_runs(load_config(path)))) for path in (ROOT / "configs").glob("*.yaml")}
+    assert table == planned

@@ -15,6 +15,7 @@ from job.cli import main
 from job.doctor import all_reduce_check, driver_check, driver_version, precisions_to_try
 from job.runtime.device import DeviceChoice
 from job.training.strategies import STRATEGY_NAMES
+from tests.fixtures import ROOT
 from tests.test_device_faults import INSUFFICIENT_DRIVER, raising
 
 
@@ -34,6 +35,10 @@ def test_on_this_cpu_every_check_passes_and_nothing_is_left_behind(tmp_path: Pat
     assert names == ["paddle build", "devices", *steps, "MKL", "threads", "matmul peak", "output_dir", "model cache",
                      "model", "data"]  # fmt: skip
     assert "GFLOP/s" in lines[names.index("matmul peak")]
+    page = (ROOT / "docs" / "devices.md").read_text(encoding="utf-8")
+    sample = next(block for block in page.split("```") if block.strip().startswith("PASS  paddle build"))
+    shown = [line.split(":")[0][6:] for line in sample.strip().splitlines()[:-1]]
+    assert shown == names  # docs/devices.md shows every check, in the doctor's order
     assert not (tmp_path / "out").exists()  # the probe's folder is removed again
 
 

@@ -89,7 +89,7 @@ def test_a_data_file_larger_than_the_limit_is_refused_before_it_is_read(tmp_path
     import job.data.textfiles as textfiles
 
     data = own(tmp_path / "d", "text,label\n" + "好,a\n坏,b\n" * 100)
-    monkeypatch.setattr(textfiles.read_data_file, "__defaults__", ("data file", 500))
+    monkeypatch.setattr(textfiles.read_data_file, "__defaults__", ("data file", 500, None))
     assert "train.csv is 1,211 bytes, more than the 500 the job reads" in refused(data)
 
 

@@ -104,43 +104,83 @@ class CommonConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     # --- the seed's keys ---
-    model_name: str = Field("ernie-3.0-medium-zh", description="PaddleNLP model name or a local model folder")
-    max_seq_length: int = Field(128, ge=8, description="tokens per sentence after truncation")
+    model_name: str = Field(
+        "ernie-3.0-medium-zh",
+        description="PaddleNLP model name (downloaded once"
+        " into `$PPNLP_HOME/models`) or a "
+        "local folder saved with "
+        "`save_pretrained`",
+    )
+    max_seq_length: int = Field(
+        128,
+        ge=8,
+        description="tokens per title after truncation; must not "
+        "exceed the model's position limit. Batches "
+        "pad to their longest title",
+    )
     batch_size: int = Field(8, ge=1, description="training batch size")
     learning_rate: Rate | list[Rate] = Field(
-        5e-5, description="peak learning rate shared by all strategies; a list trains one run per rate"
+        5e-5,
+        description="peak AdamW learning rate, shared by the strategies; a list (`[3e-5, "
+        "5e-5]`) trains one run per rate and picks the best on dev",
     )
-    weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay (not on bias/LayerNorm)")
+    weight_decay: float = Field(
+        0.01, ge=0, le=1, description="AdamW weight decay, not applied to biases and LayerNorm weights"
+    )
     num_epochs: int = Field(1, ge=1, le=1000, description="passes over the training sample")
     max_train_samples: PositiveInt | list[PositiveInt | None] | None = Field(
         512,
-        description="training rows drawn from train (null: all); a list (e.g. [500, 2000, 8000, null]) trains "
-        "every run at each size, on the same dev and test titles: a learning curve, one comparison per size",
+        description="rows drawn (seeded) from train; `null` = all. A list (`[500, 2000, 8000, null]`)"
+        " is a learning curve: every run at each size, on the same dev and test titles, "
+        "one comparison per size",
     )
-    max_eval_samples: int | None = Field(256, ge=1, description="rows drawn for dev and for test (null: all)")
+    max_eval_samples: int | None = Field(256, ge=1, description="rows drawn for dev, and for test; `null` = all")
     seed: Seed | list[Seed] = Field(
-        42, description="seeds batch order, head and LoRA initialisation and dropout; a list repeats every run per seed"
+        42,
+        description="seeds batch order, classifier-head and LoRA initialisation, dropout. A list "
+        "(`[42, 43, 44]`) repeats every run once per seed; the report shows mean ± "
+        "std",
     )
     data_seed: Seed | None = Field(
-        None, description="seeds the train/dev/test sample, the same rows for every run (null: the first seed)"
+        None,
+        description="seeds the train/dev/test sample, drawn once so every run sees the same "
+        "rows (the paired test needs it); `null` = the first seed",
     )
     output_dir: str = Field(
         "reports",
         min_length=1,
-        description="folder, or s3://bucket/prefix or gs://bucket/prefix, for report and results",
+        description="where the report and results go: a folder, or `s3://bucket/prefix` / "
+        "`gs://bucket/prefix` (see [Run on a batch queue](batch-queues.md#batch-queues))",
     )
-    report_file: str = Field("ernie_lora_vs_full_report.md", description="report file name inside output_dir")
-    save_artifacts: bool = Field(False, description="save the LoRA adapter, merged model and full-FT model")
+    report_file: str = Field(
+        "ernie_lora_vs_full_report.md", description="report file name: a plain name inside `output_dir`"
+    )
+    save_artifacts: bool = Field(
+        False,
+        description="save the LoRA adapter, the LoRA-merged model and"
+        " the full-FT model under "
+        "`output_dir/artifacts/<run>/`",
+    )
     lora_r: PositiveInt | list[PositiveInt] = Field(
-        16, description="LoRA rank; a list (e.g. [4, 8, 16]) trains one LoRA row per rank"
+        16,
+        description="LoRA rank (at most the hidden size). A list, e.g. `[4, 8, 16]`, is a rank "
+        "sweep: one LoRA row per rank, each trained from the same weights on the same"
+        " batches",
     )
     lora_alpha: PositiveInt | list[PositiveInt] = Field(
-        32, description="LoRA scaling numerator (scale = alpha / r); a list pairs with a list of ranks"
+        32,
+        description="LoRA scale numerator (updates scaled by alpha / r): one value for every "
+        "rank, or a list paired with the list of ranks (`lora_r: [4, 8]`, "
+        "`lora_alpha: [8, 16]`)",
     )
-    lora_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA branch")
+    lora_dropout: float = Field(
+        0.1, ge=0, lt=1, description="dropout on the LoRA branch (not on PiSSA's, which trains without)"
+    )
 
     # --- what a real run needs ---
-    device: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto: GPU when Paddle sees one, else CPU")
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="`auto`: GPU when Paddle has CUDA and sees a GPU, else CPU; `gpu` without one exits 2"
+    )
     report_note: str | None = Field(
         None, max_length=2000, description="a paragraph the report prints under its title (the demo says it is one)"
     )
@@ -153,103 +193,124 @@ class CommonConfig(BaseModel):
     )
     dataset: Literal[DATASET_NAMES] = Field(  # type: ignore[valid-type]
         DEFAULT_DATASET,
-        description="the task: a CLUE classification task by name (tnews, iflytek, afqmc, ocnli, cmnli; "
-        "downloaded through PaddleNLP, or read from data_dir in its CLUE format), or own: your labelled files "
-        "in data_dir",
+        description="the task: a CLUE classification task by name (`tnews`, `iflytek`, `afqmc`, "
+        "`ocnli`, `cmnli`), or `own` for your files in `data_dir`; see [Your own data and"
+        " other CLUE tasks](own-data.md#your-own-data-and-other-clue-tasks)",
     )
     data_dir: str | None = Field(
         None,
-        description="folder of the data: for a CLUE task its CLUE-format files (train.json, dev.json, an optional "
-        "test.json); for dataset: own, train and dev (and an optional labelled test) as .jsonl/.json (JSON "
-        "lines), .csv or .tsv with a header; null: PaddleNLP's download of the CLUE task",
+        description="`null`: PaddleNLP's `clue/<dataset>` (downloaded once, md5-checked); or a folder"
+        " of the task's CLUE-format files (`train.json`, `dev.json`, an optional labelled"
+        " `test.json`; OCNLI's train is `train.50k.json`); with `dataset: own`, your "
+        "`train` and `dev` (and optional labelled `test`) files",
     )
-    text_column: str = Field("sentence", min_length=1, description="dataset: own: the column of the text")
+    text_column: str = Field("sentence", min_length=1, description="`dataset: own`: the column of the text")
     text_pair_column: str | None = Field(
-        None, min_length=1, description="dataset: own: the column of the second text of a sentence-pair task"
+        None,
+        min_length=1,
+        description="`dataset: own`: the column of a second text: a sentence-pair"
+        " task (`[CLS] a [SEP] b [SEP]`, segment ids 0 and 1)",
     )
-    label_column: str = Field("label", min_length=1, description="dataset: own: the column of the label")
+    label_column: str = Field("label", min_length=1, description="`dataset: own`: the column of the label")
     label_names: list[str] | None = Field(
         None,
         min_length=2,
-        description="dataset: own: every label, in class-id order (null: the sorted distinct labels of train, "
-        "numerically when all are integers)",
+        description="`dataset: own`: every label in class-id order, checked against the data; `null` "
+        "= the sorted distinct labels of train (numerically when all are integers)",
     )
     lora_targets: TargetPreset | list[TargetPreset] = Field(
         "attention_qv",
-        description="the layers LoRA (and LoKr) wrap, by preset: attention_qv (the q and v projections) or "
-        "all_linear (q, k, v, out and both MLP projections of every layer); a list trains one row per preset",
+        description="the layers LoRA (and LoKr, VeRA) wrap, by preset: `attention_qv` (q and v projections)"
+        " or `all_linear` (q, k, v, out and both MLP projections of every layer); a list "
+        "(`[attention_qv, all_linear]`) trains one row per preset",
     )
     lora_target_modules: list[str] | None = Field(
         None,
         min_length=1,
-        description="regexes (full match) of the layers LoRA wraps, instead of a lora_targets preset",
+        description="regexes (full match) of layer names LoRA wraps, e.g. `.*\\.self_attn\\.q_proj`, "
+        "instead of a `lora_targets` preset (giving both is an error)",
     )
     lora_rslora: bool | list[bool] = Field(
-        False, description="rsLoRA: scale updates by alpha / sqrt(r) instead of alpha / r; [false, true] compares both"
+        False, description="rsLoRA: scale updates by alpha / √r instead of alpha / r; `[false, true]` trains both"
     )
     lora_plus_ratio: Annotated[float, Field(gt=0)] | list[Annotated[float, Field(gt=0)]] = Field(
         1.0,
-        description="LoRA+: B's learning rate is this many times A's (1: plain LoRA; the LoRA+ paper uses 16)",
+        description="LoRA+: B's learning rate is this many times A's (PaddleNLP's `lora_plus_scale`; "
+        "the LoRA+ paper uses 16); a list sweeps it",
     )
     lora_pissa: bool | list[bool] = Field(
         False,
-        description="PiSSA: A and B start from the frozen weight's top-r singular vectors, which the weight then "
-        "leaves out (scale 1; alpha is not used), trained with no dropout (lora_dropout is not used) and no weight "
-        "decay on A and B; only the merged model is saved",
+        description="PiSSA: A and B start from the frozen weight's top-r singular vectors and the "
+        "weight keeps the residual (scale 1: alpha is not used); only the merged model is"
+        " saved (see [Methods and baselines](methods.md#methods-and-baselines))",
     )
     strategies: list[StrategyName] = Field(
         list(DEFAULT_STRATEGIES),
         min_length=1,
-        description="strategies to run, in this order: lora, full_finetune (the default), and lokr, vera (trained "
-        "scaling vectors over frozen random matrices), bitfit (biases and head), head_only (the head alone: a "
-        "linear probe)",
+        description=f"which strategies run, in this order: {', '.join(f'`{n}`' for n in DEFAULT_STRATEGIES)} by "
+        f"default, and also {', '.join(f'`{n}`' for n in STRATEGY_NAMES if n not in DEFAULT_STRATEGIES)} (see "
+        "[Methods and baselines](methods.md#methods-and-baselines))",
     )
     margin: float = Field(
         1.0,
         ge=0,
         le=100,
-        description="non-inferiority margin in accuracy points: a row is good enough when the 95% interval of "
-        "its test accuracy minus full fine-tuning's lies above -margin (`job report --margin` judges saved runs "
-        "again at another)",
+        description="non-inferiority margin in accuracy points: a row is good enough when the 95% "
+        "interval of its accuracy minus full fine-tuning's lies above −margin; `job "
+        "report --margin` judges saved runs again",
     )
     eval_batch_size: PositiveInt | Literal["auto"] = Field(
         "auto",
-        description="batch size for dev/test evaluation; auto: 16 on CPU (the fastest measured on a 2-core CPU), "
-        "128 on a GPU (evaluation keeps no activations for a backward pass, and a batch of 16 leaves a GPU idle)",
+        description="batch size for evaluation: a number, or `auto` = 16 on CPU (measured fastest "
+        "there: larger batches were slower) and 128 on a GPU (a batch of 16 leaves it "
+        "idle)",
     )
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of steps with linear warm-up")
-    max_grad_norm: float = Field(1.0, ge=0, description="global gradient-norm clip (0: off)")
+    warmup_ratio: float = Field(
+        0.1, ge=0, lt=1, description="share of steps with linear warm-up, then linear decay to 0"
+    )
+    max_grad_norm: float = Field(1.0, ge=0, description="global gradient-norm clipping (0 = off)")
     logging_steps: int = Field(10, ge=1, description="steps between loss lines in the log")
     eval_steps: PositiveInt | None = Field(
         None,
-        description="score dev every this many optimizer steps and at the end, keeping each run's dev curve "
-        "(null: dev only at the end; PaddleNLP's CLUE protocol: 100)",
+        description="score dev every N optimizer steps and at the end (the dev curve); `null` = only at the end",
     )
     select_checkpoint: Literal["last", "best_dev"] = Field(
         "last",
-        description="the weights test is scored on, and saved: last (the end of training) or best_dev (the "
-        "evaluation with the best dev accuracy; the first of equals); chosen on dev, never on test",
+        description="`best_dev`: test is scored on, and artifacts saved from, the evaluation with the"
+        " best dev accuracy (needs `eval_steps`)",
     )
     early_stopping_patience: PositiveInt | None = Field(
         None,
-        description="stop a run after this many evaluations (eval_steps) without a better dev accuracy (null: off)",
+        description="stop a run after this many evaluations without a better dev accuracy (needs `eval_steps`)",
     )
     visualdl: bool = Field(
-        False, description="write VisualDL scalars (loss, learning rate, dev metrics) to output_dir/vdl/<run>"
+        False,
+        description="write VisualDL scalars (training loss and learning rate per step, dev "
+        "accuracy and loss at the end) to `output_dir/vdl/<run>`; view them with "
+        "`visualdl --logdir reports/vdl` (VisualDL comes with PaddleNLP)",
     )
     precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
         "auto",
-        description="training precision: fp32, bf16 or fp16 (mixed, GPU only) or auto (bf16 on a GPU that "
-        "supports it, else fp32); evaluation runs in fp32",
+        description="training precision: `fp32`, `bf16` or `fp16` (mixed precision, GPU only), or "
+        "`auto` = bf16 on a GPU of compute capability 8.0 or newer, fp16 with the loss "
+        "scaler on 7.x, else fp32. Evaluation always runs in fp32. See [Device and "
+        "threads](devices.md#devices-threads-and-gpus)",
     )
     compile: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="run the training forward pass as Paddle's static graph (paddle.jit.to_static): on, off, or "
-        "auto (off: on CPU the job's eager step was as fast or faster, measured; on a GPU not measured yet); off "
-        "under data parallelism. With it, dropout is Paddle's own, drawn inside the graph",
+        description="run the training forward pass as Paddle's static graph (`paddle.jit.to_static`):"
+        " `on`, `off`, or `auto` = off (on CPU the job's eager step measured as fast or "
+        "faster; on a GPU not measured yet, see [docs/performance.md](performance.md)). "
+        "Off under data parallelism. With it, dropout is Paddle's own, drawn inside the "
+        "graph, so a compiled run's numbers differ from an eager one's (seeded and "
+        "reproducible; `compiled` is recorded per run and in `bench.json`)",
     )
     length_bucket_window: int = Field(
-        16, ge=0, description="batches per window sorted by length to cut padding (0: plain shuffle)"
+        16,
+        ge=0,
+        description="training batches are drawn from windows of this many batches of the "
+        "seeded order, sorted by length inside the window (less padding: about "
+        "25% fewer tokens a step on TNEWS); 0 = plain shuffled batches",
     )
 
     @field_validator("model_name", "output_dir", "report_file", "data_dir", "text_column", "label_column")
