@@ -182,9 +182,16 @@ def answers(combined: Combined) -> str:
         missing = "no full fine-tuning row" if full is None else "no row to compare with full fine-tuning"
         return f"No answer: {missing} in these results." + _warnings_text(combined)
     by_group = {row.group: row for row in rows}
+    classes, titles = len(combined.run.data.labels), combined.run.data.test.examples
     lines = []
     for c in combined.comparisons:
-        lines.append(f"- **{c.labels[next(iter(c.labels))]}**: {answer_text(c)}. {test_text(c)}.")
+        reference = by_group.get(c.baseline_group, full)
+        chance = at_chance(by_group[c.group], classes, titles) and at_chance(reference, classes, titles)
+        said = answer_text(c)
+        if chance:  # two untrained models agree: "good enough" would read as a finding
+            said = (f"no answer: it and {base.title} are both at chance ({100 / classes:.1f}% for {classes} "
+                    f"classes), so agreeing says nothing (the numbers alone read: {said})")  # fmt: skip
+        lines.append(f"- **{c.labels[next(iter(c.labels))]}**: {said}. {test_text(c)}.")
     table_rows = []
     for c in combined.comparisons:  # each against the full fine-tuning row it was compared with
         reference = by_group.get(c.baseline_group, full)
@@ -224,9 +231,11 @@ def _saving_row(row: HeadlineRow, full: HeadlineRow, combined: Combined, c: Comp
             return text
         return f"{text} ({value / reference:.0%})"
 
+    classes, titles = len(combined.run.data.labels), combined.run.data.test.examples
+    both_at_chance = at_chance(row, classes, titles) and at_chance(full, classes, titles)
     return [
         row.label,
-        "(the reference)" if c is None else c.answer,
+        "(the reference)" if c is None else "no answer (at chance)" if both_at_chance else c.answer,
         f"{100 * row.trainable_params / row.total_params:.3f}%",
         against(memory, full_memory, _memory(memory)),
         against(seconds, full_seconds, f"{seconds:.1f}"),

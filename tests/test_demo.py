@@ -1,0 +1,37 @@
+"""`job demo`: a whole report with no network, from the tiny model and synthetic titles it makes, that
+says it is a demo; a second run reuses what the first made and trains nothing again."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(400)
+def test_the_demo_writes_a_whole_report_with_no_network(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"  # nothing listens there once the block ends
+    env = {**os.environ, "PPNLP_HOME": str(tmp_path / "cache"), "PPNLP_ENDPOINT": closed, "HTTP_PROXY": closed,
+           "HTTPS_PROXY": closed, "NO_PROXY": "", "PYTHONPATH": str(ROOT)}  # any download would fail  # fmt: skip
+    out = tmp_path / "demo"
+    command = [sys.executable, "-m", "job", "demo", "--output-dir", str(out)]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=380, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+    assert report.splitlines()[2].startswith("**This is a demo** (`python -m job demo`)")
+    assert "## Summary" in report and "## Results" in report and "![Training loss per step]" in report
+    assert (out / "loss_curves.png").stat().st_size > 0 and (out / "pareto.png").stat().st_size > 0
+    combined = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert len(combined["runs"]) == 6 and combined["missing_runs"] == []  # 2 strategies x 3 seeds
+    assert {run["seed"] for run in combined["runs"]} == {1, 2, 3}
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=380, check=False)
+    assert again.returncode == 0 and again.stderr.count("already done for config") == 6
