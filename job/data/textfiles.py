@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from job.errors import RetryableError, UserError
@@ -23,24 +25,32 @@ def excerpt(value: object, limit: int = EXCERPT) -> str:
     return text if len(text) <= limit else f"{text[: limit - 10]}…({len(str(value)):,} characters)"
 
 
-def read_text(path: Path, what: str, limit: int | None = None) -> str:
-    """The UTF-8 text of `path`. Missing, a folder, a link loop, larger than `limit` bytes or not UTF-8:
-    UserError naming `what` and the path (and the line of a bad byte). Any other read failure (a
-    vanished mount, an I/O error) is a RetryableError."""
+@contextlib.contextmanager
+def read_failures(what: str, path: Path, permanent: tuple[int, ...]) -> Iterator[None]:
+    """A failed open or read as the job's own error: UserError (exit 2) when no retry can help (missing,
+    a folder, an errno in `permanent`), RetryableError (75) for the rest (a vanished mount, an I/O error)."""
     try:
-        if limit is None:
-            raw = path.read_bytes()
-        else:
-            with path.open("rb") as handle:  # never more than the limit: `--config /dev/zero` ends here
-                raw = handle.read(limit + 1)
+        yield
     except FileNotFoundError:
         raise UserError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
         raise UserError(f"{what} {path} is a folder, not a file") from None
     except OSError as exc:
-        if exc.errno in PATH_ERRORS:
+        if exc.errno in permanent:
             raise UserError(f"{what} {path} cannot be read: {exc.strerror}") from None
-        raise RetryableError(f"could not read {what} {path}: {exc}") from None
+        raise RetryableError(f"could not read {what} {path}: {exc.strerror or exc}") from None
+
+
+def read_text(path: Path, what: str, limit: int | None = None) -> str:
+    """The UTF-8 text of `path`. Missing, a folder, a link loop, larger than `limit` bytes or not UTF-8:
+    UserError naming `what` and the path (and the line of a bad byte). Any other read failure (a
+    vanished mount, an I/O error) is a RetryableError."""
+    with read_failures(what, path, PATH_ERRORS):
+        if limit is None:
+            raw = path.read_bytes()
+        else:
+            with path.open("rb") as handle:  # never more than the limit: `--config /dev/zero` ends here
+                raw = handle.read(limit + 1)
     if limit is not None and len(raw) > limit:
         raise UserError(f"{what} {path} is larger than {limit:,} bytes; is it the right file?")
     return _decoded(raw, path)
@@ -58,14 +68,8 @@ def read_data_file(path: Path, folder: Path, what: str = "data file", limit: int
     if real != inside and inside not in real.parents:
         raise UserError(f"{what} {path} is a symbolic link to a file outside {folder}: "
                         "the job reads data only inside its folder; copy the file in")  # fmt: skip
-    try:
+    with read_failures(what, path, UNREADABLE):
         descriptor = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise UserError(f"{what} {path} does not exist") from None
-    except OSError as exc:
-        if exc.errno in UNREADABLE:
-            raise UserError(f"{what} {path} cannot be read: {exc.strerror}") from None
-        raise RetryableError(f"could not read {what} {path}: {exc.strerror}") from None
     info = os.fstat(descriptor)  # before fdopen: Python's open refuses a folder with EISDIR
     if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
         os.close(descriptor)
@@ -73,11 +77,8 @@ def read_data_file(path: Path, folder: Path, what: str = "data file", limit: int
             raise UserError(f"{what} {path} is {file_kind(info.st_mode)}, not a file of records")
         raise UserError(f"{what} {path} is {info.st_size:,} bytes, more than the {limit:,} the job reads; "
                         "sample it into a smaller file")  # fmt: skip
-    with os.fdopen(descriptor, "rb") as handle:
-        try:
-            raw = handle.read(info.st_size + 1 if head is None else head)  # never more than the file holds
-        except OSError as exc:
-            raise RetryableError(f"could not read {what} {path}: {exc.strerror}") from None
+    with os.fdopen(descriptor, "rb") as handle, read_failures(what, path, ()):
+        raw = handle.read(info.st_size + 1 if head is None else head)  # never more than the file holds
     if len(raw) > limit:  # it grew while being read
         raise UserError(f"{what} {path} is more than the {limit:,} bytes the job reads")
     if head is not None and len(raw) == head:
