@@ -143,7 +143,7 @@ def same_but_timing(folder: Path, copy: Path) -> tuple[dict, str]:
     for file in (folder / "results").glob("*.json"):
         record = json.loads(file.read_text(encoding="utf-8"))
         clocked = ("training_seconds", "samples_per_second", "tokens_per_second", "peak_memory_mb")
-        record["result"].update(dict.fromkeys(clocked, 1.0), finished_at="")
+        record["result"].update(dict.fromkeys(clocked, 1.0), started_at="", finished_at="")
         record["run"]["config"]["output_dir"] = "OUT"
         (copy / "results" / file.name).write_text(json.dumps(record), encoding="utf-8")
     rebuilt = CliRunner().invoke(main, ["report", "--output-dir", str(copy)])

@@ -161,7 +161,7 @@ def test_out_of_memory_names_the_batch_size_to_try(write_config, tmp_path: Path)
         text=True, timeout=600, check=False, env={**os.environ, "PYTHONPATH": str(root)},
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "[full_finetune] training ran out of memory at batch size 2048" in result.stderr
+    assert "[full_finetune] training at batch size 2048 ran out of memory" in result.stderr
     assert "try --set full_finetune_batch_size=1024" in result.stderr
     assert "Traceback" not in result.stderr
 
