@@ -180,6 +180,8 @@ def test_at_chance_the_report_ranks_nothing_and_says_why() -> None:
     # Two untrained models that agree are not "good enough": the answer says so, in the line and the table
     assert summary.count("no answer: it and full fine-tuning are both at chance (6.7% for 15 classes)") == 2
     assert summary.count("| no answer (at chance) |") == 2 and "| good enough |" not in summary
+    verdicts = [line for line in report.splitlines() if line.startswith("- Verdict")]
+    assert verdicts and all("no answer: it and full fine-tuning are both at chance" in line for line in verdicts)
     # One row that learned: the rows are ranked.
     learned = [*chance_runs[:2], result("full_finetune", lr=5e-5, seed=1, dev_right=70, test_right=600, labels=LABELS)]
     assert "| Rank by test accuracy |" in render_report(combine(records(learned, LABELS)))

@@ -182,16 +182,10 @@ def answers(combined: Combined) -> str:
         missing = "no full fine-tuning row" if full is None else "no row to compare with full fine-tuning"
         return f"No answer: {missing} in these results." + _warnings_text(combined)
     by_group = {row.group: row for row in rows}
-    classes, titles = len(combined.run.data.labels), combined.run.data.test.examples
     lines = []
     for c in combined.comparisons:
-        reference = by_group.get(c.baseline_group, full)
-        chance = at_chance(by_group[c.group], classes, titles) and at_chance(reference, classes, titles)
-        said = answer_text(c)
-        if chance:  # two untrained models agree: "good enough" would read as a finding
-            said = (f"no answer: it and {base.title} are both at chance ({100 / classes:.1f}% for {classes} "
-                    f"classes), so agreeing says nothing (the numbers alone read: {said})")  # fmt: skip
-        lines.append(f"- **{c.labels[next(iter(c.labels))]}**: {said}. {test_text(c)}.")
+        lines.append(f"- **{c.labels[next(iter(c.labels))]}**: {unless_at_chance(combined, c, answer_text(c))}. "
+                     f"{test_text(c)}.")  # fmt: skip
     table_rows = []
     for c in combined.comparisons:  # each against the full fine-tuning row it was compared with
         reference = by_group.get(c.baseline_group, full)
@@ -231,11 +225,9 @@ def _saving_row(row: HeadlineRow, full: HeadlineRow, combined: Combined, c: Comp
             return text
         return f"{text} ({value / reference:.0%})"
 
-    classes, titles = len(combined.run.data.labels), combined.run.data.test.examples
-    both_at_chance = at_chance(row, classes, titles) and at_chance(full, classes, titles)
     return [
         row.label,
-        "(the reference)" if c is None else "no answer (at chance)" if both_at_chance else c.answer,
+        "(the reference)" if c is None else "no answer (at chance)" if both_at_chance(combined, c) else c.answer,
         f"{100 * row.trainable_params / row.total_params:.3f}%",
         against(memory, full_memory, _memory(memory)),
         against(seconds, full_seconds, f"{seconds:.1f}"),
@@ -246,6 +238,24 @@ def _saving_row(row: HeadlineRow, full: HeadlineRow, combined: Combined, c: Comp
 def _warnings_text(combined: Combined) -> str:
     lines = _answer_warnings(combined)
     return "\n\n" + "\n".join(f"- **Warning:** {line}" for line in lines) if lines else ""
+
+
+def both_at_chance(combined: Combined, c: Comparison) -> bool:
+    """The compared row and the full fine-tuning row it was compared with are both at chance."""
+    by_group = {row.group: row for row in combined.headline}
+    classes, titles = len(combined.run.data.labels), combined.run.data.test.examples
+    reference = by_group.get(c.baseline_group) or best_row(combined.headline, baseline().name)
+    return reference is not None and all(at_chance(row, classes, titles) for row in (by_group[c.group], reference))
+
+
+def unless_at_chance(combined: Combined, c: Comparison, said: str) -> str:
+    """`said` (an answer or a verdict), unless both rows are at chance: two untrained models that agree
+    would read as "good enough", a finding about nothing."""
+    if not both_at_chance(combined, c):
+        return said
+    classes = len(combined.run.data.labels)
+    return (f"no answer: it and {baseline().title} are both at chance ({100 / classes:.1f}% for {classes} classes), "
+            f"so agreeing says nothing (the numbers alone read: {said})")  # fmt: skip
 
 
 def _answer_warnings(combined: Combined) -> list[str]:
@@ -487,11 +497,12 @@ def observations(combined: Combined) -> list[str]:
     c = combined.comparison
     if c is not None:
         chosen = f" ({c.labels[adapted]} against {c.labels[base]})" if len(lora) > 1 or len(others) > 1 else ""
-        lines.append(f"Verdict{chosen}: {c.verdict}")
+        lines.append(f"Verdict{chosen}: {unless_at_chance(combined, c, c.verdict)}")
     for other in combined.comparisons:
         if c is None or other.group != c.group:
             strategy = next(iter(other.labels))
-            lines.append(f"Verdict ({other.labels[strategy]} against {other.labels[base]}): {other.verdict}")
+            lines.append(f"Verdict ({other.labels[strategy]} against {other.labels[base]}): "
+                         f"{unless_at_chance(combined, other, other.verdict)}")  # fmt: skip
     if (curve := learning_curve_line(combined)) is not None:
         lines.append(curve)
     if (checkpoints := _checkpoint_line(rows, combined)) is not None:
