@@ -310,7 +310,7 @@ def inputs_checks(config: JobConfig) -> Iterator[Check]:
     """The config's model and data: in the cache (or local), or reachable in a few seconds, so that `job
     run` will not stop at its first download. FAIL with the offline options when neither holds."""
     from job.data.download import OFFLINE, builtin_model_files, clue_archive, missing_members, use_mirror
-    from job.data.sources import peek_own_folder
+    from job.data.sources import peek_clue_folder, peek_own_folder
     from job.data.tasks import CLUE_TASKS, OWN
 
     use_mirror()
@@ -333,12 +333,22 @@ def inputs_checks(config: JobConfig) -> Iterator[Check]:
         else:
             yield Check("model", True, f"{model}: PaddleNLP resolves it on the first run (not one the doctor knows)")
     if config.data_dir:
+        folder = Path(config.data_dir)
         try:
-            lines = peek_own_folder(Path(config.data_dir), config.data_spec()) if config.dataset == OWN else []
+            if config.dataset == OWN:
+                lines = peek_own_folder(folder, config.data_spec())
+            else:
+                lines = peek_clue_folder(folder, CLUE_TASKS[config.dataset])
         except UserError as exc:
-            yield Check("data", False, str(exc), "fix the file, or the column keys (docs/own-data.md)")
+            fix = (
+                "fix the file, or the column keys (docs/own-data.md)"
+                if config.dataset == OWN
+                else (
+                    f"give data_dir the task's files in CLUE's format, or leave it unset to download {config.dataset}"
+                )
+            )
+            yield Check("data", False, str(exc), fix)
         else:
-            folder = Path(config.data_dir)
             ok = folder.is_dir()
             yield Check("data", ok, f"{folder}" + (f": {'; '.join(lines)}" if lines else "") if ok else
                         f"data_dir {folder} is not a folder", "set data_dir to the folder of your files")  # fmt: skip

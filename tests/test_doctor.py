@@ -176,3 +176,17 @@ def test_own_data_with_a_missing_column_fails_the_doctor_and_validate(tmp_path: 
     fixed = CliRunner().invoke(main, ["validate", "--config", str(write_config(dataset="own", data_dir=str(data),
                                                                                 text_column="review"))])  # fmt: skip
     assert fixed.exit_code == 0 and "data: train.csv: columns 'review', 'label'" in fixed.output
+
+
+def test_a_clue_folder_whose_records_lack_the_tasks_fields_fails_the_doctor(tmp_path: Path, write_config) -> None:
+    folder = tmp_path / "clue"
+    folder.mkdir()
+    for split in ("train", "dev"):
+        (folder / f"{split}.json").write_text('{"text": "好", "label": "100"}\n', encoding="utf-8")
+    result = doctor(tmp_path, config=write_config(data_dir=str(folder)))
+    assert result.exit_code == 2, result.output
+    assert "FAIL  data: " in result.output and "train.json:1: record has no 'sentence' text; its keys are 'text'" in (
+        result.output
+    )
+    assert "config key 'text_column'" not in result.output  # a CLUE task's fields are not config keys
+    assert "give data_dir the task's files in CLUE's format" in result.output

@@ -118,7 +118,7 @@ class Row:
 # ---------------------------------------------------------------- records
 
 
-def record_row(record: Any, where: str, text_columns: Sequence[str], label_column: str) -> Row:
+def record_row(record: Any, where: str, text_columns: Sequence[str], label_column: str, keyed: bool = True) -> Row:
     """One JSON object (or CSV row as a dict) -> Row. Texts must be non-empty strings; a label is a
     string or an integer (JSON lines may write `1`); an absent or empty label is None."""
     if not isinstance(record, dict):
@@ -129,7 +129,7 @@ def record_row(record: Any, where: str, text_columns: Sequence[str], label_colum
         text = record.get(column)
         if not isinstance(text, str) or not text.strip():
             raise UserError(f"{where}: record has no '{column}' text{_keys_hint(record, column)}"
-                            + (" (config key 'text_column')" if column not in record else ""))  # fmt: skip
+                            + (" (config key 'text_column')" if keyed and column not in record else ""))  # fmt: skip
         texts.append(text)
     label = record.get(label_column)
     if isinstance(label, bool) or not isinstance(label, str | int | None):
@@ -138,7 +138,9 @@ def record_row(record: Any, where: str, text_columns: Sequence[str], label_colum
         raise UserError(f"{where}: label {excerpt(label)} is not a class name ({len(str(label)):,} digits)")
     # ` 1` and `1` are one class; a cell of spaces is an empty label
     label = None if label is None or not str(label).strip() else str(label).strip()
-    missing = f"no '{label_column}' key{_keys_hint(record, label_column)} (config key 'label_column')"
+    missing = f"no '{label_column}' key{_keys_hint(record, label_column)}" + (
+        " (config key 'label_column')" if keyed else ""
+    )
     return Row(tuple(texts), label, where, missing if label_column not in record else "")
 
 
@@ -150,12 +152,18 @@ def _keys_hint(record: dict, column: str) -> str:
     return f"; its keys are {keys or 'none'}"
 
 
-def json_rows(path: Path, folder: Path, text_columns: Sequence[str], label_column: str) -> Iterator[Row]:
-    """The records of a JSON-lines file (CLUE's format: one object per line; blank lines skipped)."""
-    return json_rows_of(path, read_data_file(path, folder).removeprefix("\ufeff"), text_columns, label_column)
+def json_rows(
+    path: Path, folder: Path, text_columns: Sequence[str], label_column: str, keyed: bool = True
+) -> Iterator[Row]:
+    """The records of a JSON-lines file (CLUE's format: one object per line; blank lines skipped).
+    `keyed`: the columns are config keys (own data), which a message about a missing one names."""
+    text = read_data_file(path, folder).removeprefix("\ufeff")
+    return json_rows_of(path, text, text_columns, label_column, keyed)
 
 
-def json_rows_of(path: Path, text: str, text_columns: Sequence[str], label_column: str) -> Iterator[Row]:
+def json_rows_of(
+    path: Path, text: str, text_columns: Sequence[str], label_column: str, keyed: bool = True
+) -> Iterator[Row]:
     for number, line in enumerate(lines_of(text), start=1):
         if not line.strip():
             continue
@@ -168,7 +176,7 @@ def json_rows_of(path: Path, text: str, text_columns: Sequence[str], label_colum
         except (ValueError, RecursionError) as exc:  # an integer of 4,300+ digits; 100,000 nested '['
             why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
             raise UserError(f"{where}: unreadable JSON ({why})") from None
-        yield record_row(record, where, text_columns, label_column)
+        yield record_row(record, where, text_columns, label_column, keyed)
 
 
 def delimited_rows(
@@ -221,12 +229,12 @@ def _names(names: Sequence[str], quoted: bool = True) -> str:
 
 
 def read_rows(path: Path, folder: Path, text_columns: Sequence[str], label_column: str,
-              require_label: bool = True) -> list[Row]:  # fmt: skip
+              require_label: bool = True, keyed: bool = True) -> list[Row]:  # fmt: skip
     if path.suffix in (".csv", ".tsv"):
         delimiter = "," if path.suffix == ".csv" else "\t"
         rows = list(delimited_rows(path, folder, text_columns, label_column, delimiter, require_label))
     else:
-        rows = list(json_rows(path, folder, text_columns, label_column))
+        rows = list(json_rows(path, folder, text_columns, label_column, keyed))
     if not rows:
         raise UserError(f"data file {path} is empty")
     return rows
@@ -305,7 +313,7 @@ def clue_labels(task: ClueTask, folder: Path) -> Labels:
 
 def clue_split(task: ClueTask, folder: Path, split: str, labels: Labels, require_label: bool) -> list[Example] | None:
     path = folder / clue_file(task, split)
-    read = read_rows(path, folder, task.text_fields, "label", require_label)
+    read = read_rows(path, folder, task.text_fields, "label", require_label, keyed=False)
     rows = [row for row in read if not (task.skips_unlabelled and row.label == "-")]
     if not rows:  # OCNLI writes '-' where its annotators disagreed
         raise UserError(f"{path}: none of its {len(read):,} records has a label (every one is '-')")
@@ -415,6 +423,24 @@ def peek_own_folder(folder: Path, spec: DataSpec) -> list[str]:
             row = next(json_rows_of(path, first, columns, spec.label_column))
             labelled([row], path, require_label=True)
             lines.append(f"{path.name}: first record has {', '.join(map(repr, (*columns, spec.label_column)))}")
+    return lines
+
+
+def peek_clue_folder(folder: Path, task: ClueTask) -> list[str]:
+    """The preflight for a CLUE task's local folder (`job doctor`): train and dev there, regular files,
+    each first record holding the task's text fields and a label, from the first 64 KiB alone."""
+    if not folder.is_dir():
+        raise UserError(f"config key 'data_dir': {folder} is not a folder")
+    lines = []
+    for split in ("train", "dev"):
+        path = folder / clue_file(task, split)
+        text = read_data_file(path, folder, head=PEEK_BYTES).removeprefix("\ufeff")
+        first = next((line for line in lines_of(text) if line.strip()), None)
+        if first is None:
+            raise UserError(f"data file {path} is empty")
+        row = next(json_rows_of(path, first, task.text_fields, "label", keyed=False))
+        labelled([row], path, require_label=True)
+        lines.append(f"{path.name}: first record has {', '.join(map(repr, (*task.text_fields, 'label')))}")
     return lines
 
 
