@@ -108,8 +108,19 @@ def resolve_config(config_path: Path | None, overrides: tuple[str, ...], **optio
     given = {key: value for key, value in options.items() if value not in (None, ())}
     values.update(given)
     origins = {key: f"--set {item}" for item, key, _ in parsed}
-    origins.update({key: f"--{key.replace('_', '-')}" for key in given})
+    origins.update({key: option_origin(key) for key in given})
     return load_config(config_path, values, strategies=strategies, origins=origins)
+
+
+def option_origin(key: str) -> str:
+    """Where an option's value came from, for a message: `--workers`, or `JOB_WORKERS` when click read it
+    from its environment variable."""
+    name = f"--{key.replace('_', '-')}"
+    context = click.get_current_context(silent=True)
+    if context is None or context.get_parameter_source(key) is not click.core.ParameterSource.ENVIRONMENT:
+        return name
+    option = next((param for param in context.command.params if param.name == key), None)
+    return f"{option.envvar} (environment variable of {name})" if option is not None and option.envvar else name
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -154,7 +165,8 @@ def run(
     stop = StopRequest()
     stop.install()
     check_cache_home()
-    chosen_workers = int(workers) if workers is not None and workers.isdigit() else workers  # "auto", or refused
+    number = workers is not None and workers.strip().lstrip("-").isascii() and workers.strip().lstrip("-").isdigit()
+    chosen_workers = int(workers) if number else workers  # "auto", or refused with the schema's message
     config = resolve_config(
         config_path, overrides, device=device, output_dir=output_dir, strategies=list(strategies) or None,
         workers=chosen_workers,

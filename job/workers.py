@@ -46,7 +46,7 @@ from job.output.storage import open_output
 from job.pipeline import WORKER_VARIABLE, check_output_dir, pending_runs, setup_session, train_one, write_report
 from job.results.records import save_result
 from job.results.schema import ResultRecord
-from job.runtime.cpu import CHOSEN, available_cpus
+from job.runtime.cpu import CHOSEN, HANDED_VARIABLE, available_cpus
 from job.runtime.ranks import Ranks
 from job.runtime.signals import StopRequest
 
@@ -164,9 +164,13 @@ def run_parallel(*, config: JobConfig, stop: StopRequest, force: bool, count: in
         if stop.signum is not None:
             raise Interrupted(stop.signum)
         if failed:
-            report = write_report(output, config.report_file, config.config_hash(), complete_only=output.lock_free)
-            if report:
-                say(f"report (without the failed runs): {report}")
+            try:
+                report = write_report(output, config.report_file, config.config_hash(), complete_only=output.lock_free)
+            except UserError as exc:  # no run of this config finished: the failures are the news, not this
+                say(f"no report: {exc}")
+            else:
+                if report:
+                    say(f"report (without the failed runs): {report}")
             code = most_telling(outcome.code for outcome in failed)
             raise RunsFailed(f"{len(failed)} of {len(pending)} run(s) failed: {', '.join(o.key for o in failed)}",
                              code)  # fmt: skip
@@ -233,6 +237,7 @@ def start_worker(slot: Slot, command: list[str], events: queue.Queue) -> Worker:
     env = {key: value for key, value in os.environ.items() if key not in CHOSEN}
     env.update(slot.env)
     env[WORKER_VARIABLE] = f"{slot.name} {slot.device}"
+    env[HANDED_VARIABLE] = ",".join(name for name in ("OMP_NUM_THREADS",) if name in slot.env)
     env[STATUS_FD_VARIABLE] = str(write_fd)
     env.setdefault("PYTHONUNBUFFERED", "1")
     cpus = slot.cpus

@@ -124,6 +124,16 @@ def test_a_text_of_17_million_characters_is_cut_before_it_is_tokenised(tiny_mode
     assert rows[0].input_ids == rows[1].input_ids and len(rows[0].input_ids) == 32
 
 
+@pytest.mark.parametrize("name", ["train.csv", "train.tsv"])
+def test_a_text_longer_than_the_csv_modules_field_limit_is_read(tmp_path: Path, name: str) -> None:
+    long = "宇宙" * 100_000  # 200,000 characters: Python's csv refuses more than 131,072 by default
+    separator = "," if name.endswith(".csv") else "\t"
+    rows = f"text{separator}label\n{long}{separator}a\n坏{separator}b\n中{separator}a\n"
+    spec = DataSpec(dataset="own", data_dir=str(own(tmp_path / "d", rows, name=name)), text_column="text")
+    train = read_source(spec).train
+    assert [len(example.text) for example in train] == [200_000, 1, 1]
+
+
 def test_json_lines_holding_raw_line_separators_are_read_as_written(tmp_path: Path) -> None:
     lines = [{"text": "一\u2028二", "label": "a"}, {"text": "三\x85四\u2029", "label": "b"}, {"text": "五", "label": 7}]
     data = own(tmp_path / "d", "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines),

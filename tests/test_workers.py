@@ -106,7 +106,39 @@ def test_a_failed_run_leaves_the_others_and_the_command_exits_with_its_code(
     rerun = job("run", "--config", str(config), "--workers", "2", threads=2)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "workers: 1 (w0 cpu (2 threads)); 1 run(s) to train" in rerun.stderr  # only what was missing
+    # Paddle's OMP_NUM_THREADS warning, in the parent (the user set 2) but not in the worker (its share, the job's)
+    assert "WARNING: OMP_NUM_THREADS" in rerun.stderr and "threads)] WARNING: OMP_NUM_THREADS" not in rerun.stderr
     assert len(records(tmp_path / "out")) == 4
+
+
+@pytest.mark.timeout(200)
+def test_data_every_worker_refuses_exits_2_with_its_error_not_the_missing_report(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text("text,label\n好,a\n坏,b\n", encoding="utf-8")  # too few to carve a test split
+    (data / "dev.csv").write_text("text,label\n好,a\n坏,b\n", encoding="utf-8")
+    config = grid(tmp_path, tiny_model, data, "out", dataset="own", text_column="text", learning_rate=5e-3, seed=1)
+    failed = job("run", "--config", str(config), "--workers", "2", threads=2)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last == "error: 2 of 2 run(s) failed: lora, full_finetune", last  # one rate, one seed: short keys
+    assert failed.stderr.count("the test split is empty after sampling") >= 2 and "Traceback" not in failed.stderr
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["--workers", "0"], {}, "error: --workers: config key 'workers': Input should be greater than or equal to 1, "
+                             "or 'auto' (got 0)"),
+    (["--workers", "-3"], {}, "Input should be greater than or equal to 1, or 'auto' (got -3)"),
+    ([], {"JOB_WORKERS": "two"}, "error: JOB_WORKERS (environment variable of --workers): config key 'workers': "
+                                 "Input should be a valid integer, or 'auto' (got 'two')"),
+])  # fmt: skip
+def test_a_worker_count_that_is_not_one_says_what_it_may_be_and_where_it_came_from(
+    write_config, args: list[str], env: dict[str, str], message: str
+) -> None:
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config()), *args], env=env)
+    assert result.exit_code == 2 and message in result.output and result.output.count("\n") == 1, result.output
 
 
 def test_the_gpu_branch_pins_one_gpu_to_each_worker(

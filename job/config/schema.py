@@ -746,7 +746,21 @@ def _one_branch_per_union(errors: list[Any]) -> list[Any]:
         value_is_list = isinstance(error.get("input"), list) or str(error["loc"][-1]).isdigit()
         if branch.startswith("list[") == value_is_list:
             kept.append(error)
-    return kept or errors
+    return _alternatives_joined(kept or errors)
+
+
+def _alternatives_joined(errors: list[Any]) -> list[Any]:
+    """A value that fits no branch of `int | "auto"` gets one message naming both, not one line each:
+    "Input should be greater than or equal to 1, or 'auto'"."""
+    joined: dict[tuple[str, ...], Any] = {}
+    for error in errors:
+        key = tuple(str(part) for part in error["loc"][:1]) if len(error["loc"]) == 2 else None
+        if key is None or key not in joined:
+            joined[key or (str(id(error)),)] = dict(error)
+            continue
+        alternative = error["msg"].removeprefix("Input should be ")
+        joined[key]["msg"] = f"{joined[key]['msg']}, or {alternative}"
+    return list(joined.values())
 
 
 def check_against_model(config: JobConfig, model_limits: dict[str, int]) -> None:

@@ -18,8 +18,13 @@ from typing import Any
 
 from job.data.labels import TNEWS, Labels
 from job.data.tasks import CLUE_TASKS, OWN, ClueTask
-from job.data.textfiles import excerpt, lines_of, read_data_file
+from job.data.textfiles import DATA_LIMIT, excerpt, lines_of, read_data_file
 from job.errors import UserError
+
+# Python's csv module refuses a field longer than 131,072 characters as an error, so one long article in
+# a CSV was "malformed" while the same text in JSON lines was read (and cut before tokenising). A field
+# is bounded by the file's own limit instead.
+csv.field_size_limit(DATA_LIMIT)
 
 SPLITS = ("train", "dev", "test")
 OWN_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")  # what a split's file may be in `dataset: own`

@@ -56,9 +56,10 @@ def local_ranks() -> int:
 def set_cpu_thread_defaults(vendor: str | None = None) -> bool:
     """Use every available core, shared out between the ranks a launch starts here, and MKL's fast
     kernels on AMD, unless the user chose otherwise. Returns whether the job chose OMP_NUM_THREADS."""
-    chosen = "OMP_NUM_THREADS" not in os.environ
+    handed = "OMP_NUM_THREADS" in os.environ.get(HANDED_VARIABLE, "").split(",")  # a worker's share
+    chosen = "OMP_NUM_THREADS" not in os.environ or handed
     if chosen:
-        os.environ["OMP_NUM_THREADS"] = str(max(1, available_cpus() // local_ranks()))
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cpus() // local_ranks())))
         CHOSEN.add("OMP_NUM_THREADS")
     if (vendor if vendor is not None else cpu_vendor()) in AMD_VENDORS and "MKL_DEBUG_CPU_TYPE" not in os.environ:
         os.environ["MKL_DEBUG_CPU_TYPE"] = "5"
@@ -69,6 +70,9 @@ def set_cpu_thread_defaults(vendor: str | None = None) -> bool:
 # The variables set_cpu_thread_defaults set itself (not the user): `job launch` leaves them out of the
 # ranks' environment, so each rank chooses its own share of the cores.
 CHOSEN: set[str] = set()
+# A `--workers` worker's OMP_NUM_THREADS is its share of the cores, which the job set, not the user: the
+# command names such variables here, so the worker treats them as its own choice (and drops Paddle's warning).
+HANDED_VARIABLE = "JOB_CHOSEN_VARIABLES"
 
 
 # Paddle's import prints these two lines whenever OMP_NUM_THREADS > 1 (a warning meant for
