@@ -113,16 +113,28 @@ def test_bad_values_name_the_key(values: dict, key: str, fragment: str) -> None:
 
 @pytest.mark.parametrize(
     ("content", "fragment"),
-    [("", "empty"), ("- a\n- b\n", "mapping"), ("lora_r: [1\n", "not valid YAML"),
-     ("lora_r: !!python/object/apply:os.system ['echo hi']\n", "not valid YAML")],
+    [("", "empty"), ("- a\n- b\n", "mapping"),
+     ("lora_r: [1\n", "not valid YAML: line 2, column 1: while parsing a flow sequence; expected ',' or ']'"),
+     ("lora_r: !!python/object/apply:os.system ['echo hi']\n", "not valid YAML: line 1, column 9: could not "
+      "determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'"),
+     ("seed: 1\nlora_r: 8\nnum_epochs: 1\nlora_r: 4\n", "not valid YAML: line 4, column 1: key 'lora_r' is "
+      "written twice (lines 2 and 4); keep one"),
+     ("lora_targets:\n  qkv: 1\n  qkv: 2\n", "key 'qkv' is written twice (lines 2 and 3)"),
+     ("seed: 1\nnote: \"\x00\"\n", "not valid YAML: character 16: special characters are not allowed, #x0000")],
 )  # fmt: skip
-def test_bad_files_exit_2_and_write_nothing(tmp_path: Path, content: str, fragment: str) -> None:
+def test_bad_files_exit_2_in_one_line_and_write_nothing(tmp_path: Path, content: str, fragment: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(content, encoding="utf-8")
     result = CliRunner().invoke(main, ["run", "--config", str(path), "--output-dir", str(tmp_path / "out")])
     assert result.exit_code == 2
-    assert fragment in result.output
+    assert fragment in result.output and result.output.count("\n") == 1, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_keys_merged_in_with_an_anchor_may_be_overridden() -> None:
+    from job.config.schema import safe_load
+
+    assert safe_load("a: &x {p: 1, q: 2}\nb:\n  <<: *x\n  p: 3\n") == {"a": {"p": 1, "q": 2}, "b": {"p": 3, "q": 2}}
 
 
 def test_unknown_key_exits_2_before_anything_is_written(tmp_path: Path) -> None:

@@ -580,6 +580,22 @@ class SafeLoader(yaml.SafeLoader):
                 raise TooManyAliases(f"more than {MAX_ALIASES} aliases (*name); a config needs few or none")
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        """A key written twice in one mapping is an error naming both lines: PyYAML keeps the last one
+        silently, so `lora_r: 8` above a forgotten `lora_r: 4` trained rank 4. Keys merged in with `<<`
+        may still be overridden, as YAML means them to be."""
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = key_node.value
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {excerpt(key)} is written twice (lines {seen[key].line + 1} and "
+                    f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)  # fmt: skip
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
 
 SafeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
@@ -611,6 +627,19 @@ def _yaml12_int(loader: SafeLoader, node: yaml.ScalarNode) -> int:
 
 
 SafeLoader.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: where (line and column) and what, without its quote of the file (an
+    error is one line in a batch log, and the quote could be anything the file holds)."""
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, yaml.MarkedYAMLError) and mark is not None:
+        what = "; ".join(part for part in (exc.context, exc.problem) if part)
+        return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        shown = f"#x{exc.character:04x}" if isinstance(exc.character, int) else "a byte"
+        return f"character {exc.position + 1}: {exc.reason}, {shown}"
+    return " ".join(str(exc).split())
 
 
 def safe_load(text: str) -> Any:
@@ -647,7 +676,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     try:
         data = safe_load(text)
     except yaml.YAMLError as exc:
-        raise UserError(f"config file {path} is not valid YAML: {exc}") from None
+        raise UserError(f"config file {path} is not valid YAML: {yaml_problem(exc)}") from None
     if data is None:
         raise UserError(f"config file {path} is empty; write at least one key (see configs/)")
     if not isinstance(data, dict):
@@ -681,7 +710,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise UserError(f"--set {text!r}: value is not valid YAML: {exc}") from None
+        raise UserError(f"--set {text!r}: value is not valid YAML: {yaml_problem(exc)}") from None
     return key, value
 
 
@@ -790,9 +819,10 @@ def config_reference_markdown() -> str:
         "<!-- Generated from job/config/schema.py by `make docs` (python -m job config-reference --markdown). -->",
         "",
         "A YAML file passed with `--config` (the seed: `configs/tnews_lora_vs_full.yaml`), with `--set KEY=VALUE`",
-        "overrides. Every key not given takes its default. Unknown keys, wrong types and out-of-range values",
-        "stop the job before anything is loaded or written, naming the key (and the closest valid key for a",
-        "typo), with exit code 2.",
+        "overrides. Every key not given takes its default. Unknown keys, keys written twice, wrong types and",
+        "out-of-range values stop the job before anything is loaded or written, naming the key (and the closest",
+        "valid key for a typo, or both lines of a repeated key), with exit code 2. YAML 1.2 reads the numbers:",
+        "`5e-5` is a float, `010` is ten.",
         "",
         "| key | default | meaning |",
         "|---|---|---|",
