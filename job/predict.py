@@ -78,7 +78,13 @@ def check_model_folder(folder: Path) -> None:
     if not folder.is_dir():
         raise UserError(f"model folder {folder} does not exist")
     if not (folder / "config.json").is_file():
-        raise UserError(f"{folder} is not a saved model: it has no config.json (use a folder under artifacts/)")
+        try:
+            inside = sorted(sub.name for sub in folder.iterdir() if (sub / "config.json").is_file())[:4]
+        except OSError:  # a folder it may not list
+            inside = []
+        hint = (f"the models in it are {', '.join(inside)}: --model {folder / inside[0]}" if inside
+                else "use a run's model folder: artifacts/<run>/model, .../merged or .../adapter")  # fmt: skip
+        raise UserError(f"{folder} is not a saved model: it has no config.json ({hint})")
 
 
 def load_saved_model(folder: Path) -> SavedModel:

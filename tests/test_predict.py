@@ -110,18 +110,23 @@ def test_the_adapter_and_the_merged_model_predict_alike(trained: Path) -> None:
         (lambda tmp, trained: ["--model", str(tmp / "missing"), "x"], "model folder {tmp}/missing does not exist"),
         (lambda tmp, trained: ["--model", str(tmp), "x"], "is not a saved model: it has no config.json"),
         (
+            lambda tmp, trained: ["--model", str(trained / "lora"), "x"],
+            "lora is not a saved model: it has no config.json (the models in it are adapter, merged: --model {trained}"
+            "/lora/adapter)",
+        ),
+        (
             lambda tmp, trained: ["--model", str(trained / "lora" / "merged"), "--input", str(empty(tmp))],
             "has no titles",
         ),
         (lambda tmp, trained: ["--model", str(trained / "lora" / "merged"), "--input", str(latin1(tmp))], "not UTF-8"),
         (lambda tmp, trained: ["--model", str(trained / "lora" / "merged")], "no titles: give them as arguments"),
     ],
-    ids=["missing-folder", "not-a-model", "empty-file", "not-utf8", "no-titles"],
+    ids=["missing-folder", "not-a-model", "a-run-folder", "empty-file", "not-utf8", "no-titles"],
 )
 def test_predicts_bad_inputs_exit_2_naming_them(trained: Path, tmp_path: Path, make, message: str) -> None:
     result = CliRunner().invoke(main, ["predict", "--device", "cpu", *make(tmp_path, trained)])
     assert result.exit_code == 2, result.output
-    assert message.format(tmp=tmp_path) in result.output and "Traceback" not in result.output
+    assert message.format(tmp=tmp_path, trained=trained) in result.output and "Traceback" not in result.output
 
 
 def merged(trained: Path) -> list[str]:
