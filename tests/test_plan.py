@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from job.cli import main
 from job.config.plan import plan_runs
 from job.config.schema import validate_config
+from job.errors import UserError
 
 GRID = {
     "seed": [42, 43, 44],
@@ -72,6 +74,20 @@ def test_plan_spells_each_lora_option_as_its_own_setting() -> None:
     assert " dropout=0.1 rslora=true plus_ratio=16 lr=5e-05 " in first and "targets=" not in first
     assert " dropout=0.1 targets=all_linear rslora=true plus_ratio=16 lr=5e-05 " in second
     assert "_all_linear" not in second.split("strategy=", 1)[1]  # the key keeps its suffix; the settings do not
+
+
+@pytest.mark.timeout(30)
+def test_a_plan_of_more_than_10000_runs_is_refused_before_it_is_built() -> None:
+    at_limit = validate_config({"strategies": ["lora", "full_finetune"], "seed": list(range(5000))})
+    assert len(plan_runs(at_limit)) == 10_000
+    huge = validate_config({"strategies": ["lora"], "learning_rate": [1e-5 * (i + 1) for i in range(3000)],
+                            "seed": list(range(300))})  # fmt: skip
+    with pytest.raises(UserError) as caught:
+        plan_runs(huge)  # 900,000 runs: 25 s to build and print
+    assert str(caught.value).startswith("the plan has more than 10,000 runs (lora: 3,000 rates x 300 seeds = 900,000)")
+    over = validate_config({"strategies": ["lora", "full_finetune"], "seed": list(range(5001))})
+    with pytest.raises(UserError, match=r"\(5,001 runs before it, then full_finetune: 5,001 seeds = 5,001\)"):
+        plan_runs(over)
 
 
 def test_lokr_runs_are_keyed_by_the_dimension_it_uses_and_not_by_alpha() -> None:

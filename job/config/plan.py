@@ -19,6 +19,10 @@ from job.training.strategies import STRATEGIES
 
 __all__ = ["LoRASettings", "Run", "format_plan", "plan_runs"]
 
+# An AWS Batch array job holds at most 10,000 child jobs, and a grid larger than that is a typo more often
+# than a plan (`seed: [0, ..., 99999]`): 900,000 runs took 25 s just to print their keys.
+MAX_RUNS = 10_000
+
 
 def plan_runs(config: JobConfig) -> list[Run]:
     """Every run of the config, in the order of `strategies`; within a strategy by LoRA rank, then
@@ -37,6 +41,8 @@ def plan_runs(config: JobConfig) -> list[Run]:
             shapes = list(distinct.values())
         rates, seeds = config.learning_rates_for(name), config.seeds()
         several = len(shapes) * len(rates) * len(seeds) * len(sizes) > 1
+        if len(runs) + len(shapes) * len(rates) * len(seeds) * len(sizes) > MAX_RUNS:
+            raise UserError(_too_many(name, len(runs), len(shapes), len(rates), len(seeds), len(sizes)))
         for lora in shapes:
             shape = strategy.shape_key(lora) if lora is not None else ""
             for size in sizes:
@@ -63,6 +69,14 @@ def plan_runs(config: JobConfig) -> list[Run]:
         repeated = sorted({key for key in keys if keys.count(key) > 1})
         raise UserError(f"the plan gives two runs the key {repeated[0]}; give each value once")
     return runs
+
+
+def _too_many(name: str, before: int, shapes: int, rates: int, seeds: int, sizes: int) -> str:
+    factors = [(shapes, "adapter shapes"), (rates, "rates"), (seeds, "seeds"), (sizes, "training sizes")]
+    sweep = " x ".join(f"{count:,} {what}" for count, what in factors if count > 1)
+    earlier, count = f"{before:,} runs before it, then " if before else "", shapes * rates * seeds * sizes
+    return (f"the plan has more than {MAX_RUNS:,} runs ({earlier}{name}: {sweep} = {count:,}); "
+            "is a list longer than meant? Split the grid into several configs")  # fmt: skip
 
 
 def _lora_shapes(config: JobConfig, options: tuple[str, ...]) -> list[LoRASettings]:
