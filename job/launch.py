@@ -22,11 +22,14 @@ stop and a failed rank reach the job the way a queue expects.
   read, unless --log_dir is given; never under the current folder.
 - **The device first.** On a GPU build, the GPUs are counted (as the launcher does first) before the
   launcher starts: a driver too old for the image's CUDA exits 2 with its fix, not the launcher's traceback.
+  `--devices` (`--gpus`) is checked against the devices the launcher will see, and `--rank` against
+  `--nnodes`, which the launcher does not check (it waits for nodes that never come).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -46,6 +49,8 @@ STATUS_VARIABLE = "JOB_RANK_STATUS_DIR"  # where each rank leaves its exit code 
 ENTRY_NAME = "job_rank_entry.py"
 JOB_SCRIPT = Path(__file__).resolve().parent / "__main__.py"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+# A log folder that cannot be made for these reasons never will be: exit 2, not 75.
+PERMANENT_MKDIR = (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ELOOP)
 # The job's commands a rank may run; a first word that is one of these starts the job's own arguments.
 RANK_COMMANDS = ("run",)
 
@@ -60,6 +65,7 @@ class LaunchPlan:
     script: str | None = None
     script_args: tuple[str, ...] = ()
     log_dir_given: bool = False
+    devices: str | None = None  # --devices / --gpus, as the launcher read it
 
 
 def parse_launch(args: list[str]) -> LaunchPlan:
@@ -82,18 +88,28 @@ def parse_launch(args: list[str]) -> LaunchPlan:
                         "(`python -m paddle.distributed.launch --help` lists them)")  # fmt: skip
     if parsed.nproc_per_node is not None and parsed.nproc_per_node < 1:
         raise UserError(f"job launch: --nproc_per_node {parsed.nproc_per_node} starts no process; give 1 or more")
+    check_node_rank(parsed.rank, parsed.nnodes)
     script, rest = parsed.training_script, list(parsed.training_script_args)
     options = args[: len(args) - len(rest) - 1]
     log_dir_given = any(arg == "--log_dir" or arg.startswith("--log_dir=") for arg in options)
+    devices = parsed.devices or None
     if script in RANK_COMMANDS:
-        return LaunchPlan(options, [script, *rest], log_dir_given=log_dir_given)
+        return LaunchPlan(options, [script, *rest], log_dir_given=log_dir_given, devices=devices)
     if Path(script).name == "__main__.py" and Path(script).parent.name == "job":
         if not rest:
             raise UserError(f"job launch: {script} needs the job's command after it, e.g. `run --config C`")
-        return LaunchPlan(options, rest, log_dir_given=log_dir_given)
+        return LaunchPlan(options, rest, log_dir_given=log_dir_given, devices=devices)
     if not log_dir_given:  # whose output_dir the script writes to is unknown: never the current folder
         raise UserError(f"job launch: {script} is not the job's own command; give --log_dir for the ranks' logs")
-    return LaunchPlan(options, None, script, tuple(rest), log_dir_given)
+    return LaunchPlan(options, None, script, tuple(rest), log_dir_given, devices)
+
+
+def check_node_rank(rank: int | None, nnodes: str | None) -> None:
+    """`--rank 5 --nnodes 2` waits for ever for nodes that never come: the launcher does not check it."""
+    most = str(nnodes or "1").rpartition(":")[2]  # "2", or "2:4" (elastic: at most 4)
+    if rank is not None and rank >= 0 and most.isdigit() and rank >= int(most):
+        raise UserError(f"job launch: --rank {rank} is not a node of --nnodes {nnodes or 1} (ranks run from 0 to "
+                        f"{int(most) - 1})")  # fmt: skip
 
 
 def default_log_dir(output_dir: str | None) -> Path:
@@ -161,29 +177,49 @@ def rank_exits(status: Path) -> dict[int, tuple[int, str]]:
     return found
 
 
-def check_devices() -> None:
+def check_devices(devices: str | None = None) -> None:
     """On a GPU build, count the GPUs as the launcher does first (context/device.py): a fault there (a
-    driver too old: CUDA error 35) exits 2 with its fix instead of the launcher's traceback."""
+    driver too old: CUDA error 35) exits 2 with its fix instead of the launcher's traceback. Then the
+    `--devices` (`--gpus`) asked for, against the devices the launcher will see: one it does not see
+    ended in its ValueError traceback ('substring not found' on CPU, where it sees none)."""
     import paddle
 
     from job.runtime.device_faults import as_job_error
 
-    if not paddle.is_compiled_with_cuda():
+    if paddle.is_compiled_with_cuda():
+        try:
+            paddle.device.cuda.device_count()
+        except (OSError, RuntimeError) as exc:
+            error = as_job_error(exc)
+            if error is None:
+                raise
+            raise error from None
+    if not devices:
         return
-    try:
-        paddle.device.cuda.device_count()
-    except (OSError, RuntimeError) as exc:
-        error = as_job_error(exc)
-        if error is None:
-            raise
-        raise error from None
+    from paddle.distributed.launch.context.device import Device, DeviceType
+
+    found = Device.parse_device()
+    labels = found.labels if isinstance(found.labels, list) else str(found.labels).split(",")
+    visible = [label for label in labels if label] if found.dtype != DeviceType.CPU else []
+    missing = [name.strip() for name in devices.split(",") if name.strip() not in visible]
+    if not visible:
+        raise UserError(f"job launch: --devices {devices}: this node has no GPU the launcher can use; for CPU "
+                        "ranks leave --devices (--gpus) out and give --nproc_per_node N")  # fmt: skip
+    if missing:
+        raise UserError(f"job launch: --devices {devices}: {missing[0]!r} is not one of the visible GPUs "
+                        f"({','.join(visible)}; CUDA_VISIBLE_DEVICES renumbers them from 0)")  # fmt: skip
 
 
 def launch(plan: LaunchPlan, log_dir: Path, chosen: set[str]) -> int:
     """Run the launcher, pass SIGTERM/SIGINT on to it, and return the exit code for the queue."""
-    check_devices()
+    check_devices(plan.devices)
     log_dir = _given_log_dir(plan) or log_dir
-    log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # backup_env.N.json holds the environment
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # backup_env.N.json holds the environment
+    except OSError as exc:
+        if exc.errno in PERMANENT_MKDIR:
+            raise UserError(f"job launch: cannot create the log folder {log_dir}: {exc.strerror}") from None
+        raise
     received: list[int] = []
     with tempfile.TemporaryDirectory(prefix="job-launch-") as scratch:
         status = Path(scratch)

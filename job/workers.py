@@ -157,7 +157,8 @@ def run_parallel(*, config: JobConfig, stop: StopRequest, force: bool, count: in
         if gpus and len(slots) > len(gpus):
             say(f"{len(slots)} workers share {len(gpus)} GPU(s): several runs per GPU at once")
         outcomes = drive(pending, command, slots, stop)
-        failed = [outcome for outcome in outcomes if outcome.code != 0]
+        order = {run.key: index for index, run in enumerate(plan)}
+        failed = sorted((outcome for outcome in outcomes if outcome.code != 0), key=lambda o: order.get(o.key, 0))
         for outcome in failed if stop.signum is None else []:  # a stop is not a failure
             say(f"failed: {outcome.key} (exit {outcome.code}{', ' + outcome.worker if outcome.worker else ''}): "
                 f"{outcome.error or 'no error line'}")  # fmt: skip

@@ -80,8 +80,14 @@ def test_the_launcher_logs_under_the_output_folder_and_each_rank_runs_the_packag
     [(["--nproc_per_node", "0", "run"], "--nproc_per_node 0 starts no process"),
      (["--bogus", "1", "run"], "'--bogus' is not an option of paddle.distributed.launch"),
      (["--gpus", "0", "job/__main__.py"], "needs the job's command after it"),
-     (["--gpus", "0", "train.py"], "train.py is not the job's own command; give --log_dir")],
-    ids=["no-process", "unknown-option", "no-command", "own-script-without-log-dir"],
+     (["--gpus", "0", "train.py"], "train.py is not the job's own command; give --log_dir"),
+     (["--rank", "5", "--nnodes", "2", "run"], "--rank 5 is not a node of --nnodes 2 (ranks run from 0 to 1)"),
+     (["--rank", "2", "--nnodes", "1:2", "run"], "--rank 2 is not a node of --nnodes 1:2"),
+     (["--gpus", "0,1", "run"], "--devices 0,1: this node has no GPU the launcher can use; for CPU ranks leave "
+                                "--devices (--gpus) out and give --nproc_per_node N"),
+     (["--log_dir", "/proc/no-such/logs", "run"], "cannot create the log folder /proc/no-such/logs: No such file")],
+    ids=["no-process", "unknown-option", "no-command", "own-script-without-log-dir", "rank-beyond-nodes",
+         "rank-beyond-elastic-nodes", "gpus-on-a-cpu-node", "log-dir-impossible"],
 )  # fmt: skip
 def test_launcher_options_that_would_train_nothing_exit_2(args: list[str], fragment: str) -> None:
     from click.testing import CliRunner
@@ -90,6 +96,24 @@ def test_launcher_options_that_would_train_nothing_exit_2(args: list[str], fragm
 
     result = CliRunner().invoke(main, ["launch", *args])
     assert result.exit_code == 2 and fragment in result.output, result.output
+
+
+def test_devices_the_launcher_does_not_see_exit_2_naming_the_visible_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU node with GPUs 0-3 (the launcher reads CUDA_VISIBLE_DEVICES first, context/device.py): `--gpus 5`
+    ended in the launcher's ValueError traceback; `--gpus 1,3` passes to the launcher."""
+    from click.testing import CliRunner
+
+    from job.cli import main
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    started: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "Popen", lambda command, **k: started.append(command) or pytest.fail("started"))
+    result = CliRunner().invoke(main, ["launch", "--gpus", "1,5", "--log_dir", "/tmp/unused-logs", "run"])
+    assert result.exit_code == 2 and not started, result.output
+    assert "--devices 1,5: '5' is not one of the visible GPUs (0,1,2,3; CUDA_VISIBLE_DEVICES renumbers" in result.output
+    from job.launch import check_devices
+
+    check_devices("1,3")  # seen: no error
 
 
 def test_the_command_returns_the_most_telling_rank_code() -> None:
