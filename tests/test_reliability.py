@@ -192,6 +192,26 @@ def test_out_of_memory_names_the_batch_size_to_try(write_config, tmp_path: Path)
             lambda r: r["result"]["dev"].update(per_class_accuracy=[0.5]),
             "field 'result.dev.per_class_accuracy' has 1 entries for 15 labels",
         ),
+        (lambda r: r["result"]["test"].update(accuracy=2.0), "field 'result.test.accuracy': Input should be less"),
+        (lambda r: r["result"]["dev"].update(accuracy=float("nan")), "field 'result.dev.accuracy': Input should be"),
+        (
+            lambda r: r["result"]["test"].update(accuracy=0.987),
+            "field 'result.test.accuracy' is 0.987, but the record's predictions score 0.",
+        ),
+        (lambda r: r["result"]["dev"].update(macro_f1=0.987), "field 'result.dev.macro_f1' is 0.987, but the record"),
+        (
+            lambda r: r["result"]["test"]["per_class_accuracy"].__setitem__(3, 0.987),
+            "field 'result.test.per_class_accuracy' entry 3 is 0.987; the predictions give",
+        ),
+        (lambda r: r["result"].update(training_seconds=-5.0), "field 'result.training_seconds': Input should be"),
+        (
+            lambda r: r["result"].update(peak_memory_mb=float("inf")),
+            "field 'result.peak_memory_mb': Input should be a finite",
+        ),
+        (
+            lambda r: r["result"].update(trainable_params=r["result"]["total_params"] + 1),
+            "field 'result.trainable_params' is ",
+        ),
     ],
     ids=[
         "missing-field",
@@ -202,6 +222,14 @@ def test_out_of_memory_names_the_batch_size_to_try(write_config, tmp_path: Path)
         "unknown-class",
         "gold-of-another-length",
         "per-class-of-another-length",
+        "accuracy-above-1",
+        "accuracy-nan",
+        "accuracy-edited",
+        "macro-f1-edited",
+        "per-class-edited",
+        "negative-seconds",
+        "infinite-memory",
+        "more-trainable-than-total",
     ],
 )
 def test_a_bad_result_record_exits_2_naming_file_and_field_before_training(
@@ -275,11 +303,15 @@ def test_a_lora_target_that_matches_nothing_stops_before_full_finetuning_trains(
 def test_class_ids_stop_at_one_below_the_number_of_labels(last: str, accepted: bool) -> None:
     """15 labels: ids 0 to 14 (base 36: 0-e). Id 15 ("f"), one past the end, is refused like any other."""
     from job.results.records import inconsistency
-    from tests.records import records, result
+    from job.results.stats import decode_classes
+    from tests.records import records, result, split
 
     labels = [i % 15 for i in range(30)]
     record = records([result("lora", lr=5e-4, seed=1, dev_right=20, test_right=20, labels=labels)], labels)[0]
-    test = record.result.test.model_copy(update={"predictions": record.result.test.predictions[:-1] + last})
+    if accepted:  # the split scored again with the last answer changed, so its figures agree with it
+        test = split([*decode_classes(record.result.test.predictions)[:-1], int(last, 36)], labels, 1.1)
+    else:
+        test = record.result.test.model_copy(update={"predictions": record.result.test.predictions[:-1] + last})
     changed = record.model_copy(update={"result": record.result.model_copy(update={"test": test})})
     problem = inconsistency(changed)
     if accepted:

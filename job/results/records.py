@@ -4,6 +4,7 @@ through the schema of job.results.schema."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 from pydantic import ValidationError
@@ -11,8 +12,8 @@ from pydantic import ValidationError
 from job.errors import UserError
 from job.output.layout import RESULTS_FOLDER
 from job.output.storage import Output
-from job.results.schema import SCHEMA_VERSION, ResultRecord, RunResult
-from job.results.stats import decode_classes
+from job.results.schema import SCHEMA_VERSION, ResultRecord, RunResult, SplitResult
+from job.results.stats import decode_classes, macro_f1, per_class_accuracy
 from job.training.strategies import STRATEGY_NAMES
 
 
@@ -98,6 +99,32 @@ def inconsistency(record: ResultRecord) -> str | None:
         if len(measured.per_class_accuracy) != classes:
             entries = len(measured.per_class_accuracy)
             return f"field 'result.{split}.per_class_accuracy' has {entries} entries for {classes} labels"
+        if gold.labels is not None:
+            problem = rescored(f"result.{split}", measured, decode_classes(gold.labels), classes)
+            if problem:
+                return problem
+    if record.result.trainable_params > record.result.total_params:
+        return f"field 'result.trainable_params' is {record.result.trainable_params:,}, more than the model's total"
+    return None
+
+
+def rescored(field: str, measured: SplitResult, labels: list[int], classes: int) -> str | None:
+    """A split's figures against its own predictions and the split's labels, both in the record: an
+    accuracy, macro-F1 or per-class accuracy they do not give was edited or is from another run."""
+    predictions = decode_classes(measured.predictions)
+    correct = sum(p == g for p, g in zip(predictions, labels, strict=True))
+    expected = {
+        "accuracy": correct / len(labels) if labels else 0.0,
+        "macro_f1": macro_f1(predictions, labels, classes),
+    }
+    for name, value in expected.items():
+        if not math.isclose(getattr(measured, name), value, rel_tol=1e-9, abs_tol=1e-12):
+            return (f"field '{field}.{name}' is {getattr(measured, name)!r}, but the record's predictions score "
+                    f"{value!r} against the split's labels")  # fmt: skip
+    by_class = per_class_accuracy(predictions, labels, classes)
+    for index, (stored, value) in enumerate(zip(measured.per_class_accuracy, by_class, strict=True)):
+        if (stored is None) != (value is None) or (stored is not None and not math.isclose(stored, value or 0.0)):
+            return f"field '{field}.per_class_accuracy' entry {index} is {stored!r}; the predictions give {value!r}"
     return None
 
 

@@ -5,9 +5,9 @@ Reading and writing the files is job.results.records; the run-level facts are ga
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt
 
 from job.config.schema import JobConfig, StrategyName
 from job.data.labels import Labels
@@ -23,23 +23,29 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+# A share of titles: NaN, a negative or above 1 is no measurement (a record edited or corrupted by hand).
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+# Costs: time, speed, memory and sizes are never negative, NaN or infinite.
+Cost = Annotated[NonNegativeFloat, Field(allow_inf_nan=False)]
+
+
 # ---------------------------------------------------------------- one run
 
 
 class SplitResult(Record):
-    accuracy: float
-    loss: float  # mean cross-entropy per example
-    examples: int
-    macro_f1: float
-    per_class_accuracy: list[float | None]  # by class id; None where the split has no example of it
+    accuracy: Fraction
+    loss: float  # mean cross-entropy per example (NaN when training diverged)
+    examples: NonNegativeInt
+    macro_f1: Fraction
+    per_class_accuracy: list[Fraction | None]  # by class id; None where the split has no example of it
     predictions: str  # predicted class id per example, in the split's order (job.results.stats.encode_classes)
 
 
 class DevPoint(Record):
     """One evaluation of dev during (or at the end of) training."""
 
-    step: int  # optimizer steps done
-    accuracy: float
+    step: NonNegativeInt  # optimizer steps done
+    accuracy: Fraction
     loss: float
 
 
@@ -62,15 +68,15 @@ class RunResult(Record):
     sample: str  # identity of the train, dev and test rows the run saw (job.data.sources.Splits.identity)
     eval_sample: str = ""  # identity of its dev and test rows alone (shared by every training size)
     train_examples: int = 0  # training rows it trained on (a learning curve: its size)
-    trainable_params: int
-    total_params: int
-    training_seconds: float
-    steps: int
-    samples_per_second: float
-    tokens_per_second: float
-    peak_memory_mb: float  # Paddle's peak tensor allocation above the run's start (job.runtime.memory)
-    optimizer_state_mb: float
-    checkpoint_mb: float
+    trainable_params: NonNegativeInt
+    total_params: NonNegativeInt
+    training_seconds: Cost
+    steps: NonNegativeInt
+    samples_per_second: Cost
+    tokens_per_second: Cost
+    peak_memory_mb: Cost  # Paddle's peak tensor allocation above the run's start (job.runtime.memory)
+    optimizer_state_mb: Cost
+    checkpoint_mb: Cost
     dev: SplitResult
     test: SplitResult
     step_losses: list[float]
