@@ -422,7 +422,7 @@ def launch(launcher_args: tuple[str, ...]) -> None:
 @click.option("--output-dir", default="reports/demo", show_default=True, help="Where the demo's report goes.")
 @exit_codes("{output_dir}")
 def demo(output_dir: str) -> None:
-    """A complete report in about a minute with no network: a tiny random ERNIE and synthetic TNEWS-format
+    """A complete report in under a minute with no network: a tiny random ERNIE and synthetic TNEWS-format
     titles made here, trained with LoRA and full fine-tuning over 3 seeds by the job's own code. The
     report says it is a demo; its numbers say nothing about ERNIE 3.0 Medium (make run-local does)."""
     from job.runtime.signals import StopRequest
@@ -432,9 +432,11 @@ def demo(output_dir: str) -> None:
     check_cache_home()
     from job.config.schema import validate_config
     from job.demo import build_inputs, demo_config
-    from job.pipeline import run_job
+    from job.output.storage import open_output
+    from job.pipeline import check_output_dir, run_job
 
     config = validate_config(demo_config(output_dir), source="the demo")
+    check_output_dir(open_output(config.output_dir))  # before the inputs are built in it: exit 2, not 75
     build_inputs(output_dir)
     report = run_job(config, stop)
     click.echo(f"report: {report}")

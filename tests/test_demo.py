@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+
+from job.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,3 +38,11 @@ def test_the_demo_writes_a_whole_report_with_no_network(tmp_path: Path) -> None:
     assert {run["seed"] for run in combined["runs"]} == {1, 2, 3}
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=380, check=False)
     assert again.returncode == 0 and again.stderr.count("already done for config") == 6
+
+
+def test_a_demo_folder_that_cannot_be_written_exits_2_before_anything_is_built(tmp_path: Path) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("", encoding="utf-8")
+    result = CliRunner().invoke(main, ["demo", "--output-dir", str(taken)])
+    assert result.exit_code == 2, result.output  # 75 ("retrying may help") before the check
+    assert f"cannot write to {taken}: Not a directory" in result.output and taken.read_text(encoding="utf-8") == ""
