@@ -134,6 +134,19 @@ def test_a_text_longer_than_the_csv_modules_field_limit_is_read(tmp_path: Path, 
     assert [len(example.text) for example in train] == [200_000, 1, 1]
 
 
+def test_a_tsv_title_that_starts_with_a_quote_is_read_as_written_and_quoted_fields_still_unquote(
+    tmp_path: Path,
+) -> None:
+    raw = 'text\tlabel\n"一带一路"倡议\ta\n坏\tb\n他说"好"\ta\n'  # TSV proper: no quoting, quotes are text
+    spec = DataSpec(dataset="own", data_dir=str(own(tmp_path / "raw", raw, name="train.tsv")), text_column="text")
+    assert [example.text for example in read_source(spec).train] == ['"一带一路"倡议', "坏", '他说"好"']
+    quoted = 'text\tlabel\n"""一带一路""倡议"\ta\n"两\n行"\tb\n好\ta\n'  # as pandas' to_csv(sep="\t") writes
+    spec = DataSpec(dataset="own", data_dir=str(own(tmp_path / "quoted", quoted, name="train.tsv")), text_column="text")
+    assert [example.text for example in read_source(spec).train] == ['"一带一路"倡议', "两\n行", "好"]
+    broken = own(tmp_path / "csv", 'text,label\n"一带一路"倡议,a\n坏,b\n')  # CSV has quoting: still an error
+    assert refused(broken).endswith("train.csv:2: malformed CSV (',' expected after '\"')")
+
+
 def test_json_lines_holding_raw_line_separators_are_read_as_written(tmp_path: Path) -> None:
     lines = [{"text": "一\u2028二", "label": "a"}, {"text": "三\x85四\u2029", "label": "b"}, {"text": "五", "label": 7}]
     data = own(tmp_path / "d", "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines),

@@ -4,6 +4,7 @@ message names the file and line at fault."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -196,35 +197,55 @@ def delimited_rows(
 def delimited_rows_of(
     path: Path, text: str, text_columns: Sequence[str], label_column: str, delimiter: str, require_label: bool
 ) -> Iterator[Row]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    start = 1
-    try:
-        header = [name.strip() for name in next(reader, [])]
-        if not any(header):
-            raise UserError(f"data file {path} is empty (a header line names the columns)")
-        repeated = sorted(name for name, count in Counter(header).items() if count > 1)  # linear: 200,000 columns
-        if repeated:
-            raise UserError(f"{path}:1: the header names column {_names(repeated)} more than once")
-        wanted = [*text_columns, *([label_column] if require_label else [])]
-        for column in wanted:
-            if column not in header:
-                key = "label_column" if column == label_column and column not in text_columns else "text_column"
-                others = [name for name in header if name not in (*text_columns, label_column)]
-                fix = f"set {key}: {others[0]}" if len(others) == 1 else f"set config key '{key}' to the column's name"
-                raise UserError(f"{path}: no column '{column}'; the header has {_names(header)} ({fix})")
-        start = reader.line_num + 1
+    records = _field_rows(path, text, delimiter)
+    header = [name.strip() for name in records[0][1]] if records else []
+    if not any(header):
+        raise UserError(f"data file {path} is empty (a header line names the columns)")
+    repeated = sorted(name for name, count in Counter(header).items() if count > 1)  # linear: 200,000 columns
+    if repeated:
+        raise UserError(f"{path}:1: the header names column {_names(repeated)} more than once")
+    wanted = [*text_columns, *([label_column] if require_label else [])]
+    for column in wanted:
+        if column not in header:
+            key = "label_column" if column == label_column and column not in text_columns else "text_column"
+            others = [name for name in header if name not in (*text_columns, label_column)]
+            fix = f"set {key}: {others[0]}" if len(others) == 1 else f"set config key '{key}' to the column's name"
+            raise UserError(f"{path}: no column '{column}'; the header has {_names(header)} ({fix})")
+    for line, fields in records[1:]:
+        where = f"{path}:{line}"
+        if not fields:  # a blank line
+            continue
+        if len(fields) != len(header):
+            columns = _names(header, quoted=False)
+            raise UserError(f"{where}: {len(fields)} fields, but the header has {len(header)} "
+                            f"({columns}); a field holding the delimiter must be quoted")  # fmt: skip
+        yield record_row(dict(zip(header, fields, strict=True)), where, text_columns, label_column)
+
+
+def _field_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, list[str]]]:
+    """(line where the record starts, its fields) of every record. CSV quoting is read in both formats (a
+    spreadsheet's or pandas' TSV quotes a field holding a quote). A TSV whose quotes are not CSV quoting
+    (a title that starts with one: `"一带一路"倡议`, which TSV proper, having no quoting, allows) is read
+    again with no quoting at all, rather than refused as malformed."""
+    line = 1
+
+    def parse(quoting: int) -> list[tuple[int, list[str]]]:
+        nonlocal line
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True, quoting=quoting)
+        records, line = [], 1
         for fields in reader:
-            where = f"{path}:{start}"
-            start = reader.line_num + 1
-            if not fields:  # a blank line
-                continue
-            if len(fields) != len(header):
-                columns = _names(header, quoted=False)
-                raise UserError(f"{where}: {len(fields)} fields, but the header has {len(header)} "
-                                f"({columns}); a field holding the delimiter must be quoted")  # fmt: skip
-            yield record_row(dict(zip(header, fields, strict=True)), where, text_columns, label_column)
+            records.append((line, fields))
+            line = reader.line_num + 1
+        return records
+
+    try:
+        return parse(csv.QUOTE_MINIMAL)
     except csv.Error as exc:
-        raise UserError(f"{path}:{start}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({exc})") from None
+        error = exc
+    if delimiter == "\t":
+        with contextlib.suppress(csv.Error):
+            return parse(csv.QUOTE_NONE)
+    raise UserError(f"{path}:{line}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({error})") from None
 
 
 def _names(names: Sequence[str], quoted: bool = True) -> str:
