@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -165,7 +166,7 @@ def run(
     stop = StopRequest()
     stop.install()
     check_cache_home()
-    number = workers is not None and workers.strip().lstrip("-").isascii() and workers.strip().lstrip("-").isdigit()
+    number = workers is not None and re.fullmatch(r"\s*-?[0-9]+\s*", workers)
     chosen_workers = int(workers) if number else workers  # "auto", or refused with the schema's message
     config = resolve_config(
         config_path, overrides, device=device, output_dir=output_dir, strategies=list(strategies) or None,

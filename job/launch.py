@@ -42,15 +42,16 @@ from io import StringIO
 from pathlib import Path
 
 from job.errors import UserError
-from job.exit_codes import most_telling
+from job.exit_codes import PERMANENT_IO_ERRORS, most_telling
 
 LOG_FOLDER = "launch-logs"
 STATUS_VARIABLE = "JOB_RANK_STATUS_DIR"  # where each rank leaves its exit code and error line
 ENTRY_NAME = "job_rank_entry.py"
 JOB_SCRIPT = Path(__file__).resolve().parent / "__main__.py"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-# A log folder that cannot be made for these reasons never will be: exit 2, not 75.
-PERMANENT_MKDIR = (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ELOOP)
+# A log folder that cannot be made for these reasons never will be: exit 2, not 75 (besides the permanent
+# I/O errors: a parent that cannot be made, as under /proc, or a file where a folder must go).
+PERMANENT_MKDIR = (*PERMANENT_IO_ERRORS, errno.ENOENT, errno.ENOTDIR, errno.EEXIST)
 # The job's commands a rank may run; a first word that is one of these starts the job's own arguments.
 RANK_COMMANDS = ("run",)
 
@@ -201,10 +202,10 @@ def check_devices(devices: str | None = None) -> None:
     found = Device.parse_device()
     labels = found.labels if isinstance(found.labels, list) else str(found.labels).split(",")
     visible = [label for label in labels if label] if found.dtype != DeviceType.CPU else []
-    missing = [name.strip() for name in devices.split(",") if name.strip() not in visible]
     if not visible:
         raise UserError(f"job launch: --devices {devices}: this node has no GPU the launcher can use; for CPU "
                         "ranks leave --devices (--gpus) out and give --nproc_per_node N")  # fmt: skip
+    missing = [name.strip() for name in devices.split(",") if name.strip() not in visible]
     if missing:
         raise UserError(f"job launch: --devices {devices}: {missing[0]!r} is not one of the visible GPUs "
                         f"({','.join(visible)}; CUDA_VISIBLE_DEVICES renumbers them from 0)")  # fmt: skip

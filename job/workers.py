@@ -238,7 +238,7 @@ def start_worker(slot: Slot, command: list[str], events: queue.Queue) -> Worker:
     env = {key: value for key, value in os.environ.items() if key not in CHOSEN}
     env.update(slot.env)
     env[WORKER_VARIABLE] = f"{slot.name} {slot.device}"
-    env[HANDED_VARIABLE] = ",".join(name for name in ("OMP_NUM_THREADS",) if name in slot.env)
+    env[HANDED_VARIABLE] = "OMP_NUM_THREADS"  # the slot's share (both kinds of slot set it), the job's choice
     env[STATUS_FD_VARIABLE] = str(write_fd)
     env.setdefault("PYTHONUNBUFFERED", "1")
     cpus = slot.cpus

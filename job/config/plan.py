@@ -40,8 +40,9 @@ def plan_runs(config: JobConfig) -> list[Run]:
                 distinct.setdefault(strategy.shape_key(lora_shape), lora_shape)
             shapes = list(distinct.values())
         rates, seeds = config.learning_rates_for(name), config.seeds()
-        several = len(shapes) * len(rates) * len(seeds) * len(sizes) > 1
-        if len(runs) + len(shapes) * len(rates) * len(seeds) * len(sizes) > MAX_RUNS:
+        count = len(shapes) * len(rates) * len(seeds) * len(sizes)
+        several = count > 1
+        if len(runs) + count > MAX_RUNS:
             raise UserError(_too_many(name, len(runs), len(shapes), len(rates), len(seeds), len(sizes)))
         for lora in shapes:
             shape = strategy.shape_key(lora) if lora is not None else ""

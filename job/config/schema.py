@@ -781,15 +781,18 @@ def _one_branch_per_union(errors: list[Any]) -> list[Any]:
 def _alternatives_joined(errors: list[Any]) -> list[Any]:
     """A value that fits no branch of `int | "auto"` gets one message naming both, not one line each:
     "Input should be greater than or equal to 1, or 'auto'"."""
-    joined: dict[tuple[str, ...], Any] = {}
+    joined: list[dict[str, Any]] = []
+    by_key: dict[Any, dict[str, Any]] = {}  # a key's first branch error (loc: key, branch)
     for error in errors:
-        key = tuple(str(part) for part in error["loc"][:1]) if len(error["loc"]) == 2 else None
-        if key is None or key not in joined:
-            joined[key or (str(id(error)),)] = dict(error)
+        branch_of = error["loc"][0] if len(error["loc"]) == 2 else None
+        if branch_of is not None and branch_of in by_key:
+            first = by_key[branch_of]
+            first["msg"] = f"{first['msg']}, or {error['msg'].removeprefix('Input should be ')}"
             continue
-        alternative = error["msg"].removeprefix("Input should be ")
-        joined[key]["msg"] = f"{joined[key]['msg']}, or {alternative}"
-    return list(joined.values())
+        joined.append(dict(error))
+        if branch_of is not None:
+            by_key[branch_of] = joined[-1]
+    return joined
 
 
 def check_against_model(config: JobConfig, model_limits: dict[str, int]) -> None:
