@@ -180,6 +180,11 @@ def run(
 
         serve(config, stop)
         return
+    from job.results.power import margin_warning
+
+    warning = margin_warning(config)
+    if warning:
+        click.echo(warning, err=True)
     keys = None
     if run_from_index:
         keys = [run_for_task([run.key for run in plan_runs(config)], os.environ)]
@@ -218,10 +223,12 @@ def plan(config_path: Path | None, overrides: tuple[str, ...], strategies: tuple
     """Print the planned runs, one line each (array index, key, settings), what the planned comparison
     can detect, then, last, the array size a batch queue needs. Loads and writes nothing."""
     config = resolve_config(config_path, overrides, strategies=list(strategies) or None)
-    from job.config.plan import format_plan, plan_runs
+    from job.config.plan import format_plan, plan_runs, plan_work
     from job.results.power import plan_comparison
 
-    click.echo(format_plan(plan_runs(config), notes=plan_comparison(config)))
+    runs = plan_runs(config)
+    notes = plan_work(runs, config.max_eval_samples) + "\n" + plan_comparison(config)
+    click.echo(format_plan(runs, notes=notes))
 
 
 @main.command()

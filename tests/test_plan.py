@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from pathlib import Path
+
 from click.testing import CliRunner
 
 from job.cli import main
 from job.config.plan import plan_runs
 from job.config.schema import validate_config
 from job.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GRID = {
     "seed": [42, 43, 44],
@@ -56,7 +60,8 @@ def test_plan_command_prints_every_run_and_the_array_size(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[-1] == "array size: 6"  # last, for scripts; before it what the comparison can show
-    assert lines[6].startswith("comparison: 256 test titles x 2 seeds: detects a true difference of ")
+    assert lines[6] == "work: 6 runs, 64 optimizer steps each, 384 in all; each scores 256 dev and 256 test titles"
+    assert lines[7].startswith("comparison: 256 test titles x 2 seeds: detects a true difference of ")
     assert lines[0].split()[:3] == ["0", "lora_r16_a32_lr0.0001_s42", "strategy=lora"]
     assert "lr=0.0001 seed=42 batch_size=8" in lines[0]
     assert lines[5].split()[:2] == ["5", "full_finetune_lr5e-05_s43"]
@@ -114,3 +119,20 @@ def test_lokrs_dimension_splits_the_second_factor_only_below_half_its_larger_sid
     assert factors(768, 768, 16) == factors(768, 768, 64) == {"lokr_w1": (24, 24), "lokr_w2": (32, 32)}
     assert factors(768, 768, 8) == {"lokr_w1": (24, 24), "lokr_w2_a": (32, 8), "lokr_w2_b": (8, 32)}
     assert factors(768, 3072, 16)["lokr_w2_a"] == (64, 16) and "lokr_w2" in factors(768, 3072, 32)
+
+
+@pytest.mark.timeout(60)
+def test_the_plan_states_the_work_its_runs_do_whatever_the_device() -> None:
+    from job.config.plan import plan_work
+    from job.config.schema import load_config, validate_config
+
+    config = load_config(ROOT / "configs" / "tnews_answer.yaml")
+    assert plan_work(plan_runs(config), config.max_eval_samples) == (
+        "work: 16 runs, 1,875 optimizer steps each, 30,000 in all; each scores 2,000 dev and 2,000 test titles"
+    )  # 10,000 titles / batch 16 = 625 a epoch, x 3 epochs
+    odd = validate_config({"max_train_samples": [1000, 100], "batch_size": 16, "num_epochs": 3, "seed": [1, 2]})
+    assert plan_work(plan_runs(odd), odd.max_eval_samples) == (
+        "work: 8 runs, 21 to 189 steps, 840 in all; each scores 256 dev and 256 test titles"
+    )  # a partial last batch is a step: 63 and 7 a epoch
+    everything = validate_config({"max_train_samples": None})
+    assert "known once the data is read" in plan_work(plan_runs(everything), None)

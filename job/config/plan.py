@@ -11,6 +11,8 @@ rate chosen on dev.
 
 from __future__ import annotations
 
+import math
+
 from job.config.schema import JobConfig
 from job.errors import UserError
 from job.training.loop import TrainSettings
@@ -118,6 +120,17 @@ def _train_settings(config: JobConfig, strategy: str, learning_rate: float, seed
         bucket_window=config.length_bucket_window,
         eval_steps=config.eval_steps,
     )
+
+
+def plan_work(runs: list[Run], eval_titles: int | None) -> str:
+    """`job plan`'s line on the work the runs do, whatever the device: optimizer steps and titles scored
+    (a run's steps: its batches per epoch, the last one partial, times its epochs)."""
+    if any(run.train_rows is None for run in runs):
+        return "work: the training steps are known once the data is read (a size of max_train_samples is null)"
+    steps = [math.ceil(run.train_rows / run.settings.batch_size) * run.settings.num_epochs for run in runs]
+    each = f"{steps[0]:,} optimizer steps each" if len(set(steps)) == 1 else f"{min(steps):,} to {max(steps):,} steps"
+    scored = f"; each scores {eval_titles:,} dev and {eval_titles:,} test titles" if eval_titles else ""
+    return f"work: {len(runs)} runs, {each}, {sum(steps):,} in all{scored}"
 
 
 def format_plan(runs: list[Run], notes: str = "") -> str:

@@ -186,9 +186,8 @@ def reach_line(reach: Reach) -> str:
     return first + "\n" + second
 
 
-def plan_comparison(config: JobConfig) -> str:
-    """`job plan`'s closing lines: what the planned comparison can detect, and whether `margin` can be
-    shown with that many test titles."""
+def config_reach(config: JobConfig) -> Reach | str:
+    """What the config's planned comparison can show, or why that is not known before the data is read."""
     from job.training.strategies import baseline
 
     runs = plan_runs(config)
@@ -207,7 +206,23 @@ def plan_comparison(config: JobConfig) -> str:
             "comparison: the test split's size is known once the data is read; the report gives the difference "
             "its runs can detect"
         )
-    return reach_line(planned_reach(titles=titles, seeds=len(config.seeds()), rows=rows, margin=config.margin / 100))
+    return planned_reach(titles=titles, seeds=len(config.seeds()), rows=rows, margin=config.margin / 100)
+
+
+def plan_comparison(config: JobConfig) -> str:
+    """`job plan`'s closing lines: what the planned comparison can detect, and whether `margin` can be
+    shown with that many test titles."""
+    reach = config_reach(config)
+    return reach if isinstance(reach, str) else reach_line(reach)
+
+
+def margin_warning(config: JobConfig) -> str | None:
+    """`job run`'s warning before anything trains, when the plan cannot show its margin: the plan's own
+    line with what would reach it. None when the margin is in reach, or 0, or not known beforehand."""
+    reach = config_reach(config)
+    if isinstance(reach, str) or reach.margin_shown or reach.margin == 0:
+        return None
+    return "warning: " + reach_line(reach).splitlines()[-1] + "; the runs train anyway (job plan says it all)"
 
 
 # ---------------------------------------------------------------- simulated error rates and power
