@@ -8,7 +8,7 @@ real TNEWS titles, on this machine's CPU. `python -m job.example RUN_DIR DOCS_DI
   `job report` builds from them, under a paragraph stating the conditions;
 - every block of the docs and the README between `<!-- example: NAME -->` and `<!-- /example -->`: parts
   of that report (the answer, the headline table, the observations), the run's log, `job plan` of the
-  default config, and `job predict` with the run's LoRA adapter.
+  default config and of the grid, and `job predict` with the run's LoRA adapter.
 
 tests/test_example_report.py builds the report again from the committed records with the current code and
 checks it, and every report excerpt, against the docs: a change to the report's format fails there until
@@ -80,15 +80,17 @@ def conditions(report: str, when: str, cpu: str) -> str:
     return (
         f"> **Conditions of this example.** `make example` on {when}: the default config "
         f"(`{DEFAULT_CONFIG}`, {runs[1] if runs else 'its'} runs, seeds {runs[2] if runs else ''}) on {cpu} "
-        f"({threads[1] if threads else 2} threads, no GPU). The model is **a stand-in, not ERNIE 3.0 Medium**: a small ERNIE-architecture "
-        "encoder (4 layers, hidden size 128, 2.1 million parameters against ERNIE 3.0 Medium's 75 million) "
+        f"({threads[1] if threads else 2} threads, no GPU). The model is **a stand-in, not ERNIE 3.0 Medium**: "
+        "a small ERNIE-architecture encoder (4 layers, hidden size 128, 2.1 million parameters against ERNIE "
+        "3.0 Medium's 75 million) "
         "pretrained by masked language modelling on the TNEWS train titles (their text only), because the "
-        "published ERNIE 3.0 weights cannot be downloaded on the machines this project is built on. Being 35 "
+        "published ERNIE 3.0 weights could not be downloaded where this example ran. Being 35 "
         "times smaller, it trains at 6 times the config's rates, in the same ratio (full fine-tuning 3e-4, "
         "LoRA 3e-3; the Makefile's `STANDIN_SETTINGS`). The titles are the real TNEWS ones. So the accuracies "
         "sit far below ERNIE 3.0 Medium's (PaddleNLP: 57.00 on dev), and LoRA's share of the weights is larger "
-        "(1.6% against 0.4%); the comparison, its statistics and the shape of the costs are a real run's. The "
-        "report below is the job's own, unedited.\n" + CONDITIONS_END
+        "(1.6% against 0.4%); the comparison, its statistics and the shape of the costs are a real run's. "
+        "Training times were measured while the machine also ran other work at times (their spread over the "
+        "seeds shows it); `make bench` measures speed. The report below is the job's own, unedited.\n" + CONDITIONS_END
     )
 
 
@@ -114,6 +116,8 @@ def refresh_example_report(docs: Path, cpu: str | None = None) -> str:
         found = re.search(r" on (.+?) \(\d+ threads, no GPU\)", old)
         cpu = found[1] if found else cpu_name()
     write_report(open_output(str(target)), REPORT)
+    for leftover in (".lock", "results.json"):  # the merge lock, and the records again (700 KB): not docs
+        (target / leftover).unlink(missing_ok=True)
     report = (target / REPORT).read_text(encoding="utf-8")
     finished = max(re.findall(r'"finished_at": ?"(\d{4}-\d\d-\d\d)', "".join(
         path.read_text(encoding="utf-8") for path in sorted((target / RESULTS_FOLDER).glob("*.json")))))  # fmt: skip
@@ -128,11 +132,12 @@ def log_excerpt(log: str) -> str:
     """The run's log as a reader needs it: what was read, the first run from start to end, the last
     run's end and the report's place (the steps between are left out as `...`)."""
     lines = [line for line in log.splitlines() if line.startswith("+") or line.startswith("report:")]
+    lines = [line for line in lines if not re.search(r"evaluating (dev|test): ", line)]  # the quarters
     head = [line for line in lines if "[run " not in line and not line.startswith("report:")][:4]
     first = [line for line in lines if "[run 1/" in line]
     steps = [index for index, line in enumerate(first) if " step " in line]
     if steps:
-        first = first[: steps[0] + 2] + ["..."] + first[steps[-1] + 1 :]
+        first = [*first[: steps[0] + 2], "...", *first[steps[-1] + 1 :]]
     tail = [line for line in lines if "done]" in line][-1:] + [line for line in lines if line.startswith("report:")]
     return "\n".join([*head, *first, "...", *tail])
 
@@ -143,8 +148,21 @@ def command_output(*args: str) -> str:
     return result.stdout.rstrip("\n")
 
 
-def plan_excerpt() -> str:
-    return f"$ python -m job plan --config {DEFAULT_CONFIG}\n" + command_output("plan", "--config", DEFAULT_CONFIG)
+PLANS = {"plan": DEFAULT_CONFIG, "plan-grid": "configs/tnews_lora_vs_full_grid.yaml"}  # marker: the config
+
+
+def plan_excerpt(config: str) -> str:
+    """`job plan` of a shipped config as a reader sees it: the first two runs and the last (the runs
+    between left out as `...`), then what the plan can show and the array size."""
+    lines = command_output("plan", "--config", config).splitlines()
+    runs = [line for line in lines if re.match(r"\s*\d+  ", line)]
+    if len(runs) > 4:
+        lines = [*runs[:2], "...", *lines[len(runs) - 1 :]]
+    return "\n".join([f"$ python -m job plan --config {config}", *lines])
+
+
+def plan_blocks() -> dict[str, str]:
+    return {name: fenced(plan_excerpt(config)) for name, config in PLANS.items()}
 
 
 def fenced(text: str) -> str:
@@ -188,14 +206,14 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--refresh"] and len(argv) == 2:
         docs = Path(argv[1])
         report = refresh_example_report(docs)
-        write_excerpts(docs, {**report_blocks(report), "plan": fenced(plan_excerpt())})
+        write_excerpts(docs, {**report_blocks(report), **plan_blocks()})
         return 0
     if len(argv) != 2:
         print("usage: python -m job.example RUN_DIR DOCS_DIR | --refresh DOCS_DIR", file=sys.stderr)
         return 2
     run_dir, docs = Path(argv[0]), Path(argv[1])
     report = write_example_report(run_dir, docs)
-    blocks = {**report_blocks(report), "plan": fenced(plan_excerpt())}
+    blocks = {**report_blocks(report), **plan_blocks()}
     log = run_dir / "run.log"
     if log.is_file():
         blocks["log"] = fenced(log_excerpt(log.read_text(encoding="utf-8")))

@@ -16,8 +16,7 @@ from job.example import (
     body,
     doc_pages,
     marked_blocks,
-    plan_excerpt,
-    fenced,
+    plan_blocks,
     report_excerpts,
 )
 from job.output.storage import open_output
@@ -47,7 +46,7 @@ def test_the_example_report_is_the_one_this_version_builds_from_its_records(tmp_
 @pytest.mark.timeout(120)
 def test_every_excerpt_of_the_example_in_the_docs_is_the_reports_own() -> None:
     expected = {f"report-{name}": text for name, text in report_excerpts(example_report()).items()}
-    expected["plan"] = fenced(plan_excerpt())
+    expected.update(plan_blocks())
     seen: set[str] = set()
     for page in doc_pages(DOCS):
         for name, texts in marked_blocks(page.read_text(encoding="utf-8")).items():
@@ -56,7 +55,9 @@ def test_every_excerpt_of_the_example_in_the_docs_is_the_reports_own() -> None:
                 assert texts == [expected[name]] * len(texts), (
                     f"{page.name}: {name}: python -m job.example --refresh docs"
                 )
-    assert seen >= {"report-answer", "report-headline", "report-observations", "plan", "log", "predict"}, seen
+    assert seen >= {"report-answer", "report-headline", "report-observations", "plan", "plan-grid", "log", "predict"}, (
+        seen
+    )
     readme = marked_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
     assert {"report-answer", "report-headline"} <= set(readme)
 

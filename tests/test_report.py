@@ -55,8 +55,8 @@ def test_several_seeds_give_mean_and_spread() -> None:
     assert "| 51.0 ± 1.0 (n=3) | 0.5550 ± 0.0000 (n=3) |" in table[2]
     assert "### Every run" in report and "`lora_lr0.0005_s3`" in report
     assert "One seed per row" not in report
-    assert "exact sign-flip test over 1000 paired titles x 3 seeds, p = " in report
-    assert "seeds and titles as random, t with " in report
+    assert "(t = −0.58 with 999.0 df over 3 seeds x 1,000 titles, both random, p = 0.56)" in report
+    assert "seeds and titles random: t with 999.0 df, its critical value widened 1.26x for 3 seeds" in report
 
 
 def test_observations_follow_the_verdict() -> None:

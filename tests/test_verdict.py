@@ -153,15 +153,22 @@ def test_bootstrap_resamples_titles_once_for_both_models() -> None:
 
 
 def test_with_several_seeds_the_interval_carries_the_seeds_spread() -> None:
-    """Seeds that agree title for title add nothing: the interval is then as wide as the titles' alone
-    (scipy's bootstrap of one seed). Seeds that differ in level widen it by their spread."""
+    """Seeds that agree title for title add nothing to the variance: the standard error is the titles'
+    alone, and the interval is wider than one seed's only by the widening three seeds need (they cannot
+    show that a fourth would agree too). Seeds that differ in level widen it by their spread."""
+    from scipy.stats import t as student
+
     rng = np.random.default_rng(12)
     a, b = rng.random(2000) < 0.7, rng.random(2000) < 0.68
     one = seed_title_interval(title_differences(a, b))
     copies = seed_title_interval(title_differences(np.stack([a] * 3), np.stack([b] * 3)))
-    assert one.df is None and copies.df is not None
+    assert one.df is None and copies.df == pytest.approx(1999)
     assert copies.difference == pytest.approx(one.difference)
-    assert copies.high - copies.low == pytest.approx(one.high - one.low, rel=0.1)
+    d = a.astype(float) - b
+    assert copies.se == pytest.approx(d.std(ddof=1) / np.sqrt(2000))
+    assert copies.widening == pytest.approx(1.25, abs=0.03)  # 3 seeds (crossed.widening)
+    assert copies.high - copies.low == pytest.approx(2 * copies.widening * student.ppf(0.975, 1999) * copies.se)
+    assert copies.high - copies.low == pytest.approx(copies.widening * (one.high - one.low), rel=0.1)
     # Seed 1's row is 8 points better than on seeds 2 and 3 (say, a lucky initialisation): the spread enters.
     lucky = a.copy()
     lucky[np.flatnonzero(~a)[:160]] = True
@@ -172,28 +179,32 @@ def test_with_several_seeds_the_interval_carries_the_seeds_spread() -> None:
     assert seeds_and_titles.high - seeds_and_titles.low > 3 * (titles_only.high - titles_only.low)
 
 
-def test_the_seeds_and_titles_interval_is_the_random_effects_t_interval_at_welchs_df() -> None:
-    """The variance (MS seeds + MS titles) / (seeds x titles) and Satterthwaite's df: the df equals
-    scipy's Welch test's on two samples built with those mean squares, and the half-width is t at that df."""
+def test_the_seeds_and_titles_interval_is_the_textbook_random_effects_t_at_satterthwaites_df() -> None:
+    """The variance (MS seeds + MS titles - MS residual) / (seeds x titles), the crossed random-effects
+    layout's, with Satterthwaite's df over its three mean squares, and the half-width t at that df times
+    the widening; dropping the residual's subtraction, or the seeds' term, changes it."""
     from scipy.stats import t as student
-    from scipy.stats import ttest_ind
 
     rng = np.random.default_rng(4)
     differences = title_differences(rng.random((3, 400)) < 0.6 + 0.03 * np.arange(3)[:, None],
                                     rng.random((3, 400)) < 0.6)  # fmt: skip
     seeds, titles = differences.shape
-    ms_seeds = titles * np.var(differences.mean(axis=1), ddof=1)
-    ms_titles = seeds * np.var(differences.mean(axis=0), ddof=1)
+    d = differences.astype(float)
+    ms_seeds = titles * np.var(d.mean(axis=1), ddof=1)
+    ms_titles = seeds * np.var(d.mean(axis=0), ddof=1)
+    residual = d - d.mean(axis=1, keepdims=True) - d.mean(axis=0, keepdims=True) + d.mean()
+    ms_residual = (residual**2).sum() / ((seeds - 1) * (titles - 1))
+    assert ms_seeds > ms_residual and ms_titles > ms_residual  # both components positive here
+    n = seeds * titles
+    variance = (ms_seeds + ms_titles - ms_residual) / n
+    df = variance**2 / ((ms_seeds / n) ** 2 / (seeds - 1) + (ms_titles / n) ** 2 / (titles - 1)
+                        + (ms_residual / n) ** 2 / ((seeds - 1) * (titles - 1)))  # fmt: skip
     interval = seed_title_interval(differences)
-
-    def sample(size: int, variance: float) -> np.ndarray:
-        z = rng.standard_normal(size)
-        return (z - z.mean()) / z.std(ddof=1) * np.sqrt(variance)
-
-    welch = ttest_ind(sample(seeds, ms_seeds / titles), sample(titles, ms_titles / seeds), equal_var=False)
-    assert interval.df == pytest.approx(welch.df, rel=1e-9)
-    half = student.ppf(0.975, interval.df) * np.sqrt((ms_seeds + ms_titles) / (seeds * titles))
-    assert (interval.low, interval.high) == pytest.approx((differences.mean() - half, differences.mean() + half))
+    assert interval.se == pytest.approx(np.sqrt(variance), rel=1e-9)
+    assert interval.df == pytest.approx(df, rel=1e-9)
+    half = interval.widening * student.ppf(0.975, df) * np.sqrt(variance)
+    assert (interval.low, interval.high) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert interval.se**2 < (ms_seeds + ms_titles) / n  # the residual is subtracted, not counted twice
 
 
 def test_macro_f1_and_per_class_accuracy_match_scikit_learn() -> None:
@@ -262,7 +273,8 @@ def test_comparison_pairs_the_selected_runs_seed_by_seed() -> None:
     assert c.seed_differences == {"1": pytest.approx(0.25), "2": pytest.approx(0.25), "3": pytest.approx(0.25)}
     low, high = c.accuracy_difference_ci95
     assert 0 < low < 0.25 < high and c.significant and c.directions_agree and c.interval_has_seed_variance
-    assert c.p_value < 1e-9 and c.p_value_holm == c.p_value and c.compared_rows == 1
+    assert c.p_value < 0.01 and c.p_value_holm == c.p_value and c.compared_rows == 1  # 3 seeds: never tiny
+    assert c.titles_only_p_value < 1e-9  # about these runs only: no part of the answer
     assert c.discordant["1"] == (50, 0)
     assert c.margin == 0.01 and c.noninferior and c.answer == "good enough"
     assert c.verdict.startswith("good enough: at most 1.0 point below full fine-tuning (95% CI +")
@@ -271,22 +283,32 @@ def test_comparison_pairs_the_selected_runs_seed_by_seed() -> None:
 
 def test_the_recorded_numbers_reproduce_the_test_interval_and_detectable_difference() -> None:
     """results.json is traceable: p, interval and detectable difference follow from the recorded
-    predictions, resample count and seed, and the verdict prints those very numbers."""
+    predictions in the seeds-and-titles frame, and the verdict prints those very numbers."""
+    from job.results.crossed import detectable, frame_of
+
     combined = combine(records(seed_runs({1: 2, 2: 9, 3: 17}, {1: 11, 2: 0, 3: 5}), LABELS))
     c = combined.comparison
     assert c is not None and c.bootstrap_resamples == 2000
     differences = title_differences(correct_of(combined, c.selected["lora"]),
                                     correct_of(combined, c.selected["full_finetune"]))  # fmt: skip
-    assert c.p_value == sign_flip_p(differences)
+    assert c.titles_only_p_value == sign_flip_p(differences)
     interval = seed_title_interval(differences, c.bootstrap_resamples, c.bootstrap_seed)
     low, high = interval.low, interval.high
     assert c.accuracy_difference_ci95 == (low, high) and c.interval_df == interval.df
-    # The larger of the exact test's and the interval's: these seeds differ widely, so the interval's.
-    by_test = detectable_difference(observed_spread(differences), 200)
-    assert c.detectable_difference == pytest.approx(max(by_test, interval.detectable()))
-    assert interval.detectable() > by_test
+    assert c.p_value == interval.reading.p_two_sided() and (c.p_value < 0.05) == (low > 0 or high < 0)
+    from scipy.stats import chi2
+
+    frame = frame_of(differences)
+    seeds_part = (frame.ms_seeds / (chi2.median(2) / 2) - frame.ms_residual) / 600  # MS_seeds at its median
+    assert c.detectable_difference == pytest.approx(
+        detectable(
+            seeds=3, titles=200, known=frame.titles_part + frame.residual, seeds_part=seeds_part, beta=frame.beta
+        )  # fmt: skip
+    )
+    # These seeds differ widely: the seeds' spread, not the titles', sets what the comparison can find.
+    assert c.detectable_difference > detectable_difference(observed_spread(differences), 200)
     assert f"95% CI {100 * low:+.1f} to {100 * high:+.1f} points".replace("-", "−") in c.verdict
-    assert f"p = {c.p_value:.2f}" in c.verdict
+    assert f"with {c.interval_df:.1f} df over 3 seeds x 200 titles, both random, p = {c.p_value:.2f}" in c.verdict
     assert f"a true difference of {100 * c.detectable_difference:.1f} points 80% of the time" in c.verdict
 
 
@@ -383,24 +405,25 @@ def test_seeds_are_paired_by_seed_whatever_order_the_runs_come_in(full_order: tu
 
 def test_one_test_over_all_seeds_finds_what_no_single_seed_shows() -> None:
     """LoRA is ahead by 5 titles to 1 on each of three seeds, on different titles: no seed alone is
-    significant (McNemar p = 0.22 each), the pooled test over titles is (15 to 3)."""
+    significant (McNemar p = 0.22 each); over the seeds the frame's test is, the seeds agreeing (and the
+    titles-only test, 15 to 3, about these runs, says so too)."""
     from scipy.stats import binomtest
 
     c = combine(records(seed_runs({1: 5, 2: 5, 3: 5}, {1: 1, 2: 1, 3: 1}), LABELS)).comparison
     assert c is not None
     assert binomtest(5, 6).pvalue == pytest.approx(0.21875)
-    assert c.p_value == pytest.approx(binomtest(15, 18).pvalue, rel=1e-6) and c.p_value < 0.05
-    assert c.significant and c.verdict.endswith("LoRA is significantly better.")
+    assert c.titles_only_p_value == pytest.approx(binomtest(15, 18).pvalue, rel=1e-6)
+    assert c.p_value < 0.05 and c.significant and c.verdict.endswith("LoRA is significantly better.")
 
 
 def test_a_pooled_difference_the_seeds_do_not_agree_on_is_not_significant() -> None:
-    """One seed 30 titles ahead, two seeds 4 behind: the pooled test rejects, the seeds disagree."""
+    """One seed 30 titles ahead, two seeds 4 behind: the titles-only test rejects (these runs differ), but
+    new seeds could fall either way: the frame's t, which carries the seeds' spread, does not."""
     c = combine(records(seed_runs({1: 30, 2: 0, 3: 0}, {1: 0, 2: 4, 3: 4}), LABELS)).comparison
-    assert c is not None and c.p_value < 0.05 and c.accuracy_difference > 0
-    assert not c.directions_agree and not c.significant
-    assert "the seeds disagree in direction (+15.0 (seed 1), −2.0 (seed 2), −2.0 (seed 3)): no firm difference" in (
-        c.verdict
-    )
+    assert c is not None and c.titles_only_p_value < 0.05 and c.accuracy_difference > 0
+    assert c.p_value > 0.05 and not c.directions_agree and not c.significant
+    assert "no significant difference, which is not evidence of none" in c.verdict
+    assert "sign-flip" not in c.verdict  # the titles-only test is no part of the answer
 
 
 def test_directions_agree_when_more_seeds_go_the_pooled_way_than_against() -> None:
@@ -449,3 +472,45 @@ def test_rows_that_got_every_title_alike_say_nothing_tells_them_apart() -> None:
     assert c.detectable_difference == pytest.approx(detectable_difference(math.sqrt(0.15), 200))
     assert "the two rows got the same titles right on every seed, so nothing here tells them apart" in c.verdict
     assert f"a true difference of {100 * c.detectable_difference:.1f} points would be found" in c.verdict
+
+
+def test_with_seeds_a_row_far_below_is_worse_and_a_level_row_never_is() -> None:
+    """The answer's third word in the seeds' frame: 'worse' when the row is wholly below -margin (one-sided
+    p of a difference at or above -margin < 0.025); a level row is good enough at a margin it clears, never
+    worse (with the margin's sign flipped, it would read worse)."""
+    far = combine(records(seed_runs({1: 0, 2: 0, 3: 0}, {1: 30, 2: 32, 3: 28}), LABELS)).comparison
+    assert far is not None and far.accuracy_difference < -0.1
+    assert far.answer == "worse" and not far.noninferior
+    assert far.verdict.startswith("worse: more than 1.0 point below full fine-tuning (95% CI −")
+    level = combine(records(seed_runs({1: 2, 2: 2, 3: 2}, {1: 2, 2: 2, 3: 2}), LABELS), margin=0.03).comparison
+    assert level is not None and level.accuracy_difference == 0
+    assert level.accuracy_difference_ci95[1] < 0.03  # the whole interval is within 3 points of zero
+    assert level.answer == "good enough" and level.good_enough_p_value_holm < 0.025
+    # A point below, its interval reaching past -1 point but ending short of +1: not shown, not worse.
+    near = combine(records(seed_runs({1: 2, 2: 2, 3: 2}, {1: 4, 2: 4, 3: 4}), LABELS)).comparison
+    assert near is not None and near.accuracy_difference == pytest.approx(-0.01)
+    low, high = near.accuracy_difference_ci95
+    assert low < -0.01 and high < 0.01
+    assert near.answer == "not shown to be good enough"
+
+
+def test_several_rows_are_held_to_the_family_by_holm_for_the_test_and_the_answer() -> None:
+    """A rank sweep of 4 rows: each row's p-values, two-sided and one-sided, are Holm-adjusted over the 4,
+    and the answer and 'significant' read the adjusted ones (raw ones would grant and reject too often)."""
+    runs = []
+    for seed in (1, 2, 3):
+        for rank, right in ((2, 104 + seed), (4, 100), (8, 99 + seed), (16, 101)):
+            runs.append(result("lora", lr=5e-4, seed=seed, dev_right=130 - rank, test_right=right, labels=LABELS,
+                               rank=rank))  # fmt: skip
+        runs.append(result("full_finetune", lr=5e-5, seed=seed, dev_right=120, test_right=100, labels=LABELS))
+    found = combine(records(runs, LABELS), margin=0.05).comparisons
+    assert len(found) == 4 and {c.compared_rows for c in found} == {4}
+    raw = [c.p_value for c in found]
+    assert [c.p_value_holm for c in found] == pytest.approx(holm(raw))
+    assert [c.p_value_holm for c in found] != pytest.approx(raw)  # the adjustment did something
+    one_sided = [c.good_enough_p_value for c in found]
+    assert [c.good_enough_p_value_holm for c in found] == pytest.approx(holm(one_sided))
+    for c in found:
+        assert c.noninferior == (c.good_enough_p_value_holm < 0.025)
+        assert c.significant == (c.p_value_holm < 0.05)
+        assert "Holm over 4 rows" in c.verdict

@@ -14,7 +14,7 @@ from job.output.layout import LEARNING_PLOT, LOSS_PLOT, PARETO_PLOT
 from job.results.front import at_chance, pareto_front, row_memory
 from job.results.schema import Combined, Comparison, HeadlineRow, RunFacts, RunResult, Stat
 from job.results.stats import mean_std
-from job.results.verdict import answer_text, best_row, points, test_text
+from job.results.verdict import answer_text, best_row, p_text, points, signed_points, test_text
 from job.training.runs import rate_text
 from job.training.strategies import STRATEGIES, baseline, compared
 from job.training.update_rank import WEIGHT_KINDS
@@ -43,6 +43,7 @@ def render_report(combined: Combined) -> str:
         [
             results_table(rows),
             *([rate_choice(rows)] if any(len(row.dev_accuracy_by_rate) > 1 for row in rows) else []),
+            *([comparison_details(combined.comparisons)] if combined.comparisons else []),
             "### Every run\n\n" + runs_table(runs),
             "### Efficiency\n\n" + efficiency_table(rows, runs),
             *(["### Accuracy against cost\n\n" + front_table(rows, combined)] if len(rows) > 2 else []),
@@ -335,6 +336,30 @@ def results_table(rows: Sequence[HeadlineRow]) -> str:
             ]
             for row in rows
         ],
+    )
+
+
+def comparison_details(found: Sequence[Comparison]) -> str:
+    """Each comparison's numbers: the interval's, the p-values of the answer, and the titles-only test."""
+    rows = []
+    for c in found:
+        low, high = c.accuracy_difference_ci95
+        df = f"{c.interval_df:.1f}" if c.interval_df is not None else "(bootstrap)"
+        se = f"{100 * c.interval_se:.2f}" if c.interval_se is not None else ""
+        good = p_text(c.good_enough_p_value_holm) if c.good_enough_p_value_holm is not None else ""
+        titles_only = p_text(c.titles_only_p_value) if c.titles_only_p_value is not None else ""
+        rows.append([table_cell(c.labels[next(iter(c.labels))]), f"{len(c.seeds)} x {c.test_examples:,}",
+                     signed_points(c.accuracy_difference), f"{signed_points(low)} to {signed_points(high)}", se, df,
+                     f"{c.interval_widening:.2f}", p_text(c.p_value_holm), good, titles_only])  # fmt: skip
+    table = _table("Row", ["Seeds x Titles", "Difference", "95% CI", "SE", "df", "Widening", "p (Holm)",
+                           "p good enough (Holm)", "Titles-only p"], rows)  # fmt: skip
+    return (
+        "### The comparisons in detail\n\n" + table + "\n\nEach row minus full fine-tuning, in points. With seeds, "
+        "seeds and titles are both random: the interval, its p (two-sided, of no difference) and the one-sided p "
+        "of good enough at the margin read one t, its critical value widened where few seeds would let the "
+        "error rate past 5%, Holm-adjusted over the rows. The titles-only p is the exact sign-flip test over "
+        "titles: it is about these trained models only (would these runs differ on new titles?), not about "
+        "new seeds, so it is no part of the answer."
     )
 
 

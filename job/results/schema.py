@@ -200,18 +200,23 @@ class Comparison(Record):
     accuracy_difference_ci95: tuple[float, float]  # seeds x titles random effects, t (one seed: titles' bootstrap)
     interval_has_seed_variance: bool  # 2 or more seeds: the interval carries training variance
     interval_df: float | None  # the t interval's Satterthwaite degrees of freedom (None: one seed, bootstrap)
+    interval_widening: float = 1.0  # its critical value over Student's t's: few seeds widen it (job.results.crossed)
+    interval_se: float | None = None  # its standard error (None: one seed)
     bootstrap_resamples: int  # the one-seed interval's (job.results.stats.seed_title_interval)
     bootstrap_seed: int
-    p_value: float  # exact sign-flip permutation test of the seed-averaged per-title differences, two-sided
+    p_value: float  # two-sided, of no difference: the interval's own t (one seed: the exact sign-flip test)
     p_value_holm: float  # Holm-adjusted over the rows compared (equal for one row)
+    titles_only_p_value: float | None = None  # exact sign-flip test over titles: about these runs only
+    good_enough_p_value: float | None = None  # one-sided, of a true difference at or below -margin (2+ seeds)
+    good_enough_p_value_holm: float | None = None  # Holm-adjusted over the rows; good enough below 0.025
     compared_rows: int  # how many rows were compared with the baseline (the Holm family)
     discordant: dict[str, tuple[int, int]]  # seed -> (only the row right, only full fine-tuning right)
     directions_agree: bool  # more seeds differ in the pooled difference's direction than against it
-    significant: bool  # Holm-adjusted p < 0.05, the seeds agree in direction, and the interval excludes 0
+    significant: bool  # Holm-adjusted p < 0.05 (one seed: also the seeds agree and the interval excludes 0)
     detectable_difference: float  # true difference found significant with 80% power, at this row's spread
     margin: float  # non-inferiority margin (a fraction, as accuracy_difference)
-    noninferior: bool  # the interval's lower end is above -margin
-    answer: Answer  # good enough (noninferior), worse (upper end below -margin), else not shown
+    noninferior: bool  # good enough: Holm-adjusted one-sided p < 0.025 (one row: the interval's low end > -margin)
+    answer: Answer  # good enough (noninferior), worse (wholly below -margin, Holm as well), else not shown
     verdict: str
 
 

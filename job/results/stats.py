@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from job.results.crossed import Reading, frame_of
+
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0  # fixed: the interval is a function of the predictions alone
 SIGNIFICANCE = 0.05
@@ -145,18 +147,10 @@ class Interval:
     difference: float  # mean over seeds and titles
     low: float
     high: float
-    df: float | None  # degrees of freedom of the t interval (2 or more seeds); None: the titles' bootstrap
+    df: float | None  # Satterthwaite's degrees of freedom (2 or more seeds); None: the titles' bootstrap
     se: float | None = None  # the t interval's standard error
-
-    def detectable(self) -> float:
-        """The true difference whose interval excludes zero with POWER: (t + z of POWER) standard errors
-        (0 for the bootstrap, whose width the exact test's detectable difference already gives)."""
-        if self.df is None or self.se is None:
-            return 0.0
-        from scipy.stats import norm
-        from scipy.stats import t as student
-
-        return float((student.ppf(0.975, self.df) + norm.ppf(POWER)) * self.se)
+    widening: float = 1.0  # the critical value over Student's t's (job.results.crossed): few seeds widen it
+    reading: Reading | None = None  # the seeds-and-titles frame's p-values (2 or more seeds)
 
 
 def seed_title_interval(
@@ -165,17 +159,9 @@ def seed_title_interval(
     """The accuracy difference (mean of `differences`, shape (seeds, titles)) and its 95% interval.
 
     One seed: a percentile bootstrap over titles (scipy.stats.bootstrap); it knows nothing of training
-    variance. Two or more: seeds and titles are both taken as drawn at random, crossed (every seed
-    scores every title), and the variance of the mean is that of a two-way random-effects layout,
-    (MS seeds + MS titles) / (seeds x titles), read with Student's t at Satterthwaite's degrees of
-    freedom (scipy.stats.t; the same df as scipy's Welch test, checked in a test). Leaving out the
-    residual's subtraction keeps the variance from collapsing when the seeds happen to agree; it is
-    slightly wider than the truth.
-
-    Why not a bootstrap of seeds, then titles: in the simulation of docs/power.md (200 comparisons with
-    no difference, 10,000 titles), its 95% interval left out zero on 8.5% of them with 3 seeds and
-    14.5% with 2, because resampling 3 seeds cannot show how far a fourth would fall; this interval,
-    on the page's own 300: 7% with 3 seeds, and 1-2% at 256 and 1,000 titles."""
+    variance. Two or more: seeds and titles both random, crossed: the textbook random-effects variance
+    with Student's t at Satterthwaite's df, the critical value widened where few seeds would let the
+    error rate past 5% (job.results.crossed, which also gives the p-values read from the same t)."""
     d = np.atleast_2d(differences).astype(float)
     seeds, titles = d.shape
     difference = float(d.mean())
@@ -185,16 +171,10 @@ def seed_title_interval(
         interval = bootstrap((d[0],), np.mean, n_resamples=resamples, method="percentile", random_state=seed,
                              vectorized=True, batch=max(1, 2**22 // titles)).confidence_interval  # fmt: skip
         return Interval(difference, float(interval.low), float(interval.high), None)
-    from scipy.stats import t as student
-
-    ms_seeds = titles * float(np.var(d.mean(axis=1), ddof=1))
-    ms_titles = seeds * float(np.var(d.mean(axis=0), ddof=1))
-    variance = (ms_seeds + ms_titles) / (seeds * titles)
-    if variance == 0:  # every run agrees title for title: nothing varies
-        return Interval(difference, difference, difference, float(seeds * titles - 1), 0.0)
-    df = satterthwaite((ms_seeds, seeds - 1), (ms_titles, titles - 1))
-    half = float(student.ppf(0.975, df)) * math.sqrt(variance)
-    return Interval(difference, difference - half, difference + half, df, math.sqrt(variance))
+    reading = Reading(difference, frame_of(d))
+    half = reading.half_width
+    return Interval(difference, difference - half, difference + half, reading.frame.df, reading.frame.se,
+                    reading.widening, reading)  # fmt: skip
 
 
 def satterthwaite(*terms: tuple[float, int]) -> float:
