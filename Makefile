@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/tnews_answer.yaml
+# The bench keeps the seed's shapes (batch 8, titles up to 128 tokens): docs/performance.md's numbers are on them.
+BENCH_CONFIG ?= configs/tnews_lora_vs_full.yaml
 
 COMPOSE ?= docker compose
 # The containers run as the owner of $(REPORTS_DIR) (you; UID 1000 when it is root's), never as root.
@@ -44,7 +46,7 @@ test: venv ## run every test, the slow full-size ones included (offline)
 test-fast: venv ## run the tests without the slow ones (full-size model, real data, processes and signals)
 	$(PY) -m pytest -ra -m "not slow"
 
-demo: venv ## a whole report in under a minute (17 s on 2 cores) with no network: tiny random model, synthetic titles (reports/demo)
+demo: venv ## a whole report in under a minute (DEMO_TIME on 2 cores) with no network: a tiny ERNIE pretrained on the spot, synthetic titles (reports/demo)
 	$(PY) -m job demo --output-dir reports/demo
 
 # The example report: the default config on the pretrained stand-in (a small ERNIE-architecture encoder
@@ -63,10 +65,10 @@ example: example-run ## example-run, then docs/example-report and every report e
 	$(PY) -m job.example $(EXAMPLE_DIR) docs
 
 bench-workers: venv ## 6 small full-size runs with 2 workers against one process, interleaved (bench-workers.json)
-	JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(CONFIG) --workers-ab --output bench-workers.json
+	JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(BENCH_CONFIG) --workers-ab --output bench-workers.json
 
 bench: venv ## speed of each strategy on the full-size model (table + bench.json; a few minutes); BENCH_ARGS="--set compile=on"
-	JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(CONFIG) $(BENCH_ARGS) --output bench.json
+	JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(BENCH_CONFIG) $(BENCH_ARGS) --output bench.json
 
 PEER_VENV ?= .venv-peer
 PEER_ROUNDS ?= 2
@@ -78,9 +80,9 @@ $(PEER_VENV)/.installed: peer/requirements.txt
 
 bench-peer: venv $(PEER_VENV)/.installed ## the job against torch + PEFT on the same batches, interleaved; per-token ratios
 	@mkdir -p $(PEER_DIR)
-	JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(CONFIG) --peer-batches $(PEER_DIR)/batches.json
+	JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(BENCH_CONFIG) --peer-batches $(PEER_DIR)/batches.json
 	for round in $$(seq $(PEER_ROUNDS)); do \
-	  JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(CONFIG) $(BENCH_ARGS) --no-e2e \
+	  JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(BENCH_CONFIG) $(BENCH_ARGS) --no-e2e \
 	    --output $(PEER_DIR)/bench-round$$round.json >/dev/null || exit $$?; \
 	  $(PEER_VENV)/bin/python peer/torch_peft.py $(PEER_DIR)/batches.json > $(PEER_DIR)/peer-round$$round.jsonl || exit $$?; \
 	done

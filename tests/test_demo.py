@@ -35,17 +35,17 @@ def test_the_demo_writes_a_whole_report_with_no_network(tmp_path: Path) -> None:
     assert "## Summary" in report and "## Results" in report and "![Training loss per step]" in report
     assert (out / "loss_curves.png").stat().st_size > 0 and (out / "pareto.png").stat().st_size > 0
     combined = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    assert len(combined["runs"]) == 6 and combined["missing_runs"] == []  # 2 strategies x 3 seeds
-    assert {run["seed"] for run in combined["runs"]} == {1, 2, 3}
-    # LoRA learns: on 2 cores its test accuracy was 69-76% over the seeds (full fine-tuning 85-92%), chance
+    assert len(combined["runs"]) == 10 and combined["missing_runs"] == []  # 2 strategies x 5 seeds
+    assert {run["seed"] for run in combined["runs"]} == {1, 2, 3, 4, 5}
+    # LoRA learns: on 2 cores its test accuracy was 69-76% over seeds 1-3 (full fine-tuning 85-92%), chance
     # 6.7%; on random weights it stayed at 3.3% with its loss at ln 15. The bound leaves room for other CPUs.
     lora = [run for run in combined["runs"] if run["strategy"] == "lora"]
-    assert [run["test"]["accuracy"] > 0.5 for run in lora] == [True] * 3, [run["test"]["accuracy"] for run in lora]
+    assert [run["test"]["accuracy"] > 0.5 for run in lora] == [True] * 5, [run["test"]["accuracy"] for run in lora]
     assert all(run["step_losses"][-1] < 0.6 * run["step_losses"][0] for run in lora)
     assert (out / "demo-inputs" / "model" / "model_state.pdparams").is_file()
     assert not (out / "demo-inputs" / "model.partial").exists()
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=380, check=False)
-    assert again.returncode == 0 and again.stderr.count("already done for config") == 6
+    assert again.returncode == 0 and again.stderr.count("already done for config") == 10
 
 
 def test_a_demo_folder_that_cannot_be_written_exits_2_before_anything_is_built(tmp_path: Path) -> None:

@@ -61,7 +61,8 @@ def test_plan_command_prints_every_run_and_the_array_size(tmp_path) -> None:
     lines = result.output.splitlines()
     assert lines[-1] == "array size: 6"  # last, for scripts; before it what the comparison can show
     assert lines[6] == "work: 6 runs, 64 optimizer steps each, 384 in all; each scores 256 dev and 256 test titles"
-    assert lines[7].startswith("comparison: 256 test titles x 2 seeds: detects a true difference of ")
+    assert lines[7].startswith("comparison: 256 test titles x 2 seeds: finds no true difference with 80% power")
+    assert lines[8].startswith("two seeds: the interval's critical value is widened about 2.7x")
     assert lines[0].split()[:3] == ["0", "lora_r16_a32_lr0.0001_s42", "strategy=lora"]
     assert "lr=0.0001 seed=42 batch_size=8" in lines[0]
     assert lines[5].split()[:2] == ["5", "full_finetune_lr5e-05_s43"]

@@ -25,7 +25,7 @@ from job.results.power import (
     simulate,
 )
 from job.results.stats import title_differences
-from job.results.verdict import Tests, _detectable
+from job.results.verdict import Tests, _detectable, points
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 DATASETS = 1000  # a rate of 5% is measured to +-1.4 points (two standard errors)
@@ -39,7 +39,7 @@ HARD = [  # (seeds, test titles, seed sd): where a titles-only test or an estima
 
 def test_the_simulated_runs_have_the_accuracy_and_disagreement_the_model_states() -> None:
     rng = np.random.default_rng(3)
-    row, full = MODEL.outcomes(rng, titles=20_000, seeds=2, gap=0.04)
+    row, full = TitleModel(seed_sd=0.0).outcomes(rng, titles=20_000, seeds=2, gap=0.04)
     assert full.mean() == pytest.approx(0.57, abs=0.01) and row.mean() == pytest.approx(0.53, abs=0.01)
     assert (full[0] != full[1]).mean() == pytest.approx(0.15, abs=0.01)  # two runs of equal accuracy
     wide = TitleModel(seed_sd=0.05)  # a run-level spread shows as spread between the seeds' accuracies
@@ -141,7 +141,7 @@ def test_job_plan_prints_its_seed_spread_assumption_and_the_detectable_differenc
     assert lines[-4] == (
         f"comparison: 2,000 test titles x 3 seeds: detects a true difference of {100 * expected:.1f} points with "
         f"80% power (assuming runs disagree on 15% of titles and a seed moves a run's accuracy by "
-        f"{100 * MODEL.seed_sd:.1f} points (as measured on the pretrained stand-in at the default config); "
+        f"{points(MODEL.seed_sd)} (as measured on the pretrained stand-in at the default config); "
         "docs/power.md)"
     )
     others = [planned_detectable(titles=2000, seeds=3, rows=1, seed_sd=sd) for sd in (0.005, 0.01, 0.02)]
@@ -151,7 +151,7 @@ def test_job_plan_prints_its_seed_spread_assumption_and_the_detectable_differenc
         + " / ".join(f"{100 * d:.1f}" for d in others)
         + " points"
     )
-    assert others[0] < others[1] < others[2]  # a wider seed spread hides more
+    assert others[0] < others[1] < others[2] < 0.5  # a wider seed spread hides more
 
 
 def test_the_plans_seed_spread_is_the_one_measured_in_the_example_run() -> None:
@@ -165,14 +165,17 @@ def test_the_plans_seed_spread_is_the_one_measured_in_the_example_run() -> None:
 @pytest.mark.timeout(600)
 def test_the_power_page_holds_what_the_simulation_gives() -> None:
     """docs/power.md is written by `python -m job.results.power --docs docs` (make docs); its hardest
-    row, 3 seeds x 2,000 titles at a 2-point seed spread, is computed again here."""
+    row, 3 seeds x 2,000 titles at a 2-point seed spread, is computed again here. In every cell "good
+    enough" is wrongly granted at most 5% of the time; "significant" at no difference is held at 5%, so
+    its measured rates scatter around it by the simulation's own error: none beyond two standard errors
+    (6.0% at 2,000 comparisons), and their mean over the cells at most 5%."""
     page = (DOCS / "power.md").read_text(encoding="utf-8")
     line = grid_line(2000, 3, 0.02, grid_cell(titles=2000, seeds=3, seed_sd=0.02))
     assert line in page
     rows = [row for row in page.splitlines() if re.match(r"\| [235] \| [\d,]+ \| \d\.\d \|", row)]
     assert len(rows) == 3 * 3 * 5
-    rates = [float(cell.split("%")[0]) for row in rows for cell in row.split(" | ")[3:]]
-    errors = [float(x) for row in rows for x in re.findall(r"(\d+\.\d)% /", row)] + [
-        float(row.split(" | ")[3].rstrip("%")) for row in rows
-    ]
-    assert max(errors) <= 5.0 and math.isfinite(sum(rates))
+    significant = [float(row.split(" | ")[3].rstrip("%")) for row in rows]
+    wrongly = [float(x) for row in rows for x in re.findall(r"(\d+\.\d)% /", row)]
+    assert len(wrongly) == 4 * len(rows) and max(wrongly) <= 5.0
+    assert max(significant) <= 6.0 and sum(significant) / len(significant) <= 5.0
+    assert math.isfinite(sum(significant))

@@ -300,11 +300,9 @@ def test_the_recorded_numbers_reproduce_the_test_interval_and_detectable_differe
 
     frame = frame_of(differences)
     seeds_part = (frame.ms_seeds / (chi2.median(2) / 2) - frame.ms_residual) / 600  # MS_seeds at its median
-    assert c.detectable_difference == pytest.approx(
-        detectable(
-            seeds=3, titles=200, known=frame.titles_part + frame.residual, seeds_part=seeds_part, beta=frame.beta
-        )  # fmt: skip
-    )
+    known = frame.titles_part + frame.residual
+    expected = detectable(seeds=3, titles=200, known=known, seeds_part=seeds_part, beta=frame.beta)
+    assert c.detectable_difference == pytest.approx(expected)
     # These seeds differ widely: the seeds' spread, not the titles', sets what the comparison can find.
     assert c.detectable_difference > detectable_difference(observed_spread(differences), 200)
     assert f"95% CI {100 * low:+.1f} to {100 * high:+.1f} points".replace("-", "−") in c.verdict

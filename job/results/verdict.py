@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -186,6 +186,13 @@ class Tests:
             return cls(differences, interval, titles_only, titles_only, None, None)
         return cls(differences, interval, titles_only, reading.p_two_sided(), reading.p_above(-margin),
                    reading.p_below(-margin))  # fmt: skip
+
+    def at_margin(self, margin: float) -> Tests:
+        """The same tests at another margin (the interval and the titles-only test stay as they are)."""
+        reading = self.interval.reading
+        if reading is None:
+            return self
+        return replace(self, p_good_enough=reading.p_above(-margin), p_worse=reading.p_below(-margin))
 
 
 @dataclass(frozen=True)
@@ -419,6 +426,11 @@ def test_text(c: Comparison) -> str:
             "the two rows got the same titles right on every seed, so nothing here tells them apart; at the "
             f"disagreement usual between runs a true difference of {c.detectable_difference * 100:.1f} points "
             "would be found 80% of the time"
+        )
+    elif c.detectable_difference > 0.5:
+        conclusion = (
+            "no significant difference, which is not evidence of none: this comparison is too small to find even "
+            "a 50-point difference 80% of the time"
         )
     else:
         conclusion = (
