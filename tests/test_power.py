@@ -172,7 +172,7 @@ def test_the_power_page_holds_what_the_simulation_gives() -> None:
     page = (DOCS / "power.md").read_text(encoding="utf-8")
     line = grid_line(2000, 3, 0.02, grid_cell(titles=2000, seeds=3, seed_sd=0.02))
     assert line in page
-    rows = [row for row in page.splitlines() if re.match(r"\| [235] \| [\d,]+ \| \d\.\d \|", row)]
+    rows = [row for row in page.splitlines() if re.match(r"\| [235] \| [\d,]+ \| \d\.\d \| \d+\.\d% \|", row)]
     assert len(rows) == 3 * 3 * 5
     significant = [float(row.split(" | ")[3].rstrip("%")) for row in rows]
     wrongly = [float(x) for row in rows for x in re.findall(r"(\d+\.\d)% /", row)]
