@@ -113,7 +113,7 @@ def refresh_example_report(docs: Path, cpu: str | None = None) -> str:
     target = docs / EXAMPLE
     old = (target / REPORT).read_text(encoding="utf-8") if (target / REPORT).is_file() else ""
     if cpu is None:
-        found = re.search(r" on (.+?) \(\d+ threads, no GPU\)", old)
+        found = re.search(r"\) on ([^(]+?) \(\d+ threads, no GPU\)", old)
         cpu = found[1] if found else cpu_name()
     write_report(open_output(str(target)), REPORT)
     for leftover in (".lock", "results.json"):  # the merge lock, and the records again (700 KB): not docs

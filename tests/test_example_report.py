@@ -70,6 +70,8 @@ def test_the_example_is_the_default_config_on_the_stand_in_where_lora_learns() -
     }
     report = (EXAMPLE_DIR / REPORT).read_text(encoding="utf-8")
     assert report.startswith("> **Conditions of this example.**") and "**a stand-in, not ERNIE 3.0 Medium**" in report
+    conditions = report.split("<!-- /conditions -->", 1)[0]
+    assert conditions.count("`make example` on ") == 1 and conditions.count("threads, no GPU)") == 1
     lora = [run["result"] for run in runs if run["result"]["strategy"] == "lora"]
     full = [run["result"] for run in runs if run["result"]["strategy"] == "full_finetune"]
     assert len(lora) == len(full) == 8
