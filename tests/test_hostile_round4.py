@@ -345,7 +345,7 @@ def test_label_names_holding_a_bar_or_a_newline_stay_in_their_cell() -> None:
     from types import SimpleNamespace
 
     from job.data.labels import Labels
-    from job.results.report import per_class_table
+    from job.results.tables import per_class_table
 
     rows = [SimpleNamespace(label="lora", test_per_class_accuracy=[0.5, 0.25]),
             SimpleNamespace(label="full | ft", test_per_class_accuracy=[0.75, 1.0])]  # fmt: skip
@@ -359,7 +359,7 @@ def test_fewer_classes_in_test_than_the_table_shows_lists_each_once() -> None:
     from types import SimpleNamespace
 
     from job.data.labels import Labels
-    from job.results.report import per_class_table
+    from job.results.tables import per_class_table
 
     names = tuple(f"c{i}" for i in range(50))
     present = [0.1 * (i % 7) if i < 15 else None for i in range(50)]

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from job.results.report import cell, efficiency_table, render_report, results_table
+from job.results.report import render_report
 from job.results.schema import Stat
+from job.results.tables import cell, efficiency_table, results_table
 from job.results.verdict import combine
 from tests.records import records, result
 

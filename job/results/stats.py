@@ -1,8 +1,8 @@
 """The statistics behind the verdict: per-split metrics from predictions (scikit-learn), mean and spread
-over seeds, and the paired comparison of two rows on the same test titles over all their seeds: an
-exact sign-flip permutation test of the seed-averaged per-title differences, Holm's adjustment over the
-rows compared, and an interval of the accuracy difference that carries the seeds' spread as well as the
-titles' (one seed: a bootstrap over titles).
+over seeds, and the paired comparison of two rows on the same test titles over all their seeds: the
+interval of the accuracy difference (seeds and titles random: job.results.crossed; one seed: a bootstrap
+over titles), Holm's adjustment over the rows compared, and the exact sign-flip permutation test of the
+seed-averaged per-title differences (about these runs only, or the one-seed frame's test).
 No state: every random draw is seeded."""
 
 from __future__ import annotations
@@ -175,12 +175,6 @@ def seed_title_interval(
     half = reading.half_width
     return Interval(difference, difference - half, difference + half, reading.frame.df, reading.frame.se,
                     reading.widening, reading)  # fmt: skip
-
-
-def satterthwaite(*terms: tuple[float, int]) -> float:
-    """Degrees of freedom of a sum of mean squares, each (value, its df)."""
-    total = sum(value for value, _ in terms)
-    return total**2 / sum(value**2 / df for value, df in terms if value)
 
 
 def detectable_difference(spread: float, titles: int, family: int = 1) -> float:
