@@ -57,6 +57,8 @@ EXAMPLE_DIR ?= reports/example
 STANDIN_SETTINGS := --set model_name=$(STANDIN_DATA)/ernie-standin-tnews --set data_dir=$(STANDIN_DATA)/tnews \
   --set learning_rate=3e-4 --set lora_learning_rate=3e-3 --device cpu
 example-run: venv ## the default config's 16 runs on the stand-in, on CPU (about 40 min on 2 cores; reports/example)
+	@test -f $(STANDIN_DATA)/ernie-standin-tnews/config.json || { echo "make example-run: no pretrained stand-in"\
+	  "at $(STANDIN_DATA)/ernie-standin-tnews (set STANDIN_DATA to the folder holding it and tnews/)"; exit 2; }
 	@mkdir -p $(EXAMPLE_DIR)
 	set -o pipefail; $(PY) -m job run --config configs/tnews_answer.yaml $(STANDIN_SETTINGS) --set save_artifacts=true \
 	  --output-dir $(EXAMPLE_DIR) 2>&1 | tee $(EXAMPLE_DIR)/run.log
