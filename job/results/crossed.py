@@ -33,6 +33,7 @@ from functools import lru_cache
 import numpy as np
 
 SIGNIFICANCE = 0.05
+USEFUL = 0.5  # a detectable difference above 50 points is none worth naming (the plan and the report say so)
 QUADRATURE = 256  # midpoints of the chi-square's quantiles: the expectation over MS_seeds
 NUISANCE = np.concatenate([[0.0], np.geomspace(0.01, 1e4, 61)])  # a: the seeds' component over the rest
 
@@ -78,12 +79,6 @@ class Frame:
         known = self.titles_part + self.residual
         return self.residual / known if known > 0 else 1.0
 
-    @property
-    def ratio(self) -> float:
-        """a: the seeds' component over the rest, as estimated here."""
-        known = self.titles_part + self.residual
-        return self.seeds_part / known if known > 0 else 0.0
-
 
 def frame_of(differences: np.ndarray) -> Frame:
     """The mean squares of a (seeds, titles) array of differences, as a Frame."""
@@ -126,12 +121,12 @@ def _model(seeds: int, titles: int, beta: float, ratio: np.ndarray) -> tuple[np.
 
 
 @lru_cache(maxsize=1024)
-def _scaled_quantiles(seeds: int, titles: int, beta: float) -> tuple[np.ndarray, np.ndarray]:
+def _scaled_quantiles(seeds: int, titles: int, beta: float) -> np.ndarray:
     """t(0.975, df) x sqrt(V / (1 + a)) at each (a, quadrature point): R's scale under each a."""
     from scipy.stats import t as student
 
     variance, df = _model(seeds, titles, beta, NUISANCE)
-    return student.ppf(1 - SIGNIFICANCE / 2, df) * np.sqrt(variance / (1 + NUISANCE[:, None])), df
+    return student.ppf(1 - SIGNIFICANCE / 2, df) * np.sqrt(variance / (1 + NUISANCE[:, None]))
 
 
 def _key(frame: Frame) -> tuple[int, int, float]:
@@ -143,7 +138,7 @@ def tail(r: float, seeds: int, titles: int, beta: float, *, sided: int = 2) -> f
     tail of a signed R)."""
     from scipy.stats import norm
 
-    scale, _ = _scaled_quantiles(seeds, titles, beta)
+    scale = _scaled_quantiles(seeds, titles, beta)
     return float(min(1.0, (sided * norm.sf(r * scale)).mean(axis=1).max()))
 
 

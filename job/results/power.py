@@ -21,6 +21,7 @@ import numpy as np
 from job.config.plan import plan_runs
 from job.config.schema import JobConfig
 from job.data.tasks import CLUE_TASKS
+from job.results.crossed import USEFUL
 from job.results.crossed import detectable as crossed_detectable
 from job.results.crossed import power as crossed_power
 from job.results.stats import ASSUMED_DISAGREEMENT, POWER, detectable_difference, title_differences
@@ -163,9 +164,6 @@ def planned_reach(*, titles: int, seeds: int, rows: int, margin: float) -> Reach
             more_seeds = low if reaches(titles, low) else high
     return Reach(titles=titles, seeds=seeds, rows=rows, detectable=detectable, margin=margin, margin_shown=shown,
                  titles_for_margin=needed, seeds_for_margin=more_seeds)  # fmt: skip
-
-
-USEFUL = 0.5  # a detectable difference above 50 points is none worth naming
 
 
 def detects(detectable: float) -> str:
@@ -333,13 +331,14 @@ def detectable_line(titles: int, seeds: int) -> str:
 
 
 def measured_spread(folder: Path) -> list[tuple[str, list[float]]]:
-    """Each strategy's test accuracy by seed in the example report's records (docs/example-report)."""
-    import json
+    """Each strategy's test accuracy by seed in the example report's records (docs/example-report), read
+    and checked as `job report` reads them."""
+    from job.output.storage import open_output
+    from job.results.records import load_results
 
     found: dict[str, dict[int, float]] = {}
-    for path in sorted((folder / "results").glob("*.json")):
-        result = json.loads(path.read_text(encoding="utf-8"))["result"]
-        found.setdefault(result["strategy"], {})[result["seed"]] = result["test"]["accuracy"]
+    for record in load_results(open_output(str(folder))):
+        found.setdefault(record.result.strategy, {})[record.result.seed] = record.result.test.accuracy
     return [(strategy, [by_seed[seed] for seed in sorted(by_seed)]) for strategy, by_seed in found.items()]
 
 

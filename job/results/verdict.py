@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from job.errors import UserError
-from job.results.crossed import detectable
+from job.results.crossed import USEFUL, detectable
 from job.results.schema import (
     Answer,
     Combined,
@@ -427,7 +427,7 @@ def test_text(c: Comparison) -> str:
             f"disagreement usual between runs a true difference of {c.detectable_difference * 100:.1f} points "
             "would be found 80% of the time"
         )
-    elif c.detectable_difference > 0.5:
+    elif c.detectable_difference > USEFUL:
         conclusion = (
             "no significant difference, which is not evidence of none: this comparison is too small to find even "
             "a 50-point difference 80% of the time"
