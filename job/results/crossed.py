@@ -12,8 +12,9 @@ read with Student's t at Satterthwaite's degrees of freedom for the mean squares
 
 With few seeds that t is not enough. MS_seeds has S - 1 degrees of freedom, and Satterthwaite's df is
 estimated from the same mean squares as V: when the seeds happen to agree, V comes out small and the df
-large together, so the interval is too narrow exactly when it should not be. Measured by simulation
-(docs/power.md's model): "significant" at no difference 7.4% of the time at worst with 3 seeds, 13% with 2.
+large together, so the interval is too narrow exactly when it should not be. Computed under the normal
+model below (and seen in simulation): "significant" at no difference 7.4% of the time at worst with 3
+seeds, 13% with 2.
 So the critical value is widened, by the least factor that holds the error rate at 5% whatever the seeds'
 share of the variance: the statistic R = |t| / t(0.975, df) has, under a normal model with the titles' and
 the residual's mean squares known (they have hundreds of degrees of freedom or more), a distribution that
