@@ -1,4 +1,4 @@
-"""Command line: `python -m job run|plan|validate|prefetch|report|predict|bench|doctor|launch|config-reference`.
+"""Command line: `python -m job run|plan|replay|validate|prefetch|report|predict|bench|doctor|launch|config-reference`.
 Options only; errors become exit codes: 0 success, 1 training failed (NaN loss), 2 bad input (config, data,
 model, device, a GPU node or image that must change), 75 retryable (download, I/O, a passing GPU fault),
 128+N killed by signal N (143 for SIGTERM, 130 for Ctrl-C)."""
@@ -229,6 +229,30 @@ def plan(config_path: Path | None, overrides: tuple[str, ...], strategies: tuple
     runs = plan_runs(config)
     notes = plan_work(runs, config.max_eval_samples) + "\n" + plan_comparison(config)
     click.echo(format_plan(runs, notes=notes))
+
+
+@main.command()
+@CONFIG_OPTION
+@SET_OPTION
+@click.option("--run", "key", default=None, help="The planned run's key (`job plan` lists them); needed when "
+              "the plan has more than one.")  # fmt: skip
+@click.option("--output", "folder", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for replay.json and initial.safetensors (created).")  # fmt: skip
+@exit_codes("{folder}")
+def replay(config_path: Path | None, overrides: tuple[str, ...], key: str | None, folder: Path) -> None:
+    """Train one planned run as `job run` would, with every dropout off, and export it for another
+    framework to replay step by step: the prepared model's initial weights, the padded batches in training
+    order, the resolved settings, and the job's per-step losses and learning rates and final dev
+    predictions (peer/replay.py replays it with transformers + PEFT + torch; `make parity`)."""
+    from job.runtime.signals import StopRequest
+
+    stop = StopRequest()
+    stop.install()
+    check_cache_home()
+    config = resolve_config(config_path, overrides)
+    from job.replay import export_replay
+
+    click.echo(f"replay: {export_replay(config, key, folder, stop)}")
 
 
 @main.command()

@@ -55,6 +55,7 @@ from job.training.checkpoint import BestCheckpoint
 from job.training.evaluate import EvalResult, evaluate
 from job.training.loop import train
 from job.training.model import (
+    LoadedModel,
     check_model_name,
     classifier_of,
     count_parameters,
@@ -290,6 +291,14 @@ def _setup_device(config: JobConfig, runs: list[Run]) -> tuple[DeviceChoice, lis
     return device, runs
 
 
+def prepare_model(session: Session, run: Run, loaded: LoadedModel) -> Any:
+    """The strategy's model over the freshly loaded one (the caller seeded Paddle with the run's seed first:
+    the head's and the adapters' initialisation)."""
+    if loaded.reinitialised:
+        say(f"[{run.key}] newly initialised (not in the checkpoint): {', '.join(loaded.reinitialised)}")
+    return run.strategy.prepare(loaded, run)
+
+
 def train_one(session: Session, run: Run) -> RunResult | None:
     """Load the model, let the strategy prepare it, train, evaluate: one run of the plan, on the
     session's rows. None on a data-parallel rank other than 0."""
@@ -305,9 +314,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
     loaded = load_model(config.model_name, len(session.labels))
     stop.checkpoint()
     fingerprint = weights_fingerprint(loaded.model)
-    if loaded.reinitialised:
-        say(f"[{key}] newly initialised (not in the checkpoint): {', '.join(loaded.reinitialised)}")
-    model = run.strategy.prepare(loaded, run)
+    model = prepare_model(session, run, loaded)
     trainable, total = count_parameters(model)
     say(f"[{key}] {run.label}, seed {run.seed}: {trainable:,} of {total:,} parameters trainable "
         f"({100 * trainable / total:.3f}%)")  # fmt: skip

@@ -60,6 +60,25 @@ def no_weight_decay(parameter_name: str) -> bool:
     return "bias" in parameter_name or "norm" in parameter_name
 
 
+def decayed_parameters(model: Any) -> set[str]:
+    """The trainable parameters AdamW decays, by name: all but biases and norms (transformers' Trainer
+    rule), and but the weights a strategy marks as not to be pulled toward zero (PiSSA's principal
+    factors)."""
+    return {
+        name for name, p in model.named_parameters()
+        if not p.stop_gradient and not no_weight_decay(name) and not getattr(p, "no_weight_decay", False)
+    }  # fmt: skip
+
+
+def planned_batches(rows: Sequence[Encoded], settings: TrainSettings, ranks: Ranks = Ranks()) -> list[list[list[int]]]:  # noqa: B008
+    """Each epoch's global batches (row indices), in the order `train` takes them."""
+    lengths = [len(row.input_ids) for row in rows]
+    return [
+        usable_batches(epoch_batches(lengths, settings.batch_size, settings.seed, epoch, settings.bucket_window), ranks)
+        for epoch in range(settings.num_epochs)
+    ]
+
+
 def gradient_clip(max_norm: float) -> Any:
     """Global-norm clipping (None for max_norm 0). On CPU the job's in-place rescale (job.training.clipping), which
     reads the norm on the host to skip unclipped steps; on a GPU that read would wait for the device every
@@ -75,17 +94,23 @@ def gradient_clip(max_norm: float) -> Any:
     return paddle.nn.ClipGradByGlobalNorm(max_norm) if device.on_gpu() else GlobalNormClip(max_norm)
 
 
+def warmup_steps(ratio: float, total_steps: int) -> int:
+    """Warm-up steps as transformers' and PaddleNLP's Trainers count them, rounded up: LinearDecayWithWarmup
+    given the ratio itself rounds down (66 steps at 0.1: 6, where both Trainers warm up for 7)."""
+    return math.ceil(ratio * total_steps)
+
+
 def build_optimizer(model: Any, settings: TrainSettings, total_steps: int) -> tuple[Any, Any]:
     """AdamW over the trainable parameters only: frozen weights get no gradient and no state."""
     import paddle
     from paddlenlp.transformers import LinearDecayWithWarmup
 
     trainable = [(name, p) for name, p in model.named_parameters() if not p.stop_gradient]
-    # A strategy marks the weights decay must not pull toward zero (PiSSA's principal factors) on the weight.
-    decayed = {
-        p.name for name, p in trainable if not no_weight_decay(name) and not getattr(p, "no_weight_decay", False)
-    }
-    schedule = LinearDecayWithWarmup(settings.learning_rate, total_steps, float(settings.warmup_ratio))
+    named = decayed_parameters(model)
+    decayed = {p.name for name, p in trainable if name in named}  # AdamW asks by Paddle's internal name
+    schedule = LinearDecayWithWarmup(
+        settings.learning_rate, total_steps, warmup_steps(settings.warmup_ratio, total_steps)
+    )
     clip = gradient_clip(settings.max_grad_norm)
     optimizer = paddle.optimizer.AdamW(
         learning_rate=schedule,
@@ -172,10 +197,7 @@ def train(
     (the caller scores dev; the last step's evaluation is the caller's own), off the training clock;
     it returns True to stop training there (early stopping)."""
     lengths = [len(row.input_ids) for row in rows]
-    epochs = [
-        usable_batches(epoch_batches(lengths, settings.batch_size, settings.seed, epoch, settings.bucket_window), ranks)
-        for epoch in range(settings.num_epochs)
-    ]
+    epochs = planned_batches(rows, settings, ranks)
     total_steps = sum(len(batches) for batches in epochs)
     optimizer, schedule = build_optimizer(model, settings, total_steps)
     outcome = TrainOutcome(steps=0, samples=0, tokens=0, seconds=0.0)
