@@ -161,14 +161,12 @@ def prepare(model, replay: dict, weights: dict) -> tuple[object, dict]:
     return model, checks
 
 
-def decays(model, name: str) -> bool:
-    """transformers' Trainer rule: no decay on biases and on LayerNorm's weights."""
+def decayed_names(model) -> set[str]:
+    """transformers' Trainer rule: every parameter but biases and LayerNorm's weights decays."""
     from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
     from transformers.trainer_pt_utils import get_parameter_names
 
-    if not hasattr(decays, "names"):
-        decays.names = set(get_parameter_names(model, ALL_LAYERNORM_LAYERS))
-    return name in decays.names and "bias" not in name
+    return {name for name in get_parameter_names(model, ALL_LAYERNORM_LAYERS) if "bias" not in name}
 
 
 def optimizer_for(model, replay: dict, as_peft: bool):
@@ -178,28 +176,30 @@ def optimizer_for(model, replay: dict, as_peft: bool):
     rate, decay = settings["learning_rate"], settings["weight_decay"]
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     pissa = bool(adapter and adapter["pissa"])
-    if adapter and adapter.get("plus_ratio"):
+    ratio = adapter.get("plus_ratio", 1.0) if adapter else 1.0
+    if ratio != 1.0:
         from peft.optimizers import create_loraplus_optimizer
 
-        optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=rate, loraplus_lr_ratio=adapter["plus_ratio"],
+        optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=rate, loraplus_lr_ratio=ratio,
                                               loraplus_weight_decay=decay)  # fmt: skip
-        if not as_peft:  # B's rate to B alone, as the LoRA+ paper and the job
-            names = {id(p): name for name, p in trainable}
+        if not as_peft:  # B's rate to B alone, as the LoRA+ paper and the job: the others back at the base rate
+            names, named = {id(p): name for name, p in trainable}, decayed_names(model)
             moved = []
-            for group in list(optimizer.param_groups):
-                if group["lr"] == rate * adapter["plus_ratio"]:
-                    stay = [p for p in group["params"] if "lora_B" in names[id(p)]]
+            for group in optimizer.param_groups:
+                if group["lr"] == rate * ratio:
                     moved += [p for p in group["params"] if "lora_B" not in names[id(p)]]
-                    group["params"] = stay
-            if moved:
-                optimizer.add_param_group({"params": moved, "lr": rate, "weight_decay": 0.0})
+                    group["params"] = [p for p in group["params"] if "lora_B" in names[id(p)]]
+            for decays in (True, False):
+                chosen = [p for p in moved if (names[id(p)] in named) == decays]
+                if chosen:
+                    optimizer.add_param_group({"params": chosen, "lr": rate, "weight_decay": decay if decays else 0.0})
         return optimizer
+    named = decayed_names(model)
+    decayed = {name for name, _ in trainable if name in named and not (pissa and "lora_" in name)}  # PiSSA: named
     groups = [
-        {"params": [p for name, p in trainable if decays(model, name) and not (pissa and "lora_" in name)],
-         "weight_decay": decay},
-        {"params": [p for name, p in trainable if not (decays(model, name) and not (pissa and "lora_" in name))],
-         "weight_decay": 0.0},
-    ]  # fmt: skip
+        {"params": [p for name, p in trainable if name in decayed], "weight_decay": decay},
+        {"params": [p for name, p in trainable if name not in decayed], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=rate)
 
 

@@ -20,6 +20,7 @@ from job.runtime.device import batch_on_device
 from job.runtime.ranks import Ranks, shard_batches, usable_batches
 from job.runtime.signals import StopRequest
 from job.training.dropout import PADDLE, training_dropout
+from job.training.layer_norm import exact_layer_norm_grad
 from job.training.model import classify
 
 
@@ -159,7 +160,10 @@ def train_step(
     import paddle.nn.functional as F
 
     tensors = batch_on_device(batch)
-    with paddle.amp.auto_cast(enable=precision in AMP_DTYPES, dtype=AMP_DTYPES.get(precision, "float16"), level="O1"):
+    with (
+        exact_layer_norm_grad(),  # Paddle's CPU kernel drops a frozen LayerNorm scale from the gradient
+        paddle.amp.auto_cast(enable=precision in AMP_DTYPES, dtype=AMP_DTYPES.get(precision, "float16"), level="O1"),
+    ):
         logits = classify(model, tensors) if forward is None else forward(tensors)
     if logits.dtype != paddle.float32:  # the loss and its softmax in fp32
         logits = logits.astype("float32")
