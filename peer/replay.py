@@ -176,11 +176,12 @@ def optimizer_for(model, replay: dict, as_peft: bool):
     rate, decay = settings["learning_rate"], settings["weight_decay"]
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     pissa = bool(adapter and adapter["pissa"])
+    adamw = torch.optim.AdamW
     ratio = adapter.get("plus_ratio", 1.0) if adapter else 1.0
     if ratio != 1.0:
         from peft.optimizers import create_loraplus_optimizer
 
-        optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=rate, loraplus_lr_ratio=ratio,
+        optimizer = create_loraplus_optimizer(model, adamw, lr=rate, loraplus_lr_ratio=ratio,
                                               loraplus_weight_decay=decay)  # fmt: skip
         if not as_peft:  # B's rate to B alone, as the LoRA+ paper and the job: the others back at the base rate
             names, named = {id(p): name for name, p in trainable}, decayed_names(model)
@@ -200,7 +201,7 @@ def optimizer_for(model, replay: dict, as_peft: bool):
         {"params": [p for name, p in trainable if name in decayed], "weight_decay": decay},
         {"params": [p for name, p in trainable if name not in decayed], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=rate)
+    return adamw([g for g in groups if g["params"]], lr=rate)
 
 
 def replay_run(folder: Path, as_peft: bool = False) -> dict:
