@@ -23,7 +23,7 @@ define compose_run
 	docker rm $(CONTAINER) >/dev/null 2>&1; exit $$code
 endef
 
-.PHONY: help venv lock demo example example-run bench bench-workers bench-peer doctor docs test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
+.PHONY: help venv lock demo example example-run bench bench-workers bench-peer parity parity-record doctor docs test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -89,6 +89,12 @@ bench-peer: venv $(PEER_VENV)/.installed ## the job against torch + PEFT on the 
 	  $(PEER_VENV)/bin/python peer/torch_peft.py $(PEER_DIR)/batches.json > $(PEER_DIR)/peer-round$$round.jsonl || exit $$?; \
 	done
 	$(PY) peer/ratios.py $(PEER_DIR)
+
+parity: venv $(PEER_VENV)/.installed ## the job's loop against transformers + PEFT, every strategy, step by step: a table (tiny model, stand-in, ERNIE 3.0 Medium's shape; ~12 min)
+	$(PY) -m tests.parity
+
+parity-record: venv $(PEER_VENV)/.installed ## parity on the tiny model and the stand-in, and their numbers written to tests/golden/ (after a deliberate change to training)
+	$(PY) -m tests.parity --models tiny,standin --record
 
 doctor: venv ## check this machine: Paddle build, device, a training step of each strategy, writable folders
 	$(PY) -m job doctor --config $(CONFIG)

@@ -197,8 +197,8 @@ def run_cases(model: str, inputs: dict[str, Any], work: Path) -> tuple[list[tupl
         trainable = (sum(math.prod(p["shape"]) for p in replay["parameters"] if p["trains"]),
                      peer["checks"]["trainable_params"])  # fmt: skip
         rows.append((model, case, compare(replay["job"], peer, trainable)))
-        recorded[case.name] = {"job": replay["job"], "peer": {k: peer[k] for k in ("losses", "learning_rates",
-                                                                                   "dev_predictions")}}  # fmt: skip
+        kept = {key: peer[key] for key in ("losses", "learning_rates", "dev_predictions")}
+        recorded[case.name] = {"job": replay["job"], "peer": {**kept, "trainable_params": trainable[1]}}
     return rows, recorded
 
 
