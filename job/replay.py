@@ -50,7 +50,9 @@ def pick_run(runs: list[Run], key: str | None) -> Run:
         return runs[0]
     if key in keys:
         return runs[keys.index(key)]
-    near = difflib.get_close_matches(key or "", keys, n=1)
+    if key is None:
+        raise UserError(f"the plan has {len(runs)} runs: name one with --run ({', '.join(keys)})")
+    near = difflib.get_close_matches(key, keys, n=1)
     hint = f"; did you mean {near[0]!r}?" if near else ""
     raise UserError(f"--run {key!r} is not a planned run ({', '.join(keys)}){hint}")
 

@@ -119,7 +119,9 @@ def prepare(model, replay: dict, weights: dict) -> tuple[object, dict]:
             modules_to_save=["classifier"],
         )  # fmt: skip
     elif strategy == "vera":
-        config = VeraConfig(r=r, target_modules=targets, vera_dropout=0.0, d_initial=0.1, modules_to_save=["classifier"])
+        config = VeraConfig(
+            r=r, target_modules=targets, vera_dropout=0.0, d_initial=0.1, modules_to_save=["classifier"]
+        )
     elif strategy == "lokr":
         config = LoKrConfig(r=r, alpha=r, target_modules=targets, modules_to_save=["classifier"])
     else:
@@ -245,8 +247,12 @@ def replay_run(folder: Path, as_peft: bool = False) -> dict:
             rows = replay["dev"][start : start + 64]
             width = max(len(row["input_ids"]) for row in rows)
             input_ids = torch.tensor([row["input_ids"] + [pad] * (width - len(row["input_ids"])) for row in rows])
-            segments = torch.tensor([row["token_type_ids"] + [0] * (width - len(row["token_type_ids"])) for row in rows])
-            logits = model(input_ids=input_ids, token_type_ids=segments, attention_mask=(input_ids != pad).long()).logits
+            segments = torch.tensor(
+                [row["token_type_ids"] + [0] * (width - len(row["token_type_ids"])) for row in rows]
+            )
+            logits = model(
+                input_ids=input_ids, token_type_ids=segments, attention_mask=(input_ids != pad).long()
+            ).logits
             predictions += logits.argmax(-1).tolist()
     return {"losses": losses, "learning_rates": rates, "warmup_steps": warmup, "dev_predictions": predictions,
             "as_peft": as_peft, "checks": checks}  # fmt: skip

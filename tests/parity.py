@@ -78,8 +78,9 @@ def tiny_inputs(folder: Path) -> dict[str, Any]:
     learns here (loss 2.71 to 2.03 in 66 steps); the adapters barely do, as on any random encoder."""
     from tests.fixtures import build_tiny_encoder, build_tnews_folder
 
-    return {"model_name": str(build_tiny_encoder(folder / "model")), "data_dir": str(build_tnews_folder(folder / "data")),
-            "max_seq_length": 32, "num_epochs": 3, **rates(5e-3, 3e-2, 3e-2)}  # fmt: skip
+    model, data = build_tiny_encoder(folder / "model"), build_tnews_folder(folder / "data")
+    return {"model_name": str(model), "data_dir": str(data), "max_seq_length": 32, "num_epochs": 3,
+            **rates(5e-3, 3e-2, 3e-2)}  # fmt: skip
 
 
 def standin_inputs(folder: Path) -> dict[str, Any] | None:
@@ -203,7 +204,9 @@ def run_cases(model: str, inputs: dict[str, Any], work: Path) -> tuple[list[tupl
 
 
 MODELS: dict[str, Callable[[Path], dict[str, Any] | None]] = {
-    "tiny": tiny_inputs, "standin": standin_inputs, "medium": medium_inputs,
+    "tiny": tiny_inputs,
+    "standin": standin_inputs,
+    "medium": medium_inputs,
 }
 RECORDED = ("tiny", "standin")  # the models whose numbers tests/test_parity.py holds the job to
 

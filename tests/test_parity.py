@@ -12,7 +12,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.parity import AGREEMENT, CASES, LOSS_TOLERANCE, Case, compare, export, golden_file, standin_inputs, tiny_inputs
+from tests.parity import (
+    AGREEMENT,
+    CASES,
+    LOSS_TOLERANCE,
+    Case,
+    compare,
+    export,
+    golden_file,
+    standin_inputs,
+    tiny_inputs,
+)
 
 GOLDEN_TOLERANCE = 1e-5  # the job against its own recorded losses: one ulp moved at the start moves them 4e-7
 _replays: dict[tuple[str, str], dict[str, Any]] = {}
