@@ -63,8 +63,9 @@ example-run: venv ## the default config's 16 runs on the stand-in, on CPU (about
 	set -o pipefail; $(PY) -m job run --config configs/tnews_answer.yaml $(STANDIN_SETTINGS) --set save_artifacts=true \
 	  --output-dir $(EXAMPLE_DIR) 2>&1 | tee $(EXAMPLE_DIR)/run.log
 
-example: example-run ## example-run, then docs/example-report and every report excerpt in the docs written from it
+example: example-run ## example-run, then docs/example-report, every report excerpt in the docs and power.md's measured seed spread written from it
 	$(PY) -m job.example $(EXAMPLE_DIR) docs
+	$(PY) -m job.results.power --measured docs
 
 bench-workers: venv ## 6 small full-size runs with 2 workers against one process, interleaved (bench-workers.json)
 	JOB_BENCH_DATA=$${JOB_BENCH_DATA:-$(wildcard ../shared/data)} $(PY) -m job bench --config $(BENCH_CONFIG) --workers-ab --output bench-workers.json
@@ -91,10 +92,10 @@ bench-peer: venv $(PEER_VENV)/.installed ## the job against torch + PEFT on the 
 	$(PY) peer/ratios.py $(PEER_DIR)
 
 parity: venv $(PEER_VENV)/.installed ## the job's loop against transformers + PEFT, every strategy, step by step: a table (tiny model, stand-in, ERNIE 3.0 Medium's shape; ~12 min)
-	$(PY) -m tests.parity
+	$(PY) -m tests.parity --docs
 
 parity-record: venv $(PEER_VENV)/.installed ## parity on the tiny model and the stand-in, and their numbers written to tests/golden/ (after a deliberate change to training)
-	$(PY) -m tests.parity --models tiny,standin --record
+	$(PY) -m tests.parity --models tiny,standin --record --docs
 
 doctor: venv ## check this machine: Paddle build, device, a training step of each strategy, writable folders
 	$(PY) -m job doctor --config $(CONFIG)

@@ -61,20 +61,9 @@ def is_linear_weight(paddle_name: str, value) -> bool:
 def build_model(replay: dict, weights: dict):
     """transformers' ERNIE with the replay's base weights (before any strategy touched them)."""
     import torch
-    from transformers import ErnieConfig, ErnieForSequenceClassification
+    from torch_peft import build_model as ernie  # the bench peer's model, from the same folder
 
-    shape = replay["model"]
-    config = ErnieConfig(
-        vocab_size=shape["vocab_size"], hidden_size=shape["hidden_size"],
-        num_hidden_layers=shape["num_hidden_layers"], num_attention_heads=shape["num_attention_heads"],
-        intermediate_size=shape["intermediate_size"], max_position_embeddings=shape["max_position_embeddings"],
-        type_vocab_size=shape["type_vocab_size"], task_type_vocab_size=shape.get("task_type_vocab_size", 3),
-        use_task_id=shape.get("use_task_id", False), hidden_act=shape.get("hidden_act", "gelu"),
-        layer_norm_eps=shape.get("layer_norm_eps", 1e-12), pad_token_id=shape.get("pad_token_id", 0),
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0,
-        num_labels=replay["classes"],
-    )  # fmt: skip
-    model = ErnieForSequenceClassification(config)
+    model = ernie(replay["model"], replay["classes"], dropout=0.0)
     state = {}
     for name, value in weights.items():
         if name.startswith(BASE_PREFIX) or name.rsplit(".", 1)[-1] in ADAPTER_WEIGHTS:

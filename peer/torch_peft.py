@@ -24,7 +24,9 @@ def build_model(shape: dict, classes: int, dropout: float):
         intermediate_size=shape["intermediate_size"], max_position_embeddings=shape["max_position_embeddings"],
         type_vocab_size=shape["type_vocab_size"], task_type_vocab_size=shape.get("task_type_vocab_size", 3),
         use_task_id=shape.get("use_task_id", False), hidden_act=shape.get("hidden_act", "gelu"),
-        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, num_labels=classes,
+        layer_norm_eps=shape.get("layer_norm_eps", 1e-12), pad_token_id=shape.get("pad_token_id", 0),
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, classifier_dropout=dropout,
+        num_labels=classes,
     )  # fmt: skip
     return ErnieForSequenceClassification(config)
 

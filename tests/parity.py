@@ -175,7 +175,7 @@ def table(rows: list[tuple[str, Case, Comparison]]) -> str:
     for model, case, c in rows:
         verdict = "equal" if c.equal else ("differs, as named" if not case.expected_equal else "**DIFFERS**")
         lines.append(
-            f"| {model} | {case.name} | {c.steps} | {c.worst_loss:.1e} | {c.worst_step} | "
+            f"| {TITLES.get(model, model)} | {case.name} | {c.steps} | {c.worst_loss:.1e} | {c.worst_step} | "
             f"{'alike' if c.worst_rate <= 1e-6 else f'{c.worst_rate:.1e} apart'} | {100 * c.agreement:.1f}% | "
             f"{c.trainable[0]:,} / {c.trainable[1]:,} | {verdict} |"
         )
@@ -199,7 +199,8 @@ def run_cases(model: str, inputs: dict[str, Any], work: Path) -> tuple[list[tupl
                      peer["checks"]["trainable_params"])  # fmt: skip
         rows.append((model, case, compare(replay["job"], peer, trainable)))
         kept = {key: peer[key] for key in ("losses", "learning_rates", "dev_predictions")}
-        recorded[case.name] = {"job": replay["job"], "peer": {**kept, "trainable_params": trainable[1]}}
+        recorded[case.name] = {"job": {**replay["job"], "trainable_params": trainable[0]},
+                               "peer": {**kept, "trainable_params": trainable[1]}}  # fmt: skip
     return rows, recorded
 
 
@@ -208,6 +209,7 @@ MODELS: dict[str, Callable[[Path], dict[str, Any] | None]] = {
     "standin": standin_inputs,
     "medium": medium_inputs,
 }
+TITLES = {"tiny": "tiny, random", "standin": "stand-in, pretrained", "medium": "Medium's shape, random"}
 RECORDED = ("tiny", "standin")  # the models whose numbers tests/test_parity.py holds the job to
 
 
@@ -215,11 +217,40 @@ def golden_file(model: str) -> Path:
     return GOLDEN / f"parity-{model}.json"
 
 
+def recorded_rows() -> list[tuple[str, Case, Comparison]]:
+    """The table's rows of the recorded models, from tests/golden/ alone (docs/how-it-works.md shows them)."""
+    rows = []
+    for model in RECORDED:
+        cases = json.loads(golden_file(model).read_text(encoding="utf-8"))["cases"]
+        for case in CASES:
+            job, peer = cases[case.name]["job"], cases[case.name]["peer"]
+            rows.append((model, case, compare(job, peer, (job["trainable_params"], peer["trainable_params"]))))
+    return rows
+
+
+DOCS_PAGE = ROOT / "docs" / "how-it-works.md"
+
+
+def with_block(page: str, name: str, text: str) -> str:
+    """`page` with the block between `<!-- parity: name -->` and the next `<!-- /parity -->` set to `text`."""
+    start = f"<!-- parity: {name} -->\n"
+    head, found, rest = page.partition(start)
+    if not found:
+        raise SystemExit(f"{DOCS_PAGE.name} has no {start.strip()} block")
+    return head + start + text + "\n" + rest[rest.index("<!-- /parity -->") :]
+
+
+def block(page: str, name: str) -> str:
+    start = f"<!-- parity: {name} -->\n"
+    return page.split(start, 1)[1].split("<!-- /parity -->", 1)[0].rstrip("\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of: {', '.join(MODELS)}")
     parser.add_argument("--record", action="store_true",
                         help=f"write {', '.join(RECORDED)}'s numbers to {GOLDEN.relative_to(ROOT)}/")  # fmt: skip
+    parser.add_argument("--docs", action="store_true", help=f"write the tables into {DOCS_PAGE.relative_to(ROOT)}")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -236,6 +267,13 @@ def main() -> None:
                 golden_file(model).write_text(json.dumps({"cases": recorded}, indent=1) + "\n", encoding="utf-8")
                 print(f"recorded {golden_file(model).relative_to(ROOT)}", file=sys.stderr)
     print(table(rows))
+    if args.docs:
+        page = with_block(DOCS_PAGE.read_text(encoding="utf-8"), "recorded", table(recorded_rows()))
+        medium = [row for row in rows if row[0] == "medium"]
+        if medium:
+            page = with_block(page, "medium", table(medium))
+        DOCS_PAGE.write_text(page, encoding="utf-8")
+        print(f"wrote {DOCS_PAGE.relative_to(ROOT)}", file=sys.stderr)
     if any(not c.equal and case.expected_equal for _, case, c in rows):
         sys.exit(1)
 

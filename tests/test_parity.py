@@ -75,3 +75,11 @@ def test_each_strategy_trains_as_transformers_and_peft_do(
         assert comparison.trainable[0] == comparison.trainable[1], comparison
     else:  # the difference named in docs/how-it-works.md is still there, and still this large
         assert comparison.worst_loss > 1e-3, comparison
+
+
+def test_the_parity_table_in_the_docs_is_the_recorded_one() -> None:
+    from tests.parity import DOCS_PAGE, block, recorded_rows, table
+
+    assert block(DOCS_PAGE.read_text(encoding="utf-8"), "recorded") == table(recorded_rows()), (
+        "python -m tests.parity --models tiny,standin --record --docs"
+    )

@@ -35,6 +35,19 @@ def _head_trains(loaded: LoadedModel) -> list[str]:
     return [re.escape(name) for name in loaded.head_parameter_names]
 
 
+def _adapted(loaded: LoadedModel, run: Run, config_type: Any, model_type: Any, *, source: str | None = None,
+             **settings: Any) -> Any:  # fmt: skip
+    """PaddleNLP's adapter model of `model_type` over the run's target layers (checked first), with the head
+    trainable; `settings` are the adapter's own config fields, `source` where its config says the base is."""
+    assert run.lora is not None
+    check_targets_match(layer_kinds(loaded.model), run.lora.target_modules)
+    config = config_type(
+        target_modules=list(run.lora.target_modules), trainable_modules=_head_trains(loaded),
+        base_model_name_or_path=loaded.source if source is None else source, **settings,
+    )  # fmt: skip
+    return model_type(loaded.model, config)
+
+
 def _save_whole(model: Any, tokenizer: Any, folder: Path) -> list[Path]:
     """The whole model under folder/model."""
     target = folder / "model"
@@ -67,21 +80,17 @@ class LoRA:
         from paddlenlp.peft import LoRAConfig, LoRAModel
 
         assert run.lora is not None
-        check_targets_match(layer_kinds(loaded.model), run.lora.target_modules)
-        lora_config = LoRAConfig(
+        model = _adapted(
+            loaded, run, LoRAConfig, LoRAModel,  # the saved adapter's config says what it adapts (its source)
             r=run.lora.r,
             lora_alpha=run.lora.alpha,
             lora_dropout=run.lora.dropout,
-            target_modules=list(run.lora.target_modules),
-            trainable_modules=_head_trains(loaded),
             merge_weights=False,
             tensor_parallel_degree=loaded.model.config.tensor_parallel_degree,
-            base_model_name_or_path=loaded.source,  # the saved adapter says what it adapts
             rslora=run.lora.rslora,  # scale alpha / sqrt(r)
             lora_plus_scale=run.lora.plus_ratio,  # B's ParamAttr learning rate: AdamW scales B's rate by it
             pissa=run.lora.pissa,  # A, B from the SVD at the first forward; the weight keeps the residual
-        )
-        model = LoRAModel(loaded.model, lora_config)
+        )  # fmt: skip
         if run.lora.pissa:
             _pissa_now(model)
             # A and B hold the weight's principal part: decay would pull the weight itself down
@@ -142,18 +151,13 @@ class LoKr:
         from paddlenlp.peft import LoKrConfig, LoKrModel
 
         assert run.lora is not None
-        check_targets_match(layer_kinds(loaded.model), run.lora.target_modules)
         with tempfile.TemporaryDirectory() as scratch:
             # LoKrModel reads its base's config from base_model_name_or_path (lokr_model.py, __init__): a
             # model built in memory (job doctor's) has none on disk, so its own config is written there.
-            source = loaded.source or scratch
             if not loaded.source:
                 loaded.model.config.save_pretrained(scratch)
-            config = LoKrConfig(
-                target_modules=list(run.lora.target_modules), trainable_modules=_head_trains(loaded),
-                lokr_dim=run.lora.r, lokr_alpha=0.0, base_model_name_or_path=source,
-            )  # fmt: skip
-            model = LoKrModel(loaded.model, config)
+            model = _adapted(loaded, run, LoKrConfig, LoKrModel, source=loaded.source or scratch, lokr_dim=run.lora.r,
+                             lokr_alpha=0.0)  # fmt: skip
         model.lokr_config.base_model_name_or_path = loaded.source
         return model
 
@@ -203,12 +207,7 @@ class VeRA:
         from paddlenlp.peft.vera.vera_layers import VeRALinear
 
         assert run.lora is not None
-        check_targets_match(layer_kinds(loaded.model), run.lora.target_modules)
-        config = VeRAConfig(
-            r=run.lora.r, vera_alpha=run.lora.r, vera_dropout=0.0, target_modules=list(run.lora.target_modules),
-            trainable_modules=_head_trains(loaded), base_model_name_or_path=loaded.source,
-        )  # fmt: skip
-        model = VeRAModel(loaded.model, config)
+        model = _adapted(loaded, run, VeRAConfig, VeRAModel, r=run.lora.r, vera_alpha=run.lora.r, vera_dropout=0.0)
         model.mark_only_vera_as_trainable()  # VeRAModel leaves every other weight trainable otherwise
         kaiming = paddle.nn.initializer.KaimingUniform(negative_slope=math.sqrt(5), nonlinearity="leaky_relu")
         with paddle.no_grad():
