@@ -26,7 +26,7 @@ from job.config.schema import (
 )
 from job.data.cache import check_cache_home
 from job.data.tasks import OWN
-from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError
+from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError, redacted
 from job.exit_codes import failure
 from job.launch import record_rank_exit
 from job.predict import check_model_folder, load_saved_model, predictions, read_inputs
@@ -73,8 +73,8 @@ def run_for_task(runs: list[str], environ: dict[str, str]) -> str:
 
 
 def fail(exc: Exception, code: int) -> None:
-    click.echo(f"error: {exc}", err=True)
-    record_rank_exit(code, str(exc))  # under `job launch`: the command returns the most telling rank's code
+    click.echo(redacted(f"error: {exc}"), err=True)
+    record_rank_exit(code, redacted(str(exc)))  # under `job launch`: the command returns the most telling rank's code
     sys.exit(code)
 
 
@@ -286,7 +286,7 @@ def prefetch(config_path: Path | None, overrides: tuple[str, ...]) -> None:
     from job.pipeline import prefetch as fetch_all
 
     for line in fetch_all(config):
-        click.echo(line)
+        click.echo(redacted(line))
 
 
 @main.command()
@@ -420,7 +420,7 @@ def doctor(config_path: Path | None, overrides: tuple[str, ...], device: str | N
     with isolated_cache() as cache_check:  # importing PaddleNLP must not create or need the cache checked
         quiet_paddlenlp()
         for check in run_checks(config, cache_check):
-            click.echo(check.line())
+            click.echo(redacted(check.line()))
             failed += not check.passed
     click.echo(f"{'all checks passed' if not failed else f'{failed} check(s) failed'}")
     if failed:

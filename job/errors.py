@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class UserError(Exception):
     """Something the user gave us is wrong (config, data, model, device). Exit code 2."""
@@ -28,3 +30,12 @@ class TrainingDiverged(Exception):
     """The loss became NaN or infinite. Exit code 1: a real failure, not a usage error."""
 
     exit_code = 1
+
+
+_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@]+@")
+
+
+def redacted(text: str) -> str:
+    """`text` with the user and password of every URL in it masked (https://user:secret@host -> https://***@host):
+    a mirror's credentials (PPNLP_ENDPOINT, an object store's URL) never reach a log or a terminal."""
+    return _CREDENTIALS.sub(r"\1***@", text)

@@ -190,3 +190,27 @@ def test_a_clue_folder_whose_records_lack_the_tasks_fields_fails_the_doctor(tmp_
     )
     assert "config key 'text_column'" not in result.output  # a CLUE task's fields are not config keys
     assert "give data_dir the task's files in CLUE's format" in result.output
+
+
+def test_a_password_in_the_mirrors_url_is_never_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_config
+) -> None:
+    """PPNLP_ENDPOINT with credentials in it (https://user:secret@mirror/): doctor's lines and prefetch's
+    error name the mirror with its user and password masked."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("PPNLP_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("PPNLP_ENDPOINT", f"http://reader:s3cr3t-token@127.0.0.1:{port}")
+    from tests.fixtures import original_paddlenlp_urls
+
+    config = write_config(model_name="ernie-3.0-medium-zh", data_dir=None)
+    with original_paddlenlp_urls():
+        checked = doctor(tmp_path, config=config)
+        fetched = CliRunner().invoke(main, ["prefetch", "--config", str(config)])
+    for result in (checked, fetched):
+        assert result.exit_code in (2, 75), result.output
+        assert "s3cr3t-token" not in result.output and "reader" not in result.output
+        assert f"http://***@127.0.0.1:{port}/" in result.output

@@ -103,3 +103,23 @@ def test_a_layer_norm_with_a_frozen_scale_passes_the_formulas_gradient_on_cpu() 
     # fixes paddle/phi/kernels/cpu/layer_norm_grad_kernel.cc, this says so and job/training/layer_norm.py can go.
     gradient, formula = _input_gradient(True, corrected=False)
     assert np.abs(gradient - formula).max() / np.abs(formula).max() > 0.05
+
+
+@pytest.mark.timeout(60)
+def test_a_new_head_starts_as_transformers_starts_one(tmp_path: Path) -> None:
+    """A checkpoint without a classifier gets one drawn as transformers' ERNIE draws it (_init_weights:
+    normal with the config's initializer_range, 0.02, and a zero bias), so the peer's replay starts where a
+    transformers user's run would."""
+    import paddle
+
+    from job.training.model import load_model
+    from tests.fixtures import build_tiny_encoder
+
+    encoder = build_tiny_encoder(tmp_path / "encoder")
+    paddle.seed(7)
+    loaded = load_model(str(encoder), 15)
+    assert sorted(loaded.reinitialised) == ["classifier.bias", "classifier.weight"]
+    weight = dict(loaded.model.named_parameters())["classifier.weight"].numpy()
+    bias = dict(loaded.model.named_parameters())["classifier.bias"].numpy()
+    assert abs(float(weight.std()) - 0.02) < 0.002 and abs(float(weight.mean())) < 0.002
+    assert not bias.any()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 import time
 
+from job.errors import redacted
+
 STARTED = time.monotonic()
 _position = ""  # "[run 3/12] " while a run trains
 
@@ -18,7 +20,7 @@ def set_position(text: str) -> None:
 
 def line(text: str) -> str:
     stamp = "" if sys.stderr.isatty() else f"+{clock(time.monotonic() - STARTED)} "
-    return f"{stamp}{_position}{text}"
+    return redacted(f"{stamp}{_position}{text}")
 
 
 def say(text: str) -> None:
