@@ -72,6 +72,17 @@ def run_for_task(runs: list[str], environ: dict[str, str]) -> str:
     return runs[int(raw)]
 
 
+class Points(click.FloatRange):
+    """A number of points in its range; not a number (nan, which every comparison with a bound lets through)
+    is refused like any other value out of range."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value!r} is not a number of points (0 to 100)", param, ctx)
+        return number
+
+
 def fail(exc: Exception, code: int) -> None:
     click.echo(redacted(f"error: {exc}"), err=True)
     record_rank_exit(code, redacted(str(exc)))  # under `job launch`: the command returns the most telling rank's code
@@ -295,7 +306,7 @@ def prefetch(config_path: Path | None, overrides: tuple[str, ...]) -> None:
     help="Folder (or s3:// / gs:// prefix) of a previous run (holds results/<run>.json).",
 )  # fmt: skip
 @click.option("--report-file", default=None, help="Report file name (default: the one the run used).")
-@click.option("--margin", type=click.FloatRange(min=0, max=100), default=None,
+@click.option("--margin", type=Points(min=0, max=100), default=None,
               help="Non-inferiority margin in accuracy points (default: the runs' config `margin`).")  # fmt: skip
 @exit_codes("{output_dir}")
 def report(output_dir: str, report_file: str | None, margin: float | None) -> None:

@@ -182,8 +182,10 @@ def test_merging_results_of_separate_strategy_runs(write_config, tmp_path: Path)
     assert after["answer"] == "good enough" and after["noninferior"]  # nothing is 100 points below
     assert after["accuracy_difference_ci95"] == before["accuracy_difference_ci95"]
     assert "Margin 100.0 points" in (out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
-    refused = CliRunner().invoke(main, ["report", "--output-dir", str(out), "--margin", "-1"])
-    assert refused.exit_code == 2 and "--margin" in refused.output
+    for margin in ("-1", "nan", "NaN", "inf"):
+        refused = CliRunner().invoke(main, ["report", "--output-dir", str(out), "--margin", margin])
+        assert refused.exit_code == 2 and "--margin" in refused.output, (margin, refused.output)
+    assert json.loads((out / "results.json").read_text(encoding="utf-8"))["comparison"]["margin"] == 1.0
 
 
 def test_results_of_another_config_are_not_merged(write_config, tmp_path: Path) -> None:
