@@ -144,6 +144,16 @@ def load_results(output: Output, config_hash: str | None = None) -> list[ResultR
             del records[file]
     if not records:
         raise UserError(f"no saved run results in {folder}; run `python -m job run` first")
+    files_of: dict[str, list[str]] = {}
+    for file, record in records.items():
+        files_of.setdefault(record.result.key, []).append(file.rsplit("/", 1)[-1])
+    twice = {key: sorted(files) for key, files in files_of.items() if len(files) > 1}
+    if twice:  # a copied record would count as one more seed
+        key, files = next(iter(sorted(twice.items())))
+        raise UserError(
+            f"{' and '.join(files)} in {folder} both hold run {key!r}: one run counts once; keep {key}.json and "
+            "remove the other" + (f" ({len(twice) - 1} more runs are held twice)" if len(twice) > 1 else "")
+        )
     hashes = {record.run.config_hash for record in records.values()}
     if len(hashes) > 1:
         listing = ", ".join(f"{f.rsplit('/', 1)[-1]}={r.run.config_hash}" for f, r in records.items())
