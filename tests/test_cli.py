@@ -305,13 +305,15 @@ def test_a_sweep_of_ranks_with_one_alpha_and_mismatched_lists(write_config) -> N
 
 
 # Pinned on the tiny model (update deliberately when batching, dropout, the loop or evaluation are
-# meant to change the numbers, and say why in the commit). Last change: dropout masks drawn in bulk
-# from NumPy's SFC64 (job.training.dropout) instead of Paddle's CPU kernel.
+# meant to change the numbers, and say why in the commit). Last change: warm-up steps rounded up as
+# transformers' and PaddleNLP's Trainers count them (1 of these 4 steps, not 0), and LoRA's gradient
+# through frozen LayerNorm scales exact on CPU (job.training.layer_norm); tests/test_parity.py holds
+# every strategy to transformers + PEFT.
 GOLDEN_STEP_LOSSES = {
-    "lora": [2.70717, 2.709538, 2.699882, 2.704785],
-    "full_finetune": [2.706838, 2.707651, 2.698988, 2.705649],
+    "lora": [2.70717, 2.710292, 2.704452, 2.708677],
+    "full_finetune": [2.706838, 2.711406, 2.704762, 2.708565],
 }
-GOLDEN_DEV_LOSS = {"lora": 2.702778, "full_finetune": 2.706003}
+GOLDEN_DEV_LOSS = {"lora": 2.704532, "full_finetune": 2.704578}
 
 
 def test_golden_losses_guard_batching_dropout_the_loop_and_evaluation(write_config, tmp_path: Path) -> None:
