@@ -324,6 +324,27 @@ def serve(config: JobConfig, stop: StopRequest, keys: Iterable[str] | None = Non
                 report_status(status, key, code, f"{error}", time.monotonic() - started)
                 if mapped is None or isinstance(exc, Interrupted):
                     raise
+                # The error's traceback holds train_one's frames: the failed run's model, gradients, AdamW
+                # moments and activations. Dropped here, the next run loads into the memory they held.
+                for held in {id(error): error, id(exc): exc}.values():
+                    held.__traceback__ = None
+                    held.__context__ = held.__cause__ = None
+                del mapped, error, exc
+                release_memory()
+
+
+def release_memory() -> None:
+    """Collect what a failed run left (its layers hold reference cycles) and, on a GPU, hand the
+    allocator's cached blocks back, so the next run starts with the memory the failed one had."""
+    import gc
+
+    gc.collect()
+    from job.runtime.device import on_gpu
+
+    if on_gpu():
+        import paddle
+
+        paddle.device.cuda.empty_cache()
 
 
 def report_status(status: IO[str], key: str, code: int, error: str, seconds: float) -> None:

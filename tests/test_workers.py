@@ -206,3 +206,55 @@ def test_sigterm_stops_every_worker_keeps_finished_records_and_exits_143(
     saved = records(tmp_path / "out")
     assert 1 <= len(saved) < 6 and not (tmp_path / "out" / "ernie_lora_vs_full_report.md").exists()
     assert not [p for p in (tmp_path / "out" / "results").iterdir() if p.suffix == ".tmp"]
+
+
+@pytest.mark.timeout(120)
+def test_after_a_failed_run_a_worker_holds_nothing_of_it(
+    tmp_path: Path, tiny_model: Path, tnews_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that fails in a worker (here at its first step, as a device running out would) leaves no
+    reference to its model, gradients or optimizer behind: the next run loads into the memory it freed."""
+    import weakref
+
+    import job.pipeline as pipeline
+    from job.config.schema import load_config
+    from job.errors import RetryableError
+    from job.runtime.signals import StopRequest
+    from job.workers import STATUS_FD_VARIABLE, serve
+
+    config = load_config(None, {"model_name": str(tiny_model), "data_dir": str(tnews_dir), "device": "cpu",
+                                "output_dir": str(tmp_path / "out"), "max_train_samples": 32, "batch_size": 16})  # fmt: skip
+    models: list[weakref.ref] = []
+    original = pipeline.train
+
+    def train(model, *args, **kwargs):
+        models.append(weakref.ref(model))
+        if len(models) == 1:
+            raise RetryableError("the device went away for a moment")
+        assert models[0]() is None, "the failed run's model is still held"
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train", train)
+    read, write = os.pipe()
+    monkeypatch.setenv(STATUS_FD_VARIABLE, str(write))
+    serve(config, StopRequest(), keys=["lora", "full_finetune"])
+    with os.fdopen(read, encoding="utf-8") as status:
+        reports = [json.loads(line) for line in status]
+    assert [(r["key"], r["code"]) for r in reports] == [("lora", 75), ("full_finetune", 0)]
+    assert len(models) == 2
+
+
+def test_on_a_gpu_a_failed_runs_cached_memory_goes_back_to_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import paddle
+
+    import job.runtime.device as device
+    from job.workers import release_memory
+
+    emptied = []
+    monkeypatch.setattr(device, "on_gpu", lambda: True)
+    monkeypatch.setattr(paddle.device.cuda, "empty_cache", lambda: emptied.append(True))
+    release_memory()
+    assert emptied == [True]
+    monkeypatch.setattr(device, "on_gpu", lambda: False)
+    release_memory()
+    assert emptied == [True]
