@@ -222,8 +222,9 @@ def test_after_a_failed_run_a_worker_holds_nothing_of_it(
     from job.runtime.signals import StopRequest
     from job.workers import STATUS_FD_VARIABLE, serve
 
-    config = load_config(None, {"model_name": str(tiny_model), "data_dir": str(tnews_dir), "device": "cpu",
-                                "output_dir": str(tmp_path / "out"), "max_train_samples": 32, "batch_size": 16})  # fmt: skip
+    values = {"model_name": str(tiny_model), "data_dir": str(tnews_dir), "device": "cpu",
+              "output_dir": str(tmp_path / "out"), "max_train_samples": 32, "batch_size": 16}  # fmt: skip
+    config = load_config(None, values)
     models: list[weakref.ref] = []
     original = pipeline.train
 
