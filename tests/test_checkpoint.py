@@ -145,3 +145,26 @@ def test_scoring_dev_during_training_leaves_training_as_it_was(
     often = record(run_tiny(tmp_path / "often", tiny_model, tnews_dir, **{**settings, "eval_steps": 2}), strategy)
     assert often["step_losses"] == once["step_losses"]
     assert often["test"]["predictions"] == once["test"]["predictions"] and len(often["dev_curve"]) == 6
+
+
+def test_the_best_dev_copy_takes_no_memory_the_runs_peak_counts() -> None:
+    """The copy lives outside Paddle's allocator: the peak a run reports (job.runtime.memory) is its
+    weights, gradients, optimizer state and activations, with or without best_dev; the weights put back
+    are the copied ones."""
+    import paddle
+
+    from job.runtime.memory import _allocated_now
+
+    model = paddle.nn.Sequential(paddle.nn.Linear(512, 512), paddle.nn.Linear(512, 512))  # 2 MiB of weights
+    before = _allocated_now()
+    best = BestCheckpoint(keep=True)
+    assert best.offer(1, 0.5, model)
+    assert _allocated_now() - before < 2**16  # not the 2 MiB a copy on the allocator would take
+    assert all(isinstance(value, np.ndarray) for value in best.weights.values())
+    expected = {name: p.numpy().copy() for name, p in model.named_parameters()}
+    with paddle.no_grad():
+        for p in model.parameters():
+            p.set_value(p * 0.0)
+    best.restore(model)
+    for name, p in model.named_parameters():
+        np.testing.assert_array_equal(p.numpy(), expected[name])

@@ -17,14 +17,16 @@ class BestCheckpoint:
     weights: dict[str, Any] = field(default_factory=dict)
 
     def offer(self, step: int, accuracy: float, model: Any) -> bool:
-        """Record one evaluation; returns whether it is a new best (then, with `keep`, the weights are
-        copied on their device: no host read)."""
+        """Record one evaluation; returns whether it is a new best (then, with `keep`, the trained weights
+        are copied to host memory outside Paddle's allocator: the copy neither takes device memory nor counts
+        in the run's peak, which is its weights, gradients, optimizer state and activations. On a GPU that
+        is one read at each new best, 302 MB for full fine-tuning of ERNIE 3.0 Medium, a few tens of ms)."""
         if accuracy <= self.accuracy:
             self.since_best += 1
             return False
         self.step, self.accuracy, self.since_best = step, accuracy, 0
         if self.keep:
-            self.weights = {name: p.detach().clone() for name, p in model.named_parameters() if not p.stop_gradient}
+            self.weights = {name: p.numpy().copy() for name, p in model.named_parameters() if not p.stop_gradient}
         return True
 
     def restore(self, model: Any) -> None:
