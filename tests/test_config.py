@@ -242,3 +242,22 @@ def test_a_model_name_that_is_a_missing_path_or_a_url_exits_2(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "out" / "results").exists()
+
+
+def test_keys_of_other_trainers_are_answered_with_what_the_job_has_instead() -> None:
+    import re
+
+    from job.config.habits import FOREIGN_KEYS
+    from job.config.schema import FIELD_NAMES, validate_config
+    from job.errors import UserError
+
+    for key, hint in FOREIGN_KEYS.items():
+        assert key not in FIELD_NAMES, key
+        named = [name for name in re.findall(r"'([a-z_<>]+)[':]", hint) if "<" not in name]
+        assert all(name in FIELD_NAMES for name in named), (key, named)
+    for key, expected in [("report_to", "'visualdl: true'"), ("max_steps", "'num_epochs' and 'max_train_samples'"),
+                          ("resume_from_checkpoint", "finished runs are skipped")]:  # fmt: skip
+        with pytest.raises(UserError) as raised:
+            validate_config({key: 1})
+        assert "(a key of another trainer)" in str(raised.value) and expected in str(raised.value)
+        assert "did you mean" not in str(raised.value)

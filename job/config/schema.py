@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from job.config.habits import foreign_key_hint
 from job.data.sources import DataSpec
 from job.data.tasks import DATASET_NAMES, DEFAULT_DATASET, OWN, OWN_DATA_KEYS
 from job.data.textfiles import read_text
@@ -733,8 +734,11 @@ def validate_config(
 
 
 def _unknown_key_message(key: Any, source: str) -> str:
+    foreign = foreign_key_hint(str(key)) if str(key) not in FIELD_NAMES else None
     close = difflib.get_close_matches(str(key), FIELD_NAMES, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(FIELD_NAMES)}"
+    if foreign is not None:  # a habit from transformers, PEFT or litgpt: say what the job has instead
+        hint = f" (a key of another trainer): {foreign}"
     return f"{source}: unknown config key {excerpt(str(key))}{hint}"
 
 
