@@ -91,7 +91,7 @@ bench-peer: venv $(PEER_VENV)/.installed ## the job against torch + PEFT on the 
 	done
 	$(PY) peer/ratios.py $(PEER_DIR)
 
-parity: venv $(PEER_VENV)/.installed ## the job's loop against transformers + PEFT, every strategy, step by step: a table (tiny model, stand-in, ERNIE 3.0 Medium's shape; ~12 min)
+parity: venv $(PEER_VENV)/.installed ## the job's loop against transformers + PEFT, every strategy, step by step: a table (tiny model, stand-in, ERNIE 3.0 Medium's shape; 45 min on 2 cores)
 	$(PY) -m tests.parity --docs
 
 parity-record: venv $(PEER_VENV)/.installed ## parity on the tiny model and the stand-in, and their numbers written to tests/golden/ (after a deliberate change to training)
