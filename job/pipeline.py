@@ -291,7 +291,7 @@ def _setup_device(config: JobConfig, runs: list[Run]) -> tuple[DeviceChoice, lis
     return device, runs
 
 
-def prepare_model(session: Session, run: Run, loaded: LoadedModel) -> Any:
+def prepare_model(run: Run, loaded: LoadedModel) -> Any:
     """The strategy's model over the freshly loaded one (the caller seeded Paddle with the run's seed first:
     the head's and the adapters' initialisation)."""
     if loaded.reinitialised:
@@ -314,7 +314,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
     loaded = load_model(config.model_name, len(session.labels))
     stop.checkpoint()
     fingerprint = weights_fingerprint(loaded.model)
-    model = prepare_model(session, run, loaded)
+    model = prepare_model(run, loaded)
     trainable, total = count_parameters(model)
     say(f"[{key}] {run.label}, seed {run.seed}: {trainable:,} of {total:,} parameters trainable "
         f"({100 * trainable / total:.3f}%)")  # fmt: skip

@@ -93,7 +93,7 @@ def export_replay(config: JobConfig, key: str | None, folder: Path, stop: StopRe
     paddle.seed(run.seed)  # as train_one: the head's and the adapters' initialisation
     loaded = load_model(config.model_name, len(session.labels))
     base = {name: p.numpy().copy() for name, p in loaded.model.named_parameters()}
-    model = prepare_model(session, run, loaded)
+    model = prepare_model(run, loaded)
     silenced = without_dropout(model)
     named = list(model.named_parameters())
     initial = {name: p.numpy().copy() for name, p in named}

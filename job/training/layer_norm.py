@@ -12,7 +12,9 @@ scale whenever there is one (LayerNormBackwardGradientOnlyDX takes it): it needs
 
 While `exact_layer_norm_grad()` is active on CPU, a LayerNorm whose scale is frozen and whose input needs
 a gradient normalises without its scale and bias and applies them after, `layer_norm(x) * weight + bias`:
-the same forward up to rounding, and autograd multiplies the gradient by the scale."""
+the same forward up to rounding, and autograd multiplies the gradient by the scale. It costs 2% of a LoRA
+step's forward and backward on the stand-in (137.7 against 134.9 ms, batch 16 x 40 tokens, 2 cores,
+interleaved)."""
 
 from __future__ import annotations
 
