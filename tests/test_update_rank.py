@@ -76,3 +76,15 @@ def test_a_full_fine_tuning_run_records_and_reports_its_update_rank_and_lora_non
 )
 def test_weight_kinds_are_read_from_ernies_parameter_names(name: str) -> None:
     assert kind_of(name) in WEIGHT_KINDS and kind_of(name.replace(".weight", ".bias")) is None
+
+
+def test_the_rank_read_from_the_gram_matrix_is_the_singular_values_rank_for_tall_and_wide_updates() -> None:
+    from scipy.linalg import svdvals
+
+    rng = np.random.default_rng(3)
+    for shape in [(30, 90), (90, 30), (64, 64)]:
+        update = low_rank(*shape, [8.0, 4.0, 2.0, 1.0]) + 0.05 * rng.standard_normal(shape)
+        squares = svdvals(update) ** 2
+        expected = int(np.searchsorted(np.cumsum(squares) / squares.sum(), 0.9 - 1e-12) + 1)
+        assert energy_rank(update) == expected, shape
+        assert energy_rank(update.T) == expected, shape

