@@ -83,3 +83,32 @@ def test_evaluate_matches_a_plain_loop_and_restores_the_model(tiny_model: Path, 
     # in the [CLS]-only shortcut moves the mean loss by 3e-6 on these rows.
     assert result.loss == pytest.approx(loss, rel=5e-7)
     assert result.examples == len(rows)
+
+
+def test_an_evaluation_reads_from_the_device_once_and_scores_what_plain_logits_give(
+    tiny_model: Path, tnews_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU each host read waits for the device: the whole split's losses and classes are read in one
+    go, and they are the plain forward's (accuracy, mean cross-entropy, every prediction)."""
+    import paddle
+
+    from job.training.model import load_model
+
+    rows = eval_rows(tiny_model, tnews_dir)
+    model = load_model(str(tiny_model), 15).model
+    model.eval()  # no dropout in the plain forward either
+    batches = length_sorted_batches(rows, 8)
+    logits = np.concatenate(plain_logits(model, list(iterate_batches(rows, batches, 0))))
+    order = [i for batch in batches for i in batch]
+    labels = np.array([rows[i].label for i in order])
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    losses = np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(order)), labels]
+    reads = []
+    original = paddle.Tensor.numpy
+    monkeypatch.setattr(paddle.Tensor, "numpy", lambda self, *a, **k: reads.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(paddle.Tensor, "__float__", lambda self: reads.append(1) or float(original(self)))
+    result = evaluate(model, rows, 8, 0)
+    assert len(batches) > 3 and len(reads) == 1
+    predicted = dict(zip(order, logits.argmax(axis=1).tolist(), strict=True))
+    assert result.predictions == [predicted[i] for i in range(len(rows))]
+    assert result.loss == pytest.approx(float(losses.mean()), rel=1e-5)
