@@ -233,14 +233,29 @@ def drive(runs: list[Run], command: list[str], slots: list[Slot], stop: StopRequ
     return outcomes
 
 
-def start_worker(slot: Slot, command: list[str], events: queue.Queue) -> Worker:
-    read_fd, write_fd = os.pipe()
-    env = {key: value for key, value in os.environ.items() if key not in CHOSEN}
+# Variables a Paddle launcher (or a shell that once ran one) leaves behind: inherited by a worker they would
+# pin it to another device or make it wait for ranks that never come. The slot sets the device itself.
+LAUNCH_VARIABLES = ("FLAGS_selected_gpus", "FLAGS_selected_xpus", "PADDLE_TRAINER_ID", "PADDLE_TRAINERS_NUM",
+                    "PADDLE_TRAINER_ENDPOINTS", "PADDLE_CURRENT_ENDPOINT", "PADDLE_RANK_IN_NODE", "PADDLE_LOCAL_RANK",
+                    "PADDLE_GLOBAL_RANK", "PADDLE_GLOBAL_SIZE", "PADDLE_LOCAL_SIZE", "PADDLE_WORLD_DEVICE_IDS",
+                    "PADDLE_LOCAL_DEVICE_IDS", "PADDLE_NNODES", "PADDLE_MASTER", "PADDLE_DISTRI_BACKEND")  # fmt: skip
+
+
+def worker_environment(slot: Slot, status_fd: int) -> dict[str, str]:
+    """The worker's environment: the command's, without the job's own thread choices and any launcher's
+    variables, with the slot's device and threads."""
+    env = {key: value for key, value in os.environ.items() if key not in CHOSEN and key not in LAUNCH_VARIABLES}
     env.update(slot.env)
     env[WORKER_VARIABLE] = f"{slot.name} {slot.device}"
     env[HANDED_VARIABLE] = "OMP_NUM_THREADS"  # the slot's share (both kinds of slot set it), the job's choice
-    env[STATUS_FD_VARIABLE] = str(write_fd)
+    env[STATUS_FD_VARIABLE] = str(status_fd)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def start_worker(slot: Slot, command: list[str], events: queue.Queue) -> Worker:
+    read_fd, write_fd = os.pipe()
+    env = worker_environment(slot, write_fd)
     cpus = slot.cpus
 
     def pin() -> None:  # in the child, before it runs: its own cores

@@ -259,3 +259,19 @@ def test_on_a_gpu_a_failed_runs_cached_memory_goes_back_to_the_device(monkeypatc
     monkeypatch.setattr(device, "on_gpu", lambda: False)
     release_memory()
     assert emptied == [True]
+
+
+def test_a_worker_inherits_no_launchers_variables_and_gets_its_slots_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shell that once ran Paddle's launcher (or a scheduler that sets its variables) must not pin every
+    worker to one GPU or make it wait for ranks: the worker's device is its slot's."""
+    from job.workers import plan_slots, worker_environment
+
+    monkeypatch.setenv("FLAGS_selected_gpus", "3")
+    monkeypatch.setenv("PADDLE_TRAINER_ID", "1")
+    monkeypatch.setenv("PADDLE_TRAINER_ENDPOINTS", "10.0.0.1:6170,10.0.0.2:6170")
+    monkeypatch.setenv("PPNLP_HOME", "/cache/paddlenlp")
+    slot = plan_slots(2, ["0", "1"], list(range(8)), 8)[1]
+    env = worker_environment(slot, 9)
+    assert not {"FLAGS_selected_gpus", "PADDLE_TRAINER_ID", "PADDLE_TRAINER_ENDPOINTS"} & set(env)
+    assert env["PPNLP_HOME"] == "/cache/paddlenlp" and env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert env["JOB_WORKER"] == f"{slot.name} {slot.device}" and env["JOB_WORKER_STATUS_FD"] == "9"
