@@ -68,6 +68,11 @@ def test_paddle_3_3_1_names_the_error_kind_in_parentheses_and_the_source_after_i
         (OSError(INSUFFICIENT_DRIVER), True, f"driver >= {DRIVER_FLOORS['12.6']}"),
         (OSError(NO_KERNEL_IMAGE), True, "--build-arg PADDLE_INDEX_URL=https://www.paddlepaddle.org.cn/packages/stable/cu129/"),
         (OSError(NO_DEVICE), True, "--gpus all"),
+        (OSError("(External) CUDA error(46), CUDA-capable device(s) is/are busy or unavailable. \n  [Hint: "
+                 "'cudaErrorDevicesUnavailable'.]" + SOURCE), True, "one worker on each"),
+        (OSError("(External) Failed, cuda error /paddle/paddle/phi/core/distributed/nccl_comm_context.cc:61 "
+                 "'CUDA-capable device(s) is/are busy or unavailable'"), True,
+         "exclusive-process"),
         (OSError(NCCL_SYSTEM), True, "shm_size"),
         (RuntimeError(CUDNN_MISSING), True, "LD_LIBRARY_PATH"),
         (OSError(ECC), False, None),

@@ -34,6 +34,8 @@ PERMANENT_CUDA = {
     35: "the NVIDIA driver on this node is older than this image's CUDA {cuda} runtime needs: install driver "
     ">= {floor}, or build the image for an older CUDA with --build-arg PADDLE_INDEX_URL="
     + PADDLE_INDEX.format(build="cu118"),
+    46: "the GPU is in exclusive-process compute mode and another process holds it: give each process a GPU of its "
+    "own (workers: auto puts one worker on each), or set the default mode (`nvidia-smi -c DEFAULT`)",
     100: "the container sees no GPU: run it with --gpus all (compose: gpu-job; Kubernetes: request "
     "nvidia.com/gpu), or use --device cpu",
     101: "CUDA_VISIBLE_DEVICES (or --gpus) names a GPU this node does not have; `nvidia-smi -L` lists them",
@@ -53,6 +55,7 @@ PERMANENT_CUDA = {
 CUDA_TEXTS = {
     "CUDA driver is a stub library": 34,
     "CUDA driver version is insufficient for CUDA runtime version": 35,
+    "CUDA-capable device(s) is/are busy or unavailable": 46,
     "no CUDA-capable device is detected": 100,
     "invalid device ordinal": 101,
     "no kernel image is available for execution on the device": 209,
