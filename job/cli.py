@@ -458,7 +458,7 @@ def launch(launcher_args: tuple[str, ...]) -> None:
         params = command.make_context(plan.job_args[0], plan.job_args[1:]).params
         output_dir = resolve_config(params["config_path"], params["overrides"],
                                     output_dir=params.get("output_dir")).output_dir  # fmt: skip
-    sys.exit(run_launcher(plan, default_log_dir(output_dir), set(CHOSEN)))
+    sys.exit(run_launcher(plan, None if plan.log_dir_given else default_log_dir(output_dir), set(CHOSEN)))
 
 
 @main.command()

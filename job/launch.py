@@ -19,7 +19,9 @@ stop and a failed rank reach the job the way a queue expects.
   ends with 128 + the signal (143 for SIGTERM) once the ranks have stopped.
 - **Logs.** The ranks' logs (workerlog.N, and the launcher's backup_env.N.json, a copy of the
   environment) go to `<output_dir>/launch-logs` of the job's config, in a folder only the job's user may
-  read, unless --log_dir is given; never under the current folder.
+  read (an existing one is tightened; a link planted there is refused), unless --log_dir is given; never
+  under the current folder (an object-store output_dir needs --log_dir outside the images). The launcher
+  runs under umask 077: its files are 600 whatever the umask.
 - **The device first.** On a GPU build, the GPUs are counted (as the launcher does first) before the
   launcher starts: a driver too old for the image's CUDA exits 2 with its fix, not the launcher's traceback.
   `--devices` (`--gpus`) is checked against the devices the launcher will see, and `--rank` against
@@ -43,6 +45,7 @@ from pathlib import Path
 
 from job.errors import UserError
 from job.exit_codes import PERMANENT_IO_ERRORS, most_telling
+from job.output.layout import PRIVATE_UMASK, below, private_folder
 
 LOG_FOLDER = "launch-logs"
 STATUS_VARIABLE = "JOB_RANK_STATUS_DIR"  # where each rank leaves its exit code and error line
@@ -54,6 +57,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 PERMANENT_MKDIR = (*PERMANENT_IO_ERRORS, errno.ENOENT, errno.ENOTDIR, errno.EEXIST)
 # The job's commands a rank may run; a first word that is one of these starts the job's own arguments.
 RANK_COMMANDS = ("run",)
+LAUNCHER_FILES = ("backup_env.", "workerlog.", "endpoints.", "default.")  # what paddle.distributed.launch writes
 
 
 @dataclass(frozen=True)
@@ -113,12 +117,14 @@ def check_node_rank(rank: int | None, nnodes: str | None) -> None:
                         f"{int(most) - 1})")  # fmt: skip
 
 
-def default_log_dir(output_dir: str | None) -> Path:
+def default_log_dir(output_dir: str | None) -> Path | None:
     """<output_dir>/launch-logs of the job's config; for an object-store output_dir (no local folder),
-    the reports folder (JOB_REPORTS_DIR, the mounted /app/reports in the images)."""
+    the reports folder JOB_REPORTS_DIR (the mounted /app/reports in the images); None outside the images,
+    where --log_dir must say (never the current folder). A link planted at launch-logs is refused."""
     if output_dir and "://" not in output_dir:
-        return Path(output_dir) / LOG_FOLDER
-    return Path(os.environ.get("JOB_REPORTS_DIR", "reports")) / LOG_FOLDER
+        return below(Path(output_dir), LOG_FOLDER)
+    reports = os.environ.get("JOB_REPORTS_DIR")
+    return below(Path(reports), LOG_FOLDER) if reports else None
 
 
 def entry_point(folder: Path) -> Path:
@@ -134,13 +140,39 @@ def entry_point(folder: Path) -> Path:
     return path
 
 
-def _given_log_dir(plan: LaunchPlan) -> Path | None:
+def _given_log_dir(plan: LaunchPlan) -> str | None:
     for index, arg in enumerate(plan.options):
         if arg.startswith("--log_dir="):
-            return Path(arg.partition("=")[2])
+            return arg.partition("=")[2]
         if arg == "--log_dir" and index + 1 < len(plan.options):
-            return Path(plan.options[index + 1])
+            return plan.options[index + 1]
     return None
+
+
+def prepare_log_dir(plan: LaunchPlan, default: Path | None) -> Path:
+    """The ranks' log folder, ready: the job's own (launch-logs) made or tightened to 700; a given
+    --log_dir made 700 when missing and otherwise left as the user keeps it. The launcher's files already
+    in it become 600 (an older launch's environment copies were 644); the launcher itself runs under
+    umask 077, so its new ones are 600 too."""
+    given = _given_log_dir(plan)
+    if given is not None and not given.strip():
+        raise UserError("job launch: --log_dir names no folder; give one, or leave it out for <output_dir>/launch-logs")
+    if given is None and default is None:
+        raise UserError("job launch: output_dir is an object-store prefix, so the ranks' logs (which hold a copy "
+                        "of the environment) have no local home: give --log_dir FOLDER")  # fmt: skip
+    folder = Path(given) if given is not None else default
+    assert folder is not None
+    try:
+        if given is None or not folder.exists():
+            private_folder(folder)
+        for path in folder.iterdir():
+            if path.name.startswith(LAUNCHER_FILES) and path.is_file() and not path.is_symlink():
+                os.chmod(path, 0o600)
+    except OSError as exc:
+        if exc.errno in PERMANENT_MKDIR:
+            raise UserError(f"job launch: cannot create the log folder {folder}: {exc.strerror}") from None
+        raise
+    return folder
 
 
 def launcher_command(plan: LaunchPlan, log_dir: Path, entry: Path | None) -> list[str]:
@@ -211,21 +243,16 @@ def check_devices(devices: str | None = None) -> None:
                         f"({','.join(visible)}; CUDA_VISIBLE_DEVICES renumbers them from 0)")  # fmt: skip
 
 
-def launch(plan: LaunchPlan, log_dir: Path, chosen: set[str]) -> int:
+def launch(plan: LaunchPlan, log_dir: Path | None, chosen: set[str]) -> int:
     """Run the launcher, pass SIGTERM/SIGINT on to it, and return the exit code for the queue."""
     check_devices(plan.devices)
-    log_dir = _given_log_dir(plan) or log_dir
-    try:
-        log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # backup_env.N.json holds the environment
-    except OSError as exc:
-        if exc.errno in PERMANENT_MKDIR:
-            raise UserError(f"job launch: cannot create the log folder {log_dir}: {exc.strerror}") from None
-        raise
+    log_dir = prepare_log_dir(plan, log_dir)  # backup_env.N.json holds the environment
     received: list[int] = []
     with tempfile.TemporaryDirectory(prefix="job-launch-") as scratch:
         status = Path(scratch)
         entry = entry_point(status) if plan.job_args is not None else None
-        child = subprocess.Popen(launcher_command(plan, log_dir, entry), env=rank_environment(status, chosen))
+        child = subprocess.Popen(launcher_command(plan, log_dir, entry), env=rank_environment(status, chosen),
+                                 umask=PRIVATE_UMASK)  # fmt: skip
 
         def forward(signum: int, frame: object) -> None:
             received.append(signum)

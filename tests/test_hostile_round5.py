@@ -1,8 +1,12 @@
-"""Hostile inputs, round 5: records read by `job report` count each run once."""
+"""Hostile inputs, round 5: links and modes across `run`, `report`, `demo` and `launch`, locks that are not
+files, records read by `job report`, numbers and records read with bounds."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +14,8 @@ from click.testing import CliRunner
 
 from job.cli import main
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "example-report"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "docs" / "example-report"
 
 
 @pytest.mark.timeout(60)
@@ -28,3 +33,81 @@ def test_a_copied_record_is_refused_not_counted_as_one_more_seed(tmp_path: Path)
     (tmp_path / "results" / "lora_r16_a32_lr0.003_s1 (copy).json").unlink()
     whole = CliRunner().invoke(main, ["report", "--output-dir", str(tmp_path)])
     assert whole.exit_code == 0, whole.output
+
+
+@pytest.mark.timeout(60)
+def test_report_reads_no_records_through_a_results_link_that_run_would_refuse(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLE / "results", tmp_path / "elsewhere")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "results").symlink_to(tmp_path / "elsewhere")
+    result = CliRunner().invoke(main, ["report", "--output-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'out' / 'results'} is a symbolic link: the job reads and writes nothing through a link" in (
+        result.output
+    )
+    assert not (tmp_path / "out" / "results.json").exists() and not (tmp_path / "out" / "report.md").exists()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["fifo", "folder", "link"])
+def test_a_lock_that_is_not_a_file_exits_2_at_once_and_names_it(tmp_path: Path, kind: str) -> None:
+    shutil.copytree(EXAMPLE / "results", tmp_path / "results")
+    lock = tmp_path / ".lock"
+    if kind == "fifo":
+        os.mkfifo(lock)  # opened for writing it blocked the merge for ever
+    elif kind == "folder":
+        lock.mkdir()  # exited 75: a queue retried it
+    else:
+        lock.symlink_to(tmp_path / "elsewhere")
+    result = CliRunner().invoke(main, ["report", "--output-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"{lock} is not the job's lock file (" in result.output and "): remove it" in result.output
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "elsewhere").exists()
+
+
+def launch(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    environment = {key: value for key, value in os.environ.items() if key not in ("JOB_REPORTS_DIR", "OMP_NUM_THREADS")}
+    return subprocess.run([sys.executable, "-m", "job", "launch", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, check=False, env={**environment, "PYTHONPATH": str(ROOT), **env})  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+def test_launch_refuses_a_planted_log_link_an_empty_log_dir_and_an_object_store_output_with_no_log_home(
+    write_config, tmp_path: Path
+) -> None:
+    config = write_config()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "launch-logs").symlink_to(tmp_path / "elsewhere")
+    planted = launch(["--nproc_per_node", "1", "run", "--config", str(config)], tmp_path)
+    assert planted.returncode == 2, planted.stderr[-2000:]
+    assert f"{tmp_path / 'out' / 'launch-logs'} is a symbolic link" in planted.stderr
+    assert not (tmp_path / "elsewhere").exists()
+    empty = launch(["--log_dir=", "--nproc_per_node", "1", "run", "--config", str(config)], tmp_path)
+    assert empty.returncode == 2 and "Traceback" not in empty.stderr, empty.stderr[-2000:]
+    assert "error: job launch: --log_dir names no folder" in empty.stderr
+    remote = write_config(output_dir="s3://bucket/prefix")
+    s3 = launch(["--nproc_per_node", "1", "run", "--config", str(remote)], tmp_path)
+    assert s3.returncode == 2 and "have no local home: give --log_dir FOLDER" in s3.stderr, s3.stderr[-2000:]
+    assert not (tmp_path / "reports").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_launch_logs_holding_the_environment_are_700_and_600_under_any_umask(write_config, tmp_path: Path) -> None:
+    config = write_config(model_name=str(tmp_path / "no-model"))  # each rank fails fast, after the launcher's dumps
+    logs = tmp_path / "out" / "launch-logs"
+    logs.mkdir(parents=True, mode=0o755)
+    os.chmod(logs, 0o755)
+    (logs / "backup_env.0.json").write_text("{}", encoding="utf-8")
+    os.chmod(logs / "backup_env.0.json", 0o644)  # an older launch's copy
+    old = os.umask(0)
+    try:
+        result = launch(["--nproc_per_node", "1", "run", "--config", str(config)], tmp_path,
+                        AWS_SECRET_ACCESS_KEY="do-not-share")  # fmt: skip
+    finally:
+        os.umask(old)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert oct(logs.stat().st_mode & 0o777) == "0o700"
+    files = sorted(path for path in logs.iterdir() if path.is_file())
+    assert any("do-not-share" in path.read_text(encoding="utf-8") for path in files)  # the launcher's copy
+    assert {oct(path.stat().st_mode & 0o777) for path in files} == {"0o600"}, [p.name for p in files]

@@ -17,6 +17,36 @@ VISUALDL_FOLDER = "vdl"  # vdl/<run>/
 
 FILE_MODE = 0o644  # what the job writes is readable by all and writable by its owner only,
 FOLDER_MODE = 0o755  # whatever the umask (under umask 000 nothing becomes world-writable)
+PRIVATE_FOLDER_MODE = 0o700  # a folder that can hold a credential (the launcher's copies of the environment)
+PRIVATE_UMASK = 0o077  # for a process whose files can hold one: they are 600, its folders 700
+
+
+def below(root: Path, name: str | Path) -> Path:
+    """root/name, refusing a symbolic link at any level below `root` (`root` itself may be one): a planted
+    `results`, `artifacts`, `demo-inputs` or `launch-logs` link would send the job's reads and writes, and
+    its mode settling, to whatever it points at. UserError (exit 2) naming the link."""
+    from job.errors import UserError
+
+    path = root
+    for part in Path(name).parts:
+        path = path / part
+        if path.is_symlink():
+            raise UserError(f"{path} is a symbolic link: the job reads and writes nothing through a link inside "
+                            f"{root}; remove it")  # fmt: skip
+    return root / name
+
+
+def private_folder(folder: Path) -> list[Path]:
+    """`folder` made (its parents as make_folders makes them) or, when it is the job's own and exists,
+    tightened to PRIVATE_FOLDER_MODE: only the job's user may list or read it. Returns what it created."""
+    created = make_folders(folder.parent)
+    try:
+        folder.mkdir(mode=PRIVATE_FOLDER_MODE)
+        created.append(folder)
+    except FileExistsError:
+        pass
+    os.chmod(folder, PRIVATE_FOLDER_MODE)  # an older run's 755 folder included (callers refuse a link first)
+    return created
 
 
 def make_folders(folder: Path) -> list[Path]:

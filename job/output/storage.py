@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
@@ -30,6 +31,7 @@ from job.output.layout import (
     LOCK_FILE,
     RESULTS_FOLDER,
     VISUALDL_FOLDER,
+    below,
     make_folders,
     settle_modes,
 )
@@ -224,8 +226,6 @@ def read_record_file(path: Path) -> bytes:
     """A record file's bytes: a regular file only, never through a link, at most RECORD_LIMIT bytes. A
     FIFO would block the merge (under its lock), a link to /dev/zero would fill memory, a folder would
     fail the same way on every retry: each is a UserError naming the file (exit 2)."""
-    import stat
-
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
@@ -272,17 +272,8 @@ class LocalOutput(Output):
         return str(self.root / name) if name else str(self.root)
 
     def inside(self, name: str) -> Path:
-        """root/name, refusing a symbolic link at any level below output_dir (output_dir itself may be
-        one): a planted `results` or `artifacts` link would send the job's writes, and its mode settling,
-        to whatever it points at. UserError (exit 2) naming the link."""
-        path = self.root
-        for part in Path(name).parts:
-            path = path / part
-            if path.is_symlink():
-                raise UserError(
-                    f"{path} is a symbolic link: the job writes nothing through a link inside output_dir; remove it"
-                )
-        return self.root / name
+        """root/name, through no link below output_dir (job.output.layout.below)."""
+        return below(self.root, name)
 
     def check_writable(self) -> list[Path]:
         """The probe has an unpredictable name and is created exclusively, so it never follows a planted
@@ -303,7 +294,7 @@ class LocalOutput(Output):
         return self.root.is_dir()
 
     def record_files(self) -> dict[str, bytes]:
-        folder = self.root / RESULTS_FOLDER
+        folder = self.inside(RESULTS_FOLDER)  # `job report` reads through no link `job run` would refuse
         files = sorted(folder.glob("*.json")) if folder.is_dir() else []
         return {str(file): read_record_file(file) for file in files}
 
@@ -339,9 +330,19 @@ class LocalOutput(Output):
         import fcntl
 
         make_folders(self.root)
-        # O_NOFOLLOW: a planted .lock symlink must not create or lock a file elsewhere.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
-        descriptor = os.open(self.root / LOCK_FILE, flags, FILE_MODE)
+        # O_NOFOLLOW: a planted .lock symlink must not create or lock a file elsewhere. O_NONBLOCK: a FIFO
+        # planted as .lock would block the open for ever (a regular file ignores the flag).
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
+        path = self.root / LOCK_FILE
+        try:
+            descriptor = os.open(path, flags, FILE_MODE)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):  # a link, a folder, a FIFO with no reader
+                raise UserError(f"{path} is not the job's lock file ({exc.strerror}): remove it") from None
+            raise
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise UserError(f"{path} is not the job's lock file (not a regular file): remove it")
         with os.fdopen(descriptor, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
