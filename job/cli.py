@@ -475,11 +475,12 @@ def demo(output_dir: str) -> None:
     stop.install()
     check_cache_home()
     from job.config.schema import validate_config
-    from job.demo import build_inputs, demo_config
+    from job.demo import build_inputs, check_demo_folder, demo_config
     from job.output.storage import open_output
     from job.pipeline import check_output_dir, run_job
 
     config = validate_config(demo_config(output_dir), source="the demo")
+    check_demo_folder(output_dir)
     check_output_dir(open_output(config.output_dir))  # before the inputs are built in it: exit 2, not 75
     build_inputs(output_dir)
     report = run_job(config, stop)

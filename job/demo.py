@@ -196,22 +196,63 @@ def demo_config(output_dir: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def build_inputs(output_dir: str) -> None:
-    """The demo's data and pretrained model under output_dir/demo-inputs (made once; a rerun reuses them).
-    The model is written to a side folder and renamed into place, so a killed demo leaves no half-model."""
-    import shutil
+COMPLETE = ".complete"  # written last: a demo-inputs folder without it was cut short, and is built again
 
-    inputs = Path(output_dir) / INPUTS
-    data = inputs / "data"
-    if not (data / "dev.json").is_file():
-        build_tnews_folder(data, train=TRAIN_TITLES, dev=DEV_TITLES)
-    model = inputs / "model"
-    if not (model / "config.json").is_file():
-        partial = inputs / "model.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        titles = [
-            json.loads(line)["sentence"] for line in (data / "train.json").read_text(encoding="utf-8").splitlines()
-        ]
-        pretrain_tiny_encoder(partial, titles)
-        shutil.rmtree(model, ignore_errors=True)
-        partial.rename(model)
+
+def check_demo_folder(output_dir: str) -> None:
+    """The demo writes its inputs beside its report, in a local folder of its own: an object-store prefix
+    (s3://bucket/x became a local folder `s3:/bucket/x`) and a folder holding another config's runs (the
+    demo replaced their report and results.json) are refused before anything is built."""
+    from job.errors import UserError
+    from job.output.storage import open_output, url_scheme
+    from job.results.records import read_records
+
+    if url_scheme(output_dir) is not None:
+        raise UserError(f"--output-dir {output_dir}: the demo builds its model and data beside its report, so it "
+                        "needs a local folder; copy the folder to the bucket afterwards")  # fmt: skip
+    config_hash = demo_config_hash(output_dir)
+    others = sorted(name for name, record in read_records(open_output(output_dir)).items()
+                    if record.run.config_hash != config_hash)  # fmt: skip
+    if others:
+        raise UserError(f"{output_dir} holds runs of another config ({others[0].rsplit('/', 1)[-1]}"
+                        f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}): the demo would replace their "
+                        "report; give the demo a folder of its own (--output-dir)")  # fmt: skip
+
+
+def demo_config_hash(output_dir: str) -> str:
+    from job.config.schema import validate_config
+
+    return validate_config(demo_config(output_dir), source="the demo").config_hash()
+
+
+def build_inputs(output_dir: str) -> Path:
+    """The demo's data and pretrained model under output_dir/demo-inputs (made once; a rerun reuses them).
+    Built in a scratch folder and renamed into place whole, with the job's modes whatever the umask (the
+    weights are loaded again on every rerun: never world-writable); a folder a killed demo left without
+    its COMPLETE mark is built again. A link planted at demo-inputs is refused."""
+    import shutil
+    import tempfile
+
+    from job.output.layout import below, make_folders, settle_modes
+    from job.output.log import say
+    from job.output.storage import replace_folder, scratch_prefix
+
+    root = Path(output_dir)
+    inputs = below(root, INPUTS)
+    if (inputs / COMPLETE).is_file():
+        return inputs
+    if inputs.exists():
+        say(f"{inputs} was left unfinished (a demo stopped while building it): building it again")
+    make_folders(root)
+    scratch = Path(tempfile.mkdtemp(dir=root, prefix=scratch_prefix(INPUTS), suffix=".tmp"))
+    try:
+        data = build_tnews_folder(scratch / "data", train=TRAIN_TITLES, dev=DEV_TITLES)
+        lines = (data / "train.json").read_text(encoding="utf-8").splitlines()
+        titles = [json.loads(line)["sentence"] for line in lines]
+        pretrain_tiny_encoder(scratch / "model", titles)
+        (scratch / COMPLETE).write_text("", encoding="utf-8")
+        settle_modes(scratch)
+        replace_folder(scratch, inputs)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # gone after the rename; the half-built one otherwise
+    return inputs

@@ -43,7 +43,7 @@ def test_the_demo_writes_a_whole_report_with_no_network(tmp_path: Path) -> None:
     assert [run["test"]["accuracy"] > 0.5 for run in lora] == [True] * 5, [run["test"]["accuracy"] for run in lora]
     assert all(run["step_losses"][-1] < 0.6 * run["step_losses"][0] for run in lora)
     assert (out / "demo-inputs" / "model" / "model_state.pdparams").is_file()
-    assert not (out / "demo-inputs" / "model.partial").exists()
+    assert (out / "demo-inputs" / ".complete").is_file() and not list(out.glob(".demo-inputs.*"))
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=380, check=False)
     assert again.returncode == 0 and again.stderr.count("already done for config") == 10
 

@@ -111,3 +111,65 @@ def test_launch_logs_holding_the_environment_are_700_and_600_under_any_umask(wri
     files = sorted(path for path in logs.iterdir() if path.is_file())
     assert any("do-not-share" in path.read_text(encoding="utf-8") for path in files)  # the launcher's copy
     assert {oct(path.stat().st_mode & 0o777) for path in files} == {"0o600"}, [p.name for p in files]
+
+
+@pytest.mark.timeout(60)
+def test_the_demo_refuses_a_planted_inputs_link_an_object_store_output_and_another_configs_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "planted").mkdir()
+    (tmp_path / "planted" / "demo-inputs").symlink_to(tmp_path / "elsewhere")
+    linked = CliRunner().invoke(main, ["demo", "--output-dir", str(tmp_path / "planted")])
+    assert linked.exit_code == 2 and "demo-inputs is a symbolic link" in linked.output, linked.output
+    assert not (tmp_path / "elsewhere").exists()
+    remote = CliRunner().invoke(main, ["demo", "--output-dir", "s3://bucket/demo"])
+    assert remote.exit_code == 2 and "the demo builds its model and data beside its report, so it needs a local" in (
+        remote.output
+    ), remote.output
+    assert not (tmp_path / "s3:").exists()
+    shutil.copytree(EXAMPLE, tmp_path / "theirs")
+    before = {path.name: path.read_bytes() for path in (tmp_path / "theirs").iterdir() if path.is_file()}
+    theirs = CliRunner().invoke(main, ["demo", "--output-dir", str(tmp_path / "theirs")])
+    assert theirs.exit_code == 2, theirs.output
+    assert "holds runs of another config (full_finetune_lr0.0003_s1.json and 15 more): the demo would replace" in (
+        theirs.output
+    )
+    assert {path.name: path.read_bytes() for path in (tmp_path / "theirs").iterdir() if path.is_file()} == before
+    assert not (tmp_path / "theirs" / "demo-inputs").exists()
+
+
+@pytest.mark.timeout(120)
+def test_demo_inputs_are_built_whole_with_the_jobs_modes_and_a_half_built_folder_is_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import job.demo
+
+    pretrain = job.demo.pretrain_tiny_encoder
+    monkeypatch.setattr(job.demo, "pretrain_tiny_encoder", lambda folder, titles: pretrain(folder, titles, steps=3))
+    out = tmp_path / "demo"
+    (out / "demo-inputs" / "data").mkdir(parents=True)
+    (out / "demo-inputs" / "data" / "dev.json").write_text('{"label": "1', encoding="utf-8")  # a killed demo's
+    old = os.umask(0)
+    try:
+        inputs = job.demo.build_inputs(str(out))
+    finally:
+        os.umask(old)
+    assert inputs == out / "demo-inputs" and (inputs / ".complete").is_file()
+    assert len((inputs / "data" / "dev.json").read_text(encoding="utf-8").splitlines()) == job.demo.DEV_TITLES
+    modes = {oct(path.stat().st_mode & 0o777) for path in inputs.rglob("*") if path.is_file()}
+    folders = {oct(path.stat().st_mode & 0o777) for path in [inputs, *inputs.rglob("*")] if path.is_dir()}
+    assert modes == {"0o644"} and folders == {"0o755"}, (modes, folders)
+    assert sorted(path.name for path in out.iterdir()) == ["demo-inputs"]  # no scratch left
+    weights = (inputs / "model" / "model_state.pdparams").stat().st_mtime_ns
+    monkeypatch.setattr(job.demo, "pretrain_tiny_encoder", lambda folder, titles: pytest.fail("built again"))
+    assert job.demo.build_inputs(str(out)) == inputs  # whole: reused
+    assert (inputs / "model" / "model_state.pdparams").stat().st_mtime_ns == weights
+
+    def killed(folder: Path, titles: list[str]) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job.demo, "pretrain_tiny_encoder", killed)
+    with pytest.raises(KeyboardInterrupt):
+        job.demo.build_inputs(str(tmp_path / "killed"))
+    assert sorted(os.listdir(tmp_path / "killed")) == []
