@@ -172,25 +172,27 @@ def run(
     A run whose result for the same config is already in output_dir is skipped, so rerunning an
     interrupted command resumes it. Each finished run's result is saved at once; the report merges
     all results of this config found in output_dir."""
-    from job.runtime.signals import StopRequest
+    from job.runtime.signals import StopRequest, import_paddle
 
     stop = StopRequest()
     stop.install()
     check_cache_home()
+    if serve_runs:  # a worker of `--workers`: the command's config, as the command resolved it
+        from job.workers import serve, worker_config
+
+        config = worker_config()
+        import_paddle(stop)
+        serve(config, stop)
+        return
     number = workers is not None and re.fullmatch(r"\s*-?[0-9]+\s*", workers)
     chosen_workers = int(workers) if number else workers  # "auto", or refused with the schema's message
     config = resolve_config(
         config_path, overrides, device=device, output_dir=output_dir, strategies=list(strategies) or None,
         workers=chosen_workers,
     )  # fmt: skip
+    import_paddle(stop)
     from job.config.plan import plan_runs
     from job.pipeline import run_job
-
-    if serve_runs:
-        from job.workers import serve
-
-        serve(config, stop)
-        return
     from job.results.power import margin_warning
 
     warning = margin_warning(config)
@@ -208,11 +210,7 @@ def run(
     if count > 1:
         from job.workers import RunsFailed, run_parallel
 
-        command = [sys.executable, "-m", "job", "run", *(["--config", str(config_path)] if config_path else []),
-                   *(arg for item in overrides for arg in ("--set", item)),
-                   *(["--device", device] if device else []), *(["--output-dir", output_dir] if output_dir else []),
-                   *(arg for name in strategies for arg in ("--strategy", name)),
-                   "--workers", "1", "--serve-runs"]  # fmt: skip
+        command = [sys.executable, "-m", "job", "run", "--workers", "1", "--serve-runs"]  # the config: in its env
         try:
             report = run_parallel(config=config, stop=stop, force=force, count=count, command=command)
         except RunsFailed as exc:

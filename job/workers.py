@@ -15,9 +15,11 @@ processes on one machine, with the same records as one process.
   finished run (`[run 3/12 done]`), with an ETA once one has finished.
 - **The report** is written once, by this command, after the last run.
 
-Each worker is `python -m job run ... --serve-runs`: it reads run keys on stdin, one per line, and writes
-one JSON line per finished run ({"key", "code", "error", "seconds"}) to the file descriptor named by
-JOB_WORKER_STATUS_FD.
+Each worker is `python -m job run --workers 1 --serve-runs`: it takes the command's resolved config from
+JOB_WORKER_CONFIG (JSON; a config read once, so `--config /dev/stdin` or `<(...)` works and an edit of the
+file mid-plan changes no run), reads run keys on stdin, one per line, and writes one JSON line per finished
+run ({"key", "code", "error", "seconds"}) to the file descriptor named by JOB_WORKER_STATUS_FD. A worker
+gets SIGTERM when the command dies, however it dies: none is left orphaned.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from job.runtime.ranks import Ranks
 from job.runtime.signals import StopRequest
 
 STATUS_FD_VARIABLE = "JOB_WORKER_STATUS_FD"
+CONFIG_VARIABLE = "JOB_WORKER_CONFIG"
 _LINES = threading.Lock()  # one whole line at a time on stderr, from every worker's relay and the command
 
 
@@ -156,7 +159,8 @@ def run_parallel(*, config: JobConfig, stop: StopRequest, force: bool, count: in
         slots = plan_slots(min(count, len(pending)), gpus, cores, threads)
         if gpus and len(slots) > len(gpus):
             say(f"{len(slots)} workers share {len(gpus)} GPU(s): several runs per GPU at once")
-        outcomes = drive(pending, command, slots, stop)
+        stop.checkpoint()
+        outcomes = drive(pending, command, slots, stop, config=json.dumps(config.model_dump(mode="json")))
         order = {run.key: index for index, run in enumerate(plan)}
         failed = sorted((outcome for outcome in outcomes if outcome.code != 0), key=lambda o: order.get(o.key, 0))
         for outcome in failed if stop.signum is None else []:  # a stop is not a failure
@@ -186,15 +190,16 @@ class RunsFailed(Exception):
         self.exit_code = exit_code
 
 
-def drive(runs: list[Run], command: list[str], slots: list[Slot], stop: StopRequest) -> list[Outcome]:
-    """Start a worker per slot, hand out the runs in plan order as workers come free, and collect one
-    outcome per run (a worker that dies takes its run with it: that run fails with its exit code)."""
+def drive(runs: list[Run], command: list[str], slots: list[Slot], stop: StopRequest, config: str) -> list[Outcome]:
+    """Start a worker per slot (`config`: the resolved config as JSON), hand out the runs in plan order as
+    workers come free, and collect one outcome per run (a worker that dies takes its run with it: that run
+    fails with its exit code)."""
     events: queue.Queue[tuple[Worker, dict[str, Any] | None]] = queue.Queue()
     waiting = deque(run.key for run in runs)
     total, outcomes, started = len(runs), [], time.monotonic()
     names = ", ".join(f"{slot.name} {slot.device}" for slot in slots)
     emit(log_line(f"workers: {len(slots)} ({names}); {total} run(s) to train"))
-    workers = [start_worker(slot, command, events) for slot in slots]
+    workers = [start_worker(slot, command, events, config) for slot in slots]
     for worker in workers:
         hand_out(worker, waiting, total)
     live = len(workers)
@@ -241,11 +246,12 @@ LAUNCH_VARIABLES = ("FLAGS_selected_gpus", "FLAGS_selected_xpus", "PADDLE_TRAINE
                     "PADDLE_LOCAL_DEVICE_IDS", "PADDLE_NNODES", "PADDLE_MASTER", "PADDLE_DISTRI_BACKEND")  # fmt: skip
 
 
-def worker_environment(slot: Slot, status_fd: int) -> dict[str, str]:
+def worker_environment(slot: Slot, status_fd: int, config: str = "{}") -> dict[str, str]:
     """The worker's environment: the command's, without the job's own thread choices and any launcher's
-    variables, with the slot's device and threads."""
+    variables, with the slot's device and threads and the command's config."""
     env = {key: value for key, value in os.environ.items() if key not in CHOSEN and key not in LAUNCH_VARIABLES}
     env.update(slot.env)
+    env[CONFIG_VARIABLE] = config
     env[WORKER_VARIABLE] = f"{slot.name} {slot.device}"
     env[HANDED_VARIABLE] = "OMP_NUM_THREADS"  # the slot's share (both kinds of slot set it), the job's choice
     env[STATUS_FD_VARIABLE] = str(status_fd)
@@ -253,15 +259,17 @@ def worker_environment(slot: Slot, status_fd: int) -> dict[str, str]:
     return env
 
 
-def start_worker(slot: Slot, command: list[str], events: queue.Queue) -> Worker:
+def start_worker(slot: Slot, command: list[str], events: queue.Queue, config: str) -> Worker:
     read_fd, write_fd = os.pipe()
-    env = worker_environment(slot, write_fd)
+    env = worker_environment(slot, write_fd, config)
     cpus = slot.cpus
+    parent, prctl = os.getpid(), parent_death_signal()
 
-    def pin() -> None:  # in the child, before it runs: its own cores
+    def pin() -> None:  # in the child, before it runs: its own cores, and an end with the command's
         if cpus:
             os.sched_setaffinity(0, cpus)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the command, which passes it on
+        die_with_parent(parent, prctl)
 
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                env=env, pass_fds=(write_fd,), preexec_fn=pin, text=True, bufsize=1)  # fmt: skip
@@ -290,6 +298,36 @@ def start_worker(slot: Slot, command: list[str], events: queue.Queue) -> Worker:
     watching.start()
     worker.threads = [relaying, watching]
     return worker
+
+
+def parent_death_signal() -> Callable[[int, int], int] | None:
+    """libc's prctl, loaded in the command (never between fork and exec, where loading a library can
+    deadlock on a lock another thread held); None where there is none."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def die_with_parent(parent: int, prctl: Callable[[int, int], int] | None) -> None:
+    """In a worker (Linux): SIGTERM when the command that started it dies, even by SIGKILL
+    (prctl PR_SET_PDEATHSIG), so no worker trains on as an orphan; if the command is already gone, now."""
+    if prctl is not None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def worker_config() -> JobConfig:
+    """In a worker: the command's config (CONFIG_VARIABLE), validated again as the command validated it."""
+    from job.config.schema import validate_config
+
+    text = os.environ.get(CONFIG_VARIABLE)
+    if not text:
+        raise UserError("--serve-runs is how `job run --workers N` starts its workers; run `job run --workers N`")
+    return validate_config(json.loads(text), source="the command's config", subset=True)
 
 
 def hand_out(worker: Worker, waiting: deque[str], total: int) -> None:

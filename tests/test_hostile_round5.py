@@ -173,3 +173,61 @@ def test_demo_inputs_are_built_whole_with_the_jobs_modes_and_a_half_built_folder
     with pytest.raises(KeyboardInterrupt):
         job.demo.build_inputs(str(tmp_path / "killed"))
     assert sorted(os.listdir(tmp_path / "killed")) == []
+
+
+def small_grid(tiny_model: Path, tnews_dir: Path, out: Path, **values) -> dict:
+    return {"model_name": str(tiny_model), "data_dir": str(tnews_dir), "max_seq_length": 32, "batch_size": 16,
+            "learning_rate": 5e-3, "seed": [1, 2], "num_epochs": 1, "max_train_samples": 48, "max_eval_samples": 32,
+            "output_dir": str(out), "lora_r": 4, "lora_alpha": 8, "eval_batch_size": 32, **values}  # fmt: skip
+
+
+@pytest.mark.timeout(400)
+def test_workers_train_a_config_read_once_from_stdin(tmp_path: Path, tiny_model: Path, tnews_dir: Path) -> None:
+    import yaml
+
+    text = yaml.safe_dump(small_grid(tiny_model, tnews_dir, tmp_path / "out", device="cpu"))
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "job", "run", "--config", "/dev/stdin", "--workers", "2"],
+                            input=text, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=380,
+                            check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((tmp_path / "out" / "results").iterdir())) == 4 and "report: " in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGKILL"])
+def test_a_workers_command_stopped_while_its_workers_import_paddle_leaves_no_crash_dump_and_no_orphan(
+    tmp_path: Path, tiny_model: Path, tnews_dir: Path, signum: str
+) -> None:
+    """With the default device the command imports Paddle to count GPUs, and each worker imports it on
+    start: Paddle's own SIGTERM handler turned a stop into a crash dump and death by the signal, and the
+    workers trained on as orphans."""
+    import signal
+    import time
+
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(small_grid(tiny_model, tnews_dir, tmp_path / "out", num_epochs=50)), "utf-8")
+    log = tmp_path / "log"
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)}
+    with log.open("w") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "job", "run", "--config", str(config), "--workers", "2"],
+                                   cwd=tmp_path, env=env, stdout=handle, stderr=subprocess.STDOUT)  # fmt: skip
+        deadline = time.monotonic() + 200
+        while "run(s) to train" not in log.read_text(encoding="utf-8"):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text(encoding="utf-8")[-3000:]
+            time.sleep(0.05)
+        workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
+                                                      text=True, check=False).stdout.split()]  # fmt: skip
+        process.send_signal(getattr(signal, signum))
+        code = process.wait(timeout=120)
+    deadline = time.monotonic() + 120
+    while [pid for pid in workers if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status")
+           .read_text()]:  # fmt: skip
+        assert time.monotonic() < deadline, "a worker outlived its command"
+        time.sleep(0.2)
+    text = log.read_text(encoding="utf-8")
+    assert len(workers) == 2 and "Termination signal" not in text and "C++ Traceback" not in text, text[-3000:]
+    assert code == (143 if signum == "SIGTERM" else -9), text[-3000:]

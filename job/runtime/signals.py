@@ -31,3 +31,18 @@ class StopRequest:
         """Between phases: take the handlers back (a library may have replaced them) and stop if asked."""
         self.install()
         self.raise_if_requested()
+
+
+def import_paddle(stop: StopRequest) -> None:
+    """Import Paddle with SIGTERM and SIGINT held back, then take the handlers back. Paddle installs C++
+    handlers when imported (paddle.disable_signal_handler's docstring) that turn a SIGTERM into a crash dump
+    and death by the signal: a stop sent while a process was importing it (a worker of `--workers` just
+    started) lost the finished runs' exit 143 and left orphans. A signal sent meanwhile is delivered to
+    `stop` once the import is done."""
+    held = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        import paddle  # noqa: F401
+    finally:
+        stop.install()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
