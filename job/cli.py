@@ -184,7 +184,7 @@ def run(
         import_paddle(stop)
         serve(config, stop)
         return
-    number = workers is not None and re.fullmatch(r"\s*-?[0-9]+\s*", workers)
+    number = workers is not None and re.fullmatch(r"\s*-?[0-9]{1,18}\s*", workers)  # longer: the schema says why
     chosen_workers = int(workers) if number else workers  # "auto", or refused with the schema's message
     config = resolve_config(
         config_path, overrides, device=device, output_dir=output_dir, strategies=list(strategies) or None,

@@ -231,3 +231,62 @@ def test_a_workers_command_stopped_while_its_workers_import_paddle_leaves_no_cra
     text = log.read_text(encoding="utf-8")
     assert len(workers) == 2 and "Termination signal" not in text and "C++ Traceback" not in text, text[-3000:]
     assert code == (143 if signum == "SIGTERM" else -9), text[-3000:]
+
+
+BIG = "9" * 5000  # Python's int() refuses 4,300 digits and more with a ValueError
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["plan", "--config", "{config}"], "is not valid YAML: line 1, column 9: an integer of 5,000 characters"),
+        (["plan", "--set", f"lora_r={BIG}"], "not valid YAML: line 1, column 1: an integer of 5,000 characters"),
+        (["run", "--workers", BIG], "--workers: config key 'workers': Input should be a valid integer, or 'auto'"),
+        (["plan", "--set", "lora_r=" + "[" * 100_000], "value is not valid YAML: nested too deep"),
+        (["plan", "--config", "{deep}"], "is not valid YAML: nested too deep"),
+    ],
+    ids=["yaml", "set", "workers", "set-nested", "yaml-nested"],
+)
+def test_numbers_too_long_for_python_and_values_nested_too_deep_exit_2_with_a_short_line(
+    tmp_path: Path, args: list[str], fragment: str
+) -> None:
+    (tmp_path / "big.yaml").write_text(f"lora_r: {BIG}\n", encoding="utf-8")
+    (tmp_path / "deep.yaml").write_text("lora_r: " + "[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
+    args = [arg.format(config=tmp_path / "big.yaml", deep=tmp_path / "deep.yaml") for arg in args]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output[:600]
+    assert fragment in result.output and len(result.output) < 600, result.output[:600]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda text: text.replace('"seed": 1,', f'"seed": {BIG},', 1), "Exceeds the limit (4300 digits)"),
+        (
+            lambda text: text.replace('"git_commit": ', f'"nested": {"[" * 100_000}{"]" * 100_000}, "git_commit": ', 1),
+            "nested too deep",
+        ),
+        (
+            lambda text: text.replace('"planned_runs": [', '"planned_runs": [' + '"x", ' * 200_000, 1),
+            "field 'run.planned_runs' lists 200,016 runs; a plan has at most 10,000",
+        ),
+        (
+            lambda text: text.replace('"planned_runs": [', '"planned_runs": ["lora_r16_a32_lr0.003_s2", ', 1),
+            "field 'run.planned_runs' lists a run twice, or not this record's run",
+        ),
+    ],
+    ids=["long-integer", "nested", "planned-runs", "planned-twice"],
+)
+def test_a_record_edited_beyond_any_runs_bounds_is_refused_by_report(tmp_path: Path, edit, fragment: str) -> None:
+    shutil.copytree(EXAMPLE / "results", tmp_path / "results")
+    record = tmp_path / "results" / "lora_r16_a32_lr0.003_s1.json"
+    text = record.read_text(encoding="utf-8")
+    changed = edit(text)
+    assert changed != text
+    record.write_text(changed, encoding="utf-8")
+    result = CliRunner().invoke(main, ["report", "--output-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output[-2000:]
+    assert f"{record} is not a result file of this job: " in result.output and fragment in result.output
+    assert len(result.output) < 800 and not (tmp_path / "results.json").exists()

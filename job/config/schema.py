@@ -620,8 +620,15 @@ SafeLoader.add_implicit_resolver("tag:yaml.org,2002:int", YAML12_INT, list("-+01
 SafeLoader.add_implicit_resolver("tag:yaml.org,2002:float", YAML12_FLOAT, list("-+0123456789."))
 
 
+INT_DIGITS = 100  # no setting needs more; Python's int() refuses 4,300 and more with a ValueError (a traceback)
+
+
 def _yaml12_int(loader: SafeLoader, node: yaml.ScalarNode) -> int:
     text = loader.construct_scalar(node)
+    if len(text) > INT_DIGITS:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"an integer of {len(text):,} characters: no setting is that large", node.start_mark
+        )
     if text.startswith(("0o", "0x")):
         return int(text[2:], 8 if text[1] == "o" else 16)
     return int(text.replace("_", ""), 10)
@@ -644,7 +651,12 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def safe_load(text: str) -> Any:
-    return yaml.load(text, Loader=SafeLoader)
+    """YAML as the job reads it (YAML 1.2 numbers); nesting deeper than Python's recursion limit (a value of
+    100,000 `[`) is a YAMLError like any other, not a RecursionError traceback."""
+    try:
+        return yaml.load(text, Loader=SafeLoader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deep: a config is a flat mapping of key: value") from None
 
 
 def load_config(
@@ -707,11 +719,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set lora_r=8")
+        raise UserError(f"--set {excerpt(text)}: expected KEY=VALUE, e.g. --set lora_r=8")
     try:
         value = safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise UserError(f"--set {text!r}: value is not valid YAML: {yaml_problem(exc)}") from None
+        raise UserError(f"--set {excerpt(text)}: value is not valid YAML: {yaml_problem(exc)}") from None
     return key, value
 
 

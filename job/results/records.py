@@ -9,6 +9,8 @@ import sys
 
 from pydantic import ValidationError
 
+from job.config.plan import MAX_RUNS
+from job.data.textfiles import excerpt
 from job.errors import UserError
 from job.output.layout import RESULTS_FOLDER
 from job.output.storage import Output
@@ -51,8 +53,10 @@ def read_record(name: str, content: bytes) -> ResultRecord:
     try:
         text = content.decode("utf-8")
         data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{name} is not a result file of this job: {exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # ValueError: also an integer of 4,300 digits or more
+        raise UserError(f"{name} is not a result file of this job: {excerpt(str(exc), 200)}") from None
+    except RecursionError:
+        raise UserError(f"{name} is not a result file of this job: nested too deep") from None
     version = data.get("schema_version", 1) if isinstance(data, dict) else None
     if version != SCHEMA_VERSION:
         raise UserError(
@@ -103,6 +107,11 @@ def inconsistency(record: ResultRecord) -> str | None:
             problem = rescored(f"result.{split}", measured, decode_classes(gold.labels), classes)
             if problem:
                 return problem
+    planned = record.run.planned_runs
+    if len(planned) > MAX_RUNS:  # 200,000 edited-in keys made a 3.5 MB report
+        return f"field 'run.planned_runs' lists {len(planned):,} runs; a plan has at most {MAX_RUNS:,}"
+    if len(set(planned)) != len(planned) or record.result.key not in planned:
+        return f"field 'run.planned_runs' lists a run twice, or not this record's run {excerpt(record.result.key)}"
     if record.result.trainable_params > record.result.total_params:
         return f"field 'result.trainable_params' is {record.result.trainable_params:,}, more than the model's total"
     return None
