@@ -290,3 +290,13 @@ def test_a_record_edited_beyond_any_runs_bounds_is_refused_by_report(tmp_path: P
     assert result.exit_code == 2, result.output[-2000:]
     assert f"{record} is not a result file of this job: " in result.output and fragment in result.output
     assert len(result.output) < 800 and not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.timeout(120)
+def test_one_test_title_stops_the_run_before_training_not_in_the_report(write_config, tmp_path: Path) -> None:
+    config = write_config(max_eval_samples=1, seed=[1, 2])
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 2, result.output[-2000:]
+    assert "error: the test split has 1 title after sampling (" in result.output
+    assert "a comparison needs 2 or more" in result.output
+    assert not (tmp_path / "out" / "results").exists()

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from job.data.sources import Example, RawSplits, Split, Splits
 from job.errors import UserError
 
+MIN_TEST_TITLES = 2  # the fewest a difference and its interval can be computed on
+
 
 def draw_samples(raw: RawSplits, max_train: int | None, max_eval: int | None, seed: int) -> Splits:
     """Seeded samples. Without a labelled test split, test is carved from train, disjoint by text.
@@ -43,6 +45,10 @@ def draw_samples(raw: RawSplits, max_train: int | None, max_eval: int | None, se
     for split in (train, dev, test):
         if not split.examples:
             raise UserError(f"the {split.name} split is empty after sampling ({split.source})")
+    if len(test.examples) < MIN_TEST_TITLES:  # found after training, in the report's statistics, before
+        raise UserError(f"the test split has {len(test.examples)} title after sampling ({test.source}): a comparison "
+                        f"needs {MIN_TEST_TITLES} or more (256 or more to measure much); add test rows or raise "
+                        "max_eval_samples")  # fmt: skip
     return Splits(train=train, dev=dev, test=test, files=dict(raw.files))
 
 

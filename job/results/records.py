@@ -10,6 +10,7 @@ import sys
 from pydantic import ValidationError
 
 from job.config.plan import MAX_RUNS
+from job.data.sampling import MIN_TEST_TITLES
 from job.data.textfiles import excerpt
 from job.errors import UserError
 from job.output.layout import RESULTS_FOLDER
@@ -107,6 +108,8 @@ def inconsistency(record: ResultRecord) -> str | None:
             problem = rescored(f"result.{split}", measured, decode_classes(gold.labels), classes)
             if problem:
                 return problem
+    if record.run.data.test.examples < MIN_TEST_TITLES:
+        return f"field 'run.data.test.examples' is {record.run.data.test.examples}; a run is tested on 2 or more"
     planned = record.run.planned_runs
     if len(planned) > MAX_RUNS:  # 200,000 edited-in keys made a 3.5 MB report
         return f"field 'run.planned_runs' lists {len(planned):,} runs; a plan has at most {MAX_RUNS:,}"
