@@ -18,7 +18,7 @@ from job.data.sources import Example
 from job.data.textfiles import lines_of, read_text
 from job.errors import RetryableError, UserError
 from job.runtime.device_faults import raise_if_device_fault
-from job.training.model import classifier_of, looks_like_a_path
+from job.training.model import classifier_of, load_tokenizer, looks_like_a_path
 
 ADAPTER_CONFIG = "lora_config.json"
 INPUT_LIMIT = 256 << 20  # texts to classify; `--input /dev/zero` ends here instead of filling memory
@@ -90,7 +90,7 @@ def check_model_folder(folder: Path) -> None:
 def load_saved_model(folder: Path) -> SavedModel:
     """The classifier saved in `folder`, with its tokenizer and labels. Exit-2 errors name the folder."""
     check_model_folder(folder)
-    from paddlenlp.transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from paddlenlp.transformers import AutoConfig, AutoModelForSequenceClassification
 
     try:
         saved_config = AutoConfig.from_pretrained(str(folder))
@@ -99,7 +99,7 @@ def load_saved_model(folder: Path) -> SavedModel:
             model = _adapter(folder, saved_config, len(labels))
         else:
             model = AutoModelForSequenceClassification.from_pretrained(str(folder))
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        tokenizer = load_tokenizer(str(folder))  # an empty vocab.txt, or one without [UNK]: exit 2
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise_if_device_fault(exc)
         raise UserError(f"{folder} is not a model this job can load: {exc}") from None

@@ -300,3 +300,20 @@ def test_one_test_title_stops_the_run_before_training_not_in_the_report(write_co
     assert "error: the test split has 1 title after sampling (" in result.output
     assert "a comparison needs 2 or more" in result.output
     assert not (tmp_path / "out" / "results").exists()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("vocab", ["", "no-unk"])
+def test_a_model_folder_whose_vocab_is_empty_or_lacks_unk_exits_2_in_run_and_predict(
+    write_config, tiny_model: Path, tmp_path: Path, vocab: str
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    tokens = (tiny_model / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    (model / "vocab.txt").write_text("" if not vocab else "\n".join(t for t in tokens if t != "[UNK]") + "\n", "utf-8")
+    run = CliRunner().invoke(main, ["run", "--config", str(write_config(model_name=str(model)))])
+    assert run.exit_code == 2 and isinstance(run.exception, SystemExit), run.output[-2000:]
+    assert f"model folder {model} has no usable tokenizer files: " in run.output
+    predict = CliRunner().invoke(main, ["predict", "--device", "cpu", "--model", str(model), "好"])
+    assert predict.exit_code == 2 and isinstance(predict.exception, SystemExit), predict.output[-2000:]
+    assert f"model folder {model} has no usable tokenizer files: " in predict.output

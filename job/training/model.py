@@ -200,7 +200,8 @@ def load_tokenizer(model_name: str) -> Any:
 
     try:
         return AutoTokenizer.from_pretrained(model_name)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, AssertionError) as exc:  # AssertionError: paddlenlp.data.Vocab's checks of
+        # vocab.txt (empty: "token_to_idx should not be None"; no [UNK]: "[UNK] is not in token_to_idx")
         if Path(model_name).is_dir():  # nothing to download: the folder itself is incomplete
             raise UserError(f"model folder {model_name} has no usable tokenizer files: {exc}") from None
         raise RetryableError(f"could not load the tokenizer of '{model_name}': {exc}") from None
