@@ -8,7 +8,7 @@ import errno
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from job.data.batches import Encoded, EncodedSplits, encode, encode_splits
 from job.data.download import fetch_model, use_mirror
 from job.data.labels import Labels
 from job.data.sampling import draw_samples
-from job.data.sources import read_source
+from job.data.sources import RawSplits, Splits, read_source
 from job.errors import RetryableError, UserError
 from job.output.layout import (
     ARTIFACTS_FOLDER,
@@ -142,11 +142,7 @@ def current_samples(config: JobConfig) -> dict[int | None, str]:
     """Each training size -> the identity of the rows (and files) it trains on now
     (job.data.sources.Splits.identity)."""
     use_mirror()
-    raw = read_source(config.data_spec())
-    return {
-        size: draw_samples(raw, size, config.max_eval_samples, config.sample_seed()).identity()
-        for size in config.train_sizes()
-    }
+    return {size: sample.identity() for size, sample in draw_sizes(config, read_source(config.data_spec())).items()}
 
 
 def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: list[str] | None = None) -> str | None:
@@ -186,10 +182,21 @@ class Session:
     labels: Labels  # the task's classes: the classifier's outputs
     text_columns: tuple[str, ...]  # the record keys of the text (and its pair), for saved models
     facts: RunFacts
-    sizes: dict[int | None, Sized]  # each training size's rows (max_train_samples; one unless it is a list)
+    drawn: dict[int | None, Splits]  # each training size's sample (max_train_samples; one unless it is a list)
+    largest: int | None  # the size with the most training rows: the run facts name its sample
+    shared: EncodedSplits  # the largest size's rows, tokenised: its dev and test titles are every size's
+    sizes: dict[int | None, Sized] = field(default_factory=dict)  # the sizes tokenised so far
 
     def rows_for(self, run: Run) -> Sized:
-        return self.sizes[run.train_rows]
+        """The rows of the run's training size, tokenised the first time a run of that size asks: an array
+        task or a worker tokenises the sizes it trains, not every size of a learning curve."""
+        size = run.train_rows
+        if size not in self.sizes:
+            sample, tokenizer, length = self.drawn[size], self.tokenizer, self.config.max_seq_length
+            encoded = (self.shared if size == self.largest
+                       else replace(self.shared, train=encode(sample.train.examples, tokenizer, length)))  # fmt: skip
+            self.sizes[size] = Sized(encoded, sample.identity(), sample.eval_identity())
+        return self.sizes[size]
 
 
 @dataclass(frozen=True)
@@ -236,10 +243,9 @@ def setup_session(
     fetch_model(config.model_name)
     _check_model(config, runs)
     raw = read_source(config.data_spec())
-    drawn = {
-        size: draw_samples(raw, size, config.max_eval_samples, config.sample_seed()) for size in config.train_sizes()
-    }
-    splits = drawn[max(drawn, key=lambda size: len(drawn[size].train.examples))]  # the run facts name the largest
+    drawn = draw_sizes(config, raw)
+    largest = max(drawn, key=lambda size: len(drawn[size].train.examples))
+    splits = drawn[largest]  # the run facts name the largest
     device, runs = _setup_device(config, runs)
     stop.checkpoint()
     say(
@@ -253,18 +259,29 @@ def setup_session(
     tokenizer = load_tokenizer(config.model_name)
     stop.checkpoint()
     shared = encode_splits(splits, tokenizer, config.max_seq_length)  # dev and test: the same for every size
-    sizes = {}
-    for size, sample in drawn.items():
-        encoded = shared if sample is splits else replace(shared, train=encode(sample.train.examples, tokenizer,
-                                                                                 config.max_seq_length))  # fmt: skip
-        sizes[size] = Sized(encoded, sample.identity(), sample.eval_identity())
     stop.checkpoint()
     session = Session(
         config=config, output=output, stop=stop, ranks=ranks, device=device, tokenizer=tokenizer,
         pad_id=int(tokenizer.pad_token_id), labels=raw.labels, text_columns=raw.text_columns,
-        facts=run_facts(config, planned, device, splits, raw), sizes=sizes,
+        facts=run_facts(config, planned, device, splits, raw), drawn=drawn, largest=largest, shared=shared,
     )  # fmt: skip
     return session, runs
+
+
+def draw_sizes(config: JobConfig, raw: RawSplits) -> dict[int | None, Splits]:
+    """The data sample of each training size. Two sizes that leave the same rows (both at or above what
+    train has after the test split) would train the same rows and be reported as two sizes: UserError."""
+    seed = config.sample_seed()
+    drawn = {size: draw_samples(raw, size, config.max_eval_samples, seed) for size in config.train_sizes()}
+    by_rows: dict[int, list[int | None]] = {}
+    for size, sample in drawn.items():
+        by_rows.setdefault(len(sample.train.examples), []).append(size)
+    for rows, sizes in by_rows.items():
+        if len(sizes) > 1:
+            named = " and ".join("null (all)" if size is None else f"{size:,}" for size in sizes)
+            raise UserError(f"config key 'max_train_samples': {named} all train the same {rows:,} rows (every row "
+                            "train has after the test split): keep one of them")  # fmt: skip
+    return drawn
 
 
 def _check_model(config: JobConfig, runs: list[Run]) -> None:

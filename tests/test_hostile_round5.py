@@ -317,3 +317,38 @@ def test_a_model_folder_whose_vocab_is_empty_or_lacks_unk_exits_2_in_run_and_pre
     predict = CliRunner().invoke(main, ["predict", "--device", "cpu", "--model", str(model), "好"])
     assert predict.exit_code == 2 and isinstance(predict.exception, SystemExit), predict.output[-2000:]
     assert f"model folder {model} has no usable tokenizer files: " in predict.output
+
+
+@pytest.mark.timeout(120)
+def test_learning_curve_sizes_that_train_the_same_rows_are_refused_before_training(
+    write_config, tmp_path: Path
+) -> None:
+    config = write_config(max_train_samples=[100, 5000, 10000], max_eval_samples=60)
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 2, result.output[-2000:]
+    assert "config key 'max_train_samples': 5,000 and 10,000 all train the same 540 rows (every row train has" in (
+        result.output
+    )
+    assert not (tmp_path / "out" / "results").exists()
+
+
+@pytest.mark.timeout(200)
+def test_an_array_task_tokenises_only_its_own_training_size(
+    write_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import job.pipeline
+    from job.config.plan import plan_runs
+    from job.config.schema import load_config
+
+    config = write_config(max_train_samples=[100, 200, 300], strategies=["lora"], num_epochs=1)
+    keys = [run.key for run in plan_runs(load_config(config))]
+    encoded: list[int] = []
+    real = job.pipeline.encode
+    monkeypatch.setattr(job.pipeline, "encode", lambda examples, *args: encoded.append(len(examples)) or real(
+        examples, *args))  # fmt: skip
+    for index, rows in ((0, [100]), (2, [])):  # the largest size's rows are the shared ones: tokenised once
+        encoded.clear()
+        monkeypatch.setenv("AWS_BATCH_JOB_ARRAY_INDEX", str(index))
+        result = CliRunner().invoke(main, ["run", "--config", str(config), "--run-from-index"])
+        assert result.exit_code == 0, result.output[-2000:]
+        assert encoded == rows, (keys[index], encoded)
