@@ -352,3 +352,22 @@ def test_an_array_task_tokenises_only_its_own_training_size(
         result = CliRunner().invoke(main, ["run", "--config", str(config), "--run-from-index"])
         assert result.exit_code == 0, result.output[-2000:]
         assert encoded == rows, (keys[index], encoded)
+
+
+@pytest.mark.timeout(60)
+def test_a_stray_opening_quote_in_plain_tsv_keeps_every_row_its_own(tmp_path: Path) -> None:
+    from job.data.sources import DataSpec, read_source
+
+    rows = [f"标题{index}\t{'ab'[index % 2]}" for index in range(30)]
+    rows[10] = '"开头有引号的标题\ta'  # a quote that opens no quoted field: rows 11-21 became one text
+    rows[20] = '结尾的引号"\ta'  # closes it: the 11 rows parsed as one quoted text and its label
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "train.tsv").write_text("text\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    (folder / "dev.tsv").write_text("text\tlabel\n好\ta\n坏\tb\n", encoding="utf-8")
+    train = read_source(DataSpec(dataset="own", data_dir=str(folder), text_column="text")).train
+    assert [example.text for example in train] == [row.split("\t")[0] for row in rows]
+    quoted = 'text\tlabel\n"两\n行"\tb\n好\ta\n"带\t制表符"\ta\n'  # pandas' quoting: still read as quoting
+    (folder / "train.tsv").write_text(quoted, encoding="utf-8")
+    train = read_source(DataSpec(dataset="own", data_dir=str(folder), text_column="text")).train
+    assert [example.text for example in train] == ["两\n行", "好", "带\t制表符"]

@@ -226,7 +226,8 @@ def _field_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, list[s
     """(line where the record starts, its fields) of every record. CSV quoting is read in both formats (a
     spreadsheet's or pandas' TSV quotes a field holding a quote). A TSV whose quotes are not CSV quoting
     (a title that starts with one: `"一带一路"倡议`, which TSV proper, having no quoting, allows) is read
-    again with no quoting at all, rather than refused as malformed."""
+    again with no quoting at all, rather than refused as malformed; so is one where quoting would join
+    lines that are each a whole row, when read without it."""
     line = 1
 
     def parse(quoting: int) -> list[tuple[int, list[str]]]:
@@ -239,9 +240,20 @@ def _field_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, list[s
         return records
 
     try:
-        return parse(csv.QUOTE_MINIMAL)
+        quoted = parse(csv.QUOTE_MINIMAL)
     except csv.Error as exc:
         error = exc
+    else:
+        if delimiter != "\t":
+            return quoted
+        with contextlib.suppress(csv.Error):
+            plain = parse(csv.QUOTE_NONE)
+            width = len(plain[0][1]) if plain else 0
+            # Quoting that joined lines which are each a whole row of plain TSV: a stray quote at the start
+            # of a title (rows 11-21 became one text), not a pandas-quoted field (whose lines are not).
+            if len(plain) != len(quoted) and all(len(fields) in (0, width) for _, fields in plain):
+                return plain
+        return quoted
     if delimiter == "\t":
         with contextlib.suppress(csv.Error):
             return parse(csv.QUOTE_NONE)
