@@ -13,14 +13,19 @@ from job.errors import Interrupted, RetryableError, TrainingDiverged, UserError
 from job.runtime.device_faults import as_job_error, out_of_memory
 
 # Permissions and read-only mounts stay so on a retry: exit 2. A full disk or a vanished mount may not.
-# ELOOP: a planted link; ENAMETOOLONG: a path the file system can never hold.
-PERMANENT_IO_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP, errno.ENAMETOOLONG)
+# ELOOP: a planted link; ENAMETOOLONG: a path the file system can never hold; ENOTDIR and EISDIR: a file
+# where a folder must be, or a folder where a file must be (output_dir/results a file, a record a folder).
+PERMANENT_IO_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP, errno.ENAMETOOLONG, errno.ENOTDIR,
+                       errno.EISDIR)  # fmt: skip
+KIND_FIXES = {errno.ENOTDIR: "a file stands where the job needs a folder: move it away",
+              errno.EISDIR: "a folder stands where the job writes a file: move it away"}  # fmt: skip
 
 
 def io_failure(exc: OSError, where: Path | str) -> tuple[Exception, int]:
     """An OSError as the job's own error: UserError (2) when a retry cannot help, else RetryableError (75)."""
     if exc.errno in PERMANENT_IO_ERRORS:
-        return UserError(f"cannot write to {where}: {exc.strerror}"), UserError.exit_code
+        fix = f" ({KIND_FIXES[exc.errno]})" if exc.errno in KIND_FIXES else ""
+        return UserError(f"cannot write to {where}: {exc.strerror}{fix}"), UserError.exit_code
     return RetryableError(f"I/O error: {exc}"), RetryableError.exit_code
 
 

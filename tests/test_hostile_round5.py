@@ -371,3 +371,30 @@ def test_a_stray_opening_quote_in_plain_tsv_keeps_every_row_its_own(tmp_path: Pa
     (folder / "train.tsv").write_text(quoted, encoding="utf-8")
     train = read_source(DataSpec(dataset="own", data_dir=str(folder), text_column="text")).train
     assert [example.text for example in train] == ["两\n行", "好", "带\t制表符"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("name", "kind"), [("results", "file"), ("artifacts", "file"), ("results.json", "folder"),
+                                            ("pareto.png", "folder")])  # fmt: skip
+def test_a_file_where_a_folder_must_be_or_the_reverse_exits_2_before_training(
+    write_config, tmp_path: Path, name: str, kind: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    if kind == "file":
+        (out / name).write_text("mine", encoding="utf-8")
+    else:
+        (out / name).mkdir()
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config())])
+    assert result.exit_code == 2, result.output[-2000:]  # 75: a queue retried a fault no retry mends
+    assert f"{out / name} is a {kind} where the job " in result.output and ": move it away" in result.output
+    assert "step " not in result.output  # nothing trained
+
+
+@pytest.mark.timeout(60)
+def test_a_folder_where_report_writes_a_file_exits_2_naming_it(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLE / "results", tmp_path / "results")
+    (tmp_path / "ernie_lora_vs_full_report.md").mkdir()
+    result = CliRunner().invoke(main, ["report", "--output-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output[-2000:]
+    assert "Is a directory (a folder stands where the job writes a file: move it away)" in result.output

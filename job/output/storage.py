@@ -28,7 +28,11 @@ from job.errors import RetryableError, UserError
 from job.output.layout import (
     ARTIFACTS_FOLDER,
     FILE_MODE,
+    LEARNING_PLOT,
     LOCK_FILE,
+    LOSS_PLOT,
+    PARETO_PLOT,
+    RESULTS_FILE,
     RESULTS_FOLDER,
     VISUALDL_FOLDER,
     below,
@@ -280,7 +284,12 @@ class LocalOutput(Output):
         link and never meets another task's probe in a shared folder."""
         created = make_folders(self.root)
         for name in (RESULTS_FOLDER, ARTIFACTS_FOLDER, VISUALDL_FOLDER):  # a planted link stops the job now
-            self.inside(name)
+            path = self.inside(name)
+            if path.exists() and not path.is_dir():  # found after training, when the first record is saved
+                raise UserError(f"{path} is a file where the job keeps its {name} folder: move it away")
+        for name in (RESULTS_FILE, LOSS_PLOT, PARETO_PLOT, LEARNING_PLOT):
+            if self.inside(name).is_dir():
+                raise UserError(f"{self.root / name} is a folder where the job writes its {name}: move it away")
         import time
 
         for folder in (self.root, self.root / RESULTS_FOLDER, self.root / ARTIFACTS_FOLDER):
