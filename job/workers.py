@@ -150,7 +150,7 @@ def run_parallel(*, config: JobConfig, stop: StopRequest, force: bool, count: in
     if int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1) > 1:
         raise UserError("workers and `job launch` are two ways to use several devices: under launch set workers: 1")
     output = open_output(config.output_dir)
-    check_output_dir(output)
+    created = check_output_dir(output)
     plan = plan_runs(config)
     pending = pending_runs(config, output, plan, force, {run.key for run in plan})
     if pending:
@@ -168,7 +168,11 @@ def run_parallel(*, config: JobConfig, stop: StopRequest, force: bool, count: in
                 f"{outcome.error or 'no error line'}")  # fmt: skip
         if stop.signum is not None:
             raise Interrupted(stop.signum)
-        if failed:
+        if failed and len(failed) == len(pending) and created:  # a new folder, nothing written: leave none behind
+            for folder in reversed(created):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when nothing was written into it
+        elif failed:
             try:
                 report = write_report(output, config.report_file, config.config_hash(), complete_only=output.lock_free)
             except UserError as exc:  # no run of this config finished: the failures are the news, not this
@@ -176,9 +180,12 @@ def run_parallel(*, config: JobConfig, stop: StopRequest, force: bool, count: in
             else:
                 if report:
                     say(f"report (without the failed runs): {report}")
+        if failed:
             code = most_telling(outcome.code for outcome in failed)
-            raise RunsFailed(f"{len(failed)} of {len(pending)} run(s) failed: {', '.join(o.key for o in failed)}",
-                             code)  # fmt: skip
+            errors = list(dict.fromkeys(outcome.error for outcome in failed if outcome.error))
+            cause = f": {errors[0]}" if len(errors) == 1 else f"; the first: {errors[0]}" if errors else ""
+            raise RunsFailed(f"{len(failed)} of {len(pending)} run(s) failed ({', '.join(o.key for o in failed)})"
+                             f"{cause}", code)  # fmt: skip
     return write_report(output, config.report_file, config.config_hash(), complete_only=output.lock_free)
 
 

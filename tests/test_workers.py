@@ -101,7 +101,7 @@ def test_a_failed_run_leaves_the_others_and_the_command_exits_with_its_code(
                                                   "lora_r4_a8_lr0.005_s2"]  # fmt: skip
     assert "FAILED (exit 2)] full_finetune_lr0.005_s1 on w" in failed.stderr
     assert "failed: full_finetune_lr0.005_s1 (exit 2, w" in failed.stderr and "is a symbolic link" in failed.stderr
-    assert "1 of 4 run(s) failed: full_finetune_lr0.005_s1" in failed.stderr
+    assert "1 of 4 run(s) failed (full_finetune_lr0.005_s1): " in failed.stderr
     planted.unlink()
     rerun = job("run", "--config", str(config), "--workers", "2", threads=2)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -112,7 +112,7 @@ def test_a_failed_run_leaves_the_others_and_the_command_exits_with_its_code(
 
 
 @pytest.mark.timeout(200)
-def test_data_every_worker_refuses_exits_2_with_its_error_not_the_missing_report(
+def test_data_every_worker_refuses_exits_2_naming_its_error_and_leaves_no_output_folder(
     tmp_path: Path, tiny_model: Path
 ) -> None:
     data = tmp_path / "data"
@@ -123,7 +123,9 @@ def test_data_every_worker_refuses_exits_2_with_its_error_not_the_missing_report
     failed = job("run", "--config", str(config), "--workers", "2", threads=2)
     assert failed.returncode == 2, failed.stderr[-3000:]
     last = failed.stderr.strip().splitlines()[-1]
-    assert last == "error: 2 of 2 run(s) failed: lora, full_finetune", last  # one rate, one seed: short keys
+    assert last.startswith("error: 2 of 2 run(s) failed (lora, full_finetune): "), last  # one rate, one seed
+    assert "the test split is empty after sampling" in last  # the cause, on the line a queue shows
+    assert not (tmp_path / "out").exists()  # made by the command, nothing written in it: not left behind
     assert failed.stderr.count("the test split is empty after sampling") >= 2 and "Traceback" not in failed.stderr
 
 
