@@ -398,3 +398,19 @@ def test_a_folder_where_report_writes_a_file_exits_2_naming_it(tmp_path: Path) -
     result = CliRunner().invoke(main, ["report", "--output-dir", str(tmp_path)])
     assert result.exit_code == 2, result.output[-2000:]
     assert "Is a directory (a folder stands where the job writes a file: move it away)" in result.output
+
+
+@pytest.mark.timeout(60)
+def test_a_header_name_holding_a_nul_byte_is_quoted_in_the_message_and_never_suggested(tmp_path: Path) -> None:
+    from job.data.sources import DataSpec, read_source
+    from job.errors import UserError
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "train.csv").write_text("ti\x00tle,label\n好,a\n坏,b\n", encoding="utf-8")
+    (folder / "dev.csv").write_text("text,label\n好,a\n坏,b\n", encoding="utf-8")
+    with pytest.raises(UserError) as caught:
+        read_source(DataSpec(dataset="own", data_dir=str(folder), text_column="text"))
+    message = str(caught.value)
+    assert "\x00" not in message and "'ti\\x00tle'" in message, message
+    assert message.endswith("(set config key 'text_column' to the column's name)"), message

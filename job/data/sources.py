@@ -209,7 +209,8 @@ def delimited_rows_of(
         if column not in header:
             key = "label_column" if column == label_column and column not in text_columns else "text_column"
             others = [name for name in header if name not in (*text_columns, label_column)]
-            fix = f"set {key}: {others[0]}" if len(others) == 1 else f"set config key '{key}' to the column's name"
+            named = len(others) == 1 and others[0].isprintable() and others[0].strip() == others[0]  # no NUL, no tab
+            fix = f"set {key}: {others[0]}" if named else f"set config key '{key}' to the column's name"
             raise UserError(f"{path}: no column '{column}'; the header has {_names(header)} ({fix})")
     for line, fields in records[1:]:
         where = f"{path}:{line}"
@@ -262,7 +263,8 @@ def _field_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, list[s
 
 def _names(names: Sequence[str], quoted: bool = True) -> str:
     """Column names for a message: a few, each cut short (a header may be a whole file's first line)."""
-    shown = ", ".join(excerpt(name, 30) if quoted or len(name) > 25 else name for name in names[:8])
+    shown = ", ".join(excerpt(name, 30) if quoted or len(name) > 25 or not name.isprintable() else name
+                      for name in names[:8])  # fmt: skip
     return shown + (f", … ({len(names):,} in all)" if len(names) > 8 else "")
 
 
