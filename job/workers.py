@@ -7,8 +7,11 @@ processes on one machine, with the same records as one process.
   visible GPU, 1 on CPU.
 - **Balance.** A worker sets up once (data, tokenizer, device), then takes the next pending run, in plan
   order, each time it finishes one: long and short runs balance without a schedule.
-- **Failures.** A failed run does not stop the others. The command's exit code is the most telling of the
-  failed runs' (2, then 75, then any other), and the log names each failed run with its error line.
+- **Failures.** A failed run does not stop the others. After a device fault other than running out of
+  memory (CUDA 700, 719, an ECC error: the process's CUDA context is lost) the worker reports its run and
+  stops; the healthy workers take the rest, instead of the bad GPU failing one run after another. The
+  command's exit code is the most telling of the failed runs' (2, then 75, then any other), and the log
+  names each failed run with its error line.
   SIGTERM (or Ctrl-C) is passed to every worker, which stops at its next step boundary: finished records
   stay, and the command exits 143 (130). A rerun trains only what is missing.
 - **Progress.** Every worker's lines are tagged with its name and device; the command adds a line per
@@ -49,6 +52,7 @@ from job.pipeline import WORKER_VARIABLE, check_output_dir, pending_runs, setup_
 from job.results.records import save_result
 from job.results.schema import ResultRecord
 from job.runtime.cpu import CHOSEN, HANDED_VARIABLE, available_cpus
+from job.runtime.device_faults import poisons_process
 from job.runtime.ranks import Ranks
 from job.runtime.signals import StopRequest
 
@@ -239,7 +243,13 @@ def drive(runs: list[Run], command: list[str], slots: list[Slot], stop: StopRequ
         emit(log_line(run_done(key=outcome.key, code=outcome.code, seconds=outcome.seconds, done=len(outcomes),
                            total=total, timed=timed, parallel=len(slots), elapsed=time.monotonic() - started,
                            where=outcome.worker)))  # fmt: skip
-        hand_out(worker, waiting, total)
+        if status.get("leaving"):  # a poisoned device context: this worker's next run would fail at once
+            emit(log_line(f"{worker.slot.name} {worker.slot.device} stops after a device fault; {live - 1} worker(s) "
+                          "take the remaining runs"))  # fmt: skip
+            with contextlib.suppress(BrokenPipeError, OSError):
+                worker.process.stdin.close()  # type: ignore[union-attr]
+        else:
+            hand_out(worker, waiting, total)
     for key in waiting:  # every worker died with runs still waiting
         outcomes.append(Outcome(key, most_telling(o.code for o in outcomes) or 1, "not trained: no worker was left"))
     return outcomes
@@ -381,8 +391,12 @@ def serve(config: JobConfig, stop: StopRequest, keys: Iterable[str] | None = Non
                 mapped = failure(exc, output.where())
                 error, code = mapped if mapped is not None else (exc, 1)
                 say(f"error: [{key}] {error}")
-                report_status(status, key, code, f"{error}", time.monotonic() - started)
-                if mapped is None or isinstance(exc, Interrupted):
+                leaving = poisons_process(exc)  # its CUDA context is gone: every later run would fail in 1-2 s
+                report_status(status, key, code, f"{error}", time.monotonic() - started, leaving=leaving)
+                if mapped is None or isinstance(exc, Interrupted) or leaving:
+                    if leaving:
+                        say("this worker's device context is lost after that fault: it stops, and the other workers "
+                            "take the remaining runs")  # fmt: skip
                     raise
                 # The error's traceback holds train_one's frames: the failed run's model, gradients, AdamW
                 # moments and activations. Dropped here, the next run loads into the memory they held.
@@ -407,5 +421,7 @@ def release_memory() -> None:
         paddle.device.cuda.empty_cache()
 
 
-def report_status(status: IO[str], key: str, code: int, error: str, seconds: float) -> None:
-    status.write(json.dumps({"key": key, "code": code, "error": error[:500], "seconds": round(seconds, 3)}) + "\n")
+def report_status(status: IO[str], key: str, code: int, error: str, seconds: float, leaving: bool = False) -> None:
+    """One finished run, for the command; `leaving`: this worker takes no more runs (hand it none)."""
+    line = {"key": key, "code": code, "error": error[:500], "seconds": round(seconds, 3), "leaving": leaving}
+    status.write(json.dumps(line) + "\n")

@@ -277,3 +277,48 @@ def test_a_worker_inherits_no_launchers_variables_and_gets_its_slots_device(monk
     assert not {"FLAGS_selected_gpus", "PADDLE_TRAINER_ID", "PADDLE_TRAINER_ENDPOINTS"} & set(env)
     assert env["PPNLP_HOME"] == "/cache/paddlenlp" and env["CUDA_VISIBLE_DEVICES"] == "1"
     assert env["JOB_WORKER"] == f"{slot.name} {slot.device}" and env["JOB_WORKER_STATUS_FD"] == "9"
+
+
+CUDA_700 = ("(External) CUDA error(700), an illegal memory access was encountered. [Hint: 'cudaErrorIllegalAddress'. "
+            "The device encountered a load or store instruction on an invalid memory address.] (at "
+            "/paddle/paddle/phi/backends/gpu/cuda/cuda_info.cc:279)")  # fmt: skip
+
+
+@pytest.mark.timeout(400)
+def test_a_worker_whose_device_faults_stops_and_the_healthy_worker_trains_the_rest(
+    tmp_path: Path, tiny_model: Path, tnews_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """The GPU branch forced (two slots, CUDA_VISIBLE_DEVICES 0 and 1), and Paddle's own CUDA error 700
+    raised in w0's first run: w0 reports it and stops (its context is lost, every later run would fail in
+    a second); w1 trains the other three."""
+    import job.workers
+    from job.config.schema import load_config
+    from job.runtime.signals import StopRequest
+    from job.workers import RunsFailed, run_parallel
+
+    wrapper = tmp_path / "worker.py"
+    wrapper.write_text(
+        "import os, runpy, sys\n"
+        f"sys.path[0] = {str(ROOT)!r}\n"
+        "if os.environ['JOB_WORKER'].startswith('w0'):\n"
+        "    import job.pipeline\n"
+        "    def faulted(*args, **kwargs):\n"
+        f"        raise OSError({CUDA_700!r})\n"
+        "    job.pipeline.train = faulted\n"
+        "sys.argv = ['job', 'run', '--workers', '1', '--serve-runs']\n"
+        "runpy.run_module('job', run_name='__main__', alter_sys=True)\n",
+        encoding="utf-8",
+    )
+    config = load_config(grid(tmp_path, tiny_model, tnews_dir, "out", learning_rate=5e-3, seed=[1, 2], device="auto"))
+    monkeypatch.setattr(job.workers, "visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(job.workers, "cpu_share", lambda: ([0, 1], 2))
+    with pytest.raises(RunsFailed) as failed:
+        run_parallel(config=config, stop=StopRequest(), force=False, count=2, command=[sys.executable, str(wrapper)])
+    err = capsys.readouterr().err
+    assert failed.value.exit_code == 75, err[-3000:]  # a passing GPU fault: the queue may retry the run
+    assert str(failed.value).startswith("1 of 4 run(s) failed (lora_r4_a8_lr0.005_s1): GPU fault (retrying may help)")
+    assert "w0 gpu:0 stops after a device fault; 1 worker(s) take the remaining runs" in err
+    assert "this worker's device context is lost after that fault: it stops" in err
+    assert sorted(records(tmp_path / "out")) == ["full_finetune_lr0.005_s1", "full_finetune_lr0.005_s2",
+                                                  "lora_r4_a8_lr0.005_s2"]  # fmt: skip
+    assert {record["worker"] for record in records(tmp_path / "out").values()} == {"w1 gpu:1"}

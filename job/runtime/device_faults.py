@@ -168,6 +168,14 @@ def as_job_error(exc: BaseException) -> UserError | RetryableError | None:
     return fault.error() if fault is not None else None
 
 
+def poisons_process(exc: BaseException) -> bool:
+    """True for a device fault after which the process's CUDA context is unusable and CUDA's documentation
+    says the process must be relaunched (700 illegal address, 719 launch failure, 214 ECC, a lost GPU):
+    every device fault but running out of memory, which the next run, freed of the failed one, may not."""
+    fault = device_fault(exc)
+    return fault is not None and fault.fix != OUT_OF_MEMORY_FIX
+
+
 def raise_if_device_fault(exc: BaseException) -> None:
     """In an `except OSError` meant for files or downloads: a device fault is raised as what it is."""
     error = as_job_error(exc)
