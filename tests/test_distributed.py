@@ -275,3 +275,39 @@ def test_a_driver_too_old_stops_the_launch_before_the_launcher_starts(monkeypatc
     result = CliRunner().invoke(main, ["launch", "--gpus", "0,1", "--log_dir", "/tmp/unused-logs", "run"])
     assert result.exit_code == 2, result.output
     assert "CUDA error(35)" in result.output and "install driver >=" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ranks_whose_dev_scores_differ_stop_early_together_on_rank_0s_decision(write_config, tmp_path: Path) -> None:
+    """Rank 0 scores dev flat (a rate of 1e-9 changes no prediction: it stops after `early_stopping_patience`
+    evaluations), rank 1 better each time (it would train on): each deciding alone, rank 0 left and rank 1
+    waited for ever in the next step's all-reduce."""
+    wrapper = tmp_path / "rank.py"
+    wrapper.write_text(
+        "import dataclasses, os, runpy, sys\n"
+        f"sys.path[0] = {str(ROOT)!r}\n"
+        "import job.pipeline\n"
+        "real, calls = job.pipeline.evaluate, []\n"
+        "def evaluate(*args, **kwargs):\n"
+        "    calls.append(1)\n"
+        "    scored = real(*args, **kwargs)\n"
+        "    if os.environ['PADDLE_TRAINER_ID'] == '0':\n"
+        "        return scored  # rank 0 writes the record: its own scores\n"
+        "    return dataclasses.replace(scored, accuracy=len(calls) / 100)\n"
+        "job.pipeline.evaluate = evaluate\n"
+        "runpy.run_module('job', run_name='__main__', alter_sys=True)\n",
+        encoding="utf-8",
+    )
+    config = write_config(num_epochs=2, max_train_samples=300, strategies=["lora"], eval_steps=4,
+                          early_stopping_patience=1, learning_rate=1e-9)  # fmt: skip
+    logs = tmp_path / "launch-logs"
+    result = subprocess.run(
+        [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(logs),
+         str(wrapper), "run", "--config", str(config)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=500, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 0, (logs / "workerlog.1").read_text(encoding="utf-8")[-3000:]
+    record = json.loads((tmp_path / "out" / "results" / "lora.json").read_text(encoding="utf-8"))["result"]
+    assert record["stopped_early"] is True and record["steps"] == 8, record["steps"]  # evaluations at 4 and 8

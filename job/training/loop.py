@@ -266,7 +266,7 @@ def train(
                         f"lr {schedule.get_lr():.2e} {outcome.samples / elapsed:.1f} samples/s")  # fmt: skip
                 if evaluation:
                     paused = time.perf_counter()
-                    outcome.stopped_early = bool(evaluate_at(outcome.steps))  # type: ignore[misc]
+                    outcome.stopped_early = rank0_decision(bool(evaluate_at(outcome.steps)), ranks)  # type: ignore[misc]
                     evaluating_seconds += time.perf_counter() - paused
                     if outcome.stopped_early:
                         break
@@ -291,6 +291,20 @@ def rank_seed(seed: int, ranks: Ranks) -> int:
     import numpy as np
 
     return int(np.random.SeedSequence([seed, ranks.rank]).generate_state(1)[0])
+
+
+def rank0_decision(decision: bool, ranks: Ranks) -> bool:
+    """Rank 0's early-stopping decision, on every rank. Each rank scores dev itself, alike in exact arithmetic
+    but not always bit for bit: ranks that decided differently would leave one waiting for ever in the next
+    step's all-reduce. Rank 0's is the decision its record and dev curve show."""
+    if ranks.world == 1:
+        return decision
+    import paddle
+    import paddle.distributed as dist
+
+    flag = paddle.to_tensor([int(decision)], dtype="int32")
+    dist.broadcast(flag, src=0)
+    return bool(flag.numpy()[0])
 
 
 def read_losses(unread: list[tuple[Any, float]], ranks: Ranks) -> list[float]:
