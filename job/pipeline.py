@@ -46,6 +46,7 @@ from job.runtime.device import (
     resolve_eval_batch_size,
     resolve_precision,
     select_device,
+    tf32_matmuls,
 )
 from job.runtime.device_faults import out_of_memory, raise_if_device_fault
 from job.runtime.memory import peak_memory_mb, start_memory_meter
@@ -394,6 +395,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         learning_rate=settings.learning_rate,
         batch_size=settings.batch_size,
         precision=settings.precision,
+        tf32=tf32_matmuls(session.device),
         eval_batch_size=run.eval_batch_size,
         dropout=outcome.dropout,
         compiled=outcome.compiled,

@@ -106,3 +106,33 @@ def test_the_resolved_eval_batch_size_is_recorded_per_run_and_reported(
     assert "evaluation fp32 in batches of 16" in report
     reference = CliRunner().invoke(main, ["config-reference"]).output
     assert "eval_batch_size" in reference and "128 on a GPU" in reference
+
+
+@pytest.mark.parametrize(
+    ("capability", "switch", "expected"),
+    [((8, 0), True, True), ((9, 0), True, True), ((7, 5), True, False), ((8, 0), False, False)],
+)
+def test_fp32_on_ampere_and_newer_is_recorded_and_reported_as_tf32_while_cublas_uses_it(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], switch: bool, expected: bool
+) -> None:
+    """Paddle turns cuBLAS's TF32 on by default on a CUDA build (its own test_tf32_cublas asserts it); the CPU
+    wheel here answers False, so the switch is Paddle's own function answering as a CUDA build would."""
+    from paddle.base import core
+
+    from job.results.report import render_report
+    from job.results.verdict import combine
+    from job.runtime.device import tf32_matmuls
+    from tests.records import records, result
+
+    monkeypatch.setattr(core, "get_cublas_switch", lambda: switch)
+    gpu = DeviceChoice("gpu", "gpu:0", "requested", capability)
+    assert tf32_matmuls(gpu) is expected and tf32_matmuls(CPU) is False
+    labels = [i % 15 for i in range(200)]
+    runs = [result(name, lr=5e-4, seed=1, dev_right=100, test_right=100, labels=labels).model_copy(
+        update={"tf32": tf32_matmuls(gpu)}) for name in ("lora", "full_finetune")]  # fmt: skip
+    report = render_report(combine(records(runs, labels)))
+    assert ("training precision fp32 (matmuls in TF32)" in report) is expected
+    from job.results.report import protocol_departures
+
+    departures = protocol_departures(records(runs, labels)[0].run.config, runs[1:])
+    assert ("training precision tf32, not fp32" in departures) is expected

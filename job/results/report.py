@@ -146,7 +146,7 @@ def _run_facts(combined: Combined) -> str:
         start_note(combined.runs),
         "",
         f"- Device: {run.device.description} ({run.device.reason}); training precision "
-        + ", ".join(sorted({r.precision for r in combined.runs}))
+        + ", ".join(sorted({r.precision + (" (matmuls in TF32)" if r.tf32 else "") for r in combined.runs}))
         + ", evaluation fp32 in batches of "
         + ", ".join(str(size) for size in sorted({r.eval_batch_size for r in combined.runs}))
         + "; dropout "
@@ -364,7 +364,7 @@ def protocol_departures(config: JobConfig, full_runs: Sequence[RunResult]) -> li
             f"dev scored {'only at the end' if config.eval_steps is None else f'every {config.eval_steps} steps'} "
             f"with the {config.select_checkpoint.replace('_', ' ')} checkpoint, not every 100 steps with the best"
         )
-    precisions = sorted({r.precision for r in full_runs})
+    precisions = sorted({"tf32" if r.tf32 and r.precision == "fp32" else r.precision for r in full_runs})
     if precisions != ["fp32"]:
         out.append(f"training precision {', '.join(precisions)}, not fp32")
     if config.num_epochs != 3:

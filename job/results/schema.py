@@ -59,6 +59,7 @@ class RunResult(Record):
     learning_rate: float
     batch_size: int
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # training; evaluation is fp32 (older records: fp32)
+    tf32: bool = False  # fp32 matmuls ran as TF32 (Paddle's cuBLAS default on compute capability 8.0+)
     eval_batch_size: int  # as resolved for the device (config `auto`: job.runtime.device.resolve_eval_batch_size)
     dropout: str = "paddle"  # the dropout training used (job.training.dropout; older records: Paddle's)
     compiled: bool = False  # the training forward ran as a static graph (config `compile`; older records: no)

@@ -142,6 +142,21 @@ def resolve_precision(requested: str, device: DeviceChoice) -> str:
 EVAL_BATCH_SIZES = {"cpu": 16, "gpu": 128}  # what `auto` means; the reasons are in the config reference
 
 
+TF32_CAPABILITY = (8, 0)  # TF32 tensor cores: Ampere (A100) and newer
+
+
+def tf32_matmuls(device: DeviceChoice) -> bool:
+    """Whether fp32 matmuls run as TF32 (10-bit mantissa) here: Paddle turns cuBLAS's TF32 on by default
+    (phi::allow_tf32_cublas; core.get_cublas_switch(), True on a CUDA build unless switched off), and
+    the GPU uses it from compute capability 8.0 (A100, H100, L4). Recorded with each run: its "fp32"
+    is TF32 then, as PyTorch's is only with allow_tf32."""
+    if device.name != "gpu" or (device.capability or (0, 0)) < TF32_CAPABILITY:
+        return False
+    from paddle.base import core
+
+    return bool(core.get_cublas_switch())
+
+
 def resolve_eval_batch_size(requested: int | str, device: DeviceChoice) -> int:
     """The evaluation (and predict) batch size: the number given, or for `auto` the device's default."""
     return EVAL_BATCH_SIZES[device.name] if requested == "auto" else int(requested)
