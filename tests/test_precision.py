@@ -136,3 +136,31 @@ def test_fp32_on_ampere_and_newer_is_recorded_and_reported_as_tf32_while_cublas_
 
     departures = protocol_departures(records(runs, labels)[0].run.config, runs[1:])
     assert ("training precision tf32, not fp32" in departures) is expected
+
+
+@pytest.mark.parametrize(
+    ("visible", "named"),
+    [("3", "gpu:0 = node GPU 3 ("), ("GPU-8f2e", "gpu:0 = node GPU GPU-8f2e ("), (None, "gpu:0 (")],
+)
+def test_a_gpu_device_names_the_nodes_gpu_behind_cuda_visible_devices(
+    monkeypatch: pytest.MonkeyPatch, visible: str | None, named: str
+) -> None:
+    """The GPU branch of select_device forced (a usable GPU answered, Paddle's device calls answering as on
+    an A100): a worker pinned by CUDA_VISIBLE_DEVICES=3 recorded `gpu:0` like every other worker."""
+    import paddle
+
+    import job.runtime.device as device
+    from job.runtime.device import GpuCheck, select_device
+
+    monkeypatch.setattr(device, "gpu_available", lambda: GpuCheck(True, "1 GPU(s) visible"))
+    monkeypatch.setattr(device, "build_context", lambda: None)
+    monkeypatch.setattr(paddle, "set_device", lambda name: None)
+    monkeypatch.setattr(paddle.device.cuda, "get_device_name", lambda index: "NVIDIA A100-SXM4-80GB")
+    monkeypatch.setattr(paddle.device.cuda, "get_device_capability", lambda index: (8, 0))
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.delenv("FLAGS_selected_gpus", raising=False)
+    chosen = select_device("auto")
+    assert chosen.description == f"{named}NVIDIA A100-SXM4-80GB, compute capability 8.0)"

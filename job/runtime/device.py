@@ -85,13 +85,21 @@ def select_device(requested: str) -> DeviceChoice:
         build_context()
         name = paddle.device.cuda.get_device_name(index)
         major, minor = paddle.device.cuda.get_device_capability(index)
-        description = f"gpu:{index} ({name}, compute capability {major}.{minor})"
+        description = f"gpu:{index}{physical_name(index)} ({name}, compute capability {major}.{minor})"
         return DeviceChoice("gpu", description, f"{requested}: {check.why}", (major, minor))
     paddle.set_device("cpu")
     use_contiguous_kernels()
     threads = os.environ.get("OMP_NUM_THREADS", "?")
     reason = "requested" if requested == "cpu" else f"auto: {check.why}, falling back to CPU"
     return DeviceChoice("cpu", f"cpu ({threads} threads)", reason)
+
+
+def physical_name(index: int) -> str:
+    """The node's own name of visible GPU `index` when CUDA_VISIBLE_DEVICES renumbers them (a worker of
+    `--workers`, a scheduler's container): ` = node GPU 3` or ` = node GPU GPU-8f2e...`, so a record names
+    the GPU it trained on, not every worker's `gpu:0`."""
+    names = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
+    return f" = node GPU {names[index]}" if index < len(names) else ""
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
