@@ -112,6 +112,11 @@ class LoRA:
         return [merged] if pissa else [adapter, merged]
 
 
+# Paddle's GPU SVD (paddle/phi/kernels/gpu/svd_kernel.cu) when cuSOLVER's gesvdj reports info != 0, raised
+# as PreconditionNotMet, which its pybind translator hands to Python as a RuntimeError.
+SVD_UNCONVERGED = "CUSolver SVD is not zero"
+
+
 def _pissa_now(model: Any) -> None:
     """PiSSA's SVD now, as LoRALinear's first forward would run it (lora_layers.py: `if not
     self.apply_pissa and self.pissa`), on the same frozen weights: under `compile: on` that first
@@ -119,9 +124,18 @@ def _pissa_now(model: Any) -> None:
     import paddle
 
     with paddle.no_grad():
-        for layer in model.model.sublayers():
+        for name, layer in model.model.named_sublayers():
             if getattr(layer, "pissa", False) and not layer.apply_pissa:
-                layer.pissa_init(layer.r)
+                try:
+                    layer.pissa_init(layer.r)
+                except RuntimeError as exc:
+                    if SVD_UNCONVERGED not in str(exc):
+                        raise
+                    finite = bool(paddle.isfinite(layer.weight).all())
+                    cause = "it holds NaN or infinite values: the checkpoint is damaged" if not finite else (
+                        "cuSOLVER's Jacobi SVD (gesvdj) stopped before converging; set lora_pissa: false, or "
+                        "run this strategy with --device cpu")  # fmt: skip
+                    raise UserError(f"PiSSA could not take the SVD of {name}.weight: {cause}") from None
                 layer.apply_pissa = True
 
 
