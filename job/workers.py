@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -91,7 +92,39 @@ def visible_gpus() -> list[str]:
 
     count = paddle.device.cuda.device_count()
     named = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
+    slices = mig_slices(nvidia_smi_list(), named)
+    if slices:  # CUDA shows a process one MIG slice only (the first): each worker is given its own by name
+        return slices
     return named[:count] if named else [str(index) for index in range(count)]
+
+
+def nvidia_smi_list() -> str:
+    """`nvidia-smi -L`: the node's GPUs and their MIG slices; "" where it is missing or fails."""
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+GPU_LINE = re.compile(r"^GPU (\d+): .*\(UUID: (GPU-[^)]+)\)")
+MIG_LINE = re.compile(r"^\s+MIG .*\(UUID: (MIG-[^)]+)\)")
+
+
+def mig_slices(listing: str, visible: list[str]) -> list[str]:
+    """The MIG slices (`MIG-<uuid>`, the name CUDA_VISIBLE_DEVICES takes) of the GPUs this process may use,
+    from `nvidia-smi -L`'s lines; [] without MIG. `visible`: CUDA_VISIBLE_DEVICES's names (indices, GPU-
+    or MIG- UUIDs); [] means every GPU. Slices named there directly are kept as they are."""
+    if visible and all(name.startswith("MIG-") for name in visible):
+        return visible if len(visible) > 1 else []  # one slice named: the plain path handles it
+    slices: list[str] = []
+    owner: tuple[str, str] | None = None
+    for line in listing.splitlines():
+        gpu, mig = GPU_LINE.match(line), MIG_LINE.match(line)
+        if gpu:
+            owner = (gpu.group(1), gpu.group(2))
+        elif mig and owner is not None and (not visible or owner[0] in visible or owner[1] in visible):
+            slices.append(mig.group(1))
+    return slices
 
 
 def worker_count(requested: int | str, device: str, gpus: Callable[[], list[str]] | None = None) -> int:

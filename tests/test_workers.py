@@ -322,3 +322,50 @@ def test_a_worker_whose_device_faults_stops_and_the_healthy_worker_trains_the_re
     assert sorted(records(tmp_path / "out")) == ["full_finetune_lr0.005_s1", "full_finetune_lr0.005_s2",
                                                   "lora_r4_a8_lr0.005_s2"]  # fmt: skip
     assert {record["worker"] for record in records(tmp_path / "out").values()} == {"w1 gpu:1"}
+
+
+NVIDIA_SMI_L = """GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-5d5ba0d6-d33d-2b2c-524d-9e3d8d2b8a77)
+  MIG 3g.20gb     Device  0: (UUID: MIG-c6d4f1ef-42e4-5de3-91c7-45d71c87eb3f)
+  MIG 3g.20gb     Device  1: (UUID: MIG-cba663e8-9bed-5b25-b243-5985ef7c9beb)
+GPU 1: NVIDIA A100-SXM4-40GB (UUID: GPU-0a1b2c3d-0000-1111-2222-333344445555)
+  MIG 7g.40gb     Device  0: (UUID: MIG-11111111-2222-3333-4444-555555555555)
+"""
+
+
+@pytest.mark.parametrize(
+    ("visible", "expected"),
+    [
+        (None, ["MIG-c6d4f1ef-42e4-5de3-91c7-45d71c87eb3f", "MIG-cba663e8-9bed-5b25-b243-5985ef7c9beb",
+                "MIG-11111111-2222-3333-4444-555555555555"]),
+        ("1", ["MIG-11111111-2222-3333-4444-555555555555"]),
+        ("GPU-5d5ba0d6-d33d-2b2c-524d-9e3d8d2b8a77", ["MIG-c6d4f1ef-42e4-5de3-91c7-45d71c87eb3f",
+                                                      "MIG-cba663e8-9bed-5b25-b243-5985ef7c9beb"]),
+        ("MIG-c6d4f1ef-42e4-5de3-91c7-45d71c87eb3f", ["MIG-c6d4f1ef-42e4-5de3-91c7-45d71c87eb3f"]),
+    ],
+)  # fmt: skip
+def test_mig_slices_are_found_and_each_worker_is_pinned_to_its_own(
+    monkeypatch: pytest.MonkeyPatch, visible: str | None, expected: list[str]
+) -> None:
+    """CUDA shows a process one MIG slice (device_count 1): `workers: auto` found one GPU and `--workers N`
+    put every worker on the first slice. The GPU branch forced, `nvidia-smi -L`'s MIG lines as input."""
+    import paddle
+
+    import job.runtime.device as device
+    import job.workers
+    from job.runtime.device import GpuCheck
+    from job.workers import visible_gpus
+
+    monkeypatch.setattr(device, "gpu_available", lambda: GpuCheck(True, "1 GPU(s) visible"))
+    monkeypatch.setattr(paddle.device.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(job.workers, "nvidia_smi_list", lambda: NVIDIA_SMI_L)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert visible_gpus() == expected
+    assert worker_count("auto", "auto") == len(expected)
+    slots = plan_slots(len(expected), expected, [0, 1], 2)
+    assert [slot.env["CUDA_VISIBLE_DEVICES"] for slot in slots] == expected
+    monkeypatch.setattr(job.workers, "nvidia_smi_list", lambda: NVIDIA_SMI_L.split("\n")[0] + "\n")  # no MIG
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert visible_gpus() == ["0"]
