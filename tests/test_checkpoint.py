@@ -168,3 +168,24 @@ def test_the_best_dev_copy_takes_no_memory_the_runs_peak_counts() -> None:
     best.restore(model)
     for name, p in model.named_parameters():
         np.testing.assert_array_equal(p.numpy(), expected[name])
+
+
+@pytest.mark.timeout(300)
+def test_a_runs_peak_memory_is_the_same_with_best_dev_as_with_last(write_config, tmp_path: Path) -> None:
+    """Full fine-tuning of the tiny model, dev scored every 4 steps: the best-dev copy (a whole copy of the
+    trained weights) must not enter the peak the report prints."""
+    import json
+
+    from click.testing import CliRunner
+
+    from job.cli import main
+
+    peaks = {}
+    for select in ("last", "best_dev"):
+        config = write_config(strategies=["full_finetune"], num_epochs=1, eval_steps=4, select_checkpoint=select,
+                              output_dir=str(tmp_path / select))  # fmt: skip
+        result = CliRunner().invoke(main, ["run", "--config", str(config)])
+        assert result.exit_code == 0, result.output[-2000:]
+        record = json.loads((tmp_path / select / "results" / "full_finetune.json").read_text(encoding="utf-8"))
+        peaks[select] = record["result"]["peak_memory_mb"]
+    assert peaks["best_dev"] == pytest.approx(peaks["last"], rel=0.05), peaks

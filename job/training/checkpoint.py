@@ -26,6 +26,7 @@ class BestCheckpoint:
             return False
         self.step, self.accuracy, self.since_best = step, accuracy, 0
         if self.keep:
+            self.weights = {}  # the older copy goes first: two copies of full fine-tuning's weights never coexist
             self.weights = {name: p.numpy().copy() for name, p in model.named_parameters() if not p.stop_gradient}
         return True
 
