@@ -72,6 +72,7 @@ from job.training.strategies import check_targets_match
 from job.training.update_rank import trained_weights, update_ranks
 
 WORKER_VARIABLE = "JOB_WORKER"  # set by `job run --workers` in each worker: its name and device
+SHARED_VARIABLE = "JOB_GPU_SHARED_BY"  # set there too: how many workers share its GPU (1: its own)
 
 
 def check_output_dir(output: Output) -> list[Path]:
@@ -426,6 +427,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         started_at=started,
         finished_at=now(),
         worker=os.environ.get(WORKER_VARIABLE, ""),
+        gpu_shared_by=int(os.environ.get(SHARED_VARIABLE, "1") or 1) if session.device.name == "gpu" else 1,
     )
 
 

@@ -49,7 +49,15 @@ from job.exit_codes import failure, most_telling
 from job.output.log import line as log_line
 from job.output.log import run_done, say, set_position
 from job.output.storage import open_output
-from job.pipeline import WORKER_VARIABLE, check_output_dir, pending_runs, setup_session, train_one, write_report
+from job.pipeline import (
+    SHARED_VARIABLE,
+    WORKER_VARIABLE,
+    check_output_dir,
+    pending_runs,
+    setup_session,
+    train_one,
+    write_report,
+)
 from job.results.records import save_result
 from job.results.schema import ResultRecord
 from job.runtime.cpu import CHOSEN, HANDED_VARIABLE, available_cpus
@@ -98,6 +106,23 @@ def visible_gpus() -> list[str]:
     return named[:count] if named else [str(index) for index in range(count)]
 
 
+def gpu_memory_mb(gpus: list[str]) -> list[int]:
+    """Each visible GPU's total memory in MB, in `gpus`' order (Paddle's device properties; a MIG slice's
+    from its profile name, 3g.20gb: 20,480); 0 where it cannot be read."""
+    import paddle
+
+    profiles = mig_profiles(nvidia_smi_list()) if any(name.startswith("MIG-") for name in gpus) else {}
+    sizes = []
+    for index, name in enumerate(gpus):
+        profile = re.search(r"(\d+)gb", profiles.get(name, ""))
+        try:
+            sizes.append(int(profile.group(1)) * 1024 if profile else
+                         int(paddle.device.cuda.get_device_properties(index).total_memory) >> 20)  # fmt: skip
+        except (OSError, RuntimeError, ValueError, AssertionError):
+            sizes.append(0)
+    return sizes
+
+
 def nvidia_smi_list() -> str:
     """`nvidia-smi -L`: the node's GPUs and their MIG slices; "" where it is missing or fails."""
     try:
@@ -107,7 +132,12 @@ def nvidia_smi_list() -> str:
 
 
 GPU_LINE = re.compile(r"^GPU (\d+): .*\(UUID: (GPU-[^)]+)\)")
-MIG_LINE = re.compile(r"^\s+MIG .*\(UUID: (MIG-[^)]+)\)")
+MIG_LINE = re.compile(r"^\s+MIG (\S+).*\(UUID: (MIG-[^)]+)\)")
+
+
+def mig_profiles(listing: str) -> dict[str, str]:
+    """MIG-<uuid> -> its profile (3g.20gb), as `nvidia-smi -L` names them."""
+    return {found.group(2): found.group(1) for found in map(MIG_LINE.match, listing.splitlines()) if found}
 
 
 def mig_slices(listing: str, visible: list[str]) -> list[str]:
@@ -123,7 +153,7 @@ def mig_slices(listing: str, visible: list[str]) -> list[str]:
         if gpu:
             owner = (gpu.group(1), gpu.group(2))
         elif mig and owner is not None and (not visible or owner[0] in visible or owner[1] in visible):
-            slices.append(mig.group(1))
+            slices.append(mig.group(2))
     return slices
 
 
@@ -134,14 +164,28 @@ def worker_count(requested: int | str, device: str, gpus: Callable[[], list[str]
     return max(1, len((gpus or visible_gpus)())) if device != "cpu" else 1
 
 
-def plan_slots(count: int, gpus: list[str], cpus: list[int], threads: int) -> list[Slot]:
+CONTEXT_MB = 512  # a process's CUDA context and cuBLAS/cuDNN workspaces, outside Paddle's allocator
+
+
+def plan_slots(count: int, gpus: list[str], cpus: list[int], threads: int,
+               memory_mb: list[int] | None = None) -> list[Slot]:  # fmt: skip
     """`count` workers over `gpus` (one each, round robin), or over the CPU: `threads` (the job's whole
-    share) split evenly, and disjoint cores from `cpus` when there are enough for every worker."""
+    share) split evenly, and disjoint cores from `cpus` when there are enough for every worker. Workers
+    sharing a GPU (more workers than GPUs) each get an equal cap of its memory (`memory_mb`, each GPU's
+    total; Paddle's FLAGS_gpu_memory_limit_mb), so one cannot take what another needs and fail it as an
+    out of memory, and each is told it shares (its records say so)."""
     share = max(1, threads // count)
     if gpus:
-        return [Slot(f"w{index}", f"gpu:{gpus[index % len(gpus)]}",
-                     {"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)], "OMP_NUM_THREADS": str(share)})
-                for index in range(count)]  # fmt: skip
+        slots = []
+        for index in range(count):
+            position = index % len(gpus)
+            sharers = len(range(position, count, len(gpus)))
+            env = {"CUDA_VISIBLE_DEVICES": gpus[position], "OMP_NUM_THREADS": str(share),
+                   SHARED_VARIABLE: str(sharers)}  # fmt: skip
+            if sharers > 1 and memory_mb and memory_mb[position] > 0:
+                env["FLAGS_gpu_memory_limit_mb"] = str(max(1, memory_mb[position] // sharers - CONTEXT_MB))
+            slots.append(Slot(f"w{index}", f"gpu:{gpus[position]}", env))
+        return slots
     split = len(cpus) >= share * count
     return [
         Slot(f"w{index}", f"cpu ({share} threads)", {"OMP_NUM_THREADS": str(share), "CUDA_VISIBLE_DEVICES": ""},
@@ -193,7 +237,8 @@ def run_parallel(*, config: JobConfig, stop: StopRequest, force: bool, count: in
     if pending:
         gpus = visible_gpus() if config.device != "cpu" else []
         cores, threads = cpu_share()
-        slots = plan_slots(min(count, len(pending)), gpus, cores, threads)
+        workers = min(count, len(pending))
+        slots = plan_slots(workers, gpus, cores, threads, gpu_memory_mb(gpus) if workers > len(gpus) > 0 else None)
         if gpus and len(slots) > len(gpus):
             say(f"{len(slots)} workers share {len(gpus)} GPU(s): several runs per GPU at once")
         stop.checkpoint()

@@ -369,3 +369,22 @@ def test_mig_slices_are_found_and_each_worker_is_pinned_to_its_own(
     monkeypatch.setattr(job.workers, "nvidia_smi_list", lambda: NVIDIA_SMI_L.split("\n")[0] + "\n")  # no MIG
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     assert visible_gpus() == ["0"]
+
+
+def test_workers_sharing_a_gpu_each_get_a_memory_cap_and_their_runs_are_marked() -> None:
+    """3 workers on 2 GPUs of 40 GB: the two on GPU 0 each get half of it (less a CUDA context), the one on
+    GPU 1 no cap; the report says which runs shared a GPU, whose times do not compare."""
+    from job.results.tables import plan_time
+    from tests.records import result
+
+    slots = plan_slots(3, ["0", "1"], list(range(8)), 8, memory_mb=[40960, 40960])
+    assert [slot.env.get("FLAGS_gpu_memory_limit_mb") for slot in slots] == ["19968", None, "19968"]
+    assert [slot.env["JOB_GPU_SHARED_BY"] for slot in slots] == ["2", "1", "2"]
+    assert "FLAGS_gpu_memory_limit_mb" not in plan_slots(2, ["0", "1"], [0, 1], 2, memory_mb=[40960, 40960])[0].env
+    labels = [i % 15 for i in range(100)]
+    runs = [result(name, lr=5e-4, seed=seed, dev_right=50, test_right=50, labels=labels).model_copy(
+        update={"started_at": f"2026-01-01T00:0{seed}:00+00:00", "gpu_shared_by": 2 if seed == 1 else 1})
+        for name in ("lora", "full_finetune") for seed in (1, 2)]  # fmt: skip
+    assert "2 of the runs trained on a GPU shared by up to 2 workers (more workers than GPUs)" in plan_time(runs)
+    alone = [run.model_copy(update={"gpu_shared_by": 1}) for run in runs]
+    assert "shared by" not in plan_time(alone) and "Plan time: the 4 runs took" in plan_time(alone)

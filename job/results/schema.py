@@ -92,6 +92,7 @@ class RunResult(Record):
     started_at: str = ""  # when the run's model began loading (older records: unknown)
     finished_at: str
     worker: str = ""  # the worker of `job run --workers` that trained it ("w1 gpu:1"); "" for one process
+    gpu_shared_by: int = Field(1, ge=1)  # workers on its GPU while it trained (more workers than GPUs): 1 alone
 
 
 # ---------------------------------------------------------------- what every run of a process shares

@@ -180,7 +180,19 @@ def plan_time(runs: Sequence[RunResult]) -> str:
         f"\n\nPlan time: the {len(timed)} runs took {seconds_text(wall)} of wall time from the first one's start to "
         f"the last one's finish, for {seconds_text(training)} of training summed over them, trained by {who}"
         + " (wall time also counts loading, evaluation and saving, and any pause between resumed commands)."
+        + shared_note(runs)
     )
+
+
+def shared_note(runs: Sequence[RunResult]) -> str:
+    """Runs trained while other workers used the same GPU: their times and peaks are not a GPU's own."""
+    shared = [run for run in runs if run.gpu_shared_by > 1]
+    if not shared:
+        return ""
+    most = max(run.gpu_shared_by for run in shared)
+    return (f" {len(shared)} of the runs trained on a GPU shared by up to {most} workers (more workers than GPUs), "
+            "each capped to its share of the GPU's memory: their training time and samples/s are slower than on a "
+            "GPU of their own, and do not compare with runs that had one.")  # fmt: skip
 
 
 def seconds_text(value: float) -> str:
