@@ -326,3 +326,23 @@ def test_multi_gpu_runs_keep_their_logs_in_the_reports_folder() -> None:
     assert "--log_dir /tmp" not in makefile and "launch --gpus $(GPUS)" in makefile
     entrypoint = (ROOT / "docker" / "entrypoint.sh").read_text(encoding="utf-8")
     assert 'set -- -m job launch "$@"' in entrypoint  # through the job's launcher: exit 143, logs kept
+
+
+def test_each_manifest_bounds_the_jobs_threads_to_the_cpus_it_requests() -> None:
+    """A CPU request reserves cores but sets no quota (Kubernetes requests, AWS Batch VCPU, Cloud Batch
+    cpuMilli): the job's default of a thread per visible core would start one per core of the node."""
+    definition = json.loads((BATCH / "aws-batch-job-definition.json").read_text(encoding="utf-8"))[
+        "containerProperties"
+    ]
+    requested = {r["type"]: r["value"] for r in definition["resourceRequirements"]}["VCPU"]
+    assert {e["name"]: e["value"] for e in definition["environment"]}["OMP_NUM_THREADS"] == requested
+    job = json.loads((BATCH / "gcp-batch-job.json").read_text(encoding="utf-8"))["taskGroups"][0]["taskSpec"]
+    cores = str(job["computeResource"]["cpuMilli"] // 1000)
+    assert [r["environment"]["variables"]["OMP_NUM_THREADS"] for r in job["runnables"]] == [cores] * len(
+        job["runnables"]
+    )
+    pod = yaml.safe_load((BATCH / "kubernetes-job.yaml").read_text(encoding="utf-8"))["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert {e["name"]: e["value"] for e in container["env"]}["OMP_NUM_THREADS"] == container["resources"]["requests"][
+        "cpu"
+    ]
