@@ -1,6 +1,8 @@
 """`python -m job doctor`: the self-check a user runs on a new node or in the image, one line per check,
-PASS or FAIL with the fix. It builds a tiny random ERNIE in memory (no download) and takes one real
-training step of every strategy in every precision the device supports, through the job's own step.
+PASS or FAIL with the fix. It runs each kind of kernel the job uses (matmul, softmax, layer norm,
+embedding gradient, PiSSA's SVD) alone in every precision the device supports, then builds a tiny random
+ERNIE in memory (no download) and takes one real training step of every strategy in each of them,
+through the job's own step.
 
 GPU branches (driver, devices, mixed precision steps, the NCCL all-reduce) run only where there is a
 GPU; on CPU the doctor reports the CPU facts the job's speed depends on."""
@@ -30,7 +32,7 @@ from job.runtime.device import (
     resolve_precision,
     select_device,
 )
-from job.runtime.device_faults import cuda_version, device_fault, driver_floor
+from job.runtime.device_faults import ARCH_FIX, cuda_version, device_fault, driver_floor
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,81 @@ def step_checks(device: DeviceChoice) -> Iterator[Check]:
                     f"loss {loss}",
                     "the device computes wrong numbers: try precision fp32, or another node",
                 )
+
+
+def _matmul(dtype: str) -> None:
+    import paddle
+
+    a = paddle.ones([64, 64], dtype="float32").astype(dtype)
+    value = float(paddle.matmul(a, a).astype("float32")[0, 0])
+    assert value == 64.0, f"matmul gave {value}, expected 64"
+
+
+def _softmax(dtype: str) -> None:
+    import paddle
+
+    x = paddle.zeros([4, 8], dtype="float32").astype(dtype)
+    value = float(paddle.nn.functional.softmax(x, axis=-1).astype("float32").sum())
+    assert abs(value - 4.0) < 1e-2, f"softmax rows summed to {value / 4}, expected 1"
+
+
+def _layer_norm(dtype: str) -> None:
+    import paddle
+
+    x = paddle.arange(32, dtype="float32").reshape([4, 8]).astype(dtype)
+    out = paddle.nn.functional.layer_norm(x, 8).astype("float32")
+    assert abs(float(out.mean())) < 1e-2, f"layer norm mean {float(out.mean())}, expected 0"
+
+
+def _embedding_gradient(dtype: str) -> None:
+    import paddle
+
+    table = paddle.create_parameter([16, 8], "float32")
+    ids = paddle.to_tensor([[1, 1, 2]], dtype="int64")
+    paddle.nn.functional.embedding(ids, table).astype(dtype).astype("float32").sum().backward()
+    grad = table.grad.numpy()
+    assert float(grad[1].sum()) == 16.0 and float(grad[0].sum()) == 0.0, "embedding gradient did not accumulate"
+
+
+def _svd(dtype: str) -> None:
+    import paddle
+
+    singular = paddle.linalg.svd(paddle.eye(8, dtype="float32") * 2.0, full_matrices=False)[1]
+    assert abs(float(singular.sum()) - 16.0) < 1e-3, "SVD of 2I did not give 2s"
+
+
+# Each kind of kernel the job's steps use, run alone so a failure names its kernel (a GPU architecture the
+# wheel has no kernels for fails at the first one it lacks). The SVD is PiSSA's, in fp32 only.
+KERNELS = {"matmul": _matmul, "softmax": _softmax, "layer norm": _layer_norm,
+           "embedding gradient": _embedding_gradient, "SVD": _svd}  # fmt: skip
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def kernel_checks(device: DeviceChoice) -> Iterator[Check]:
+    """Every kernel kind in each precision the device supports: one PASS line per precision naming them,
+    a FAIL line per kernel that fails, with the fault's fix or the architectures the wheel was built for."""
+    import paddle
+
+    archs = ", ".join(f"sm_{arch}" for arch in (paddle.version.cuda_archs() or [])) or "none listed"
+    for precision in precisions_to_try(device):
+        passed = []
+        for name, kernel in KERNELS.items():
+            if name == "SVD" and precision != "fp32":
+                continue
+            try:
+                kernel(DTYPES[precision])
+            except (OSError, RuntimeError, ValueError, AssertionError) as exc:
+                fault = device_fault(exc) if not isinstance(exc, AssertionError) else None
+                detail = fault.detail if fault else str(exc).strip().splitlines()[0][:300]
+                capability = ".".join(map(str, device.capability)) if device.capability else "?"
+                fix = fault.fix if fault and fault.fix else (
+                    f"if only {precision} fails, use precision: fp32; else {ARCH_FIX}")  # fmt: skip
+                where = f"; the wheel's kernels: {archs}, this GPU: compute capability {capability}"
+                yield Check(f"kernel {name} ({precision})", False, detail + where, fix)
+                continue
+            passed.append(name)
+        if passed:
+            yield Check(f"kernels ({precision})", True, ", ".join(passed))
 
 
 # One process per GPU: each all-reduces a tensor of ones; every rank must then hold the world size.
@@ -389,6 +466,7 @@ def run_checks(config: JobConfig, cache_check: Check) -> Iterator[Check]:
     checks, device = device_checks(config.device)
     yield from checks
     if device is not None:
+        yield from kernel_checks(device)
         yield from step_checks(device)
         if device.name == "gpu":
             import paddle

@@ -32,8 +32,8 @@ def test_on_this_cpu_every_check_passes_and_nothing_is_left_behind(tmp_path: Pat
     assert all(line.startswith("PASS  ") for line in lines[:-1]) and lines[-1] == "all checks passed"
     names = [line.split(":")[0][6:] for line in lines[:-1]]
     steps = [f"{name} step (fp32)" for name in STRATEGY_NAMES]  # every strategy of the registry
-    assert names == ["paddle build", "devices", *steps, "MKL", "threads", "matmul peak", "output_dir", "model cache",
-                     "model", "data"]  # fmt: skip
+    assert names == ["paddle build", "devices", "kernels (fp32)", *steps, "MKL", "threads", "matmul peak",
+                     "output_dir", "model cache", "model", "data"]  # fmt: skip
     assert "GFLOP/s" in lines[names.index("matmul peak")]
     page = (ROOT / "docs" / "devices.md").read_text(encoding="utf-8")
     sample = next(block for block in page.split("```") if block.strip().startswith("PASS  paddle build"))
@@ -214,3 +214,44 @@ def test_a_password_in_the_mirrors_url_is_never_printed(
         assert result.exit_code in (2, 75), result.output
         assert "s3cr3t-token" not in result.output and "reader" not in result.output
         assert f"http://***@127.0.0.1:{port}/" in result.output
+
+
+@pytest.mark.timeout(120)
+def test_doctor_runs_each_kernel_kind_in_each_precision_and_names_the_one_that_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The GPU branch forced on this CPU wheel (an A100's capability: fp32, fp16, bf16 to try): fp32 runs
+    every kernel; Paddle's CPU wheel has no fp16/bf16 matmul, softmax or layer norm and raises its own
+    NotFound for each, which the doctor names kernel by kernel. Then a GPU architecture fault (CUDA error
+    209, Paddle's words) in layer norm alone gets the architecture fix with the wheel's own list."""
+    import paddle
+
+    from job.doctor import kernel_checks
+    from job.runtime.device import DeviceChoice
+
+    a100 = DeviceChoice("gpu", "gpu:0 (NVIDIA A100, compute capability 8.0)", "requested", (8, 0))
+    lines = {check.name: check for check in kernel_checks(a100)}
+    assert lines["kernels (fp32)"].passed and lines["kernels (fp32)"].detail == (
+        "matmul, softmax, layer norm, embedding gradient, SVD"
+    )
+    for precision in ("fp16", "bf16"):
+        for kernel in ("matmul", "softmax", "layer norm"):
+            check = lines[f"kernel {kernel} ({precision})"]
+            assert not check.passed and "is not registered" in check.detail, check
+            assert f"if only {precision} fails, use precision: fp32" in check.fix
+        assert lines[f"kernels ({precision})"].detail == "embedding gradient"
+
+    def no_kernel_image(*args, **kwargs):
+        raise OSError(
+            "(External) CUDA error(209), no kernel image is available for execution on the device. "
+            "[Hint: 'cudaErrorNoKernelImageForDevice'.] (at /paddle/paddle/phi/kernels/gpu/layer_norm.cu:9)"
+        )
+
+    monkeypatch.setattr(paddle.nn.functional, "layer_norm", no_kernel_image)
+    monkeypatch.setattr(paddle.version, "cuda_archs", lambda: [80, 90])
+    cpu_only = DeviceChoice("gpu", "gpu:0 (compute capability 6.1)", "requested", (6, 1))  # fp32 alone
+    (failed, passed) = list(kernel_checks(cpu_only))
+    assert failed.name == "kernel layer norm (fp32)" and not failed.passed
+    assert "CUDA error(209)" in failed.detail and "for Blackwell (sm_100, sm_120) build the image" in failed.fix
+    assert failed.detail.endswith("; the wheel's kernels: sm_80, sm_90, this GPU: compute capability 6.1")
+    assert passed.detail == "matmul, softmax, embedding gradient, SVD"
