@@ -194,45 +194,6 @@ def test_workers_train_a_config_read_once_from_stdin(tmp_path: Path, tiny_model:
     assert len(list((tmp_path / "out" / "results").iterdir())) == 4 and "report: " in result.stdout
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(400)
-@pytest.mark.parametrize("signum", ["SIGTERM", "SIGKILL"])
-def test_a_workers_command_stopped_while_its_workers_import_paddle_leaves_no_crash_dump_and_no_orphan(
-    tmp_path: Path, tiny_model: Path, tnews_dir: Path, signum: str
-) -> None:
-    """With the default device the command imports Paddle to count GPUs, and each worker imports it on
-    start: Paddle's own SIGTERM handler turned a stop into a crash dump and death by the signal, and the
-    workers trained on as orphans."""
-    import signal
-    import time
-
-    import yaml
-
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(small_grid(tiny_model, tnews_dir, tmp_path / "out", num_epochs=50)), "utf-8")
-    log = tmp_path / "log"
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)}
-    with log.open("w") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "job", "run", "--config", str(config), "--workers", "2"],
-                                   cwd=tmp_path, env=env, stdout=handle, stderr=subprocess.STDOUT)  # fmt: skip
-        deadline = time.monotonic() + 200
-        while "run(s) to train" not in log.read_text(encoding="utf-8"):
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text(encoding="utf-8")[-3000:]
-            time.sleep(0.05)
-        workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
-                                                      text=True, check=False).stdout.split()]  # fmt: skip
-        process.send_signal(getattr(signal, signum))
-        code = process.wait(timeout=120)
-    deadline = time.monotonic() + 120
-    while [pid for pid in workers if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status")
-           .read_text()]:  # fmt: skip
-        assert time.monotonic() < deadline, "a worker outlived its command"
-        time.sleep(0.2)
-    text = log.read_text(encoding="utf-8")
-    assert len(workers) == 2 and "Termination signal" not in text and "C++ Traceback" not in text, text[-3000:]
-    assert code == (143 if signum == "SIGTERM" else -9), text[-3000:]
-
-
 BIG = "9" * 5000  # Python's int() refuses 4,300 digits and more with a ValueError
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 import yaml
@@ -185,6 +186,20 @@ def test_progress_gives_an_eta_once_a_run_has_finished() -> None:
     )
 
 
+def start_workers(config: Path, log: IO[str]) -> subprocess.Popen:
+    """`job run --workers 2` of `config` with 2 threads, its output into `log`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "job", "run", "--config", str(config), "--workers", "2"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def wait_for(text: str, log: Path, process: subprocess.Popen, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in log.read_text(encoding="utf-8"):
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text(encoding="utf-8")[-3000:]
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(560)
 def test_sigterm_stops_every_worker_keeps_finished_records_and_exits_143(
@@ -192,15 +207,10 @@ def test_sigterm_stops_every_worker_keeps_finished_records_and_exits_143(
 ) -> None:
     config = grid(tmp_path, tiny_model, tnews_dir, "out", learning_rate=5e-3, seed=[1, 2, 3], num_epochs=40,
                   logging_steps=1)  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)}
     log = tmp_path / "log"
     with log.open("w") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "job", "run", "--config", str(config), "--workers", "2"],
-                                   cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)  # fmt: skip
-        deadline = time.monotonic() + 400
-        while "[run 1/6 done]" not in log.read_text(encoding="utf-8"):
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text(encoding="utf-8")[-3000:]
-            time.sleep(0.2)
+        process = start_workers(config, handle)
+        wait_for("[run 1/6 done]", log, process, seconds=400)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=120) == 143
     text = log.read_text(encoding="utf-8")
@@ -388,3 +398,34 @@ def test_workers_sharing_a_gpu_each_get_a_memory_cap_and_their_runs_are_marked()
     assert "2 of the runs trained on a GPU shared by up to 2 workers (more workers than GPUs)" in plan_time(runs)
     alone = [run.model_copy(update={"gpu_shared_by": 1}) for run in runs]
     assert "shared by" not in plan_time(alone) and "Plan time: the 4 runs took" in plan_time(alone)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGKILL"])
+def test_a_workers_command_stopped_while_its_workers_import_paddle_leaves_no_crash_dump_and_no_orphan(
+    tmp_path: Path, tiny_model: Path, tnews_dir: Path, signum: str
+) -> None:
+    """With the default device the command imports Paddle to count GPUs, and each worker imports it on
+    start: Paddle's own SIGTERM handler turned a stop into a crash dump and death by the signal, and the
+    workers trained on as orphans."""
+    config = grid(tmp_path, tiny_model, tnews_dir, "out", device="auto", learning_rate=5e-3, num_epochs=50)
+    log = tmp_path / "log"
+    with log.open("w") as handle:
+        process = start_workers(config, handle)
+        wait_for("run(s) to train", log, process, seconds=200)
+        workers: list[int] = []
+        while len(workers) < 2:  # the line comes just before the workers are started
+            assert process.poll() is None, log.read_text(encoding="utf-8")[-3000:]
+            workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
+                                                          text=True, check=False).stdout.split()]  # fmt: skip
+        process.send_signal(getattr(signal, signum))
+        code = process.wait(timeout=120)
+    deadline = time.monotonic() + 120
+    while [pid for pid in workers if Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status")
+           .read_text()]:  # fmt: skip
+        assert time.monotonic() < deadline, "a worker outlived its command"
+        time.sleep(0.2)
+    text = log.read_text(encoding="utf-8")
+    assert len(workers) == 2 and "Termination signal" not in text and "C++ Traceback" not in text, text[-3000:]
+    assert code == (143 if signum == "SIGTERM" else -9), text[-3000:]
