@@ -514,11 +514,12 @@ def write_report(
         output.write_text(RESULTS_FILE, combined.model_dump_json(indent=2) + "\n")
         with output.file(LOSS_PLOT) as path:
             plot_losses(combined.headline, path, subject(combined.run.config))
+        classes = len(combined.run.data.labels)
         with output.file(PARETO_PLOT) as path:
-            plot_pareto(combined.headline, path, subject(combined.run.config))
+            plot_pareto(combined.headline, path, subject(combined.run.config), classes)
         if len({row.train_examples for row in combined.headline}) > 1:
             with output.file(LEARNING_PLOT) as path:
-                plot_learning_curve(combined.headline, path, subject(combined.run.config))
+                plot_learning_curve(combined.headline, path, subject(combined.run.config), classes)
         return output.write_text(report_file or combined.run.config.report_file, render_report(combined))
 
 

@@ -33,16 +33,21 @@ def test_the_demo_writes_a_whole_report_with_no_network(tmp_path: Path) -> None:
     report = (out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
     assert report.splitlines()[2].startswith("**This is a demo** (`python -m job demo`)")
     assert "## Summary" in report and "## Results" in report and "![Training loss per step]" in report
+    assert report.startswith("# `tiny-ernie-demo`: LoRA vs Full Fine-Tuning on synthetic-titles\n")
+    screen = "\n".join(report.splitlines()[:40])  # the first screen: each row's accuracy, difference and answer
+    assert "| Row | Test Accuracy | Difference (95% CI) | Answer |" in screen and screen.count("% ± ") >= 3
+    assert "- **lora (r=4, α=8, dropout=0.1, lr=0.02)**: " in screen and "It trains " in screen
+    assert "## Configuration" not in screen
     assert (out / "loss_curves.png").stat().st_size > 0 and (out / "pareto.png").stat().st_size > 0
     combined = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert len(combined["runs"]) == 10 and combined["missing_runs"] == []  # 2 strategies x 5 seeds
     assert {run["seed"] for run in combined["runs"]} == {1, 2, 3, 4, 5}
-    # LoRA learns: on 2 cores its test accuracy was 69-77% over seeds 1-5 (full fine-tuning 85-100%), chance
+    # LoRA learns: on 2 cores its test accuracy was 61-80% over seeds 1-5 (full fine-tuning 61-94%), chance
     # 6.7%; on random weights it stayed at 3.3% with its loss at ln 15. The bound leaves room for other CPUs.
     lora = [run for run in combined["runs"] if run["strategy"] == "lora"]
     assert [run["test"]["accuracy"] > 0.5 for run in lora] == [True] * 5, [run["test"]["accuracy"] for run in lora]
     assert all(run["step_losses"][-1] < 0.6 * run["step_losses"][0] for run in lora)
-    assert (out / "demo-inputs" / "model" / "model_state.pdparams").is_file()
+    assert (out / "demo-inputs" / "tiny-ernie-demo" / "model_state.pdparams").is_file()
     assert (out / "demo-inputs" / ".complete").is_file() and not list(out.glob(".demo-inputs.*"))
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=380, check=False)
     assert again.returncode == 0 and again.stderr.count("already done for config") == 10

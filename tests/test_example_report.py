@@ -79,3 +79,32 @@ def test_the_example_is_the_default_config_on_the_stand_in_where_lora_learns() -
     assert min(run["test"]["accuracy"] for run in lora) > 4 * chance  # chance is 6.7%; LoRA learns
     assert min(run["test"]["accuracy"] for run in full) > 4 * chance
     assert lora[0]["trainable_params"] / lora[0]["total_params"] < 0.02
+
+
+@pytest.mark.timeout(60)
+def test_the_first_screen_of_the_example_report_answers_the_question() -> None:
+    """The first 40 lines a reader sees (after the example's conditions): both rows' test accuracy with
+    its spread over seeds, LoRA's difference with its interval, the plain answer, and what LoRA saves;
+    the 69-line configuration comes last."""
+    import statistics
+
+    runs = [record["result"] for record in records()]
+    screen = "\n".join(example_report().splitlines()[:40])
+    for strategy in ("lora", "full_finetune"):
+        accuracies = [100 * run["test"]["accuracy"] for run in runs if run["strategy"] == strategy]
+        assert f"{statistics.fmean(accuracies):.1f}% ± {statistics.stdev(accuracies):.1f}" in screen, strategy
+    combined = write_report_combined()
+    low, high = (
+        f"{100 * value:+.1f}".replace("-", "−") for value in combined["comparison"]["accuracy_difference_ci95"]
+    )
+    assert f"({low} to {high})" in screen
+    assert f"**{combined['comparison']['labels']['lora']}**: {combined['comparison']['answer']}: " in screen
+    assert "It trains 1.60% of the weights, in " in screen and "## Configuration" not in screen
+    assert example_report().rstrip().endswith("```")  # the configuration closes the report
+
+
+def write_report_combined() -> dict:
+    from job.results.records import load_results
+    from job.results.verdict import combine
+
+    return json.loads(combine(load_results(open_output(str(EXAMPLE_DIR)))).model_dump_json())

@@ -156,15 +156,16 @@ def test_demo_inputs_are_built_whole_with_the_jobs_modes_and_a_half_built_folder
     finally:
         os.umask(old)
     assert inputs == out / "demo-inputs" and (inputs / ".complete").is_file()
-    assert len((inputs / "data" / "dev.json").read_text(encoding="utf-8").splitlines()) == job.demo.DEV_TITLES
+    dev = (inputs / job.demo.DATA / "dev.json").read_text(encoding="utf-8")
+    assert len(dev.splitlines()) == job.demo.DEV_TITLES
     modes = {oct(path.stat().st_mode & 0o777) for path in inputs.rglob("*") if path.is_file()}
     folders = {oct(path.stat().st_mode & 0o777) for path in [inputs, *inputs.rglob("*")] if path.is_dir()}
     assert modes == {"0o644"} and folders == {"0o755"}, (modes, folders)
     assert sorted(path.name for path in out.iterdir()) == ["demo-inputs"]  # no scratch left
-    weights = (inputs / "model" / "model_state.pdparams").stat().st_mtime_ns
+    weights = (inputs / job.demo.MODEL / "model_state.pdparams").stat().st_mtime_ns
     monkeypatch.setattr(job.demo, "pretrain_tiny_encoder", lambda folder, titles: pytest.fail("built again"))
     assert job.demo.build_inputs(str(out)) == inputs  # whole: reused
-    assert (inputs / "model" / "model_state.pdparams").stat().st_mtime_ns == weights
+    assert (inputs / job.demo.MODEL / "model_state.pdparams").stat().st_mtime_ns == weights
 
     def killed(folder: Path, titles: list[str]) -> None:
         raise KeyboardInterrupt

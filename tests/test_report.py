@@ -33,13 +33,13 @@ def test_mean_std_cells() -> None:
     assert cell(Stat(mean=52.25, std=1.5, n=3), 1) == "52.2 ± 1.5 (n=3)"
 
 
-def test_seed_config_keeps_the_seed_layout() -> None:
+def test_the_report_opens_with_the_answer_keeps_the_seeds_results_table_and_ends_with_the_config() -> None:
     report = pair(545)
     headings = [line for line in report.splitlines() if line.startswith("#")]
     assert headings[0] == "# ERNIE 3.0 Medium: LoRA vs Full Fine-Tuning"
-    # The answer first, then the seed's sections in the seed's order.
+    # The answer first, then the seed's sections in the seed's order, the configuration (69 lines) last.
     assert [h for h in headings if h.startswith("## ")] == [
-        "## Summary", "## Configuration", "## Results", "## Observations", "## Artifacts",
+        "## Summary", "## Results", "## Observations", "## Artifacts", "## Configuration",
     ]  # fmt: skip
     table = report.split("## Results\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
     expected = "| lora (r=16, α=32, dropout=0.1, lr=0.0005) | 306,447 | 75,734,031 | 50.0 | 0.5550 | 0.5450 |"
@@ -68,7 +68,7 @@ def test_observations_follow_the_verdict() -> None:
     assert "no significant difference, which is not evidence of none" in close
     assert "Verdict: worse: more than 1.0 point below full fine-tuning (95% CI −" in far
     assert "LoRA is 17.0 points below full fine-tuning" in far and "full fine-tuning is significantly better" in far
-    assert "LoRA trained 0.41% as many parameters as full fine-tuning (306,447 vs 75,439,119)." in far
+    assert "LoRA trained 0.405% of its weights (306,447 of 75,734,031); full fine-tuning trained all 75,439,119." in far
 
 
 def test_observations_follow_the_time_ratio_and_chance_level() -> None:
@@ -90,7 +90,7 @@ def test_tables_show_every_row_with_its_numbers() -> None:
                                    seconds=100.0)], LABELS))  # fmt: skip
     run = full.runs[0]  # the row's own costs, as its record gives them
     assert (run.peak_memory_mb, run.optimizer_state_mb, run.checkpoint_mb) == (2310.5, 575.5105, 287.70105)
-    assert "| full_finetune (lr=5e-05) | 5.1 | 2,310 | 575.5 | 287.7 | 100.000% |" in efficiency_table(
+    assert "| full_finetune (lr=5e-05) | 5.1 | 2,310 | 575.5 | 287.7 | 100% |" in efficiency_table(
         full.headline, full.runs
     )
 
@@ -128,32 +128,45 @@ def three_seed_records(lora_test: int = 545, full_test: int = 550, **config: obj
     return saved
 
 
-def test_the_report_opens_with_each_rows_answer_and_its_own_savings() -> None:
+def test_the_report_opens_with_each_rows_answer_accuracies_difference_and_its_own_savings() -> None:
     import statistics
 
     combined = combine(three_seed_records())
     report = render_report(combined)
-    summary = report.split("## Summary\n\n", 1)[1].split("## Configuration", 1)[0]
+    summary = report.split("## Summary\n\n", 1)[1].split("## Results", 1)[0]
     c = combined.comparison
     assert c is not None
-    first = summary.splitlines()[0]
-    assert first.startswith(f"- **{c.labels['lora']}**: {c.answer}: ") and c.verdict in first
     lora, full = ([r for r in combined.runs if r.strategy == name] for name in ("lora", "full_finetune"))
 
     def mean(runs: list, field: str) -> float:
         return statistics.fmean(getattr(r, field) for r in runs)
 
+    accuracy, full_accuracy = (statistics.fmean(r.test.accuracy for r in runs) for runs in (lora, full))
+    spread, full_spread = (statistics.stdev(r.test.accuracy for r in runs) for runs in (lora, full))
+    low, high = c.accuracy_difference_ci95
+    first = summary.splitlines()[0]
+    assert first.startswith(f"- **{c.labels['lora']}**: not shown to be good enough: it may be more than 1.0 point "
+                            "below full fine-tuning. ")  # fmt: skip
+    assert (f"Test accuracy {100 * accuracy:.1f}% ± {100 * spread:.1f} against full fine-tuning's "
+            f"{100 * full_accuracy:.1f}% ± {100 * full_spread:.1f} (3 seeds x 1,000 titles): ") in first  # fmt: skip
+    difference = f"{100 * c.accuracy_difference:+.1f} ({100 * low:+.1f} to {100 * high:+.1f})".replace("-", "−")
+    assert f"{difference} points." in first
     memory, full_memory = mean(lora, "peak_memory_mb"), mean(full, "peak_memory_mb")
-    seconds, full_seconds = mean(lora, "training_seconds"), mean(full, "training_seconds")
+    seconds = mean(lora, "training_seconds")
     disk, full_disk = mean(lora, "checkpoint_mb"), mean(full, "checkpoint_mb")
     assert (round(memory), round(full_memory)) == (1027, 2320)  # each run's own figure, averaged over its seeds
+    assert ("It trains 0.405% of the weights, in 44.2% of the peak memory and 40.4% of the training time, and "
+            "stores 0.418% as much.") in first  # fmt: skip
     row = (
-        f"| {c.labels['lora']} | {c.answer} | 0.405% | {memory:,.0f} ({memory / full_memory:.0%}) | "
-        f"{seconds:.1f} ({seconds / full_seconds:.0%}) | {disk:.3f} ({disk / full_disk:.0%}) |"
+        f"| {c.labels['lora']} | {100 * accuracy:.1f}% ± {100 * spread:.1f} | {difference} | not shown to be good "
+        f"enough | 0.405% | {memory:,.0f} (44.2%) | {seconds:.1f} (40.4%) | {disk:.3f} (0.418%) |"
     )
-    assert row in summary and "| 1,027 (44%) | 42.0 (40%) | 1.203 (0%) |" in row
-    assert f"| full_finetune (lr=5e-05) | (the reference) | 100.000% | 2,320 | 104.0 | {full_disk:.1f} |" in summary
-    assert report.index("## Summary") < report.index("## Configuration")
+    assert row in summary, summary
+    assert (f"| full_finetune (lr=5e-05) | {100 * full_accuracy:.1f}% ± {100 * full_spread:.1f} | – | (the reference) "
+            f"| 100% | 2,320 | 104.0 | {full_disk:.1f} |") in summary  # fmt: skip
+    sure = summary.split("### How sure\n\n", 1)[1]
+    assert sure.startswith(f"- **{c.labels['lora']}**: 95% CI −") and "t = " in sure
+    assert len(report[: report.index("### How sure")].splitlines()) < 20  # the answer on the first screen
 
 
 def test_an_untuned_lora_rate_is_warned_about_and_a_rate_of_its_own_is_not() -> None:
@@ -163,7 +176,7 @@ def test_an_untuned_lora_rate_is_warned_about_and_a_rate_of_its_own_is_not() -> 
         "adapter recipes use about 10 times full fine-tuning's rate, and at its rate an adapter may barely move: "
         "set `lora_learning_rate`"
     )
-    assert warning in shared.split("## Configuration")[0]
+    assert warning in shared.split("## Results")[0]
     assert "**Warning:**" not in render_report(combine(three_seed_records(lora_learning_rate=5e-4)))
 
 
@@ -176,13 +189,14 @@ def test_at_chance_the_report_ranks_nothing_and_says_why() -> None:
     ranked = report.split("### Accuracy against cost\n\n", 1)[1]
     assert ranked.startswith("Not ranked: every row is within two standard errors of chance (6.7% for 15 classes)")
     assert "| Rank by test accuracy |" not in report and "On the accuracy-cost front" not in report
-    assert "every row is within two standard errors of chance" in report.split("## Configuration")[0]
+    assert "every row is within two standard errors of chance" in report.split("## Results")[0]
     summary = report.split("## Summary")[1].split("## ")[0]
-    # Two untrained models that agree are not "good enough": the answer says so, in the line and the table
-    assert summary.count("no answer: it and full fine-tuning are both at chance (6.7% for 15 classes)") == 2
-    assert summary.count("| no answer (at chance) |") == 2 and "| good enough |" not in summary
+    # Against an untrained reference nothing is "good enough": the answer says so, in the line and the table
+    assert summary.count("no answer: full fine-tuning is at chance (6.7% for 15 classes), so nothing can be good "
+                         "enough against it") == 2  # fmt: skip
+    assert summary.count("| no answer |") == 2 and "| good enough |" not in summary
     verdicts = [line for line in report.splitlines() if line.startswith("- Verdict")]
-    assert verdicts and all("no answer: it and full fine-tuning are both at chance" in line for line in verdicts)
+    assert verdicts and all("no answer: full fine-tuning is at chance" in line for line in verdicts)
     # One row that learned: the rows are ranked.
     learned = [*chance_runs[:2], result("full_finetune", lr=5e-5, seed=1, dev_right=70, test_right=600, labels=LABELS)]
     assert "| Rank by test accuracy |" in render_report(combine(records(learned, LABELS)))
@@ -192,23 +206,34 @@ def test_at_chance_the_report_ranks_nothing_and_says_why() -> None:
 def test_the_pareto_plot_has_error_bars_of_the_seeds_spread(seeds: tuple[int, ...], bars: bool, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """Each point's vertical bar is its row's test-accuracy std over seeds (in points), and the time
-    axis its training-time std: none with one seed, so a difference within noise does not look clear."""
+    axis its training-time std: none with one seed, so a difference within noise does not look clear, and
+    then the title says n = 1. Each panel draws the chance line (100 / 15 classes)."""
     import matplotlib.axes
+    import matplotlib.figure
 
     from job.results.plot import plot_pareto
 
     drawn: list[tuple[float, float]] = []
-    original = matplotlib.axes.Axes.errorbar
+    lines: list[float] = []
+    titles: list[str] = []
+    original, horizontal, suptitle = (matplotlib.axes.Axes.errorbar, matplotlib.axes.Axes.axhline,
+                                      matplotlib.figure.Figure.suptitle)  # fmt: skip
 
     def errorbar(self, x, y, *args, yerr=None, xerr=None, **kwargs):
         drawn.append((float(yerr or 0.0), float(xerr or 0.0)))
         return original(self, x, y, *args, yerr=yerr, xerr=xerr, **kwargs)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", errorbar)
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "axhline", lambda self, y, **k: lines.append(y) or horizontal(self, y, **k)
+    )
+    monkeypatch.setattr(
+        matplotlib.figure.Figure, "suptitle", lambda self, t, **k: titles.append(t) or suptitle(self, t, **k)
+    )
     combined = combine(three_seed_records() if bars else records(
         [result("lora", lr=5e-4, seed=42, dev_right=555, test_right=545, labels=LABELS),
          result("full_finetune", lr=5e-5, seed=42, dev_right=560, test_right=550, labels=LABELS)], LABELS))  # fmt: skip
-    path = plot_pareto(combined.headline, tmp_path / "pareto.png", "ERNIE 3.0 Medium on TNEWS")
+    path = plot_pareto(combined.headline, tmp_path / "pareto.png", "ERNIE 3.0 Medium on TNEWS", 15)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     flat = [value for pair in drawn for value in pair]
     expected = []  # per row: the parameters panel's bars, then the time panel's
@@ -217,6 +242,8 @@ def test_the_pareto_plot_has_error_bars_of_the_seeds_spread(seeds: tuple[int, ..
         expected += [spread, 0.0, spread, row.training_seconds.std]
     assert flat == pytest.approx(expected)
     assert any(value > 0 for value in flat) is bars
+    assert lines == pytest.approx([100 / 15, 100 / 15])
+    assert titles[0].endswith("(mean ± std over 3 seeds)" if bars else "(one seed: no spread shown, n = 1)")
 
 
 def test_with_one_seed_runs_that_started_from_other_weights_are_named_not_called_the_same() -> None:

@@ -74,9 +74,10 @@ def plot_losses(rows: Sequence[HeadlineRow], path: Path, subject: str) -> Path:
     return path
 
 
-def plot_pareto(rows: Sequence[HeadlineRow], path: Path, subject: str) -> Path:
+def plot_pareto(rows: Sequence[HeadlineRow], path: Path, subject: str, classes: int) -> Path:
     """Test accuracy (mean, error bars: std over seeds) against trainable parameters (log scale) and
-    against training time: one point per headline row."""
+    against training time: one point per headline row, with the chance line (1 / classes) so a gap of
+    two points on an axis that starts near chance reads as what it is."""
     with figure_to(path, nrows=1, ncols=2, figsize=(11, 4.5), dpi=110) as (figure, (by_params, by_time)):
         for row in rows:
             accuracy, spread = 100 * row.test_accuracy.mean, 100 * row.test_accuracy.std
@@ -89,19 +90,24 @@ def plot_pareto(rows: Sequence[HeadlineRow], path: Path, subject: str) -> Path:
         by_params.set_xlabel("trainable parameters (log scale)")
         by_time.set_xlabel("training time (s)")
         for axes in (by_params, by_time):
+            chance_line(axes, classes)
             axes.margins(x=0.2, y=0.15)  # room for the point labels
             axes.set_ylabel("test accuracy (%)")
             axes.grid(alpha=0.3, which="both")
         by_params.legend(fontsize="small", loc="best")
         seeds = max(len(row.seeds) for row in rows)
-        figure.suptitle(
-            f"{subject}: test accuracy against cost" + (f" (mean ± std over {seeds} seeds)" if seeds > 1 else ""),
-            fontsize="medium",
-        )
+        spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed: no spread shown, n = 1"
+        figure.suptitle(f"{subject}: test accuracy against cost ({spread})", fontsize="medium")
     return path
 
 
-def plot_learning_curve(rows: Sequence[HeadlineRow], path: Path, subject: str) -> Path:
+def chance_line(axes: Any, classes: int) -> None:
+    """A dashed line at chance, 100 / classes %, inside the axis's range."""
+    chance = 100 / classes
+    axes.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.1f}%)")
+
+
+def plot_learning_curve(rows: Sequence[HeadlineRow], path: Path, subject: str, classes: int) -> Path:
     """Test accuracy (mean, error bars: std over seeds) against the training rows, one line per strategy
     and shape (its rows at each size, each at the rate chosen on dev there)."""
     import re
@@ -115,6 +121,7 @@ def plot_learning_curve(rows: Sequence[HeadlineRow], path: Path, subject: str) -
             axes.errorbar([row.train_examples for row in members], [100 * row.test_accuracy.mean for row in members],
                           yerr=[100 * row.test_accuracy.std for row in members], fmt="o-", capsize=4,
                           label=label + _seeds_note(members[0]))  # fmt: skip
+        chance_line(axes, classes)
         axes.set_xscale("log")
         axes.set_xlabel("training rows (log scale)")
         axes.set_ylabel("test accuracy (%)")

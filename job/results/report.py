@@ -7,27 +7,25 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from job.config.schema import JobConfig, own_key
+from job.config.schema import JobConfig
 from job.data.tasks import CLUE_TASKS, DEFAULT_DATASET, OWN, dataset_title
 from job.output.layout import LEARNING_PLOT, LOSS_PLOT, PARETO_PLOT
+from job.results.answer import answers, unless_at_chance, weights_share
 from job.results.front import at_chance, pareto_front, row_memory
-from job.results.schema import Combined, Comparison, HeadlineRow, RunFacts, RunResult
+from job.results.schema import Combined, HeadlineRow, RunFacts, RunResult
 from job.results.tables import (
     FRONT_COLUMNS,
-    SUMMARY_COLUMNS,
     cell,
     comparison_details,
     efficiency_table,
     markdown_table,
-    megabytes_text,
-    memory_text,
     per_class_table,
     rate_choice,
     results_table,
-    row_costs,
     runs_table,
 )
-from job.results.verdict import answer_text, best_row, points, test_text
+from job.results.verdict import best_row, points
+from job.training.model import looks_like_a_path
 from job.training.runs import rate_text
 from job.training.strategies import STRATEGIES, baseline, compared
 from job.training.update_rank import WEIGHT_KINDS
@@ -57,10 +55,11 @@ def render_report(combined: Combined) -> str:
         _introduction(combined),
         "## Summary\n\n" + answers(combined),
         _run_facts(combined),
-        "## Configuration\n\n```json\n" + json.dumps(run.config.model_dump(), indent=2, ensure_ascii=False) + "\n```",
         "## Results\n\n" + results,
         "## Observations\n\n" + "\n".join(f"- {line}" for line in observations(combined)),
         "## Artifacts\n\n" + "\n".join(f"- {line}" for line in artifact_lines(runs)),
+        "## Configuration\n\nThe resolved config these runs trained with (also `run.config` in results.json):\n\n"
+        "```json\n" + json.dumps(run.config.model_dump(), indent=2, ensure_ascii=False) + "\n```",
     ]
     return "\n\n".join(sections) + "\n"
 
@@ -69,7 +68,10 @@ def render_report(combined: Combined) -> str:
 
 
 def model_title(model_name: str) -> str:
-    return SEED_MODEL_TITLE if model_name == SEED_MODEL else model_name
+    """ERNIE 3.0 Medium; a model folder by its own name (`ernie-standin-tnews`, not the path to it)."""
+    if model_name == SEED_MODEL:
+        return SEED_MODEL_TITLE
+    return Path(model_name).name if looks_like_a_path(model_name) else model_name
 
 
 def data_title(config: JobConfig) -> str:
@@ -85,7 +87,7 @@ def subject(config: JobConfig) -> str:
 def title(config: JobConfig) -> str:
     """The seed's title for the seed's model and task; any other model or task is named in it."""
     on = "" if config.dataset == DEFAULT_DATASET else f" on {data_title(config)}"
-    model = SEED_MODEL_TITLE if config.model_name == SEED_MODEL else f"`{config.model_name}`"
+    model = SEED_MODEL_TITLE if config.model_name == SEED_MODEL else f"`{model_title(config.model_name)}`"
     return f"# {model}: LoRA vs Full Fine-Tuning{on}"
 
 
@@ -172,112 +174,6 @@ def _run_facts(combined: Combined) -> str:
 # ---------------------------------------------------------------- the answer
 
 
-def answers(combined: Combined) -> str:
-    """The report's opening: for each compared row, the answer to "is it good enough?" and what it saves
-    against full fine-tuning; then what undermines the answers (chance, an untuned rate)."""
-    rows, base = combined.headline, baseline()
-    full = best_row(rows, base.name)  # the row every comparison is against
-    if full is None or not combined.comparisons:
-        missing = "no full fine-tuning row" if full is None else "no row to compare with full fine-tuning"
-        return f"No answer: {missing} in these results." + _warnings_text(combined)
-    by_group = {row.group: row for row in rows}
-    lines = []
-    for c in combined.comparisons:
-        lines.append(f"- **{c.labels[next(iter(c.labels))]}**: {unless_at_chance(combined, c, answer_text(c))}. "
-                     f"{test_text(c)}.")  # fmt: skip
-    table_rows = []
-    for c in combined.comparisons:  # each against the full fine-tuning row it was compared with
-        reference = by_group.get(c.baseline_group, full)
-        table_rows.append(_saving_row(by_group[c.group], reference, combined, c))
-    for group in dict.fromkeys(c.baseline_group or full.group for c in combined.comparisons):
-        table_rows.append(_saving_row(by_group.get(group, full), by_group.get(group, full), combined, None))
-    note = (
-        f"Margin {points(combined.comparisons[0].margin)} (`margin`; `job report --margin` judges these runs "
-        f"again at another). What each row costs: the share of weights it trains, and its own peak memory, "
-        f"training time and trained weights stored (means over its seeds; in brackets, as a share of {base.title}'s)."
-    )
-    return (
-        "\n".join(lines)
-        + "\n\n"
-        + markdown_table("Row", SUMMARY_COLUMNS, table_rows)
-        + "\n\n"
-        + note
-        + _warnings_text(combined)
-    )
-
-
-def _saving_row(row: HeadlineRow, full: HeadlineRow, combined: Combined, c: Comparison | None) -> list[str]:
-    memory, seconds, disk = row_costs(row, combined.runs)
-    full_memory, full_seconds, full_disk = row_costs(full, combined.runs)
-
-    def against(value: float, reference: float, text: str) -> str:
-        if c is None or not reference:
-            return text
-        return f"{text} ({value / reference:.0%})"
-
-    return [
-        row.label,
-        "(the reference)" if c is None else "no answer (at chance)" if both_at_chance(combined, c) else c.answer,
-        f"{100 * row.trainable_params / row.total_params:.3f}%",
-        against(memory, full_memory, memory_text(memory)),
-        against(seconds, full_seconds, f"{seconds:.1f}"),
-        against(disk, full_disk, megabytes_text(disk)),
-    ]
-
-
-def _warnings_text(combined: Combined) -> str:
-    lines = _answer_warnings(combined)
-    return "\n\n" + "\n".join(f"- **Warning:** {line}" for line in lines) if lines else ""
-
-
-def both_at_chance(combined: Combined, c: Comparison) -> bool:
-    """The compared row and the full fine-tuning row it was compared with are both at chance."""
-    by_group = {row.group: row for row in combined.headline}
-    classes, titles = len(combined.run.data.labels), combined.run.data.test.examples
-    reference = by_group.get(c.baseline_group) or best_row(combined.headline, baseline().name)
-    return reference is not None and all(at_chance(row, classes, titles) for row in (by_group[c.group], reference))
-
-
-def unless_at_chance(combined: Combined, c: Comparison, said: str) -> str:
-    """`said` (an answer or a verdict), unless both rows are at chance: two untrained models that agree
-    would read as "good enough", a finding about nothing."""
-    if not both_at_chance(combined, c):
-        return said
-    classes = len(combined.run.data.labels)
-    return (f"no answer: it and {baseline().title} are both at chance ({100 / classes:.1f}% for {classes} classes), "
-            f"so agreeing says nothing (the numbers alone read: {said})")  # fmt: skip
-
-
-def _answer_warnings(combined: Combined) -> list[str]:
-    """What makes the answers weaker than they read: rows at chance, a LoRA-family rate left untuned."""
-    rows, run = combined.headline, combined.run
-    classes, titles = len(run.data.labels), run.data.test.examples
-    lines = []
-    chance_rows = [row.label for row in rows if at_chance(row, classes, titles)]
-    if chance_rows and len(chance_rows) == len(rows):
-        lines.append(
-            f"every row is within two standard errors of chance ({100 / classes:.1f}% for {classes} classes): the "
-            "answers compare models that have not learned the task, and nothing is ranked"
-        )
-    elif any(row.strategy == baseline().name and row.label in chance_rows for row in rows):
-        lines.append(f"{baseline().title} is at chance: being as good as it says nothing about the task")
-    config = run.config
-    shared = config.learning_rates_for(baseline().name)
-    for name in dict.fromkeys(row.strategy for row in rows):
-        strategy = STRATEGIES[name]
-        if strategy.adapter_options is None or name == baseline().name:
-            continue
-        key = own_key(name, "learning_rate")
-        if getattr(config, key, None) is None and config.learning_rates_for(name) == shared:
-            rates = ", ".join(rate_text(rate) for rate in shared)
-            lines.append(
-                f"{strategy.title} trained at {baseline().title}'s learning rate ({rates}) with no rate of its own "
-                f"swept; adapter recipes use about 10 times full fine-tuning's rate, and at its rate an adapter may "
-                f"barely move: set `{key}` (a list is swept and chosen on dev)"
-            )
-    return lines
-
-
 def _file_check(name: str, check: str) -> str:
     """A sha256 shortened to 12 hex digits; any other check (PaddleNLP's md5) as it is."""
     is_sha256 = len(check) == 64 and all(c in "0123456789abcdef" for c in check)
@@ -299,8 +195,8 @@ def observations(combined: Combined) -> list[str]:
             alone = sum(other.strategy == row.strategy for other in others) == 1
             name = STRATEGIES[row.strategy].title if alone else row.label
             lines.append(
-                f"{name} trained {row.trainable_params / full.trainable_params:.2%} as many parameters as full "
-                f"fine-tuning ({row.trainable_params:,} vs {full.trainable_params:,})."
+                f"{name} trained {weights_share(row)} of its weights ({row.trainable_params:,} of "
+                f"{row.total_params:,}); {baseline().title} trained all {full.trainable_params:,}."
             )
     c = combined.comparison
     if c is not None:
@@ -432,7 +328,7 @@ def _cost_line(row: HeadlineRow, run: RunFacts) -> str:
     timing = f"{seconds.mean:.1f} s" if seconds.n == 1 else f"{seconds.mean:.1f} ± {seconds.std:.1f} s per seed"
     return (
         f"{row.label} trained {row.trainable_params:,} of {row.total_params:,} parameters "
-        f"({100 * row.trainable_params / row.total_params:.3f}%) in {timing} on {run.device.name}; test macro-F1 "
+        f"({weights_share(row)}) in {timing} on {run.device.name}; test macro-F1 "
         f"{cell(row.test_macro_f1, 4)}."
     )
 

@@ -23,7 +23,8 @@ RUN_COLUMNS = (
 )  # fmt: skip
 FRONT_COLUMNS = ("Test Accuracy", "Trainable Params", "Training Time (s)", "Peak Memory (MB)", "Pareto")
 SUMMARY_COLUMNS = (
-    "Answer", "Weights Trained", "Peak Memory (MB)", "Training Time (s)", "Size on Disk (MB)",
+    "Test Accuracy", "Difference (95% CI)", "Answer", "Weights Trained", "Peak Memory (MB)", "Training Time (s)",
+    "Size on Disk (MB)",
 )  # fmt: skip
 EFFICIENCY_COLUMNS = (
     "Samples/s", "Peak Memory (MB)", "Optimizer State (MB)", "Checkpoint Size (MB)", "Parameters Trained",
@@ -151,7 +152,7 @@ def efficiency_table(rows: Sequence[HeadlineRow], runs: Sequence[RunResult]) -> 
                 f"{memory:,.0f}",
                 megabytes_text(optimizer),
                 megabytes_text(checkpoint),
-                f"{100 * row.trainable_params / row.total_params:.3f}%",
+                share_text(row.trainable_params, row.total_params),
             ]
         )
     note = (
@@ -235,6 +236,14 @@ def per_class_table(rows: Sequence[HeadlineRow], labels: Labels) -> str:
         "`run.data.labels`."
     )
     return markdown_table("Class", [row.label for row in rows], body) + "\n\n" + note
+
+
+def share_text(part: float, whole: float) -> str:
+    """One way to write every share in the report: three significant digits, never a bare 0%."""
+    if not whole:
+        return "–"
+    share = 100 * part / whole
+    return f"{share:#.3g}".rstrip(".") + "%" if share >= 0.001 else "<0.001%"  # 1.60%, 72.9%, 100%
 
 
 def memory_text(value: float) -> str:
