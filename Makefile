@@ -23,7 +23,7 @@ define compose_run
 	docker rm $(CONTAINER) >/dev/null 2>&1; exit $$code
 endef
 
-.PHONY: help venv lock demo example example-run bench bench-workers bench-peer parity parity-record doctor docs test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
+.PHONY: help venv venv-gpu lock demo example example-run bench bench-workers bench-peer parity parity-record doctor docs test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,21 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproj
 	touch $@
 
 venv: $(VENV)/.installed ## create or update the local virtual environment (pinned packages)
+
+# The GPU venv: Paddle's GPU build of the pinned version from Paddle's own index (the GPU image's CUDA,
+# read from Dockerfile.gpu), then everything else as the CPU venv has it.
+GPU_VENV ?= .venv-gpu
+PADDLE_INDEX_URL ?= $(shell sed -n 's/^ARG PADDLE_INDEX_URL=//p' Dockerfile.gpu)
+$(GPU_VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml Dockerfile.gpu
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install --quiet $(if $(PADDLE_INDEX_URL),--extra-index-url $(PADDLE_INDEX_URL)) \
+	  "paddlepaddle-gpu==$$(sed -n 's/^paddlepaddle==//p' requirements.txt)" -c constraints.txt
+	grep -v '^paddlepaddle==' requirements.txt > $(GPU_VENV)/requirements-no-paddle.txt
+	$(GPU_VENV)/bin/pip install --quiet -r $(GPU_VENV)/requirements-no-paddle.txt -r requirements-dev.txt -c constraints.txt
+	$(GPU_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+venv-gpu: $(GPU_VENV)/.installed ## the venv with Paddle's GPU build (the GPU image's CUDA 12.6; PADDLE_INDEX_URL=.../cu129/ for Blackwell); then VENV=.venv-gpu make run-local
 
 lock: venv ## re-resolve constraints.txt from the venv after changing a pin
 	(echo "# Every package version the venv and both images resolve to (regenerate: make lock)."; \

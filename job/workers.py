@@ -61,6 +61,7 @@ from job.pipeline import (
 from job.results.records import save_result
 from job.results.schema import ResultRecord
 from job.runtime.cpu import CHOSEN, HANDED_VARIABLE, available_cpus
+from job.runtime.device import nvidia_smi_list
 from job.runtime.device_faults import poisons_process
 from job.runtime.ranks import Ranks
 from job.runtime.signals import StopRequest
@@ -121,14 +122,6 @@ def gpu_memory_mb(gpus: list[str]) -> list[int]:
         except (OSError, RuntimeError, ValueError, AssertionError):
             sizes.append(0)
     return sizes
-
-
-def nvidia_smi_list() -> str:
-    """`nvidia-smi -L`: the node's GPUs and their MIG slices; "" where it is missing or fails."""
-    try:
-        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 GPU_LINE = re.compile(r"^GPU (\d+): .*\(UUID: (GPU-[^)]+)\)")

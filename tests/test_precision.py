@@ -164,3 +164,35 @@ def test_a_gpu_device_names_the_nodes_gpu_behind_cuda_visible_devices(
     monkeypatch.delenv("FLAGS_selected_gpus", raising=False)
     chosen = select_device("auto")
     assert chosen.description == f"{named}NVIDIA A100-SXM4-80GB, compute capability 8.0)"
+
+
+def test_auto_on_a_cpu_build_where_nvidia_smi_lists_gpus_warns_loudly_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GPU node running the CPU venv: the only sign was `falling back to CPU`."""
+    import job.runtime.device as device
+    from job.runtime.device import select_device
+
+    monkeypatch.setattr(
+        device, "nvidia_smi_list", lambda: "GPU 0: NVIDIA L4 (UUID: GPU-1)\nGPU 1: NVIDIA L4 (UUID: GPU-2)\n"
+    )
+    chosen = select_device("auto")
+    assert chosen.name == "cpu" and chosen.reason.startswith(
+        "auto: this Paddle build has no CUDA support, falling back"
+    )
+    assert ("WARNING: nvidia-smi lists 2 GPU(s), but this is Paddle's CPU build: install the GPU build (`make "
+            "venv-gpu`, then VENV=.venv-gpu) or run the GPU image (`make run-gpu`)") in chosen.reason  # fmt: skip
+    monkeypatch.setattr(device, "nvidia_smi_list", lambda: "")
+    assert "WARNING" not in select_device("auto").reason and "WARNING" not in select_device("cpu").reason
+
+
+def test_make_venv_gpu_installs_paddles_gpu_build_of_the_pinned_version_from_the_images_index() -> None:
+    import re
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    dry = subprocess.run(["make", "-n", "venv-gpu", "GPU_VENV=/nonexistent/venv-gpu"], cwd=root, capture_output=True,
+                         text=True, timeout=60, check=True).stdout  # fmt: skip
+    image_index = re.search(r"^ARG PADDLE_INDEX_URL=(.+)$", (root / "Dockerfile.gpu").read_text(), re.M)[1]
+    assert f"--extra-index-url {image_index}" in dry and '"paddlepaddle-gpu==$(sed -n ' in dry
+    assert "-r /nonexistent/venv-gpu/requirements-no-paddle.txt -r requirements-dev.txt -c constraints.txt" in dry

@@ -19,7 +19,8 @@ FOREIGN_KEYS: dict[str, str] = {
     "loraplus_lr_ratio": "the job's key is 'lora_plus_ratio'",
     "fp16": "the job's key is 'precision' (fp32, bf16, fp16 or auto)",
     "bf16": "the job's key is 'precision' (fp32, bf16, fp16 or auto)",
-    "tf32": "the job's key is 'precision'",
+    "tf32": "fp32 matmuls run as TF32 from compute capability 8.0 (Paddle's default; each record's 'tf32' says "
+    "so); the job's key is 'precision'",
     "evaluation_strategy": "dev is scored every 'eval_steps' steps (and at the end)",
     "eval_strategy": "dev is scored every 'eval_steps' steps (and at the end)",
     "load_best_model_at_end": "the job's key is 'select_checkpoint: best_dev' (with 'eval_steps')",

@@ -50,6 +50,21 @@ def gpu_available() -> GpuCheck:
     return GpuCheck(True, f"{count} GPU(s) visible")
 
 
+def nvidia_smi_list() -> str:
+    """`nvidia-smi -L`: the node's GPUs and their MIG slices; "" where it is missing or fails."""
+    import subprocess
+
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def listed_gpus(listing: str) -> int:
+    """How many GPUs `nvidia-smi -L` lists."""
+    return sum(1 for line in listing.splitlines() if line.startswith("GPU "))
+
+
 def build_context() -> None:
     """One tiny op on the device just selected, so that every fault of building the GPU context (since
     Paddle 3.1 an architecture the wheel lacks raises here, at the first tensor, not at set_device)
@@ -91,6 +106,9 @@ def select_device(requested: str) -> DeviceChoice:
     use_contiguous_kernels()
     threads = os.environ.get("OMP_NUM_THREADS", "?")
     reason = "requested" if requested == "cpu" else f"auto: {check.why}, falling back to CPU"
+    if requested == "auto" and not paddle.is_compiled_with_cuda() and (gpus := listed_gpus(nvidia_smi_list())):
+        reason += (f". WARNING: nvidia-smi lists {gpus} GPU(s), but this is Paddle's CPU build: install the GPU build "
+                   "(`make venv-gpu`, then VENV=.venv-gpu) or run the GPU image (`make run-gpu`)")  # fmt: skip
     return DeviceChoice("cpu", f"cpu ({threads} threads)", reason)
 
 
