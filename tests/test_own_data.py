@@ -69,7 +69,7 @@ def test_a_three_class_csv_with_its_own_columns_trains_both_strategies_and_predi
     assert [run["strategy"] for run in results["runs"]] == ["lora", "full_finetune"]
     assert all(len(run["test"]["per_class_accuracy"]) == 3 for run in results["runs"])
     report = (out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
-    assert report.startswith(f"# `{tiny_model}`: LoRA vs Full Fine-Tuning on {review_dir.name}\n")
+    assert report.startswith(f"# `{tiny_model.name}`: LoRA vs Full Fine-Tuning on {review_dir.name}\n")
     assert f"the labelled data in `{review_dir}` (text `text`, label `category`) (3 classes)" in report
     table = report.split("### Test accuracy per class")[1].split("![")[0]
     assert [line.split(" | ")[0].strip("| ") for line in table.strip().splitlines()[2:]] == expected
@@ -280,3 +280,23 @@ def test_run_stops_with_exit_2_at_a_dev_label_train_does_not_have(tmp_path: Path
                                 label_column="category")  # fmt: skip
     assert code == 2 and f"{folder / 'dev.csv'}:6: label '其他' is not one of the labels of train.csv" in log
     assert "Traceback" not in log and not (out / "results").exists()
+
+
+def test_the_log_says_how_much_of_train_was_carved_for_test(tmp_path: Path) -> None:
+    """240 train rows, no test file, max_eval_samples 120: half of train becomes test. The train line said
+    "120 of 240 rows" as if the rest were merely unused."""
+    from job.data.sampling import draw_samples
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_csv(folder / "train.csv", ["sentence", "label"], [(f"{text}{i}", label) for i, (text, label) in
+                                                             enumerate(reviews(240, 1))])  # fmt: skip
+    write_csv(folder / "dev.csv", ["sentence", "label"], reviews(30, 2))
+    raw = read_source(DataSpec(dataset="own", data_dir=str(folder)))
+    splits = draw_samples(raw, 1000, 120, seed=1)
+    assert len(splits.test.examples) == 120 and len(splits.train.examples) == 120
+    assert splits.train.source.endswith(
+        "train, 120 of 240 rows (not the 120 carved for test or sharing a test title) (max_train_samples is 1,000: "
+        "fewer rows exist, all are used)"
+    ), splits.train.source
+    assert "carved from train" in splits.test.source and "120 rows" in splits.test.source

@@ -60,7 +60,9 @@ def test_plan_command_prints_every_run_and_the_array_size(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[-1] == "array size: 6"  # last, for scripts; before it what the comparison can show
-    assert lines[6] == "work: 6 runs, 64 optimizer steps each, 384 in all; each scores 256 dev and 256 test titles"
+    assert lines[6] == "work: 6 runs, 64 optimizer steps each, 384 in all; each scores up to 256 dev and 256 test " + (
+        "titles" + CARVE
+    )
     assert lines[7].startswith("comparison: 256 test titles x 2 seeds: finds no true difference with 80% power")
     assert lines[8].startswith("two seeds: the interval's critical value is widened about 2.7x")
     assert lines[0].split()[:3] == ["0", "lora_r16_a32_lr0.0001_s42", "strategy=lora"]
@@ -122,6 +124,9 @@ def test_lokrs_dimension_splits_the_second_factor_only_below_half_its_larger_sid
     assert factors(768, 3072, 16)["lokr_w2_a"] == (64, 16) and "lokr_w2" in factors(768, 3072, 32)
 
 
+CARVE = " (fewer when the data has fewer; a test split carved from train takes at most half of it)"
+
+
 @pytest.mark.timeout(60)
 def test_the_plan_states_the_work_its_runs_do_whatever_the_device() -> None:
     from job.config.plan import plan_work
@@ -129,11 +134,12 @@ def test_the_plan_states_the_work_its_runs_do_whatever_the_device() -> None:
 
     config = load_config(ROOT / "configs" / "tnews_answer.yaml")
     assert plan_work(plan_runs(config), config.max_eval_samples) == (
-        "work: 16 runs, 1,875 optimizer steps each, 30,000 in all; each scores 2,000 dev and 2,000 test titles"
+        "work: 16 runs, 1,875 optimizer steps each, 30,000 in all; each scores up to 2,000 dev and 2,000 test titles"
+        + CARVE
     )  # 10,000 titles / batch 16 = 625 a epoch, x 3 epochs
     odd = validate_config({"max_train_samples": [1000, 100], "batch_size": 16, "num_epochs": 3, "seed": [1, 2]})
     assert plan_work(plan_runs(odd), odd.max_eval_samples) == (
-        "work: 8 runs, 21 to 189 steps, 840 in all; each scores 256 dev and 256 test titles"
+        "work: 8 runs, 21 to 189 steps, 840 in all; each scores up to 256 dev and 256 test titles" + CARVE
     )  # a partial last batch is a step: 63 and 7 a epoch
     everything = validate_config({"max_train_samples": None})
     assert "known once the data is read" in plan_work(plan_runs(everything), None)

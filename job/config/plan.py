@@ -129,7 +129,8 @@ def plan_work(runs: list[Run], eval_titles: int | None) -> str:
         return "work: the training steps are known once the data is read (a size of max_train_samples is null)"
     steps = [math.ceil(run.train_rows / run.settings.batch_size) * run.settings.num_epochs for run in runs]
     each = f"{steps[0]:,} optimizer steps each" if len(set(steps)) == 1 else f"{min(steps):,} to {max(steps):,} steps"
-    scored = f"; each scores {eval_titles:,} dev and {eval_titles:,} test titles" if eval_titles else ""
+    scored = (f"; each scores up to {eval_titles:,} dev and {eval_titles:,} test titles (fewer when the data has "
+              "fewer; a test split carved from train takes at most half of it)") if eval_titles else ""  # fmt: skip
     return f"work: {len(runs)} runs, {each}, {sum(steps):,} in all{scored}"
 
 

@@ -18,7 +18,9 @@ def draw_samples(raw: RawSplits, max_train: int | None, max_eval: int | None, se
 
     def sampled(name: str, source: list[Example], pool: Sequence[int], limit: int | None, key: str) -> Split:
         rows = _seeded_subset(pool, limit, random.Random(f"{seed}-{name}"))
-        note = f"{raw.origin}: {name}, {len(rows):,} of {len(source):,} rows" + _short(rows, limit, key)
+        left = len(source) - len(pool)  # rows carved for test, or sharing a test title: never trained on
+        kept = f" (not the {left:,} carved for test or sharing a test title)" if left else ""
+        note = f"{raw.origin}: {name}, {len(rows):,} of {len(source):,} rows{kept}" + _short(rows, limit, key)
         return Split(name, [source[i] for i in rows], note, rows)
 
     dev = sampled("dev", raw.dev, range(len(raw.dev)), max_eval, "max_eval_samples")
