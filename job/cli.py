@@ -273,6 +273,9 @@ def validate(config_path: Path | None, overrides: tuple[str, ...]) -> None:
     data (dataset: own), each file's header or first record is read too: a missing column or an unreadable
     file stops here, not after the imports of `job run`."""
     config = resolve_config(config_path, overrides)
+    from job.training.model import check_model_folder
+
+    click.echo(f"model: {check_model_folder(config.model_name)}", err=True)  # as `run` checks it, before the imports
     if config.data_dir and config.dataset == OWN:
         from job.data.sources import peek_own_folder
 

@@ -261,3 +261,20 @@ def test_keys_of_other_trainers_are_answered_with_what_the_job_has_instead() -> 
             validate_config({key: 1})
         assert "(a key of another trainer)" in str(raised.value) and expected in str(raised.value)
         assert "did you mean" not in str(raised.value)
+
+
+@pytest.mark.timeout(60)
+def test_validate_checks_model_name_as_run_does_and_names_the_two_accepted_forms(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """`validate` passed `model_name=nghuyong/ernie-3.0-medium-zh` and `run` failed 12 s later."""
+    hub = CliRunner().invoke(main, ["validate", "--set", "model_name=nghuyong/ernie-3.0-medium-zh"])
+    assert hub.exit_code == 2, hub.output
+    assert ("model_name is a PaddleNLP name, such as ernie-3.0-medium-zh, or a local folder of a Paddle model saved "
+            "with save_pretrained: config.json, the weights and vocab.txt; a Hugging Face name (org/model) is "
+            "neither") in hub.output  # fmt: skip
+    (tmp_path / "empty").mkdir()
+    empty = CliRunner().invoke(main, ["validate", "--set", f"model_name={tmp_path / 'empty'}"])
+    assert empty.exit_code == 2 and f"model folder {tmp_path / 'empty'} has no config.json" in empty.output
+    good = CliRunner().invoke(main, ["validate", "--set", f"model_name={tiny_model}"])
+    assert good.exit_code == 0 and f"model: local folder {tiny_model}" in good.output

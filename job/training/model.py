@@ -27,6 +27,10 @@ def looks_like_a_path(model_name: str) -> bool:
     return model_name.startswith((".", "~")) or "/" in model_name or "\\" in model_name
 
 
+ACCEPTED_MODELS = ("model_name is a PaddleNLP name, such as ernie-3.0-medium-zh, or a local folder of a Paddle model "
+                   "saved with save_pretrained: config.json, the weights and vocab.txt")  # fmt: skip
+
+
 def check_model_name(model_name: str) -> None:
     """A URL, or a path that does not exist, is a mistake, not a download to retry (exit 2, not 75)."""
     if "://" in model_name:
@@ -35,7 +39,19 @@ def check_model_name(model_name: str) -> None:
             "or a local folder"
         )
     if looks_like_a_path(model_name) and not _existing_folder(model_name):
-        raise UserError(f"config key 'model_name': model folder {model_name} does not exist")
+        org_model = model_name.count("/") == 1 and not model_name.startswith((".", "/", "~"))
+        hub = "; a Hugging Face name (org/model) is neither" if org_model else ""
+        raise UserError(f"config key 'model_name': model folder {model_name} does not exist ({ACCEPTED_MODELS}{hub})")
+
+
+def check_model_folder(model_name: str) -> str:
+    """`model_name` checked as `run` checks it before loading anything (UserError when it cannot be one);
+    what it is, for `job validate`."""
+    check_model_name(model_name)
+    if looks_like_a_path(model_name):
+        _check_local_model_folder(model_name)
+        return f"local folder {model_name}"
+    return f"{model_name} (a PaddleNLP name: downloaded into the cache on the first run, or found there)"
 
 
 def _existing_folder(name: str) -> bool:
