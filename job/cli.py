@@ -229,14 +229,16 @@ def run(
               help="Only this strategy's runs (repeatable), as `job run --strategy`.")  # fmt: skip
 @exit_codes("the config")
 def plan(config_path: Path | None, overrides: tuple[str, ...], strategies: tuple[str, ...]) -> None:
-    """Print the planned runs, one line each (array index, key, settings), what the planned comparison
-    can detect, then, last, the array size a batch queue needs. Loads and writes nothing."""
+    """Print the planned runs, one line each (array index, key, settings), the work and, from earlier runs'
+    speed, the time they take, what the planned comparison can detect, then, last, the array size a batch
+    queue needs. Writes nothing; reads only records already in output_dir."""
     config = resolve_config(config_path, overrides, strategies=list(strategies) or None)
     from job.config.plan import format_plan, plan_runs, plan_work
+    from job.results.estimate import plan_time
     from job.results.power import plan_comparison
 
     runs = plan_runs(config)
-    notes = plan_work(runs, config.max_eval_samples) + "\n" + plan_comparison(config)
+    notes = plan_work(runs, config.max_eval_samples) + "\n" + plan_time(config, runs) + "\n" + plan_comparison(config)
     click.echo(format_plan(runs, notes=notes))
 
 

@@ -63,8 +63,9 @@ def test_plan_command_prints_every_run_and_the_array_size(tmp_path) -> None:
     assert lines[6] == "work: 6 runs, 64 optimizer steps each, 384 in all; each scores up to 256 dev and 256 test " + (
         "titles" + CARVE
     )
-    assert lines[7].startswith("comparison: 256 test titles x 2 seeds: finds no true difference with 80% power")
-    assert lines[8].startswith("two seeds: the interval's critical value is widened about 2.7x")
+    assert lines[7].startswith("time: no estimate (no earlier run of these strategies on ernie-3.0-medium-zh in ")
+    assert lines[8].startswith("comparison: 256 test titles x 2 seeds: finds no true difference with 80% power")
+    assert lines[9].startswith("two seeds: the interval's critical value is widened about 2.7x")
     assert lines[0].split()[:3] == ["0", "lora_r16_a32_lr0.0001_s42", "strategy=lora"]
     assert "lr=0.0001 seed=42 batch_size=8" in lines[0]
     assert lines[5].split()[:2] == ["5", "full_finetune_lr5e-05_s43"]
@@ -143,3 +144,38 @@ def test_the_plan_states_the_work_its_runs_do_whatever_the_device() -> None:
     )  # a partial last batch is a step: 63 and 7 a epoch
     everything = validate_config({"max_train_samples": None})
     assert "known once the data is read" in plan_work(plan_runs(everything), None)
+
+
+@pytest.mark.timeout(60)
+def test_the_plan_estimates_its_time_from_earlier_runs_speed_and_says_when_it_cannot(tmp_path: Path) -> None:
+    """The example's 16 records (8 seeds of each strategy on the stand-in, on CPU) give each strategy's median
+    samples/s; the plan's 1,875 steps of 16 titles a run over it is its time. An empty folder: no guess."""
+    import json
+    import shutil
+    import statistics
+
+    from click.testing import CliRunner
+
+    from job.cli import main
+
+    example = ROOT / "docs" / "example-report"
+    shutil.copytree(example / "results", tmp_path / "out" / "results")
+    records = [json.loads(path.read_text(encoding="utf-8")) for path in (tmp_path / "out" / "results").iterdir()]
+    speed = {
+        name: statistics.median(r["result"]["samples_per_second"] for r in records if r["result"]["strategy"] == name)
+        for name in ("lora", "full_finetune")
+    }
+    args = ["plan", "--config", str(ROOT / "configs" / "tnews_answer.yaml"), "--set",
+            "model_name=../shared/data/ernie-standin-tnews", "--set", f"output_dir={tmp_path / 'out'}"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    each = {name: 1875 * 16 / speed[name] for name in speed}
+    total = 8 * sum(each.values())
+    assert (f"time: about {each['lora']:.0f} s a lora run, {each['full_finetune']:.0f} s a full_finetune run: "
+            f"{total / 60:.0f} min of training for the plan, one run at a time, from the speed of earlier runs on "
+            f"cpu in {tmp_path / 'out'} (loading and evaluation come on top)") in result.output  # fmt: skip
+    empty = CliRunner().invoke(main, [*args[:-1], f"output_dir={tmp_path / 'none'}"])
+    assert "time: no estimate (no earlier run of these strategies on ../shared/data/ernie-standin-tnews in " in (
+        empty.output
+    )
+    assert not (tmp_path / "none").exists()  # the plan writes nothing
