@@ -228,10 +228,11 @@ def train_runs(
             say(f"[{run.key}] saved {path}")
         finally:
             set_position("")
-        timed.append(time.monotonic() - began)
+        timed.append((run.strategy.name, time.monotonic() - began))
         if len(runs) > 1:
-            say(run_done(key=run.key, code=0, seconds=timed[-1], done=number, total=len(runs), timed=timed,
-                         parallel=1, elapsed=time.monotonic() - started))  # fmt: skip
+            say(run_done(key=run.key, code=0, seconds=timed[-1][1], done=number, total=len(runs), timed=timed,
+                         remaining=[left.strategy.name for left in runs[number:]], parallel=1,
+                         elapsed=time.monotonic() - started))  # fmt: skip
     stop.raise_if_requested()  # a signal during the last run's saves: its record is kept, the job exits 143
 
 

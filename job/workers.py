@@ -278,6 +278,7 @@ def drive(runs: list[Run], command: list[str], slots: list[Slot], stop: StopRequ
     fails with its exit code)."""
     events: queue.Queue[tuple[Worker, dict[str, Any] | None]] = queue.Queue()
     waiting = deque(run.key for run in runs)
+    kinds = {run.key: run.strategy.name for run in runs}  # each run's strategy: the ETA's own speeds
     total, outcomes, started = len(runs), [], time.monotonic()
     names = ", ".join(f"{slot.name} {slot.device}" for slot in slots)
     emit(log_line(f"workers: {len(slots)} ({names}); {total} run(s) to train"))
@@ -310,10 +311,12 @@ def drive(runs: list[Run], command: list[str], slots: list[Slot], stop: StopRequ
         outcome = Outcome(status["key"], int(status["code"]), str(status.get("error", "")),
                           float(status.get("seconds", 0.0)), f"{worker.slot.name} {worker.slot.device}")  # fmt: skip
         outcomes.append(outcome)
-        timed = [o.seconds for o in outcomes if o.code == 0 and o.seconds > 0]
+        timed = [(kinds[o.key], o.seconds) for o in outcomes if o.code == 0 and o.seconds > 0]
+        finished = {o.key for o in outcomes}
+        remaining = [kinds[run.key] for run in runs if run.key not in finished]
         emit(log_line(run_done(key=outcome.key, code=outcome.code, seconds=outcome.seconds, done=len(outcomes),
-                           total=total, timed=timed, parallel=len(slots), elapsed=time.monotonic() - started,
-                           where=outcome.worker)))  # fmt: skip
+                           total=total, timed=timed, remaining=remaining, parallel=len(slots),
+                           elapsed=time.monotonic() - started, where=outcome.worker)))  # fmt: skip
         if status.get("leaving"):  # a poisoned device context: this worker's next run would fail at once
             emit(log_line(f"{worker.slot.name} {worker.slot.device} stops after a device fault; {live - 1} worker(s) "
                           "take the remaining runs"))  # fmt: skip

@@ -157,6 +157,7 @@ def test_the_plan_estimates_its_time_from_earlier_runs_speed_and_says_when_it_ca
     from click.testing import CliRunner
 
     from job.cli import main
+    from job.output.log import duration
 
     example = ROOT / "docs" / "example-report"
     shutil.copytree(example / "results", tmp_path / "out" / "results")
@@ -172,7 +173,7 @@ def test_the_plan_estimates_its_time_from_earlier_runs_speed_and_says_when_it_ca
     each = {name: 1875 * 16 / speed[name] for name in speed}
     total = 8 * sum(each.values())
     assert (f"time: about {each['lora']:.0f} s a lora run, {each['full_finetune']:.0f} s a full_finetune run: "
-            f"{total / 60:.0f} min of training for the plan, one run at a time, from the speed of earlier runs on "
+            f"{duration(total)} of training for the plan, one run at a time, from the speed of earlier runs on "
             f"cpu in {tmp_path / 'out'} (loading and evaluation come on top)") in result.output  # fmt: skip
     empty = CliRunner().invoke(main, [*args[:-1], f"output_dir={tmp_path / 'none'}"])
     assert "time: no estimate (no earlier run of these strategies on ../shared/data/ernie-standin-tnews in " in (

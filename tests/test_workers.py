@@ -175,15 +175,20 @@ def test_slots_share_out_gpus_and_cores() -> None:
     assert worker_count(4, "auto", lambda: []) == 4
 
 
-def test_progress_gives_an_eta_once_a_run_has_finished() -> None:
-    line = run_done(key="lora_s1", code=0, seconds=30.0, done=1, total=9, timed=[30.0], parallel=2, elapsed=31.0,
-                    where="w0 gpu:0")  # fmt: skip
+def test_progress_gives_an_eta_from_each_strategys_own_speed_once_a_run_has_finished() -> None:
+    line = run_done(key="lora_s1", code=0, seconds=30.0, done=1, total=9, timed=[("lora", 30.0)], parallel=2,
+                    elapsed=31.0, where="w0 gpu:0")  # fmt: skip
     assert line == "[run 1/9 done] lora_s1 on w0 gpu:0 in 30.0 s; 8 left, about 2 min to go (31 s so far)"
-    failed = run_done(key="full_s1", code=2, seconds=1.0, done=2, total=9, timed=[30.0], parallel=2, elapsed=32.0)
+    failed = run_done(key="full_s1", code=2, seconds=1.0, done=2, total=9, timed=[("lora", 30.0)], parallel=2,
+                      elapsed=32.0)  # fmt: skip
     assert failed.startswith("[run 2/9 FAILED (exit 2)] full_s1 in 1.0 s; 7 left")
-    assert run_done(key="x", code=0, seconds=5.0, done=3, total=3, timed=[5.0], parallel=1, elapsed=3725.0) == (
-        "[run 3/3 done] x in 5.0 s; all 3 finished in 62 min"
-    )
+    assert run_done(key="x", code=0, seconds=5.0, done=3, total=3, timed=[("lora", 5.0)], parallel=1,
+                    elapsed=3725.0) == "[run 3/3 done] x in 5.0 s; all 3 finished in 62 min"  # fmt: skip
+    # One LoRA run of 78 s done; the next is full fine-tuning, which took 204 s: one mean said "about 78 s".
+    timed = [("lora", 78.0), ("full_finetune", 204.0)]
+    left = run_done(key="lora_s2", code=0, seconds=78.0, done=2, total=4, timed=timed,
+                    remaining=["full_finetune", "full_finetune"], parallel=1, elapsed=282.0)  # fmt: skip
+    assert left.endswith("2 left, about 6 min to go (4 min so far)")  # 2 x 204 s (408 s), not 2 x 141 s (282 s)
 
 
 def start_workers(config: Path, log: IO[str]) -> subprocess.Popen:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 
 from job.errors import redacted
 
@@ -40,15 +41,23 @@ def duration(seconds: float) -> str:
     return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h {minutes % 60} min"
 
 
-def run_done(*, key: str, code: int, seconds: float, done: int, total: int, timed: list[float], parallel: int,
-             elapsed: float, where: str = "") -> str:  # fmt: skip
-    """The line for a finished run of the plan, with an ETA once one run has finished: the mean time of
-    the runs finished so far, times those left, over the processes training them."""
+def run_done(*, key: str, code: int, seconds: float, done: int, total: int, timed: Sequence[tuple[str, float]],
+             remaining: Sequence[str] = (), parallel: int, elapsed: float, where: str = "") -> str:  # fmt: skip
+    """The line for a finished run of the plan, with an ETA once one run has finished: for each run left
+    (`remaining`: their strategies) the mean time of the finished runs of its strategy (of all finished runs
+    while its strategy has none), summed, over the processes training them. `timed`: (strategy, seconds)
+    of the runs finished so far. A full fine-tuning run can take twice a LoRA run: one mean misled."""
     what = "done" if code == 0 else f"FAILED (exit {code})"
     text = f"[run {done}/{total} {what}] {key}{' on ' + where if where else ''} in {seconds:.1f} s"
     left = total - done
     if left and timed:
-        eta = left * (sum(timed) / len(timed)) / min(parallel, left)
+        overall = sum(value for _, value in timed) / len(timed)
+        by_kind: dict[str, list[float]] = {}
+        for kind, value in timed:
+            by_kind.setdefault(kind, []).append(value)
+        means = {kind: sum(values) / len(values) for kind, values in by_kind.items()}
+        work = sum(means.get(kind, overall) for kind in remaining) if len(remaining) == left else left * overall
+        eta = work / min(parallel, left)
         return text + f"; {left} left, about {duration(eta)} to go ({duration(elapsed)} so far)"
     if not left:
         return text + f"; all {total} finished in {duration(elapsed)}"

@@ -13,6 +13,7 @@ from pathlib import Path
 from job.config.plan import Run
 from job.config.schema import JobConfig
 from job.errors import UserError
+from job.output.log import duration
 from job.output.storage import open_output, url_scheme
 from job.results.records import read_records
 
@@ -60,9 +61,3 @@ def measured_speeds(config: JobConfig) -> tuple[dict[str, float], str]:
         if record.run.device.name == device:
             by_strategy.setdefault(record.result.strategy, []).append(record.result.samples_per_second)
     return {name: statistics.median(values) for name, values in by_strategy.items()}, device
-
-
-def duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
