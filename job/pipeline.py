@@ -376,6 +376,8 @@ def train_one(session: Session, run: Run) -> RunResult | None:
                 dev = evaluate(model, encoded.dev, run.eval_batch_size, pad_id, stop, progress(key, "dev"))
         with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
             test = evaluate(model, encoded.test, run.eval_batch_size, pad_id, stop, progress(key, "test"))
+    if initial:  # seconds on the full-size model: the log says what it is doing meanwhile
+        say(f"[{key}] measuring the rank of each weight's learned update ({len(initial)} weights)")
     ranks = update_ranks(initial, model)  # of the weights scored, once, at the end
     del initial
     selected = best.step if best.keep else outcome.steps
