@@ -139,7 +139,7 @@ def export_replay(config: JobConfig, key: str | None, folder: Path, stop: StopRe
         },
         "settings": {
             "seed": run.seed, "learning_rate": settings.learning_rate, "batch_size": settings.batch_size,
-            "num_epochs": settings.num_epochs, "weight_decay": settings.weight_decay,
+            "num_epochs": settings.num_epochs, "max_steps": settings.max_steps, "weight_decay": settings.weight_decay,
             "warmup_ratio": settings.warmup_ratio, "max_grad_norm": settings.max_grad_norm,
             "steps": outcome.steps, "precision": settings.precision,
         },

@@ -180,3 +180,31 @@ def test_the_plan_estimates_its_time_from_earlier_runs_speed_and_says_when_it_ca
         empty.output
     )
     assert not (tmp_path / "none").exists()  # the plan writes nothing
+
+
+@pytest.mark.timeout(200)
+def test_max_steps_trains_exactly_that_many_steps_across_epochs_and_equals_whole_epochs_when_they_match(
+    write_config, tmp_path: Path
+) -> None:
+    """300 titles in batches of 16: 19 steps an epoch. max_steps 25 is one epoch and 6 steps of the next;
+    max_steps 38 is the same training as num_epochs 2, loss for loss. A config without the key keeps the
+    hash its records were made with."""
+    import json
+
+    def losses(name: str, **values) -> dict:
+        config = write_config(strategies=["lora"], output_dir=str(tmp_path / name), **values)
+        result = CliRunner().invoke(main, ["run", "--config", str(config)])
+        assert result.exit_code == 0, result.output[-2000:]
+        return json.loads((tmp_path / name / "results" / "lora.json").read_text(encoding="utf-8"))["result"]
+
+    cut = losses("cut", max_steps=25, num_epochs=5)
+    assert cut["steps"] == len(cut["step_losses"]) == 25
+    epochs, steps = losses("epochs", num_epochs=2), losses("steps", max_steps=38, num_epochs=7)
+    assert epochs["steps"] == steps["steps"] == 38 and epochs["step_losses"] == steps["step_losses"]
+    plan = CliRunner().invoke(main, ["plan", "--config", str(write_config(max_steps=25))])
+    assert "work: 2 runs, 25 optimizer steps each, 50 in all" in plan.output and "max_steps=25 " in plan.output
+    example = ROOT / "docs" / "example-report" / "results"
+    record = json.loads(next(example.glob("*.json")).read_text(encoding="utf-8"))["run"]
+    from job.config.schema import validate_config
+
+    assert validate_config(record["config"]).config_hash() == record["config_hash"]

@@ -119,15 +119,17 @@ def _train_settings(config: JobConfig, strategy: str, learning_rate: float, seed
         logging_steps=config.logging_steps,
         bucket_window=config.length_bucket_window,
         eval_steps=config.eval_steps,
+        max_steps=config.max_steps,
     )
 
 
 def plan_work(runs: list[Run], eval_titles: int | None) -> str:
     """`job plan`'s line on the work the runs do, whatever the device: optimizer steps and titles scored
     (a run's steps: its batches per epoch, the last one partial, times its epochs)."""
-    if any(run.train_rows is None for run in runs):
+    if any(run.train_rows is None and run.settings.max_steps is None for run in runs):
         return "work: the training steps are known once the data is read (a size of max_train_samples is null)"
-    steps = [math.ceil(run.train_rows / run.settings.batch_size) * run.settings.num_epochs for run in runs]
+    steps = [run.settings.max_steps or math.ceil(run.train_rows / run.settings.batch_size) * run.settings.num_epochs
+             for run in runs]  # fmt: skip
     each = f"{steps[0]:,} optimizer steps each" if len(set(steps)) == 1 else f"{min(steps):,} to {max(steps):,} steps"
     scored = (f"; each scores up to {eval_titles:,} dev and {eval_titles:,} test titles (fewer when the data has "
               "fewer; a test split carved from train takes at most half of it)") if eval_titles else ""  # fmt: skip

@@ -75,6 +75,10 @@ NOT_HASHED_KEYS = frozenset(
 )
 
 
+# Keys added after configs were run, with the default that changes nothing (left out of the hash then).
+LATER_KEYS: dict[str, Any] = {"max_steps": None}
+
+
 def is_plain_file_name(value: str) -> bool:
     """A name that stays inside its folder: no separators, no '.' or '..', not absolute."""
     return bool(value) and value not in {".", ".."} and Path(value).name == value and "\\" not in value
@@ -129,6 +133,12 @@ class CommonConfig(BaseModel):
         0.01, ge=0, le=1, description="AdamW weight decay, not applied to biases and LayerNorm weights"
     )
     num_epochs: int = Field(1, ge=1, le=1000, description="passes over the training sample")
+    max_steps: PositiveInt | None = Field(
+        None,
+        description="train every run for exactly this many optimizer steps, over as many epochs (and part of the "
+        "last) as that takes; overrides `num_epochs` (transformers' `max_steps`): strategies compared at equal "
+        "steps. The warm-up and the linear decay span these steps",
+    )
     max_train_samples: PositiveInt | list[PositiveInt | None] | None = Field(
         512,
         description="rows drawn (seeded) from train; `null` = all. A list (`[500, 2000, 8000, null]`)"
@@ -526,8 +536,12 @@ class CommonConfig(BaseModel):
         return self.batch_size if own is None else own
 
     def config_hash(self) -> str:
-        """Hash of everything that changes the numbers (not where they are written)."""
-        relevant = {k: v for k, v in self.model_dump().items() if k not in NOT_HASHED_KEYS}
+        """Hash of everything that changes the numbers (not where they are written). A key added after
+        configs were run is left out while it has its default, so their records keep their hash."""
+        relevant = {
+            k: v for k, v in self.model_dump().items()
+            if k not in NOT_HASHED_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])
+        }  # fmt: skip
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

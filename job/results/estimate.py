@@ -23,7 +23,7 @@ def plan_time(config: JobConfig, runs: Sequence[Run]) -> str:
     its batch over that speed, in all and (on a GPU) in GPU-hours; or why there is no estimate."""
     speeds, device = measured_speeds(config)
     missing = sorted({run.strategy.name for run in runs} - set(speeds))
-    if not speeds or missing or any(run.train_rows is None for run in runs):
+    if not speeds or missing or any(run.train_rows is None and not run.settings.max_steps for run in runs):
         return (
             "time: no estimate (no earlier run of "
             + (", ".join(missing) if missing and speeds else "these strategies")
@@ -32,7 +32,7 @@ def plan_time(config: JobConfig, runs: Sequence[Run]) -> str:
         )
     seconds = {}
     for run in runs:
-        steps = math.ceil(run.train_rows / run.settings.batch_size) * run.settings.num_epochs  # type: ignore[operator]
+        steps = run.settings.max_steps or math.ceil(run.train_rows / run.settings.batch_size) * run.settings.num_epochs  # type: ignore[operator]
         seconds.setdefault(run.strategy.name, []).append(steps * run.settings.batch_size / speeds[run.strategy.name])
     total = sum(sum(values) for values in seconds.values())
     each = ", ".join(f"{duration(statistics.fmean(values))} a {name} run" for name, values in seconds.items())

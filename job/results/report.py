@@ -263,7 +263,9 @@ def protocol_departures(config: JobConfig, full_runs: Sequence[RunResult]) -> li
     precisions = sorted({"tf32" if r.tf32 and r.precision == "fp32" else r.precision for r in full_runs})
     if precisions != ["fp32"]:
         out.append(f"training precision {', '.join(precisions)}, not fp32")
-    if config.num_epochs != 3:
+    if config.max_steps is not None:
+        out.append(f"{config.max_steps:,} steps a run (max_steps), not 3 epochs")
+    elif config.num_epochs != 3:
         out.append(f"{config.num_epochs} epochs, not 3")
     batch = config.batch_size_for(baseline().name)
     out.append(f"batch size {batch} only, of PaddleNLP's {', '.join(map(str, PADDLENLP_BATCHES))}")

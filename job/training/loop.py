@@ -3,6 +3,7 @@ and decay, global-norm clipping, a progress bar, wall-clock timing, stop on sign
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -38,6 +39,7 @@ class TrainSettings:
     precision: str = "fp32"  # resolved (job.runtime.device.resolve_precision): fp32, bf16 or fp16
     compiled: bool = False  # resolved (job.runtime.device.resolve_compile): the forward as a static graph
     eval_steps: int | None = None  # dev is scored every this many steps (the caller's `evaluate_at`)
+    max_steps: int | None = None  # exactly this many steps, over as many epochs as they take (num_epochs ignored)
 
 
 @dataclass
@@ -72,12 +74,26 @@ def decayed_parameters(model: Any) -> set[str]:
 
 
 def planned_batches(rows: Sequence[Encoded], settings: TrainSettings, ranks: Ranks = Ranks()) -> list[list[list[int]]]:  # noqa: B008
-    """Each epoch's global batches (row indices), in the order `train` takes them."""
+    """Each epoch's global batches (row indices), in the order `train` takes them: `num_epochs` epochs, or
+    with `max_steps` as many epochs as those steps take, the last one cut where they end."""
+
+    def epoch(number: int) -> list[list[int]]:
+        return usable_batches(epoch_batches(lengths, settings.batch_size, settings.seed, number,
+                                            settings.bucket_window), ranks)  # fmt: skip
+
     lengths = [len(row.input_ids) for row in rows]
-    return [
-        usable_batches(epoch_batches(lengths, settings.batch_size, settings.seed, epoch, settings.bucket_window), ranks)
-        for epoch in range(settings.num_epochs)
-    ]
+    if settings.max_steps is None:
+        return [epoch(number) for number in range(settings.num_epochs)]
+    epochs, left = [], settings.max_steps
+    for number in itertools.count():
+        batches = epoch(number)
+        if not batches:
+            break
+        epochs.append(batches[:left])
+        left -= len(epochs[-1])
+        if left == 0:
+            break
+    return epochs
 
 
 def gradient_clip(max_norm: float) -> Any:

@@ -127,7 +127,8 @@ class Run:
         lora = f"{self.strategy.shape_settings(self.lora)} " if self.lora else ""
         return (
             f"strategy={self.strategy.name} {lora}lr={s.learning_rate:g} seed={s.seed} batch_size={s.batch_size} "
-            f"epochs={s.num_epochs} weight_decay={s.weight_decay:g} warmup_ratio={s.warmup_ratio:g} "
+            + (f"max_steps={s.max_steps} " if s.max_steps else f"epochs={s.num_epochs} ")
+            + f"weight_decay={s.weight_decay:g} warmup_ratio={s.warmup_ratio:g} "
             f"max_grad_norm={s.max_grad_norm:g} length_bucket_window={s.bucket_window}"
             + (f" eval_steps={s.eval_steps}" if s.eval_steps else "")
             + (f" train_rows={self.train_rows if self.train_rows is not None else 'all'}" if self.sized else "")
