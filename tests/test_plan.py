@@ -208,3 +208,32 @@ def test_max_steps_trains_exactly_that_many_steps_across_epochs_and_equals_whole
     from job.config.schema import validate_config
 
     assert validate_config(record["config"]).config_hash() == record["config_hash"]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("strategy", ["lora", "full_finetune"])
+def test_gradient_accumulation_gives_the_whole_batchs_steps_within_fp32_rounding(
+    write_config, tmp_path: Path, strategy: str
+) -> None:
+    """Dropout off (masks of micro-batches are other draws): batches of 16 cut into 4 micro-batches of 4 (the
+    last batch of 12 into 3s) train the same steps as whole batches, loss for loss within fp32 rounding."""
+    import json
+
+    import numpy as np
+
+    from tests.fixtures import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "no-dropout", dropout=0.0)
+
+    def trained(name: str, **values) -> dict:
+        config = write_config(model_name=str(model), strategies=[strategy], lora_dropout=0.0, num_epochs=2,
+                              output_dir=str(tmp_path / name), **values)  # fmt: skip
+        result = CliRunner().invoke(main, ["run", "--config", str(config)])
+        assert result.exit_code == 0, result.output[-2000:]
+        return json.loads((tmp_path / name / "results" / f"{strategy}.json").read_text(encoding="utf-8"))["result"]
+
+    whole, cut = trained("whole"), trained("cut", gradient_accumulation_steps=4)
+    assert whole["steps"] == cut["steps"] == 38
+    np.testing.assert_allclose(cut["step_losses"], whole["step_losses"], rtol=2e-5)
+    assert cut["dev"]["predictions"] == whole["dev"]["predictions"]
+    assert len(set(whole["step_losses"])) > 30  # the steps moved the weights

@@ -28,7 +28,6 @@ FOREIGN_KEYS: dict[str, str] = {
     "save_strategy": "the job's key is 'save_artifacts' (the trained models of every run)",
     "report_to": "the job logs to VisualDL with 'visualdl: true'; every step's loss is in results.json",
     "resume_from_checkpoint": "a rerun of the same command resumes: finished runs are skipped, the rest train",
-    "gradient_accumulation_steps": "the job has none: each step is one batch of 'batch_size' rows",
     "lr_scheduler_type": "the job's schedule is linear warm-up ('warmup_ratio') then linear decay to 0",
     "seed_everything": "the job's key is 'seed'",
     "max_length": "the job's key is 'max_seq_length'",

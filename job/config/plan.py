@@ -120,6 +120,7 @@ def _train_settings(config: JobConfig, strategy: str, learning_rate: float, seed
         bucket_window=config.length_bucket_window,
         eval_steps=config.eval_steps,
         max_steps=config.max_steps,
+        accumulation=config.gradient_accumulation_steps,
     )
 
 

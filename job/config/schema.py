@@ -76,7 +76,7 @@ NOT_HASHED_KEYS = frozenset(
 
 
 # Keys added after configs were run, with the default that changes nothing (left out of the hash then).
-LATER_KEYS: dict[str, Any] = {"max_steps": None}
+LATER_KEYS: dict[str, Any] = {"max_steps": None, "gradient_accumulation_steps": 1}
 
 
 def is_plain_file_name(value: str) -> bool:
@@ -138,6 +138,15 @@ class CommonConfig(BaseModel):
         description="train every run for exactly this many optimizer steps, over as many epochs (and part of the "
         "last) as that takes; overrides `num_epochs` (transformers' `max_steps`): strategies compared at equal "
         "steps. The warm-up and the linear decay span these steps",
+    )
+    gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="cut each batch of `batch_size` rows into this many micro-batches and sum their gradients "
+        "before the step: the same step as the whole batch (within fp32 rounding; dropout masks differ), in the "
+        "memory of a micro-batch. `batch_size` stays the batch a step sees (transformers multiplies instead: "
+        "there per-device batch x accumulation = the effective batch)",
     )
     max_train_samples: PositiveInt | list[PositiveInt | None] | None = Field(
         512,

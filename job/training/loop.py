@@ -40,6 +40,7 @@ class TrainSettings:
     compiled: bool = False  # resolved (job.runtime.device.resolve_compile): the forward as a static graph
     eval_steps: int | None = None  # dev is scored every this many steps (the caller's `evaluate_at`)
     max_steps: int | None = None  # exactly this many steps, over as many epochs as they take (num_epochs ignored)
+    accumulation: int = 1  # micro-batches each batch is cut into, their gradients summed before the step
 
 
 @dataclass
@@ -169,9 +170,41 @@ def train_step(
     """One optimizer step on one padded batch; returns the loss as a tensor on the device, unread
     (reading it waits for the step). Under data parallelism `share` is this rank's rows over the global
     batch's, times the number of ranks: paddle.DataParallel averages the ranks' gradients with equal
-    weights, so a rank holding 4 of 7 rows must count for 4/7 of the step, as in one process.
-    Mixed precision is autocast O1: the weights, their gradients and AdamW's state stay fp32 (LoRA
-    adapters included), and only the white-listed ops (matmuls) run in bf16/fp16."""
+    weights, so a rank holding 4 of 7 rows must count for 4/7 of the step, as in one process."""
+    return accumulated_step(model, [(batch, share)], optimizer, schedule, precision, scaler, forward)
+
+
+def accumulated_step(
+    model: Any, micro: Sequence[tuple[dict[str, Any], float]], optimizer: Any, schedule: Any, precision: str = "fp32",
+    scaler: Any = None, forward: Callable[[dict[str, Any]], Any] | None = None,
+) -> Any:  # fmt: skip
+    """One optimizer step over the micro-batches of one batch (gradient accumulation), each weighted by its
+    share of the batch's rows: the gradients add up to the whole batch's, as if it had fit at once. Returns
+    the batch's loss (the weighted sum), unread. Mixed precision is autocast O1: the weights, their
+    gradients and AdamW's state stay fp32 (LoRA adapters included), and only the white-listed ops (matmuls)
+    run in bf16/fp16; fp16's loss scaler scales each backward and steps once."""
+    import contextlib
+
+    total = None
+    for index, (batch, share) in enumerate(micro):
+        last = index == len(micro) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:  # under DataParallel the gradients are all-reduced once, at the last micro-batch
+            loss = _weighted_loss(model, batch, precision, share, forward)
+            (loss if scaler is None else scaler.scale(loss)).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    if scaler is None:
+        optimizer.step()
+    else:  # unscales the gradients before the optimizer clips and steps; skips the step on inf/NaN
+        scaler.step(optimizer)
+        scaler.update()
+    schedule.step()
+    optimizer.clear_grad()
+    return total
+
+
+def _weighted_loss(model: Any, batch: dict[str, Any], precision: str, share: float,
+                   forward: Callable[[dict[str, Any]], Any] | None) -> Any:  # fmt: skip
     import paddle
     import paddle.nn.functional as F
 
@@ -184,18 +217,19 @@ def train_step(
     if logits.dtype != paddle.float32:  # the loss and its softmax in fp32
         logits = logits.astype("float32")
     loss = F.cross_entropy(logits, tensors["labels"])
-    if share != 1.0:
-        loss = loss * share
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-    else:  # unscales the gradients before the optimizer clips and steps; skips the step on inf/NaN
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    schedule.step()
-    optimizer.clear_grad()
-    return loss.detach()
+    return loss * share if share != 1.0 else loss
+
+
+def micro_batches(batch: Sequence[int], count: int) -> list[list[int]]:
+    """A batch's row indices cut into `count` contiguous parts as even as can be (none empty)."""
+    size, extra = divmod(len(batch), count)
+    parts, start = [], 0
+    for index in range(count):
+        end = start + size + (index < extra)
+        if end > start:
+            parts.append(list(batch[start:end]))
+        start = end
+    return parts
 
 
 def train(
@@ -243,13 +277,13 @@ def train(
         for epoch, batches in enumerate(epochs):
             if outcome.stopped_early:
                 break
-            for global_batch, batch in zip(
-                batches, iterate_batches(rows, shard_batches(batches, ranks), pad_id), strict=True
-            ):
+            for global_batch, shard in zip(batches, shard_batches(batches, ranks), strict=True):
                 stop.raise_if_requested()
-                rate = schedule.last_lr  # the rate this step uses (train_step advances the schedule)
-                share = len(batch["labels"]) * ranks.world / len(global_batch)
-                loss = train_step(stepped, batch, optimizer, schedule, settings.precision, scaler, share, forward)
+                rate = schedule.last_lr  # the rate this step uses (the step advances the schedule)
+                parts = micro_batches(shard, settings.accumulation)
+                micro = [(batch, len(part) * ranks.world / len(global_batch))
+                         for part, batch in zip(parts, iterate_batches(rows, parts, pad_id), strict=True)]  # fmt: skip
+                loss = accumulated_step(stepped, micro, optimizer, schedule, settings.precision, scaler, forward)
                 unread.append((loss, rate))
                 outcome.steps += 1
                 outcome.samples += len(global_batch)

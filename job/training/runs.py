@@ -131,5 +131,6 @@ class Run:
             + f"weight_decay={s.weight_decay:g} warmup_ratio={s.warmup_ratio:g} "
             f"max_grad_norm={s.max_grad_norm:g} length_bucket_window={s.bucket_window}"
             + (f" eval_steps={s.eval_steps}" if s.eval_steps else "")
+            + (f" gradient_accumulation_steps={s.accumulation}" if s.accumulation > 1 else "")
             + (f" train_rows={self.train_rows if self.train_rows is not None else 'all'}" if self.sized else "")
         )
