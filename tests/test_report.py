@@ -278,3 +278,16 @@ def test_a_run_of_paddlenlps_protocol_names_every_remaining_departure() -> None:
         "the test titles carved from train are left out of training; batch size 64 only, of PaddleNLP's 16, 32, "
         "64; the rate chosen on the mean dev accuracy over seeds, where PaddleNLP reports its best run."
     )
+
+
+def test_the_report_states_a_step_budget_and_gradient_accumulation_when_set() -> None:
+    runs = [
+        result(name, lr=5e-4, seed=1, dev_right=500, test_right=500, labels=LABELS)
+        for name in ("lora", "full_finetune")
+    ]
+    plain = records(runs, LABELS)
+    assert "- Steps:" not in render_report(combine(plain))
+    config = plain[0].run.config.model_copy(update={"max_steps": 2000, "gradient_accumulation_steps": 4})
+    budget = [r.model_copy(update={"run": r.run.model_copy(update={"config": config})}) for r in plain]
+    assert ("- Steps: 2,000 optimizer steps a run (max_steps); each batch in 4 micro-batches, their gradients "
+            "summed") in render_report(combine(budget))  # fmt: skip

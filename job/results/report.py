@@ -163,6 +163,13 @@ def _run_facts(combined: Combined) -> str:
         + ", ".join(f"{name} {version}" for name, version in run.versions.items())
         + (f", commit `{run.git_commit[:12]}`" if run.git_commit else ""),
     ]
+    config = run.config
+    if config.max_steps is not None or config.gradient_accumulation_steps > 1:
+        budget = f"{config.max_steps:,} optimizer steps a run (max_steps)" if config.max_steps else (
+            f"{config.num_epochs} epoch(s) a run")  # fmt: skip
+        accumulation = (f"; each batch in {config.gradient_accumulation_steps} micro-batches, their gradients summed"
+                        if config.gradient_accumulation_steps > 1 else "")  # fmt: skip
+        lines.append(f"- Steps: {budget}{accumulation}")
     if combined.missing_runs:
         lines.append(
             f"- **Partial report:** {len(combined.missing_runs)} planned runs have no result yet "
