@@ -26,36 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
-RULES = (  # Paddle (PaddleNLP ERNIE) parameter name -> transformers' ERNIE
-    (r"ernie\.embeddings\.layer_norm\.", "ernie.embeddings.LayerNorm."),
-    (r"ernie\.encoder\.layers\.(\d+)\.self_attn\.q_proj\.", r"ernie.encoder.layer.\1.attention.self.query."),
-    (r"ernie\.encoder\.layers\.(\d+)\.self_attn\.k_proj\.", r"ernie.encoder.layer.\1.attention.self.key."),
-    (r"ernie\.encoder\.layers\.(\d+)\.self_attn\.v_proj\.", r"ernie.encoder.layer.\1.attention.self.value."),
-    (r"ernie\.encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"ernie.encoder.layer.\1.attention.output.dense."),
-    (r"ernie\.encoder\.layers\.(\d+)\.norm1\.", r"ernie.encoder.layer.\1.attention.output.LayerNorm."),
-    (r"ernie\.encoder\.layers\.(\d+)\.linear1\.", r"ernie.encoder.layer.\1.intermediate.dense."),
-    (r"ernie\.encoder\.layers\.(\d+)\.linear2\.", r"ernie.encoder.layer.\1.output.dense."),
-    (r"ernie\.encoder\.layers\.(\d+)\.norm2\.", r"ernie.encoder.layer.\1.output.LayerNorm."),
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's own name map: no Paddle needed for it
+from job.training.peft_format import hf_name, is_linear_weight
+
 BASE_PREFIX = "base."
 ADAPTER_WEIGHTS = ("lora_A", "lora_B", "vera_A", "vera_B", "vera_b", "vera_d", "lokr_w1", "lokr_w2", "lokr_w1_a",
                    "lokr_w1_b", "lokr_w2_a", "lokr_w2_b")  # fmt: skip
-
-
-def hf_name(paddle_name: str) -> str:
-    name = paddle_name.removeprefix("model.")
-    for pattern, replacement in RULES:
-        if re.match(pattern, name):
-            return re.sub(pattern, replacement, name, count=1)
-    return name
-
-
-def is_linear_weight(paddle_name: str, value) -> bool:
-    return value.ndim == 2 and paddle_name.endswith(".weight") and "embeddings" not in paddle_name
 
 
 def build_model(replay: dict, weights: dict):

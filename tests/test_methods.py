@@ -265,6 +265,7 @@ def test_a_pissa_run_saves_the_merged_model_only(tiny_model: Path, tmp_path: Pat
     model, _ = prepared(tiny_model, "lora", lora_pissa=True)
     paths = STRATEGIES["lora"].save_artifacts(model, load_tokenizer(str(tiny_model)), tmp_path)
     assert [p.name for p in paths] == ["merged"] and not (tmp_path / "adapter").exists()
+    assert not (tmp_path / "peft").exists()  # its base weight is the residual: no PEFT-format adapter
 
 
 def test_a_method_left_out_of_strategies_is_not_planned() -> None:

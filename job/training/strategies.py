@@ -19,6 +19,7 @@ from typing import Any
 
 from job.errors import UserError
 from job.training.model import LoadedModel
+from job.training.peft_format import PEFT_FOLDER, write_peft_adapter
 from job.training.runs import LoRASettings, Run, Strategy, rate_text
 
 # LoRA's target layers by preset (ERNIE's layer names); `lora_target_modules` gives regexes of its own.
@@ -105,11 +106,12 @@ class LoRA:
         if not pissa:  # PaddleNLP re-runs PiSSA's SVD at a reloaded adapter's first forward: only merged is usable
             model.save_pretrained(str(adapter))  # LoRA weights + trainable head + lora_config.json + config.json
             tokenizer.save_pretrained(str(adapter))  # `job predict` reads any saved folder the same way
+            write_peft_adapter(model, folder / PEFT_FOLDER, model.lora_config.base_model_name_or_path)
         model.merge()  # fold B @ A * scale into the frozen weights, then drop the LoRA layers
         plain = model.restore_original_model()
         plain.save_pretrained(str(merged), safe_serialization=True)  # safetensors: loading runs no code
         tokenizer.save_pretrained(str(merged))
-        return [merged] if pissa else [adapter, merged]
+        return [merged] if pissa else [adapter, merged, folder / PEFT_FOLDER]
 
 
 # Paddle's GPU SVD (paddle/phi/kernels/gpu/svd_kernel.cu) when cuSOLVER's gesvdj reports info != 0, raised
