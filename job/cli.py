@@ -311,8 +311,13 @@ def prefetch(config_path: Path | None, overrides: tuple[str, ...]) -> None:
 @click.option("--report-file", default=None, help="Report file name (default: the one the run used).")
 @click.option("--margin", type=Points(min=0, max=100), default=None,
               help="Non-inferiority margin in accuracy points (default: the runs' config `margin`).")  # fmt: skip
+@click.option("--price-per-hour", type=click.FloatRange(min=0, min_open=True, max=1e6), default=None,
+              help="The device's hourly price: the cost table gives training time as money (default: the runs' "
+                   "config `price_per_hour`).")  # fmt: skip
+@click.option("--currency", default=None, help="The currency of --price-per-hour (default: the runs' config's).")
 @exit_codes("{output_dir}")
-def report(output_dir: str, report_file: str | None, margin: float | None) -> None:
+def report(output_dir: str, report_file: str | None, margin: float | None, price_per_hour: float | None,
+           currency: str | None) -> None:  # fmt: skip
     """Rebuild the report, results.json and the plots from the run results saved in output_dir, also
     when some planned runs are missing (they are listed in the report)."""
     from job.output.storage import open_output, output_dir_problem
@@ -326,7 +331,12 @@ def report(output_dir: str, report_file: str | None, margin: float | None) -> No
     output = open_output(output_dir)
     if not output.exists():  # never create it: a typo must not leave a folder behind
         raise UserError(f"--output-dir {output_dir} is not a folder of a previous run")
-    path = write_report(output, report_file, margin=None if margin is None else margin / 100)
+    price = {key: value for key, value in (("price_per_hour", price_per_hour), ("currency", currency)) if value}
+    if price:
+        from job.config.schema import validate_config
+
+        validate_config(price, source="--price-per-hour / --currency", subset=True)  # the config's own checks
+    path = write_report(output, report_file, margin=None if margin is None else margin / 100, price=price)
     click.echo(f"report: {path}")
 
 

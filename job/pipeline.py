@@ -497,11 +497,11 @@ def save_artifacts(session: Session, run: Run, model: Any) -> list[str]:
 
 def write_report(
     output: Output, report_file: str | None = None, config_hash: str | None = None, complete_only: bool = False,
-    margin: float | None = None,
+    margin: float | None = None, price: dict[str, Any] | None = None,
 ) -> str | None:  # fmt: skip
     """Merge the saved run records (of `config_hash`, when given) into results.json, the plots and the
     report (named `report_file`, or as in the runs' config); returns where the report went. `margin` (a
-    fraction) replaces the config's for the non-inferiority answers.
+    fraction) replaces the config's for the non-inferiority answers, `price` its price_per_hour and currency.
 
     A local folder merges under a lock: when array tasks finish together, the last writer has seen
     every result. With `complete_only` (object storage, no lock), nothing is written unless every
@@ -509,6 +509,9 @@ def write_report(
     does not matter, and a writer that saw fewer cannot overwrite a complete report with a partial one."""
     with output.merge_lock():
         combined = combine(load_results(output, config_hash), margin)
+        if price:  # `job report --price-per-hour`: the money of runs already made
+            config = combined.run.config.model_copy(update=price)
+            combined = combined.model_copy(update={"run": combined.run.model_copy(update={"config": config})})
         if complete_only and combined.missing_runs:
             done, planned = len(combined.runs), len(combined.runs) + len(combined.missing_runs)
             say(f"{done} of {planned} planned runs are in {output.where(RESULTS_FOLDER)}; "

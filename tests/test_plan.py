@@ -175,6 +175,10 @@ def test_the_plan_estimates_its_time_from_earlier_runs_speed_and_says_when_it_ca
     assert (f"time: about {each['lora']:.0f} s a lora run, {each['full_finetune']:.0f} s a full_finetune run: "
             f"{duration(total)} of training for the plan, one run at a time, from the speed of earlier runs on "
             f"cpu in {tmp_path / 'out'} (loading and evaluation come on top)") in result.output  # fmt: skip
+    priced = CliRunner().invoke(main, [*args, "--set", "price_per_hour=2.5"])
+    assert f"{duration(total)} of training for the plan, about {total / 3600 * 2.5:.2f} USD at 2.50 USD an hour," in (
+        priced.output
+    )
     empty = CliRunner().invoke(main, [*args[:-1], f"output_dir={tmp_path / 'none'}"])
     assert "time: no estimate (no earlier run of these strategies on ../shared/data/ernie-standin-tnews in " in (
         empty.output

@@ -291,3 +291,35 @@ def test_the_report_states_a_step_budget_and_gradient_accumulation_when_set() ->
     budget = [r.model_copy(update={"run": r.run.model_copy(update={"config": config})}) for r in plain]
     assert ("- Steps: 2,000 optimizer steps a run (max_steps); each batch in 4 micro-batches, their gradients "
             "summed") in render_report(combine(budget))  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+def test_a_price_per_hour_turns_training_time_into_money_in_the_cost_table(tmp_path: Path) -> None:
+    """From the config (price_per_hour, currency) or, for runs already made, `job report --price-per-hour`."""
+    import shutil
+    import statistics
+
+    from click.testing import CliRunner
+
+    from job.cli import main
+
+    example = Path(__file__).resolve().parents[1] / "docs" / "example-report"
+    shutil.copytree(example / "results", tmp_path / "results")
+    plain = CliRunner().invoke(main, ["report", "--output-dir", str(tmp_path)])
+    assert plain.exit_code == 0 and "Training Cost" not in (tmp_path / "ernie_lora_vs_full_report.md").read_text()
+    result = CliRunner().invoke(main, ["report", "--output-dir", str(tmp_path), "--price-per-hour", "3.6",
+                                       "--currency", "EUR"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+    import json
+
+    seconds = {name: statistics.fmean(json.loads(p.read_text())["result"]["training_seconds"]
+                                      for p in (tmp_path / "results").glob(f"{name}_*.json"))
+               for name in ("lora", "full_finetune")}  # fmt: skip
+    lora, full = (f"{seconds[name] / 3600 * 3.6:.2f}" for name in ("lora", "full_finetune"))
+    assert "| Training Cost (EUR) |" in report and f"| {lora} (67.3%) |" in report and f"| {full} |" in report
+    assert "Cost: training time at 3.60 EUR an hour (`price_per_hour`" in report
+    bad = CliRunner().invoke(
+        main, ["report", "--output-dir", str(tmp_path), "--price-per-hour", "1", "--currency", "U S"]
+    )
+    assert bad.exit_code == 2 and "config key 'currency'" in bad.output

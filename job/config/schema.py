@@ -71,6 +71,8 @@ NOT_HASHED_KEYS = frozenset(
         "visualdl",
         "margin",
         "workers",
+        "price_per_hour",
+        "currency",
     }
 )
 
@@ -278,6 +280,16 @@ class CommonConfig(BaseModel):
         description="non-inferiority margin in accuracy points: a row is good enough when the 95% "
         "interval of its accuracy minus full fine-tuning's lies above −margin; `job "
         "report --margin` judges saved runs again",
+    )
+    price_per_hour: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="what an hour of the device costs (your cloud's on-demand or spot rate for the node), in "
+        "`currency`: the report's cost table and `job plan` then give training time as money too",
+    )
+    currency: str = Field(
+        "USD", min_length=1, max_length=8, pattern=r"^[A-Za-z$€£¥]+$", description="the currency of `price_per_hour`"
     )
     eval_batch_size: PositiveInt | Literal["auto"] = Field(
         "auto",

@@ -7,7 +7,15 @@ from __future__ import annotations
 from job.config.schema import own_key
 from job.results.front import at_chance
 from job.results.schema import Combined, Comparison, HeadlineRow
-from job.results.tables import SUMMARY_COLUMNS, markdown_table, megabytes_text, memory_text, row_costs, share_text
+from job.results.tables import (
+    SUMMARY_COLUMNS,
+    markdown_table,
+    megabytes_text,
+    memory_text,
+    money,
+    row_costs,
+    share_text,
+)
 from job.results.verdict import best_row, interval_text, points, signed_points, test_text
 from job.training.runs import rate_text
 from job.training.strategies import STRATEGIES, baseline
@@ -56,10 +64,16 @@ def answers(combined: Combined) -> str:
     )
     sure = "\n".join(f"- **{by_group[c.group].label}**: {interval_text(c)}. {test_text(c)}."
                      for c in combined.comparisons)  # fmt: skip
+    config = combined.run.config
+    columns = list(SUMMARY_COLUMNS)
+    if config.price_per_hour is not None:
+        columns.append(f"Training Cost ({config.currency})")
+        note += (f" Cost: training time at {money(config.price_per_hour, config.currency)} an hour "
+                 "(`price_per_hour`; loading and evaluation come on top).")  # fmt: skip
     return (
         "\n".join(lines)
         + "\n\n"
-        + markdown_table("Row", SUMMARY_COLUMNS, table_rows)
+        + markdown_table("Row", columns, table_rows)
         + "\n\n"
         + note
         + _warnings_text(combined)
@@ -109,7 +123,7 @@ def _table_row(row: HeadlineRow, reference: HeadlineRow, combined: Combined, c: 
         return text if c is None or not whole else f"{text} ({share_text(value, whole)})"
 
     answer = "(the reference)" if c is None else plain_answer(combined, c).split(":")[0]
-    return [
+    cells = [
         row.label,
         accuracy_text(row),
         "–" if c is None else difference_text(c),
@@ -119,6 +133,10 @@ def _table_row(row: HeadlineRow, reference: HeadlineRow, combined: Combined, c: 
         against(seconds, full_seconds, f"{seconds:.1f}"),
         against(disk, full_disk, megabytes_text(disk)),
     ]
+    price = combined.run.config.price_per_hour
+    if price is not None:
+        cells.append(against(seconds, full_seconds, money(seconds / 3600 * price)))
+    return cells
 
 
 def _warnings_text(combined: Combined) -> str:

@@ -16,6 +16,7 @@ from job.errors import UserError
 from job.output.log import duration
 from job.output.storage import open_output, url_scheme
 from job.results.records import read_records
+from job.results.tables import money
 
 
 def plan_time(config: JobConfig, runs: Sequence[Run]) -> str:
@@ -37,6 +38,9 @@ def plan_time(config: JobConfig, runs: Sequence[Run]) -> str:
     total = sum(sum(values) for values in seconds.values())
     each = ", ".join(f"{duration(statistics.fmean(values))} a {name} run" for name, values in seconds.items())
     gpu = f" ({total / 3600:.2f} GPU-hours)" if device.startswith("gpu") else ""
+    if config.price_per_hour is not None:
+        price = config.price_per_hour
+        gpu += f", about {money(total / 3600 * price, config.currency)} at {money(price, config.currency)} an hour"
     return (
         f"time: about {each}: {duration(total)} of training for the plan{gpu}, one run at a time, from the speed "
         f"of earlier runs on {device} in {config.output_dir} (loading and evaluation come on top)"

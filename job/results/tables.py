@@ -246,6 +246,12 @@ def share_text(part: float, whole: float) -> str:
     return f"{share:#.3g}".rstrip(".") + "%" if share >= 0.001 else "<0.001%"  # 1.60%, 72.9%, 100%
 
 
+def money(amount: float, currency: str = "") -> str:
+    """An amount to the cent, finer below a cent (a tiny run costs fractions of one)."""
+    text = f"{amount:,.2f}" if amount >= 0.995 else f"{amount:.2g}" if amount < 0.01 else f"{amount:.2f}"
+    return f"{text} {currency}".rstrip()
+
+
 def memory_text(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
