@@ -69,7 +69,7 @@ from job.training.model import (
     weights_fingerprint,
 )
 from job.training.strategies import check_targets_match
-from job.training.update_rank import trained_weights, update_ranks
+from job.training.update_rank import trained_weights, update_analysis
 
 WORKER_VARIABLE = "JOB_WORKER"  # set by `job run --workers` in each worker: its name and device
 SHARED_VARIABLE = "JOB_GPU_SHARED_BY"  # set there too: how many workers share its GPU (1: its own)
@@ -378,7 +378,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
             test = evaluate(model, encoded.test, run.eval_batch_size, pad_id, stop, progress(key, "test"))
     if initial:  # seconds on the full-size model: the log says what it is doing meanwhile
         say(f"[{key}] measuring the rank of each weight's learned update ({len(initial)} weights)")
-    ranks = update_ranks(initial, model)  # of the weights scored, once, at the end
+    analysis = update_analysis(initial, model)  # of the weights scored, once, at the end
     del initial
     selected = best.step if best.keep else outcome.steps
     say(
@@ -424,7 +424,9 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         dev_curve=curve,
         selected_step=selected,
         stopped_early=outcome.stopped_early,
-        update_rank=ranks,
+        update_rank=analysis.ranks,
+        update_stable_rank=analysis.stable,
+        update_rank_random=analysis.random,
         reinitialised_parameters=loaded.reinitialised,
         artifacts=artifacts,
         started_at=started,

@@ -10,7 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from job.training.update_rank import WEIGHT_KINDS, energy_rank, kind_of, trained_weights, update_ranks
+from job.training.update_rank import (
+    WEIGHT_KINDS,
+    energy_rank,
+    kind_of,
+    random_rank,
+    spectrum,
+    stable_rank,
+    trained_weights,
+    update_ranks,
+)
 from tests.fixtures import TINY_ERNIE, run_tiny
 
 
@@ -66,8 +75,13 @@ def test_a_full_fine_tuning_run_records_and_reports_its_update_rank_and_lora_non
     assert all(len(values) == layers and all(1 <= v <= hidden for v in values) for values in full.values())
     report = (out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
     line = next(line for line in report.splitlines() if line.startswith("- Effective rank of the learned update"))
-    q = full["q"]
-    assert f"q {float(np.median(q)):g} ({min(q)}–{max(q)})" in line and "LoRA's rank here: r = 4" in line
+    q, stable = full["q"], runs["full_finetune"]["update_stable_rank"]["q"]
+    random = runs["full_finetune"]["update_rank_random"]
+    assert random == {kind: random_rank((hidden, 64) if kind == "FFN in" else (64, hidden) if kind == "FFN out"
+                                        else (hidden, hidden)) for kind in WEIGHT_KINDS}  # fmt: skip
+    assert len(stable) == layers and all(1.0 <= value <= hidden for value in stable)
+    assert (f"q {float(np.median(q)):g} ({min(q)}–{max(q)}; a random matrix of its shape: {random['q']}; stable rank "
+            f"{float(np.median(stable)):.1f})") in line and "LoRA's rank here: r = 4" in line  # fmt: skip
     assert re.search(rf"full_finetune \(lr=0\.01\), over {layers} layers: q ", line)
 
 
@@ -88,3 +102,15 @@ def test_the_rank_read_from_the_gram_matrix_is_the_singular_values_rank_for_tall
         expected = int(np.searchsorted(np.cumsum(squares) / squares.sum(), 0.9 - 1e-12) + 1)
         assert energy_rank(update) == expected, shape
         assert energy_rank(update.T) == expected, shape
+
+
+def test_the_stable_rank_and_the_random_baseline_have_their_known_values() -> None:
+    """A matrix with singular values 3, 1, 1, 1 has stable rank (9 + 3) / 9; a rank-one update 1; none 0. A
+    random Gaussian matrix spreads its energy: 90% needs about half the directions of a square one."""
+    diagonal = np.diag([3.0, 1.0, 1.0, 1.0])
+    assert stable_rank(spectrum(diagonal)) == pytest.approx(12 / 9)
+    assert stable_rank(spectrum(np.outer(np.arange(1.0, 6.0), np.arange(1.0, 4.0)))) == pytest.approx(1.0)
+    assert stable_rank(spectrum(np.zeros((3, 3)))) == 0.0
+    assert random_rank((768, 768)) == 391 and random_rank((768, 3072)) == random_rank((3072, 768)) == 585
+    square = random_rank((64, 64))
+    assert square == energy_rank(np.random.default_rng(0).standard_normal((64, 64))) and 25 <= square <= 40

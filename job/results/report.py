@@ -388,7 +388,12 @@ def update_rank_line(rows: Sequence[HeadlineRow], combined: Combined) -> str | N
         for kind in WEIGHT_KINDS:
             values = [value for r in runs for value in r.update_rank.get(kind, [])]
             if values:
-                texts.append(f"{kind} {statistics.median(values):g} ({min(values)}–{max(values)})")
+                stable = [value for r in runs for value in r.update_stable_rank.get(kind, [])]
+                random = next((r.update_rank_random[kind] for r in runs if kind in r.update_rank_random), None)
+                extra = [f"a random matrix of its shape: {random}"] if random else []
+                extra += [f"stable rank {statistics.median(stable):.1f}"] if stable else []
+                texts.append(f"{kind} {statistics.median(values):g} ({min(values)}–{max(values)}"
+                             + "".join(f"; {part}" for part in extra) + ")")  # fmt: skip
         if texts:
             layers = len(runs[0].update_rank[next(iter(runs[0].update_rank))])
             scope = f"{layers} layers" + (f" x {len(runs)} seeds" if len(runs) > 1 else "")

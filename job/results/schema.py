@@ -87,6 +87,8 @@ class RunResult(Record):
     # kind of encoder weight -> the effective rank (90% of the energy) of each layer's update, for the
     # strategies that train the encoder's own weights (job.training.update_rank); empty for adapters
     update_rank: dict[str, list[int]] = Field(default_factory=dict)
+    update_stable_rank: dict[str, list[float]] = Field(default_factory=dict)  # ‖ΔW‖²_F / ‖ΔW‖²_2 of each
+    update_rank_random: dict[str, int] = Field(default_factory=dict)  # a random matrix of the kind's shape
     reinitialised_parameters: list[str]
     artifacts: list[str]
     started_at: str = ""  # when the run's model began loading (older records: unknown)
