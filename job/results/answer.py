@@ -5,6 +5,7 @@ weakens the answers (a reference at chance, an untuned rate), and the statistics
 from __future__ import annotations
 
 from job.config.schema import own_key
+from job.results.churn import churn, churn_text
 from job.results.front import at_chance
 from job.results.schema import Combined, Comparison, HeadlineRow
 from job.results.tables import (
@@ -79,7 +80,23 @@ def answers(combined: Combined) -> str:
         + _warnings_text(combined)
         + "\n\n### How sure\n\n"
         + sure
+        + "\n\n### How the models differ\n\n"
+        + "\n".join(f"- {line}" for line in differences(combined))
     )
+
+
+def differences(combined: Combined) -> list[str]:
+    """Per compared row, how often it and full fine-tuning predict a title differently, against how often
+    two seeds of one strategy do (job.results.churn); with one seed, that it cannot say."""
+    lines = []
+    for c in combined.comparisons:
+        found = churn(combined, c)
+        if found is None:
+            lines.append(f"{c.subject}: with one seed there is no pair of seeds to show how much two runs of one "
+                         "strategy disagree anyway; a list of seeds shows it")  # fmt: skip
+        else:
+            lines.append(churn_text(found, baseline().title))
+    return lines
 
 
 def plain_answer(combined: Combined, c: Comparison) -> str:
