@@ -303,6 +303,24 @@ def prefetch(config_path: Path | None, overrides: tuple[str, ...]) -> None:
         click.echo(redacted(line))
 
 
+@main.command(name="export-model")
+@CONFIG_OPTION
+@SET_OPTION
+@click.option("--to", "target", required=True, type=click.Path(path_type=Path),
+              help="The model folder to write (must not exist); then set `model_name` to it.")  # fmt: skip
+@exit_codes("{target}")
+def export_model(config_path: Path | None, overrides: tuple[str, ...], target: Path) -> None:
+    """Write the config's model, from the PaddleNLP cache `job prefetch` filled, as a model folder of its own:
+    carry it into an air-gapped cluster and set `model_name` to it. Needs no network."""
+    config = resolve_config(config_path, overrides)
+    check_cache_home()
+    from job.training.model import export_model_folder, quiet_paddlenlp
+
+    quiet_paddlenlp()
+    folder = export_model_folder(config.model_name, target)
+    click.echo(f"model folder: {folder}; set model_name: {folder}")
+
+
 @main.command()
 @click.option(
     "--output-dir", required=True,

@@ -54,6 +54,37 @@ def check_model_folder(model_name: str) -> str:
     return f"{model_name} (a PaddleNLP name: downloaded into the cache on the first run, or found there)"
 
 
+def export_model_folder(model_name: str, target: Path) -> Path:
+    """A PaddleNLP model the cache holds (`job prefetch` filled it) as a folder of its own: the encoder's
+    config.json and weights (safetensors) and the tokenizer, to carry into an air-gapped cluster and name as
+    `model_name`. Written beside `target` and renamed into place: a stopped export leaves no half-model."""
+    import shutil
+
+    from job.data.download import builtin_model_files
+
+    if looks_like_a_path(model_name):
+        raise UserError(f"config key 'model_name': {model_name} is already a folder; copy it as it is")
+    files = builtin_model_files(model_name)
+    missing = [file.path for file in files if not file.path.is_file()]
+    if not files or missing:
+        where = model_cache_folder(model_name)
+        raise UserError(f"{model_name} is not in the model cache ({where}): run `job prefetch` with this config on a "
+                        "machine with network first, or point PPNLP_HOME at the cache it filled")  # fmt: skip
+    if target.exists() or target.is_symlink():
+        raise UserError(f"--to {target} exists: give a folder that does not exist yet")
+    from paddlenlp.transformers import ErnieModel
+
+    scratch = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        ErnieModel.from_pretrained(model_name).save_pretrained(str(scratch), safe_serialization=True)
+        load_tokenizer(model_name).save_pretrained(str(scratch))
+        scratch.rename(target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
 def _existing_folder(name: str) -> bool:
     try:
         return Path(name).expanduser().is_dir()
