@@ -207,3 +207,17 @@ def test_an_archive_member_larger_than_any_clue_file_is_refused_before_it_is_wri
 
     cache = Path(paddlenlp.utils.env.DATA_HOME) / "Clue" / "tnews_public"
     assert not (cache / "train.json").exists()
+
+
+@pytest.mark.parametrize("variable", ["JOB_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_a_download_where_the_environment_says_offline_exits_2_with_no_request(
+    variable: str, failing_mirror, write_config, monkeypatch
+) -> None:
+    """An air-gapped cluster's retry can never fetch the file: exit 2 (a queue does not retry it), where a
+    failed connection alone stays 75."""
+    monkeypatch.setenv(variable, "1")
+    endpoint = f"http://127.0.0.1:{failing_mirror.server_port}"
+    code, output = run_against(endpoint, write_config(model_name=BUILT_IN), monkeypatch)
+    assert code == 2, output
+    assert f"is not in the cache and {variable}=1 says there is no network; run `python -m job prefetch" in output
+    assert failing_mirror.requested == []

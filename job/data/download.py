@@ -261,8 +261,23 @@ OFFLINE = (
 )
 
 
+OFFLINE_VARIABLES = ("JOB_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")  # the job's, and the field's habit
+
+
+def declared_offline() -> str | None:
+    """The variable that says this machine has no network (set to 1, true or yes), or None."""
+    return next((name for name in OFFLINE_VARIABLES if os.environ.get(name, "").lower() in ("1", "true", "yes")), None)
+
+
 def download(url: str, path: Path) -> None:
-    """Stream `url` to `path` with a progress bar; a short or failed transfer is RetryableError (75)."""
+    """Stream `url` to `path` with a progress bar; a short or failed transfer is RetryableError (75): a
+    connection that fails may work on a retry. Where the environment says there is no network
+    (JOB_OFFLINE=1, or transformers' HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE), no retry can fetch it: exit 2
+    at once, with no request, so a queue does not retry a permanent failure."""
+    offline = declared_offline()
+    if offline:
+        raise UserError(f"{url} is not in the cache and {offline}={os.environ[offline]} says there is no network; "
+                        f"{OFFLINE.removeprefix('without network: ')}")  # fmt: skip
     import requests
     import urllib3
     from tqdm import tqdm
