@@ -97,3 +97,8 @@ def test_the_config_table_gives_each_shipped_config_its_run_count() -> None:
     table = dict(re.findall(r"^\| `([\w.]+\.yaml)` \| (\d+) \|", page, flags=re.M))
     planned = {path.name: str(len(plan_runs(load_config(path)))) for path in (ROOT / "configs").glob("*.yaml")}
     assert table == planned
+
+
+def test_the_two_set_up_commands_stand_in_the_readmes_first_40_lines() -> None:
+    head = "\n".join((ROOT / "README.md").read_text(encoding="utf-8").splitlines()[:40])
+    assert "```bash\nmake venv\n```" in head and "```bash\nmake test\n```" in head
