@@ -168,7 +168,7 @@ def test_evaluation_on_a_mixed_precision_gpu_is_measured_against_the_fp32_peak(m
 
     def timed(sizes: tuple[int, ...], seconds: float = 3.0, dtype: str = "float32") -> float:
         asked.append(dtype)
-        return matmul_peak_gflops((64,), seconds=0.05) * (2.0 if dtype == "bfloat16" else 1.0)
+        return 100.0 * (2.0 if dtype == "bfloat16" else 1.0)  # fixed figures: two timings under load can differ 2x
 
     monkeypatch.setattr(job.bench, "matmul_peak_gflops", timed)
     train, evaluation = job.bench.measure_peaks((64,), "bfloat16")

@@ -43,9 +43,9 @@ def test_yaml_numbers_are_read_as_yaml_1_2_not_as_octal_or_base_60(write_config,
     config = tmp_path / "c.yaml"
     written = write_config().read_text(encoding="utf-8").replace("max_train_samples: 300\n", "")
     config.write_text(written + "seed: 010\nmax_train_samples: 10_000\n")
-    result = CliRunner().invoke(main, ["validate", "--config", str(config)])
+    result = CliRunner(mix_stderr=False).invoke(main, ["validate", "--config", str(config)])
     assert result.exit_code == 0, result.output
-    values = json.loads(result.output.split("\nconfig hash")[0])
+    values = json.loads(result.stdout)  # stderr carries the model and config hash lines
     assert values["seed"] == 10 and values["max_train_samples"] == 10000  # YAML 1.1 would give 8
     config.write_text(write_config().read_text(encoding="utf-8").replace("lora_r: 4", "lora_r: 1:30"))
     result = CliRunner().invoke(main, ["validate", "--config", str(config)])

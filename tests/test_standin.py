@@ -60,7 +60,7 @@ def test_lora_at_its_own_rate_learns_on_the_stand_in_and_the_report_answers_from
     interval = seed_title_interval(title_differences(right("lora"), right("full_finetune")))
     report = (out / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
     summary = report.split("## Summary", 1)[1].split("\n\n")[1]
-    found = re.search(r"95% CI ([−+]\d+\.\d) to ([−+]\d+\.\d) points", summary)
+    found = re.search(r": [−+]\d+\.\d \(([−+]\d+\.\d) to ([−+]\d+\.\d)\) points\.", summary)  # the difference (CI)
     assert found, summary
     low, high = (float(text.replace("−", "-")) for text in found.groups())
     assert (low, high) == (pytest.approx(100 * interval.low, abs=0.051), pytest.approx(100 * interval.high, abs=0.051))
