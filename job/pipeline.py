@@ -376,9 +376,12 @@ def train_one(session: Session, run: Run) -> RunResult | None:
                 dev = evaluate(model, encoded.dev, run.eval_batch_size, pad_id, stop, progress(key, "dev"))
         with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
             test = evaluate(model, encoded.test, run.eval_batch_size, pad_id, stop, progress(key, "test"))
-    if initial:  # seconds on the full-size model: the log says what it is doing meanwhile
-        say(f"[{key}] measuring the rank of each weight's learned update ({len(initial)} weights)")
-    analysis = update_analysis(initial, model)  # of the weights scored, once, at the end
+    if initial and config.analysis:  # seconds on the full-size model: the log says what it is doing meanwhile
+        say(
+            f"[{key}] measuring each weight's learned update: its rank and intruder dimensions ({len(initial)} weights)"
+        )
+    analysis = update_analysis(initial if config.analysis else {}, model,
+                               config.intruder_threshold if config.analysis else None)  # once, at the end  # fmt: skip
     del initial
     selected = best.step if best.keep else outcome.steps
     say(
@@ -427,6 +430,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         update_rank=analysis.ranks,
         update_stable_rank=analysis.stable,
         update_rank_random=analysis.random,
+        intruder_dimensions=analysis.intruders,
         reinitialised_parameters=loaded.reinitialised,
         artifacts=artifacts,
         started_at=started,

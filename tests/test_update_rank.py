@@ -83,6 +83,13 @@ def test_a_full_fine_tuning_run_records_and_reports_its_update_rank_and_lora_non
     assert (f"q {float(np.median(q)):g} ({min(q)}–{max(q)}; a random matrix of its shape: {random['q']}; stable rank "
             f"{float(np.median(stable)):.1f})") in line and "LoRA's rank here: r = 4" in line  # fmt: skip
     assert re.search(rf"full_finetune \(lr=0\.01\), over {layers} layers: q ", line)
+    intruders = {name: runs[name]["intruder_dimensions"] for name in ("lora", "full_finetune")}
+    assert list(intruders["lora"]) == ["q", "v"] and list(intruders["full_finetune"]) == list(WEIGHT_KINDS)
+    assert all(len(values) == layers and all(0 <= v <= 10 for v in values)
+               for counts in intruders.values() for values in counts.values())  # fmt: skip
+    assert "- Intruder dimensions (of each fine-tuned weight's top 10 singular vectors, those with no pretrained " in (
+        report
+    )
 
 
 @pytest.mark.parametrize(
@@ -114,3 +121,24 @@ def test_the_stable_rank_and_the_random_baseline_have_their_known_values() -> No
     assert random_rank((768, 768)) == 391 and random_rank((768, 3072)) == random_rank((3072, 768)) == 585
     square = random_rank((64, 64))
     assert square == energy_rank(np.random.default_rng(0).standard_normal((64, 64))) and 25 <= square <= 40
+
+
+def test_a_planted_intruder_direction_is_counted_and_a_scaled_weight_has_none() -> None:
+    """The pretrained weight's singular vectors are the axes (a diagonal of distinct values); a fine-tuned
+    weight with a strong spike along a direction far from every axis (cosine 1/sqrt(n) with each) gains one
+    intruder; the same weight scaled, or nudged along its own axes, gains none."""
+    from job.training.update_rank import intruder_count, singular_directions
+
+    n = 64
+    before = np.diag(np.linspace(1.0, 2.0, n))
+    direction = np.ones(n) / np.sqrt(n)  # cosine 0.125 with every axis
+    spiked = before + 10.0 * np.outer(direction, direction)
+    assert intruder_count(before, spiked) == 1
+    assert intruder_count(before, before * 1.5) == 0
+    assert intruder_count(before, before + np.diag(np.linspace(0.0, 0.1, n))) == 0
+    other = np.r_[np.ones(n // 2), -np.ones(n // 2)] / np.sqrt(n)  # orthogonal to `direction`, as far from the axes
+    two = spiked + 9.0 * np.outer(other, other)
+    assert intruder_count(before, two) == 2
+    assert intruder_count(before, spiked, threshold=0.1) == 0  # cosine 0.125 is above a threshold of 0.1
+    wide = np.random.default_rng(1).standard_normal((8, 20))
+    assert singular_directions(wide).shape == (8, 8) and singular_directions(wide, 3).shape == (8, 3)

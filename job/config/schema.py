@@ -73,6 +73,8 @@ NOT_HASHED_KEYS = frozenset(
         "workers",
         "price_per_hour",
         "currency",
+        "analysis",
+        "intruder_threshold",
     }
 )
 
@@ -280,6 +282,18 @@ class CommonConfig(BaseModel):
         description="non-inferiority margin in accuracy points: a row is good enough when the 95% "
         "interval of its accuracy minus full fine-tuning's lies above −margin; `job "
         "report --margin` judges saved runs again",
+    )
+    analysis: bool = Field(
+        True,
+        description="at the end of each run, from the weights in memory: the rank of full fine-tuning's update "
+        "(against a random matrix's, and its stable rank) and each row's intruder dimensions; `false` skips it",
+    )
+    intruder_threshold: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="a fine-tuned weight's top-10 singular vector is an intruder dimension when no singular vector "
+        "of the pretrained weight has a cosine similarity with it of this or more (Shuttleworth et al. 2024)",
     )
     price_per_hour: float | None = Field(
         None,

@@ -28,7 +28,7 @@ from job.results.verdict import best_row, points
 from job.training.model import looks_like_a_path
 from job.training.runs import rate_text
 from job.training.strategies import STRATEGIES, baseline, compared
-from job.training.update_rank import WEIGHT_KINDS
+from job.training.update_rank import INTRUDER_TOP, WEIGHT_KINDS
 
 SEED_MODEL, SEED_MODEL_TITLE = "ernie-3.0-medium-zh", "ERNIE 3.0 Medium"
 
@@ -220,6 +220,8 @@ def observations(combined: Combined) -> list[str]:
         lines.append(checkpoints)
     if (ranks := update_rank_line(rows, combined)) is not None:
         lines.append(ranks)
+    if (intruders := intruder_line(rows, combined)) is not None:
+        lines.append(intruders)
     if c is not None and full is not None:
         lines.append(_time_line(next(r for r in lora if r.group == c.group), full))
     if len(rows) > 2:
@@ -405,6 +407,31 @@ def update_rank_line(rows: Sequence[HeadlineRow], combined: Combined) -> str | N
     return (
         "Effective rank of the learned update ΔW = W_after − W_before (the rank holding 90% of its energy; median "
         "and range): " + "; ".join(parts) + beside + "."
+    )
+
+
+def intruder_line(rows: Sequence[HeadlineRow], combined: Combined) -> str | None:
+    """Each row's intruder dimensions per kind of weight (median over layers and seeds, and the most)."""
+    import statistics
+
+    by_key = {r.key: r for r in combined.runs}
+    parts = []
+    for row in rows:
+        runs = [by_key[key] for key in row.keys if by_key[key].intruder_dimensions]
+        texts = []
+        for kind in WEIGHT_KINDS:
+            values = [value for r in runs for value in r.intruder_dimensions.get(kind, [])]
+            if values:
+                texts.append(f"{kind} {statistics.median(values):g} (at most {max(values)})")
+        if texts:
+            parts.append(f"{row.label}: " + ", ".join(texts))
+    if not parts:
+        return None
+    threshold = combined.run.config.intruder_threshold
+    return (
+        f"Intruder dimensions (of each fine-tuned weight's top {INTRUDER_TOP} singular vectors, those with no "
+        f"pretrained singular vector within cosine {threshold:g}; median over layers and seeds; Shuttleworth et al. "
+        "2024): " + "; ".join(parts) + ". Many mean the update added directions the pretrained weight did not have."
     )
 
 

@@ -89,6 +89,7 @@ class RunResult(Record):
     update_rank: dict[str, list[int]] = Field(default_factory=dict)
     update_stable_rank: dict[str, list[float]] = Field(default_factory=dict)  # ‖ΔW‖²_F / ‖ΔW‖²_2 of each
     update_rank_random: dict[str, int] = Field(default_factory=dict)  # a random matrix of the kind's shape
+    intruder_dimensions: dict[str, list[int]] = Field(default_factory=dict)  # per kind, each layer's (LoRA too)
     reinitialised_parameters: list[str]
     artifacts: list[str]
     started_at: str = ""  # when the run's model began loading (older records: unknown)

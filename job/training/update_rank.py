@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 
 ENERGY = 0.90
+# Intruder dimensions (Shuttleworth et al. 2024, "LoRA vs Full Fine-tuning: An Illusion of Equivalence",
+# arXiv 2410.21228): of a fine-tuned weight's top singular vectors, those whose largest cosine similarity
+# with any of the pretrained weight's singular vectors is below the threshold.
+INTRUDER_TOP, INTRUDER_THRESHOLD = 10, 0.5
 # Each kind of encoder weight by its ERNIE parameter name (one per layer).
 WEIGHT_KINDS: dict[str, str] = {
     "q": r"\.self_attn\.q_proj\.weight$",
@@ -67,6 +71,48 @@ def random_rank(shape: tuple[int, int], energy: float = ENERGY) -> int:
     return energy_rank(np.random.default_rng(0).standard_normal(shape), energy)
 
 
+def singular_directions(weight: np.ndarray, top: int | None = None) -> np.ndarray:
+    """The weight's singular vectors on its shorter side (columns, largest singular value first): the
+    eigenvectors of that side's Gram matrix (scipy.linalg.eigh), all of them or the `top` ones only. The
+    shorter side keeps each a 768 x 768 problem for ERNIE 3.0 Medium, whichever way a Linear faces. In
+    float32, with LAPACK's divide-and-conquer driver (evd)."""
+    from scipy.linalg import eigh
+
+    matrix = np.asarray(weight, dtype=np.float32)  # cosines need no more; float64 took twice as long
+    gram = matrix.T @ matrix if matrix.shape[0] >= matrix.shape[1] else matrix @ matrix.T
+    size = gram.shape[0]
+    subset = None if top is None else [max(0, size - top), size - 1]
+    _, vectors = eigh(gram, subset_by_index=subset, driver="evr" if subset else "evd")
+    return vectors[:, ::-1]
+
+
+def intruder_count(before: np.ndarray, after: np.ndarray, basis: np.ndarray | None = None,
+                   top: int = INTRUDER_TOP, threshold: float = INTRUDER_THRESHOLD) -> int:  # fmt: skip
+    """How many of `after`'s top singular vectors have no singular vector of `before` within cosine
+    `threshold` (`basis`: before's directions, when already computed)."""
+    basis = singular_directions(before) if basis is None else basis
+    similarity = np.abs(basis.T @ singular_directions(after, top)).max(axis=0)
+    return int((similarity < threshold).sum())
+
+
+def adapter_intruders(model: Any, threshold: float = INTRUDER_THRESHOLD) -> dict[str, list[int]]:
+    """Kind -> each adapted layer's intruder count, for a LoRA model: the frozen weight against the weight
+    with the adapter folded in (W + A B x scale, Paddle's [in, out] layout), before anything is merged."""
+    found: dict[str, list[int]] = {}
+    if getattr(getattr(model, "lora_config", None), "pissa", False):
+        return found  # PiSSA's frozen weight is the residual, not the pretrained weight
+    for name, layer in model.named_sublayers():
+        if not (hasattr(layer, "lora_A") and hasattr(layer, "lora_B") and hasattr(layer, "scaling")):
+            continue
+        kind = kind_of(f"{name}.weight")
+        if kind is None:
+            continue
+        weight = layer.weight.numpy().astype(np.float64)
+        update = layer.lora_A.numpy().astype(np.float64) @ layer.lora_B.numpy().astype(np.float64) * layer.scaling
+        found.setdefault(kind, []).append(intruder_count(weight, weight + update, threshold=threshold))
+    return {kind: found[kind] for kind in WEIGHT_KINDS if kind in found}
+
+
 def trained_weights(model: Any) -> dict[str, np.ndarray]:
     """A host copy of the encoder weights that will train (none for an adapter: its base stays frozen)."""
     return {name: p.numpy().copy() for name, p in model.named_parameters() if not p.stop_gradient and kind_of(name)}
@@ -82,20 +128,30 @@ class UpdateAnalysis:
     ranks: dict[str, list[int]]  # kind -> each layer's energy rank
     stable: dict[str, list[float]]  # kind -> each layer's stable rank
     random: dict[str, int]  # kind -> a random matrix's energy rank at that kind's shape
+    intruders: dict[str, list[int]]  # kind -> each layer's intruder dimensions (INTRUDER_TOP, the threshold)
 
 
-def update_analysis(before: dict[str, np.ndarray], model: Any) -> UpdateAnalysis:
-    """Each trained encoder weight's update, once: its energy rank and stable rank from one spectrum, and
-    the random baseline of its shape."""
+def update_analysis(before: dict[str, np.ndarray], model: Any, threshold: float | None = INTRUDER_THRESHOLD,
+                    ) -> UpdateAnalysis:  # fmt: skip
+    """Each trained encoder weight's update, once: its energy rank and stable rank from one spectrum, the
+    random baseline of its shape, and (`threshold` not None) its intruder dimensions; for a LoRA model,
+    whose base weights do not train, the adapted layers' intruder dimensions alone."""
     ranks: dict[str, list[int]] = {}
     stable: dict[str, list[float]] = {}
     random: dict[str, int] = {}
+    intruders: dict[str, list[int]] = {}
     for name, parameter in model.named_parameters():
         if name in before:
             kind = kind_of(name) or ""
-            squares = spectrum(parameter.numpy() - before[name])
+            after = parameter.numpy()
+            squares = spectrum(after - before[name])
             ranks.setdefault(kind, []).append(rank_of(squares))
             stable.setdefault(kind, []).append(round(stable_rank(squares), 3))
             random.setdefault(kind, random_rank(tuple(before[name].shape)))
+            if threshold is not None:
+                intruders.setdefault(kind, []).append(intruder_count(before[name], after, threshold=threshold))
     order = [kind for kind in WEIGHT_KINDS if kind in ranks]
-    return UpdateAnalysis({k: ranks[k] for k in order}, {k: stable[k] for k in order}, {k: random[k] for k in order})
+    if not order and threshold is not None:
+        intruders = adapter_intruders(model, threshold)
+    return UpdateAnalysis({k: ranks[k] for k in order}, {k: stable[k] for k in order}, {k: random[k] for k in order},
+                          {k: intruders[k] for k in WEIGHT_KINDS if k in intruders})  # fmt: skip
