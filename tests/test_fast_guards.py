@@ -117,15 +117,15 @@ def test_each_rank_weights_its_shard_loss_by_its_share_of_the_global_batch(
     rows = encode(draw_samples(read_source(DataSpec(data_dir=str(tnews_dir))), 25, 8, 0).train.examples, tokenizer, 32)
     run = plan_runs(JobConfig(strategies=["lora"], lora_r=4, lora_alpha=8))[0]
     settings = job.training.loop.TrainSettings(5e-3, 5, 1, 0.01, 0.1, 1.0, seed=0, logging_steps=5)
-    original = job.training.loop.train_step
+    original = job.training.loop.accumulated_step
     seen: dict[int, list[tuple[int, float]]] = {0: [], 1: []}
     for rank in (0, 1):
 
-        def step(model, batch, optimizer, schedule, precision, scaler, share=1.0, forward=None, _rank=rank):
-            seen[_rank].append((len(batch["labels"]), share))
-            return original(model, batch, optimizer, schedule, precision, scaler, share, forward)
+        def step(model, micro, optimizer, schedule, precision="fp32", scaler=None, forward=None, _rank=rank):
+            seen[_rank].extend((len(batch["labels"]), share) for batch, share in micro)
+            return original(model, micro, optimizer, schedule, precision, scaler, forward)
 
-        monkeypatch.setattr(job.training.loop, "train_step", step)
+        monkeypatch.setattr(job.training.loop, "accumulated_step", step)
         paddle.seed(0)
         model = STRATEGIES["lora"].prepare(load_model(str(tiny_model), 15), run)
         job.training.loop.train(model, rows, settings, pad_id=int(tokenizer.pad_token_id), label="lora",

@@ -56,18 +56,18 @@ def trained(
     model = STRATEGIES[strategy].prepare(loaded, _run_for(strategy))
     settings = TrainSettings(5e-3, 16, 2, 0.01, 0.1, 1.0, seed=0, logging_steps=LOGGING_STEPS, eval_steps=eval_steps)
     per_step: list[int] = []
-    original = job.training.loop.train_step
+    original = job.training.loop.accumulated_step
 
     def step(*args, **kwargs):
         if counts is not None:
             per_step.append(sum(counts.values()))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(job.training.loop, "train_step", step)
+    monkeypatch.setattr(job.training.loop, "accumulated_step", step)
     paddle.seed(0)
     outcome = train(model, rows, settings, pad_id=int(tokenizer.pad_token_id), label=strategy, stop=StopRequest(),
                     evaluate_at=evaluate_at)  # fmt: skip
-    monkeypatch.setattr(job.training.loop, "train_step", original)
+    monkeypatch.setattr(job.training.loop, "accumulated_step", original)
     return outcome.step_losses, [b - a for a, b in itertools.pairwise(per_step)]
 
 
@@ -108,14 +108,14 @@ def test_the_gpu_path_clips_with_paddles_clip_that_never_reads_the_norm(
 def test_a_nan_found_at_a_later_read_still_names_the_step_where_it_first_appeared(
     tiny_model: Path, tnews_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = job.training.loop.train_step
+    original = job.training.loop.accumulated_step
     steps = iter(range(1, 1000))
 
     def poisoned(*args, **kwargs):
         loss = original(*args, **kwargs)
         return loss * float("nan") if next(steps) >= 6 else loss  # steps 6 on are NaN
 
-    monkeypatch.setattr(job.training.loop, "train_step", poisoned)
+    monkeypatch.setattr(job.training.loop, "accumulated_step", poisoned)
     with pytest.raises(TrainingDiverged, match="loss became nan at step 6;"):
         trained(tiny_model, tnews_dir, monkeypatch, gpu=True, strategy="lora")
 
