@@ -377,25 +377,31 @@ def learning_curve_line(combined: Combined) -> str | None:
     return f"Learning curve: {verdict} ({listing}; `{LEARNING_PLOT}`)."
 
 
+def per_kind(row: HeadlineRow, combined: Combined, field: str) -> tuple[list[RunResult], dict[str, list]]:
+    """A row's runs that recorded `field` (kind -> a value per layer), and each kind's values over their
+    layers and seeds, in WEIGHT_KINDS' order."""
+    by_key = {r.key: r for r in combined.runs}
+    runs = [by_key[key] for key in row.keys if getattr(by_key[key], field)]
+    values = {kind: [v for r in runs for v in getattr(r, field).get(kind, [])] for kind in WEIGHT_KINDS}
+    return runs, {kind: found for kind, found in values.items() if found}
+
+
 def update_rank_line(rows: Sequence[HeadlineRow], combined: Combined) -> str | None:
     """The effective rank of each weight kind's learned update (rows that train the encoder's own
     weights), as median and range over layers and seeds, beside the LoRA ranks of the config."""
     import statistics
 
-    by_key = {r.key: r for r in combined.runs}
     parts = []
     for row in rows:
-        runs = [by_key[key] for key in row.keys if by_key[key].update_rank]
+        runs, ranks = per_kind(row, combined, "update_rank")
+        _, stables = per_kind(row, combined, "update_stable_rank")
         texts = []
-        for kind in WEIGHT_KINDS:
-            values = [value for r in runs for value in r.update_rank.get(kind, [])]
-            if values:
-                stable = [value for r in runs for value in r.update_stable_rank.get(kind, [])]
-                random = next((r.update_rank_random[kind] for r in runs if kind in r.update_rank_random), None)
-                extra = [f"a random matrix of its shape: {random}"] if random else []
-                extra += [f"stable rank {statistics.median(stable):.1f}"] if stable else []
-                texts.append(f"{kind} {statistics.median(values):g} ({min(values)}–{max(values)}"
-                             + "".join(f"; {part}" for part in extra) + ")")  # fmt: skip
+        for kind, values in ranks.items():
+            random = next((r.update_rank_random[kind] for r in runs if kind in r.update_rank_random), None)
+            extra = [f"a random matrix of its shape: {random}"] if random else []
+            extra += [f"stable rank {statistics.median(stables[kind]):.1f}"] if kind in stables else []
+            texts.append(f"{kind} {statistics.median(values):g} ({min(values)}–{max(values)}"
+                         + "".join(f"; {part}" for part in extra) + ")")  # fmt: skip
         if texts:
             layers = len(runs[0].update_rank[next(iter(runs[0].update_rank))])
             scope = f"{layers} layers" + (f" x {len(runs)} seeds" if len(runs) > 1 else "")
@@ -414,17 +420,12 @@ def intruder_line(rows: Sequence[HeadlineRow], combined: Combined) -> str | None
     """Each row's intruder dimensions per kind of weight (median over layers and seeds, and the most)."""
     import statistics
 
-    by_key = {r.key: r for r in combined.runs}
     parts = []
     for row in rows:
-        runs = [by_key[key] for key in row.keys if by_key[key].intruder_dimensions]
-        texts = []
-        for kind in WEIGHT_KINDS:
-            values = [value for r in runs for value in r.intruder_dimensions.get(kind, [])]
-            if values:
-                texts.append(f"{kind} {statistics.median(values):g} (at most {max(values)})")
-        if texts:
-            parts.append(f"{row.label}: " + ", ".join(texts))
+        _, counts = per_kind(row, combined, "intruder_dimensions")
+        if counts:
+            parts.append(f"{row.label}: " + ", ".join(f"{kind} {statistics.median(values):g} (at most {max(values)})"
+                                                      for kind, values in counts.items()))  # fmt: skip
     if not parts:
         return None
     threshold = combined.run.config.intruder_threshold
