@@ -303,6 +303,22 @@ def prefetch(config_path: Path | None, overrides: tuple[str, ...]) -> None:
         click.echo(redacted(line))
 
 
+@main.command(name="import-hf")
+@click.option("--from", "source", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="A Hugging Face-format ERNIE folder (transformers' ErnieModel layout).")  # fmt: skip
+@click.option("--to", "target", required=True, type=click.Path(path_type=Path),
+              help="The PaddleNLP model folder to write (must not exist); then set `model_name` to it.")  # fmt: skip
+@exit_codes("{target}")
+def import_hf(source: Path, target: Path) -> None:
+    """Convert a Hugging Face-format ERNIE checkpoint (such as nghuyong/ernie-3.0-medium-zh, downloaded with
+    its tokenizer) into a PaddleNLP model folder the job trains: set `model_name` to it. Needs no network."""
+    from job.training.model import import_hf_folder, quiet_paddlenlp
+
+    quiet_paddlenlp()
+    folder = import_hf_folder(source, target)
+    click.echo(f"model folder: {folder}; set model_name: {folder}")
+
+
 @main.command(name="export-model")
 @CONFIG_OPTION
 @SET_OPTION

@@ -40,7 +40,8 @@ def check_model_name(model_name: str) -> None:
         )
     if looks_like_a_path(model_name) and not _existing_folder(model_name):
         org_model = model_name.count("/") == 1 and not model_name.startswith((".", "/", "~"))
-        hub = "; a Hugging Face name (org/model) is neither" if org_model else ""
+        hub = ("; a Hugging Face name (org/model) is neither: download it with its tokenizer and convert it with "
+               "`job import-hf`") if org_model else ""  # fmt: skip
         raise UserError(f"config key 'model_name': model folder {model_name} does not exist ({ACCEPTED_MODELS}{hub})")
 
 
@@ -79,6 +80,60 @@ def export_model_folder(model_name: str, target: Path) -> Path:
     try:
         ErnieModel.from_pretrained(model_name).save_pretrained(str(scratch), safe_serialization=True)
         load_tokenizer(model_name).save_pretrained(str(scratch))
+        scratch.rename(target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+# transformers' ErnieConfig keys PaddleNLP's ErnieConfig reads the same way.
+HF_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                  "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
+                  "type_vocab_size", "task_type_vocab_size", "use_task_id", "pad_token_id", "layer_norm_eps",
+                  "initializer_range")  # fmt: skip
+
+
+def import_hf_folder(source: Path, target: Path) -> Path:
+    """A Hugging Face-format ERNIE checkpoint (transformers' ErnieModel or ErnieForSequenceClassification:
+    config.json, model.safetensors, vocab.txt) as a PaddleNLP model folder: names mapped
+    (job.training.peft_format), Linear weights transposed to Paddle's [in, out], the encoder only (a
+    classifier head is made for the task, as for any pretrained checkpoint). Renamed into place whole."""
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    from job.training.peft_format import is_linear_weight, paddle_name
+
+    weights, config_file, vocab = source / "model.safetensors", source / "config.json", source / "vocab.txt"
+    for needed in (config_file, weights, vocab):
+        if not needed.is_file():
+            raise UserError(f"{source} is not a Hugging Face ERNIE folder: it has no {needed.name} (save it with "
+                            "save_pretrained(..., safe_serialization=True), with its tokenizer)")  # fmt: skip
+    if target.exists() or target.is_symlink():
+        raise UserError(f"--to {target} exists: give a folder that does not exist yet")
+    settings = json.loads(config_file.read_text(encoding="utf-8"))
+    if settings.get("model_type") != "ernie":
+        raise UserError(f"{config_file} describes a {settings.get('model_type')!r} model, not transformers' ERNIE")
+    import paddle
+    from paddlenlp.transformers import ErnieConfig, ErnieModel, ErnieTokenizer
+
+    state = {}
+    for name, value in load_file(str(weights)).items():
+        if name.startswith("classifier.") or name.endswith("position_ids"):
+            continue
+        converted = paddle_name(name).removeprefix("ernie.")
+        state[converted] = value.T.copy() if is_linear_weight(converted, value) else value
+    encoder = ErnieModel(ErnieConfig(**{key: settings[key] for key in HF_CONFIG_KEYS if key in settings}))
+    expected = set(encoder.state_dict())
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise UserError(f"{weights} does not map onto PaddleNLP's ERNIE: missing {missing[:3]}, unknown {extra[:3]}")
+    encoder.set_state_dict({name: paddle.to_tensor(value) for name, value in state.items()})
+    scratch = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        encoder.save_pretrained(str(scratch), safe_serialization=True)
+        ErnieTokenizer(str(vocab)).save_pretrained(str(scratch))
         scratch.rename(target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

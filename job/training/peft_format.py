@@ -14,16 +14,26 @@ import re
 from pathlib import Path
 from typing import Any
 
+# Each sub-layer of an encoder layer: transformers' name -> PaddleNLP's (written once; RULES follow from it).
+LAYER_NAMES = {
+    "attention.self.query": "self_attn.q_proj", "attention.self.key": "self_attn.k_proj",
+    "attention.self.value": "self_attn.v_proj", "attention.output.dense": "self_attn.out_proj",
+    "attention.output.LayerNorm": "norm1", "intermediate.dense": "linear1", "output.dense": "linear2",
+    "output.LayerNorm": "norm2",
+}  # fmt: skip
 RULES = (  # Paddle (PaddleNLP ERNIE) parameter name -> transformers' ERNIE
     (r"ernie\.embeddings\.layer_norm\.", "ernie.embeddings.LayerNorm."),
-    (r"ernie\.encoder\.layers\.(\d+)\.self_attn\.q_proj\.", r"ernie.encoder.layer.\1.attention.self.query."),
-    (r"ernie\.encoder\.layers\.(\d+)\.self_attn\.k_proj\.", r"ernie.encoder.layer.\1.attention.self.key."),
-    (r"ernie\.encoder\.layers\.(\d+)\.self_attn\.v_proj\.", r"ernie.encoder.layer.\1.attention.self.value."),
-    (r"ernie\.encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"ernie.encoder.layer.\1.attention.output.dense."),
-    (r"ernie\.encoder\.layers\.(\d+)\.norm1\.", r"ernie.encoder.layer.\1.attention.output.LayerNorm."),
-    (r"ernie\.encoder\.layers\.(\d+)\.linear1\.", r"ernie.encoder.layer.\1.intermediate.dense."),
-    (r"ernie\.encoder\.layers\.(\d+)\.linear2\.", r"ernie.encoder.layer.\1.output.dense."),
-    (r"ernie\.encoder\.layers\.(\d+)\.norm2\.", r"ernie.encoder.layer.\1.output.LayerNorm."),
+    *(
+        (rf"ernie\.encoder\.layers\.(\d+)\.{re.escape(paddle)}\.", rf"ernie.encoder.layer.\1.{hf}.")
+        for hf, paddle in LAYER_NAMES.items()
+    ),
+)
+BACK = (  # transformers' name -> PaddleNLP's, the same map read the other way
+    (r"ernie\.embeddings\.LayerNorm\.", "ernie.embeddings.layer_norm."),
+    *(
+        (rf"ernie\.encoder\.layer\.(\d+)\.{re.escape(hf)}\.", rf"ernie.encoder.layers.\1.{paddle}.")
+        for hf, paddle in LAYER_NAMES.items()
+    ),
 )
 # The Hugging Face copy of a PaddleNLP model, where one is published in transformers' ERNIE layout.
 HF_BASES = {"ernie-3.0-medium-zh": "nghuyong/ernie-3.0-medium-zh"}
@@ -34,6 +44,15 @@ def hf_name(paddle_name: str) -> str:
     """transformers' name of a PaddleNLP ERNIE parameter (a LoRAModel's `model.` prefix dropped)."""
     name = paddle_name.removeprefix("model.")
     for pattern, replacement in RULES:
+        if re.match(pattern, name):
+            return re.sub(pattern, replacement, name, count=1)
+    return name
+
+
+def paddle_name(hf: str) -> str:
+    """PaddleNLP's name of a transformers ERNIE parameter (`ernie.` prefixed, as in a classifier)."""
+    name = hf if hf.startswith("ernie.") else f"ernie.{hf}"
+    for pattern, replacement in BACK:
         if re.match(pattern, name):
             return re.sub(pattern, replacement, name, count=1)
     return name
