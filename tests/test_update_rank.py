@@ -18,7 +18,7 @@ from job.training.update_rank import (
     spectrum,
     stable_rank,
     trained_weights,
-    update_ranks,
+    update_analysis,
 )
 from tests.fixtures import TINY_ERNIE, run_tiny
 
@@ -55,7 +55,7 @@ def test_a_layers_update_of_known_rank_is_measured_at_that_rank(tiny_model: Path
                 rank = 1 + index % 4  # 1, 2, 3 or 4 equal directions, by position
                 update = low_rank(*parameter.shape, [0.5] * rank, seed=index)
                 parameter.set_value(parameter + paddle.to_tensor(update, dtype=parameter.dtype))
-    ranks = update_ranks(before, model)
+    ranks = update_analysis(before, model).ranks
     expected: dict[str, list[int]] = {}
     for index, (name, _) in enumerate(model.named_parameters()):
         if name in before:

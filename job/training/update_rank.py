@@ -118,11 +118,6 @@ def trained_weights(model: Any) -> dict[str, np.ndarray]:
     return {name: p.numpy().copy() for name, p in model.named_parameters() if not p.stop_gradient and kind_of(name)}
 
 
-def update_ranks(before: dict[str, np.ndarray], model: Any) -> dict[str, list[int]]:
-    """Kind -> the energy rank of each layer's update, in layer order."""
-    return update_analysis(before, model).ranks
-
-
 @dataclass(frozen=True)
 class UpdateAnalysis:
     ranks: dict[str, list[int]]  # kind -> each layer's energy rank
