@@ -68,6 +68,15 @@ from job.training.model import (
     trainable_bytes,
     weights_fingerprint,
 )
+from job.training.resume import (
+    Checkpoints,
+    LoopState,
+    RunState,
+    checkpoint_name,
+    read_checkpoint,
+    remove_checkpoint,
+    write_checkpoint,
+)
 from job.training.strategies import check_targets_match
 from job.training.update_rank import trained_weights, update_analysis
 
@@ -224,7 +233,7 @@ def train_runs(
             result = train_one(session, run)
             if result is None:  # not rank 0
                 continue
-            path = save_result(output, ResultRecord(run=session.facts, result=result))
+            path = save_run(session, run, result)
             say(f"[{run.key}] saved {path}")
         finally:
             set_position("")
@@ -343,6 +352,8 @@ def train_one(session: Session, run: Run) -> RunResult | None:
     curve: list[DevPoint] = []
     latest: list[EvalResult] = []  # the last dev evaluation, reused when its weights are the ones scored
     best = BestCheckpoint(keep=config.select_checkpoint == "best_dev")
+    identity = {"config_hash": config.config_hash(), "key": key, "sample": rows.sample, "initial_weights": fingerprint}
+    checkpoints = run_checkpoints(session, run, model, identity, curve, best)
 
     def evaluate_dev(step: int) -> bool:
         """Score dev at `step`; True when early stopping says to stop (every rank decides alike)."""
@@ -361,12 +372,12 @@ def train_one(session: Session, run: Run) -> RunResult | None:
     with scalar_log(config, session.output, key, ranks) as log:
         with out_of_memory_advice(f"[{key}] training", own_key(name, "batch_size"), settings.batch_size):
             outcome = train(model, encoded.train, settings, pad_id=pad_id, label=key, stop=stop, ranks=ranks,
-                            on_step=log.step, evaluate_at=evaluate_dev)  # fmt: skip
+                            on_step=log.step, evaluate_at=evaluate_dev, checkpoints=checkpoints)  # fmt: skip
         if not ranks.is_main:
             return None
         peak_memory = peak_memory_mb(memory_start)
         say(f"[{key}] evaluating on dev and test")
-        if not curve or curve[-1].step != outcome.steps:
+        if not latest or curve[-1].step != outcome.steps:
             evaluate_dev(outcome.steps)
         dev = latest[0]
         if best.keep and best.step != outcome.steps:  # best_dev chose an earlier evaluation
@@ -427,6 +438,7 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         dev_curve=curve,
         selected_step=selected,
         stopped_early=outcome.stopped_early,
+        resumed_from_step=checkpoints.resumed.step if checkpoints and checkpoints.resumed else None,
         update_rank=analysis.ranks,
         update_stable_rank=analysis.stable,
         update_rank_random=analysis.random,
@@ -438,6 +450,52 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         worker=os.environ.get(WORKER_VARIABLE, ""),
         gpu_shared_by=int(os.environ.get(SHARED_VARIABLE, "1") or 1) if session.device.name == "gpu" else 1,
     )
+
+
+def run_checkpoints(session: Session, run: Run, model: Any, identity: dict[str, Any], curve: list[DevPoint],
+                    best: BestCheckpoint) -> Checkpoints | None:  # fmt: skip
+    """The run's mid-run checkpoints (job.training.resume), None when the config writes none. A checkpoint
+    this run left is read now: its weights go into `model`, its dev scoring into `curve` and `best`, and
+    the loop goes on from its step."""
+    config, output, key = session.config, session.output, run.key
+    if config.save_steps is None and config.save_minutes is None:
+        return None
+    if session.ranks.world > 1:
+        if session.ranks.is_main:
+            say(f"[{key}] no mid-run checkpoints under a data-parallel launch: a rerun trains this run from step 0")
+        return None
+    parameters = {name: p for name, p in model.named_parameters() if not p.stop_gradient}
+    state = read_checkpoint(output, key, identity, {name: tuple(p.shape) for name, p in parameters.items()})
+    if state is not None:
+        import paddle
+
+        with paddle.no_grad():
+            for name, parameter in parameters.items():
+                parameter.set_value(state.weights[name])
+        curve[:] = [DevPoint.model_validate(point) for point in state.curve]
+        best.load_state(state.best, state.best_weights)
+        say(f"[{key}] resuming from step {state.loop.step}: {output.where(checkpoint_name(key))}")
+
+    def write(loop: LoopState) -> None:
+        began = time.monotonic()
+        weights = {name: p.numpy() for name, p in parameters.items()}
+        saved = RunState(loop=loop, weights=weights, curve=[point.model_dump() for point in curve], best=best.state(),
+                         best_weights=best.weights)  # fmt: skip
+        where, size = write_checkpoint(output, key, identity, saved)
+        say(f"[{key}] checkpoint at step {loop.step} saved: {where} ({size / 2**20:,.1f} MB, "
+            f"{time.monotonic() - began:.1f} s)")  # fmt: skip
+
+    minutes = config.save_minutes
+    return Checkpoints(save_steps=config.save_steps, save_seconds=None if minutes is None else 60 * minutes,
+                       write=write, resumed=state.loop if state is not None else None)  # fmt: skip
+
+
+def save_run(session: Session, run: Run, result: RunResult) -> str:
+    """Save a finished run's record; its checkpoint, if any, goes then."""
+    path = save_result(session.output, ResultRecord(run=session.facts, result=result))
+    if session.config.save_steps is not None or session.config.save_minutes is not None:
+        remove_checkpoint(session.output, run.key)
+    return path
 
 
 EVAL_PROGRESS_ROWS = 2000  # an evaluation of at least this many titles says how far it has got

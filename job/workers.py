@@ -54,12 +54,11 @@ from job.pipeline import (
     WORKER_VARIABLE,
     check_output_dir,
     pending_runs,
+    save_run,
     setup_session,
     train_one,
     write_report,
 )
-from job.results.records import save_result
-from job.results.schema import ResultRecord
 from job.runtime.cpu import CHOSEN, HANDED_VARIABLE, available_cpus
 from job.runtime.device import nvidia_smi_list
 from job.runtime.device_faults import poisons_process
@@ -458,7 +457,7 @@ def serve(config: JobConfig, stop: StopRequest, keys: Iterable[str] | None = Non
                 stop.raise_if_requested()
                 result = train_one(session, by_key[key])
                 assert result is not None  # one process: rank 0
-                path = save_result(output, ResultRecord(run=session.facts, result=result))
+                path = save_run(session, by_key[key], result)
                 say(f"[{key}] saved {path}")
                 report_status(status, key, 0, "", time.monotonic() - started)
             except BaseException as exc:

@@ -223,3 +223,29 @@ def test_objects_stored_under_a_record_name_exit_2_naming_it(object_store: Objec
     assert result.exit_code == 2, result.output
     assert f"s3://{bucket}/out/results/lora.json is a folder (other objects are stored under" in result.output
     assert "create the bucket" not in result.output
+
+
+@pytest.mark.slow
+def test_a_run_stopped_mid_way_resumes_from_its_checkpoint_in_the_prefix(
+    write_config, object_store: ObjectStore, bucket: str, store_env: dict[str, str]
+) -> None:
+    from tests.test_resume import RESUMABLE, assert_same_training
+
+    prefix = f"{bucket}/checkpointed"
+    config = write_config(output_dir=f"s3://{prefix}", strategies=["lora"], **RESUMABLE, save_steps=100)
+    process, log = run_and_signal_on(config, "[lora] step 6/12", signal.SIGTERM, env=store_env)
+    assert process.returncode == 143, log[-2000:]
+    stored = objects(object_store, prefix)
+    assert "checkpoints/lora.safetensors" in stored and "results/lora.json" not in stored
+
+    result = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert f"[lora] resuming from step 6: s3://{prefix}/checkpoints/lora.safetensors" in result.output
+    stored = objects(object_store, prefix)
+    assert not any(name.startswith("checkpoints/") for name in stored)  # removed with the record saved
+    reference = write_config(output_dir=f"s3://{prefix}-reference", strategies=["lora"], **RESUMABLE)
+    assert CliRunner().invoke(main, ["run", "--config", str(reference)]).exit_code == 0
+    resumed = json.loads(stored["results/lora.json"])["result"]
+    assert_same_training(
+        resumed, json.loads(objects(object_store, f"{prefix}-reference")["results/lora.json"])["result"]
+    )

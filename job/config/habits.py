@@ -25,9 +25,12 @@ FOREIGN_KEYS: dict[str, str] = {
     "eval_strategy": "dev is scored every 'eval_steps' steps (and at the end)",
     "load_best_model_at_end": "the job's key is 'select_checkpoint: best_dev' (with 'eval_steps')",
     "metric_for_best_model": "the best checkpoint is chosen by dev accuracy ('select_checkpoint: best_dev')",
-    "save_strategy": "the job's key is 'save_artifacts' (the trained models of every run)",
+    "save_strategy": "mid-run checkpoints: 'save_steps' or 'save_minutes'; the trained models: 'save_artifacts'",
+    "save_total_limit": "the job keeps one checkpoint per unfinished run ('save_steps', 'save_minutes') and removes it "
+    "once the run's record is saved",
     "report_to": "the job logs to VisualDL with 'visualdl: true'; every step's loss is in results.json",
-    "resume_from_checkpoint": "a rerun of the same command resumes: finished runs are skipped, the rest train",
+    "resume_from_checkpoint": "a rerun of the same command resumes: finished runs are skipped, an unfinished one "
+    "goes on from its checkpoint ('save_steps', 'save_minutes')",
     "lr_scheduler_type": "the job's schedule is linear warm-up ('warmup_ratio') then linear decay to 0",
     "seed_everything": "the job's key is 'seed'",
     "max_length": "the job's key is 'max_seq_length'",

@@ -75,6 +75,8 @@ NOT_HASHED_KEYS = frozenset(
         "currency",
         "analysis",
         "intruder_threshold",
+        "save_steps",
+        "save_minutes",
     }
 )
 
@@ -328,6 +330,20 @@ class CommonConfig(BaseModel):
     early_stopping_patience: PositiveInt | None = Field(
         None,
         description="stop a run after this many evaluations without a better dev accuracy (needs `eval_steps`)",
+    )
+    save_steps: PositiveInt | None = Field(
+        None,
+        description="write the run's checkpoint (trained weights, optimizer state, random generators, position"
+        " in the batches, dev curve) to `output_dir/checkpoints/<run>.safetensors` every N steps, for a rerun to"
+        " resume from; removed when the run's record is saved. See [Resume](batch-queues.md#resume-a-run-mid-way)",
+    )
+    save_minutes: float | None = Field(
+        10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="also write it after this many minutes of training since the last one (`null`: only by"
+        " `save_steps`). With either set, a stop request (SIGTERM from a queue reclaiming a node, Ctrl-C) writes"
+        " one before the job exits 143",
     )
     visualdl: bool = Field(
         False,

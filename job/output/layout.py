@@ -14,6 +14,7 @@ PARETO_PLOT = "pareto.png"
 LEARNING_PLOT = "learning_curve.png"  # with several training sizes (max_train_samples as a list)
 ARTIFACTS_FOLDER = "artifacts"  # artifacts/<run>/
 VISUALDL_FOLDER = "vdl"  # vdl/<run>/
+CHECKPOINTS_FOLDER = "checkpoints"  # checkpoints/<run>.safetensors: an unfinished run's state
 
 FILE_MODE = 0o644  # what the job writes is readable by all and writable by its owner only,
 FOLDER_MODE = 0o755  # whatever the umask (under umask 000 nothing becomes world-writable)
@@ -78,5 +79,15 @@ def settle_modes(folder: Path) -> None:
 
 
 RESERVED_NAMES = frozenset(
-    {RESULTS_FOLDER, RESULTS_FILE, LOCK_FILE, LOSS_PLOT, PARETO_PLOT, LEARNING_PLOT, ARTIFACTS_FOLDER, VISUALDL_FOLDER}
+    {
+        RESULTS_FOLDER,
+        RESULTS_FILE,
+        LOCK_FILE,
+        LOSS_PLOT,
+        PARETO_PLOT,
+        LEARNING_PLOT,
+        ARTIFACTS_FOLDER,
+        VISUALDL_FOLDER,
+        CHECKPOINTS_FOLDER,
+    }
 )

@@ -27,6 +27,7 @@ from typing import Any
 from job.errors import RetryableError, UserError
 from job.output.layout import (
     ARTIFACTS_FOLDER,
+    CHECKPOINTS_FOLDER,
     FILE_MODE,
     LEARNING_PLOT,
     LOCK_FILE,
@@ -135,6 +136,14 @@ class Output(ABC):
     def folder(self, name: str, whole: bool = False) -> contextlib.AbstractContextManager[Path]:
         """A local folder a library fills (a saved model, VisualDL logs); published under `name`. With
         `whole`, a folder a failed or killed save never leaves half-replaced (a saved model)."""
+
+    @abstractmethod
+    def fetched(self, name: str) -> contextlib.AbstractContextManager[Path | None]:
+        """A local path holding the file `name` while the block runs, or None when there is none."""
+
+    @abstractmethod
+    def remove(self, name: str) -> None:
+        """Delete the file `name` if it is there."""
 
     @contextlib.contextmanager
     def merge_lock(self) -> Iterator[None]:
@@ -283,7 +292,7 @@ class LocalOutput(Output):
         """The probe has an unpredictable name and is created exclusively, so it never follows a planted
         link and never meets another task's probe in a shared folder."""
         created = make_folders(self.root)
-        for name in (RESULTS_FOLDER, ARTIFACTS_FOLDER, VISUALDL_FOLDER):  # a planted link stops the job now
+        for name in (RESULTS_FOLDER, ARTIFACTS_FOLDER, VISUALDL_FOLDER, CHECKPOINTS_FOLDER):  # a planted link: now
             path = self.inside(name)
             if path.exists() and not path.is_dir():  # found after training, when the first record is saved
                 raise UserError(f"{path} is a file where the job keeps its {name} folder: move it away")
@@ -292,7 +301,8 @@ class LocalOutput(Output):
                 raise UserError(f"{self.root / name} is a folder where the job writes its {name}: move it away")
         import time
 
-        for folder in (self.root, self.root / RESULTS_FOLDER, self.root / ARTIFACTS_FOLDER):
+        for name in ("", RESULTS_FOLDER, ARTIFACTS_FOLDER, CHECKPOINTS_FOLDER):
+            folder = self.root / name
             sweep_scratch(folder, time.time())
         descriptor, probe = tempfile.mkstemp(dir=self.root, prefix=".write-test-")
         os.close(descriptor)
@@ -313,6 +323,16 @@ class LocalOutput(Output):
 
     def file(self, name: str) -> contextlib.AbstractContextManager[Path]:
         return atomic_path(self.inside(name))
+
+    @contextlib.contextmanager
+    def fetched(self, name: str) -> Iterator[Path | None]:
+        path = self.inside(name)
+        if path.exists() and not path.is_file():
+            raise UserError(f"{path} is not a file the job wrote: move it away")
+        yield path if path.is_file() else None
+
+    def remove(self, name: str) -> None:
+        self.inside(name).unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def folder(self, name: str, whole: bool = False) -> Iterator[Path]:
@@ -433,6 +453,21 @@ class ObjectOutput(Output):
             yield path
             with self.errors(self.where(name)):
                 self.fs.put_file(str(path), self.key(name))
+
+    @contextlib.contextmanager
+    def fetched(self, name: str) -> Iterator[Path | None]:
+        with tempfile.TemporaryDirectory(prefix="job-download-") as folder:
+            path = Path(folder) / Path(name).name
+            with self.errors(self.where(name)):
+                if not self.fs.isfile(self.key(name)):
+                    path = None
+                else:
+                    self.fs.get_file(self.key(name), str(path))
+            yield path
+
+    def remove(self, name: str) -> None:
+        with self.errors(self.where(name)), contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.key(name))
 
     @contextlib.contextmanager
     def folder(self, name: str, whole: bool = False) -> Iterator[Path]:

@@ -84,6 +84,7 @@ class RunResult(Record):
     dev_curve: list[DevPoint] = Field(default_factory=list)  # every evaluation of dev, the last one included
     selected_step: int | None = None  # the step whose weights test was scored on and saved (None: the last)
     stopped_early: bool = False  # early_stopping_patience ended training before its last step
+    resumed_from_step: int | None = None  # went on from a mid-run checkpoint of this step (job.training.resume)
     # kind of encoder weight -> the effective rank (90% of the energy) of each layer's update, for the
     # strategies that train the encoder's own weights (job.training.update_rank); empty for adapters
     update_rank: dict[str, list[int]] = Field(default_factory=dict)

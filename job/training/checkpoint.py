@@ -30,6 +30,14 @@ class BestCheckpoint:
             self.weights = {name: p.numpy().copy() for name, p in model.named_parameters() if not p.stop_gradient}
         return True
 
+    def state(self) -> dict[str, Any]:
+        """The scores so far, for a mid-run checkpoint (job.training.resume); `weights` go beside them."""
+        return {"step": self.step, "accuracy": self.accuracy, "since_best": self.since_best}
+
+    def load_state(self, state: dict[str, Any], weights: dict[str, Any]) -> None:
+        self.step, self.accuracy, self.since_best = state["step"], float(state["accuracy"]), int(state["since_best"])
+        self.weights = dict(weights) if self.keep else {}
+
     def restore(self, model: Any) -> None:
         """Put the best evaluation's weights back into `model` (only the trained ones changed)."""
         import paddle

@@ -64,6 +64,13 @@ def training_dropout(seed: int, in_graph: bool = False) -> Iterator[str]:
         yield NAME
 
 
+def active_bulk_dropout() -> BulkDropout | None:
+    """The BulkDropout in use (inside `bulk_dropout`), or None: Paddle's own dropout is."""
+    import paddle.nn.functional as functional
+
+    return functional.dropout if isinstance(functional.dropout, BulkDropout) else None
+
+
 @contextlib.contextmanager
 def bulk_dropout(seed: int) -> Iterator[BulkDropout]:
     """Route paddle.nn.functional.dropout through a BulkDropout seeded with `seed` inside the block

@@ -23,6 +23,16 @@ from job.runtime.signals import StopRequest
 from job.training.dropout import PADDLE, training_dropout
 from job.training.layer_norm import exact_layer_norm_grad
 from job.training.model import classify
+from job.training.resume import (
+    Checkpoints,
+    LoopState,
+    optimizer_moments,
+    random_state,
+    scaler_state,
+    set_optimizer_moments,
+    set_random_state,
+    set_scaler_state,
+)
 
 
 @dataclass(frozen=True)
@@ -243,26 +253,37 @@ def train(
     ranks: Ranks = Ranks(),  # noqa: B008 - a frozen value
     on_step: Callable[[int, float, float], None] | None = None,
     evaluate_at: Callable[[int], bool] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> TrainOutcome:
     """Train in place. Under a data-parallel launch every rank takes its share of each global batch,
     gradients are averaged by paddle.DataParallel, and only rank 0 shows progress.
 
     With `settings.eval_steps`, `evaluate_at(step)` runs after every eval_steps-th step before the last
     (the caller scores dev; the last step's evaluation is the caller's own), off the training clock;
-    it returns True to stop training there (early stopping)."""
+    it returns True to stop training there (early stopping).
+
+    With `checkpoints`, training goes on from `checkpoints.resumed` (the caller restored the weights), and
+    the loop's state goes to `checkpoints.save` when it is due and when a stop is requested, off the clock."""
     lengths = [len(row.input_ids) for row in rows]
     epochs = planned_batches(rows, settings, ranks)
     total_steps = sum(len(batches) for batches in epochs)
     optimizer, schedule = build_optimizer(model, settings, total_steps)
+    scaler = loss_scaler(settings.precision)
+    resumed = checkpoints.resumed if checkpoints is not None else None
     outcome = TrainOutcome(steps=0, samples=0, tokens=0, seconds=0.0)
+    if resumed is not None:
+        set_optimizer_moments(optimizer, model, resumed.moments)
+        schedule.set_state_dict(resumed.schedule)
+        set_scaler_state(scaler, resumed.scaler)
+        outcome.steps, outcome.samples, outcome.tokens = resumed.step, resumed.samples, resumed.tokens
+        outcome.step_losses = list(resumed.step_losses)
     model.train()
     stepped = model if ranks.world == 1 else _data_parallel(model)
     outcome.compiled = settings.compiled and ranks.world == 1  # DataParallel syncs gradients in eager hooks
     forward = compiled_forward(stepped) if outcome.compiled else None
     stop.install()
-    progress = tqdm(total=total_steps, desc=f"train {label}", unit="step", file=sys.stderr,
+    progress = tqdm(total=total_steps, initial=outcome.steps, desc=f"train {label}", unit="step", file=sys.stderr,
                     disable=not (sys.stderr.isatty() and ranks.is_main), dynamic_ncols=True)  # fmt: skip
-    scaler = loss_scaler(settings.precision)
     # Losses stay on the device and are read in one go every `read_every` steps: every step on CPU (a
     # read is free there), every logging_steps on a GPU (each read waits for the device).
     read_every = settings.logging_steps if device.on_gpu() else 1
@@ -271,56 +292,79 @@ def train(
         import paddle
 
         paddle.seed(rank_seed(settings.seed, ranks))
-    evaluating_seconds = 0.0  # dev evaluations during training, left out of the training time
+    paused = 0.0  # dev evaluations and checkpoint writes during training, left out of the training time
+    steps = [(epoch, batch, shard) for epoch, batches in enumerate(epochs)
+             for batch, shard in zip(batches, shard_batches(batches, ranks), strict=True)]  # fmt: skip
+
+    def read_unread() -> float:
+        """Read the unread steps' losses (NaN stops the run), log them; returns the last."""
+        first = outcome.steps - len(unread) + 1
+        rates = [rate for _, rate in unread]
+        for step, (value, step_rate) in enumerate(zip(read_losses(unread, ranks), rates, strict=True), first):
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"{label}: loss became {value} at step {step}; lower the learning rate")
+            outcome.step_losses.append(value)
+            if on_step is not None:
+                on_step(step, value, step_rate)
+        progress.update(len(unread))
+        unread.clear()
+        return outcome.step_losses[-1]
+
+    def save_checkpoint() -> float:
+        """Hand the loop's state to `checkpoints`; returns the seconds it took."""
+        began = time.perf_counter()
+        checkpoints.save(LoopState(  # type: ignore[union-attr]
+            step=outcome.steps, samples=outcome.samples, tokens=outcome.tokens,
+            seconds=time.perf_counter() - started - paused, step_losses=list(outcome.step_losses),
+            schedule=schedule.state_dict(), scaler=scaler_state(scaler), rng=random_state(),
+            moments=optimizer_moments(optimizer, model),
+        ))  # fmt: skip
+        return time.perf_counter() - began
+
     with training_dropout(rank_seed(settings.seed, ranks), in_graph=outcome.compiled) as outcome.dropout:
-        started = time.perf_counter()
-        for epoch, batches in enumerate(epochs):
-            if outcome.stopped_early:
-                break
-            for global_batch, shard in zip(batches, shard_batches(batches, ranks), strict=True):
-                stop.raise_if_requested()
-                rate = schedule.last_lr  # the rate this step uses (the step advances the schedule)
-                parts = micro_batches(shard, settings.accumulation)
-                micro = [(batch, len(part) * ranks.world / len(global_batch))
-                         for part, batch in zip(parts, iterate_batches(rows, parts, pad_id), strict=True)]  # fmt: skip
-                loss = accumulated_step(stepped, micro, optimizer, schedule, settings.precision, scaler, forward)
-                unread.append((loss, rate))
-                outcome.steps += 1
-                outcome.samples += len(global_batch)
-                outcome.tokens += sum(lengths[i] for i in global_batch)
-                evaluation = (
-                    evaluate_at is not None
-                    and settings.eval_steps is not None
-                    and outcome.steps % settings.eval_steps == 0
-                    and outcome.steps < total_steps
-                )
-                logged = outcome.steps % settings.logging_steps == 0 or outcome.steps == total_steps or evaluation
-                if len(unread) < read_every and not logged:
-                    continue
-                first = outcome.steps - len(unread) + 1
-                for step, (value, step_rate) in enumerate(
-                    zip(read_losses(unread, ranks), (r for _, r in unread), strict=True), first
-                ):
-                    if not math.isfinite(value):
-                        raise TrainingDiverged(f"{label}: loss became {value} at step {step}; lower the learning rate")
-                    outcome.step_losses.append(value)
-                    if on_step is not None:
-                        on_step(step, value, step_rate)
-                progress.update(len(unread))
-                unread.clear()
-                elapsed = time.perf_counter() - started
-                elapsed -= evaluating_seconds
-                progress.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}", samples_s=f"{outcome.samples / elapsed:.1f}")
-                if ranks.is_main and logged and progress.disable:  # on a terminal the bar says it
-                    say(f"[{label}] step {outcome.steps}/{total_steps} epoch {epoch + 1} loss {value:.4f} "
-                        f"lr {schedule.get_lr():.2e} {outcome.samples / elapsed:.1f} samples/s")  # fmt: skip
-                if evaluation:
-                    paused = time.perf_counter()
-                    outcome.stopped_early = rank0_decision(bool(evaluate_at(outcome.steps)), ranks)  # type: ignore[misc]
-                    evaluating_seconds += time.perf_counter() - paused
-                    if outcome.stopped_early:
-                        break
-        outcome.seconds = time.perf_counter() - started - evaluating_seconds
+        if resumed is not None:
+            set_random_state(resumed.rng)  # after the bulk dropout's generator exists
+        started = time.perf_counter() - (resumed.seconds if resumed is not None else 0.0)
+        for epoch, global_batch, shard in steps[outcome.steps :]:
+            if stop.signum is not None and checkpoints is not None and outcome.steps > checkpoints.last_step:
+                if unread:
+                    read_unread()
+                paused += save_checkpoint()  # the queue's grace period: the state so far, then exit 143
+            stop.raise_if_requested()
+            rate = schedule.last_lr  # the rate this step uses (the step advances the schedule)
+            parts = micro_batches(shard, settings.accumulation)
+            micro = [(batch, len(part) * ranks.world / len(global_batch))
+                     for part, batch in zip(parts, iterate_batches(rows, parts, pad_id), strict=True)]  # fmt: skip
+            loss = accumulated_step(stepped, micro, optimizer, schedule, settings.precision, scaler, forward)
+            unread.append((loss, rate))
+            outcome.steps += 1
+            outcome.samples += len(global_batch)
+            outcome.tokens += sum(lengths[i] for i in global_batch)
+            evaluation = (
+                evaluate_at is not None
+                and settings.eval_steps is not None
+                and outcome.steps % settings.eval_steps == 0
+                and outcome.steps < total_steps
+            )
+            saving = checkpoints is not None and outcome.steps < total_steps and checkpoints.due(outcome.steps)
+            logged = outcome.steps % settings.logging_steps == 0 or outcome.steps == total_steps or evaluation
+            if len(unread) < read_every and not (logged or saving):
+                continue
+            value = read_unread()
+            elapsed = time.perf_counter() - started - paused
+            progress.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}", samples_s=f"{outcome.samples / elapsed:.1f}")
+            if ranks.is_main and logged and progress.disable:  # on a terminal the bar says it
+                say(f"[{label}] step {outcome.steps}/{total_steps} epoch {epoch + 1} loss {value:.4f} "
+                    f"lr {schedule.get_lr():.2e} {outcome.samples / elapsed:.1f} samples/s")  # fmt: skip
+            if evaluation:
+                began = time.perf_counter()
+                outcome.stopped_early = rank0_decision(bool(evaluate_at(outcome.steps)), ranks)  # type: ignore[misc]
+                paused += time.perf_counter() - began
+                if outcome.stopped_early:
+                    break
+            if saving:
+                paused += save_checkpoint()
+        outcome.seconds = time.perf_counter() - started - paused
     progress.close()
     outcome.optimizer_state_bytes = state_bytes(optimizer)
     return outcome
