@@ -36,9 +36,9 @@ from job.results.facts import now, run_facts
 from job.results.plot import plot_learning_curve, plot_losses, plot_pareto
 from job.results.records import load_results, read_records, save_result
 from job.results.report import render_report, subject
-from job.results.scalars import scalar_log
 from job.results.schema import DevPoint, ResultRecord, RunFacts, RunResult, SplitResult
 from job.results.stats import encode_classes, macro_f1, per_class_accuracy
+from job.results.tracking import RunLog, check_trackers, log_report, run_log
 from job.results.verdict import combine
 from job.runtime.device import (
     DeviceChoice,
@@ -73,6 +73,7 @@ from job.training.resume import (
     LoopState,
     RunState,
     checkpoint_name,
+    checkpoint_on_stop,
     read_checkpoint,
     remove_checkpoint,
     write_checkpoint,
@@ -160,6 +161,7 @@ def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: lis
     """Train every planned run (or those named in `keys`) not yet done and write the report. Under a
     data-parallel launch only rank 0 evaluates and writes; the other ranks return None."""
     output = open_output(config.output_dir)
+    check_trackers(config, output)
     created = check_output_dir(output)
     plan = plan_runs(config)
     runs = [run for run in plan if keys is None or run.key in keys]
@@ -330,7 +332,16 @@ def prepare_model(run: Run, loaded: LoadedModel) -> Any:
 
 def train_one(session: Session, run: Run) -> RunResult | None:
     """Load the model, let the strategy prepare it, train, evaluate: one run of the plan, on the
-    session's rows. None on a data-parallel rank other than 0."""
+    session's rows, tracked as `report_to` asks. None on a data-parallel rank other than 0."""
+    with run_log(session.config, session.output, run, session.ranks) as log:
+        result = trained_run(session, run, log)
+        if result is not None:
+            log.finished(result)
+        return result
+
+
+def trained_run(session: Session, run: Run, log: RunLog) -> RunResult | None:
+    """`train_one` with its trackers open."""
     import paddle
 
     key, name, settings = run.key, run.strategy.name, run.settings
@@ -369,23 +380,28 @@ def train_one(session: Session, run: Run) -> RunResult | None:
         patience = config.early_stopping_patience
         return patience is not None and best.since_best >= patience
 
-    with scalar_log(config, session.output, key, ranks) as log:
-        with out_of_memory_advice(f"[{key}] training", own_key(name, "batch_size"), settings.batch_size):
-            outcome = train(model, encoded.train, settings, pad_id=pad_id, label=key, stop=stop, ranks=ranks,
-                            on_step=log.step, evaluate_at=evaluate_dev, checkpoints=checkpoints)  # fmt: skip
-        if not ranks.is_main:
-            return None
-        peak_memory = peak_memory_mb(memory_start)
-        say(f"[{key}] evaluating on dev and test")
+    with out_of_memory_advice(f"[{key}] training", own_key(name, "batch_size"), settings.batch_size):
+        outcome = train(model, encoded.train, settings, pad_id=pad_id, label=key, stop=stop, ranks=ranks,
+                        on_step=log.step, evaluate_at=evaluate_dev, checkpoints=checkpoints)  # fmt: skip
+    if not ranks.is_main:
+        return None
+    peak_memory = peak_memory_mb(memory_start)
+    say(f"[{key}] evaluating on dev and test")
+    with checkpoint_on_stop(checkpoints, outcome.state):  # the trained weights are still in the model
         if not latest or curve[-1].step != outcome.steps:
+            if curve and curve[-1].step == outcome.steps:  # resumed after its final dev score: scored again
+                curve.pop()
             evaluate_dev(outcome.steps)
         dev = latest[0]
-        if best.keep and best.step != outcome.steps:  # best_dev chose an earlier evaluation
-            best.restore(model)
-            say(f"[{key}] scoring the weights of step {best.step}, the best dev accuracy ({best.accuracy:.4f})")
+        restoring = best.keep and best.step != outcome.steps  # best_dev chose an earlier evaluation
+        if not restoring:
             with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
-                dev = evaluate(model, encoded.dev, run.eval_batch_size, pad_id, stop, progress(key, "dev"))
+                test = evaluate(model, encoded.test, run.eval_batch_size, pad_id, stop, progress(key, "test"))
+    if restoring:
+        best.restore(model)
+        say(f"[{key}] scoring the weights of step {best.step}, the best dev accuracy ({best.accuracy:.4f})")
         with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
+            dev = evaluate(model, encoded.dev, run.eval_batch_size, pad_id, stop, progress(key, "dev"))
             test = evaluate(model, encoded.test, run.eval_batch_size, pad_id, stop, progress(key, "test"))
     if initial and config.analysis:  # seconds on the full-size model: the log says what it is doing meanwhile
         say(
@@ -581,7 +597,8 @@ def write_report(
             say(f"{done} of {planned} planned runs are in {output.where(RESULTS_FOLDER)}; "
                 "the task that saves the last one writes the report")  # fmt: skip
             return None
-        output.write_text(RESULTS_FILE, combined.model_dump_json(indent=2) + "\n")
+        results = combined.model_dump_json(indent=2) + "\n"
+        output.write_text(RESULTS_FILE, results)
         with output.file(LOSS_PLOT) as path:
             plot_losses(combined.headline, path, subject(combined.run.config))
         classes = len(combined.run.data.labels)
@@ -590,7 +607,11 @@ def write_report(
         if len({row.train_examples for row in combined.headline}) > 1:
             with output.file(LEARNING_PLOT) as path:
                 plot_learning_curve(combined.headline, path, subject(combined.run.config), classes)
-        return output.write_text(report_file or combined.run.config.report_file, render_report(combined))
+        report_name = report_file or combined.run.config.report_file
+        report = render_report(combined)
+        where = output.write_text(report_name, report)
+    log_report(combined.run.config, output, {report_name: report, RESULTS_FILE: results})
+    return where
 
 
 # ---------------------------------------------------------------- prefetch

@@ -255,8 +255,9 @@ def test_keys_of_other_trainers_are_answered_with_what_the_job_has_instead() -> 
         assert key not in FIELD_NAMES, key
         named = [name for name in re.findall(r"'([a-z_<>]+)[':]", hint) if "<" not in name]
         assert all(name in FIELD_NAMES for name in named), (key, named)
-    for key, expected in [("report_to", "'visualdl: true'"), ("lr_scheduler_type", "linear warm-up"),
-                          ("resume_from_checkpoint", "finished runs are skipped")]:  # fmt: skip
+    for key, expected in [("save_total_limit", "removes it once the run's record is saved"),
+                          ("lr_scheduler_type", "linear warm-up"),
+                          ("resume_from_checkpoint", "goes on from its checkpoint")]:  # fmt: skip
         with pytest.raises(UserError) as raised:
             validate_config({key: 1})
         assert "(a key of another trainer)" in str(raised.value) and expected in str(raised.value)

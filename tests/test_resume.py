@@ -76,6 +76,26 @@ def test_a_run_stopped_by_sigterm_goes_on_from_its_step_and_equals_an_uninterrup
     assert not checkpoint.exists()  # removed once the record is saved
 
 
+@pytest.mark.parametrize(
+    ("marker", "step"),
+    [("[lora] step 8/12", 8), ("[lora] evaluating on dev and test", 12)],
+    ids=["during-a-dev-evaluation", "during-the-final-evaluation"],
+)
+def test_a_stop_while_dev_is_scored_keeps_the_training_and_the_rerun_scores_it(
+    write_config, tmp_path: Path, marker: str, step: int
+) -> None:
+    reference = reference_run(write_config, tmp_path, "lora")
+    config = write_config(strategies=["lora"], **RESUMABLE, save_steps=100)
+    process, log = run_and_signal_on(config, marker, signal.SIGTERM)  # dev is scored right after the marker
+    assert process.returncode == 143, log[-3000:]
+    assert f"[lora] checkpoint at step {step} saved" in log and f"[lora] step {step}: dev accuracy" not in log
+
+    output = run_in_process(config)
+    assert f"[lora] resuming from step {step}" in output
+    assert f"[lora] step {step}: dev accuracy" in output  # scored after the resume, once
+    assert_same_training(record(tmp_path / "out", "lora"), reference)
+
+
 def test_a_run_killed_with_sigkill_goes_on_from_its_last_periodic_checkpoint(write_config, tmp_path: Path) -> None:
     reference = reference_run(write_config, tmp_path, "lora")
     config = write_config(strategies=["lora"], **RESUMABLE, save_steps=3)

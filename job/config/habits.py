@@ -28,7 +28,6 @@ FOREIGN_KEYS: dict[str, str] = {
     "save_strategy": "mid-run checkpoints: 'save_steps' or 'save_minutes'; the trained models: 'save_artifacts'",
     "save_total_limit": "the job keeps one checkpoint per unfinished run ('save_steps', 'save_minutes') and removes it "
     "once the run's record is saved",
-    "report_to": "the job logs to VisualDL with 'visualdl: true'; every step's loss is in results.json",
     "resume_from_checkpoint": "a rerun of the same command resumes: finished runs are skipped, an unfinished one "
     "goes on from its checkpoint ('save_steps', 'save_minutes')",
     "lr_scheduler_type": "the job's schedule is linear warm-up ('warmup_ratio') then linear decay to 0",

@@ -41,6 +41,7 @@ from job.training.strategies import DEFAULT_STRATEGIES, LORA_TARGET_PRESETS, STR
 StrategyName = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]  # derived from the registry
 TargetPreset = Literal[tuple(LORA_TARGET_PRESETS)]  # type: ignore[valid-type]
 PositiveInt = Annotated[int, Field(ge=1)]
+TRACKERS = ("visualdl", "tensorboard", "mlflow")  # report_to's choices (job.results.tracking)
 MAX_SEED = 2**32 - 1  # Paddle's and NumPy's generators take seeds up to here
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Rate = Annotated[float, Field(gt=0, le=1)]
@@ -68,7 +69,7 @@ NOT_HASHED_KEYS = frozenset(
         "device",
         "logging_steps",
         "strategies",
-        "visualdl",
+        "report_to",
         "margin",
         "workers",
         "price_per_hour",
@@ -345,11 +346,14 @@ class CommonConfig(BaseModel):
         " `save_steps`). With either set, a stop request (SIGTERM from a queue reclaiming a node, Ctrl-C) writes"
         " one before the job exits 143",
     )
-    visualdl: bool = Field(
-        False,
-        description="write VisualDL scalars (training loss and learning rate per step, dev "
-        "accuracy and loss at the end) to `output_dir/vdl/<run>`; view them with "
-        "`visualdl --logdir reports/vdl` (VisualDL comes with PaddleNLP)",
+    report_to: list[Literal[TRACKERS]] = Field(  # type: ignore[valid-type]
+        [],
+        description="experiment trackers for each run's training loss and learning rate per step, dev accuracy"
+        " and loss at each evaluation, and its final figures: `visualdl` (`output_dir/vdl/<run>`), `tensorboard`"
+        " (`output_dir/tensorboard/<run>`: `tensorboard --logdir reports/tensorboard`), `mlflow` (a run per job"
+        " run, the report as an artifact; the store is `MLFLOW_TRACKING_URI`, else `output_dir/mlflow.db`). One"
+        " name or a list. The older `visualdl: true` means `report_to: [visualdl]`. See [Tracking]"
+        "(outputs.md#experiment-tracking)",
     )
     precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
         "auto",
@@ -390,6 +394,30 @@ class CommonConfig(BaseModel):
         if problem:
             raise ValueError(problem)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _visualdl_key(cls, data: Any) -> Any:
+        """`visualdl: true`, the key before `report_to` (and in older records' configs), is `report_to: [visualdl]`."""
+        if isinstance(data, dict) and "visualdl" in data:
+            data = dict(data)
+            enabled = data.pop("visualdl")
+            if not isinstance(enabled, bool):
+                raise ValueError(f"config key 'visualdl': must be true or false (got {enabled!r}); or use report_to")
+            given = data.get("report_to", [])
+            given = [given] if isinstance(given, str) else list(given) if isinstance(given, list) else given
+            if enabled and isinstance(given, list) and "visualdl" not in given:
+                given = [*given, "visualdl"]
+            data["report_to"] = given
+        return data
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers_as_list(cls, value: Any) -> Any:
+        """One tracker may be given alone (`report_to: mlflow`); each is kept once."""
+        if isinstance(value, str):
+            return [value]
+        return list(dict.fromkeys(value)) if isinstance(value, list) else value
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -623,6 +651,7 @@ JobConfig = create_model("JobConfig", __base__=CommonConfig, __module__=__name__
 JobConfig.__doc__ = "Every setting of a run: the shared keys and each strategy's own."
 
 FIELD_NAMES: tuple[str, ...] = tuple(JobConfig.model_fields)
+OLDER_KEYS = frozenset({"visualdl"})  # keys a newer one replaced, still read (CommonConfig._visualdl_key)
 
 
 MAX_ALIASES = 16  # a config needs few or none; a "billion laughs" needs dozens
@@ -799,7 +828,7 @@ def validate_config(
     values: dict[str, Any], source: str = "settings", subset: bool = False, origins: dict[str, str] | None = None
 ) -> JobConfig:
     origins = origins or {}
-    unknown = [key for key in values if key not in FIELD_NAMES]
+    unknown = [key for key in values if key not in FIELD_NAMES and key not in OLDER_KEYS]
     if unknown:
         raise UserError(_unknown_key_message(unknown[0], origins.get(unknown[0], source)))
     try:

@@ -14,6 +14,9 @@ PARETO_PLOT = "pareto.png"
 LEARNING_PLOT = "learning_curve.png"  # with several training sizes (max_train_samples as a list)
 ARTIFACTS_FOLDER = "artifacts"  # artifacts/<run>/
 VISUALDL_FOLDER = "vdl"  # vdl/<run>/
+TENSORBOARD_FOLDER = "tensorboard"  # tensorboard/<run>/
+MLFLOW_DATABASE = "mlflow.db"  # MLflow's SQLite store when no MLFLOW_TRACKING_URI is set
+MLFLOW_ARTIFACTS_FOLDER = "mlartifacts"  # its artifacts then
 CHECKPOINTS_FOLDER = "checkpoints"  # checkpoints/<run>.safetensors: an unfinished run's state
 
 FILE_MODE = 0o644  # what the job writes is readable by all and writable by its owner only,

@@ -35,6 +35,7 @@ from job.output.layout import (
     PARETO_PLOT,
     RESULTS_FILE,
     RESULTS_FOLDER,
+    TENSORBOARD_FOLDER,
     VISUALDL_FOLDER,
     below,
     make_folders,
@@ -292,7 +293,7 @@ class LocalOutput(Output):
         """The probe has an unpredictable name and is created exclusively, so it never follows a planted
         link and never meets another task's probe in a shared folder."""
         created = make_folders(self.root)
-        for name in (RESULTS_FOLDER, ARTIFACTS_FOLDER, VISUALDL_FOLDER, CHECKPOINTS_FOLDER):  # a planted link: now
+        for name in (RESULTS_FOLDER, ARTIFACTS_FOLDER, VISUALDL_FOLDER, TENSORBOARD_FOLDER, CHECKPOINTS_FOLDER):
             path = self.inside(name)
             if path.exists() and not path.is_dir():  # found after training, when the first record is saved
                 raise UserError(f"{path} is a file where the job keeps its {name} folder: move it away")

@@ -14,7 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from job.data.batches import Encoded, epoch_batches, iterate_batches
-from job.errors import TrainingDiverged
+from job.errors import Interrupted, TrainingDiverged
 from job.output.log import say
 from job.runtime import device
 from job.runtime.device import batch_on_device
@@ -64,6 +64,7 @@ class TrainOutcome:
     dropout: str = PADDLE  # which dropout ran (job.training.dropout)
     compiled: bool = False  # whether the forward ran as a static graph
     stopped_early: bool = False  # evaluate_at asked to stop before the last step
+    state: Callable[..., Any] | None = None  # the loop's LoopState at its end, for a checkpoint written later
 
     @property
     def samples_per_second(self) -> float:
@@ -277,6 +278,7 @@ def train(
         set_scaler_state(scaler, resumed.scaler)
         outcome.steps, outcome.samples, outcome.tokens = resumed.step, resumed.samples, resumed.tokens
         outcome.step_losses = list(resumed.step_losses)
+        outcome.stopped_early = resumed.stopped_early
     model.train()
     stepped = model if ranks.world == 1 else _data_parallel(model)
     outcome.compiled = settings.compiled and ranks.world == 1  # DataParallel syncs gradients in eager hooks
@@ -310,22 +312,42 @@ def train(
         unread.clear()
         return outcome.step_losses[-1]
 
-    def save_checkpoint() -> float:
+    def state(evaluated: bool = True) -> LoopState:
+        """Where the loop stands now (`evaluated`: the dev evaluation due at this step, if any, is done)."""
+        seconds = outcome.seconds if outcome.seconds else time.perf_counter() - started - paused
+        return LoopState(
+            step=outcome.steps, samples=outcome.samples, tokens=outcome.tokens, seconds=seconds,
+            step_losses=list(outcome.step_losses), schedule=schedule.state_dict(), scaler=scaler_state(scaler),
+            rng=random_state(), moments=optimizer_moments(optimizer, model), evaluated=evaluated,
+            stopped_early=outcome.stopped_early,
+        )  # fmt: skip
+
+    def save_checkpoint(evaluated: bool = True) -> float:
         """Hand the loop's state to `checkpoints`; returns the seconds it took."""
         began = time.perf_counter()
-        checkpoints.save(LoopState(  # type: ignore[union-attr]
-            step=outcome.steps, samples=outcome.samples, tokens=outcome.tokens,
-            seconds=time.perf_counter() - started - paused, step_losses=list(outcome.step_losses),
-            schedule=schedule.state_dict(), scaler=scaler_state(scaler), rng=random_state(),
-            moments=optimizer_moments(optimizer, model),
-        ))  # fmt: skip
+        checkpoints.save(state(evaluated))  # type: ignore[union-attr]
+        return time.perf_counter() - began
+
+    def evaluate_now() -> float:
+        """Score dev at this step (off the clock) and decide on early stopping; returns the seconds it took.
+        A stop requested during the evaluation writes the checkpoint without it: the resumed run scores dev
+        at this step first, as this one would have."""
+        began = time.perf_counter()
+        try:
+            outcome.stopped_early = rank0_decision(bool(evaluate_at(outcome.steps)), ranks)  # type: ignore[misc]
+        except Interrupted:
+            if checkpoints is not None and outcome.steps > checkpoints.last_step:
+                save_checkpoint(evaluated=False)
+            raise
         return time.perf_counter() - began
 
     with training_dropout(rank_seed(settings.seed, ranks), in_graph=outcome.compiled) as outcome.dropout:
         if resumed is not None:
             set_random_state(resumed.rng)  # after the bulk dropout's generator exists
         started = time.perf_counter() - (resumed.seconds if resumed is not None else 0.0)
-        for epoch, global_batch, shard in steps[outcome.steps :]:
+        if resumed is not None and not (resumed.evaluated or resumed.stopped_early) and resumed.step < total_steps:
+            paused += evaluate_now()
+        for epoch, global_batch, shard in [] if outcome.stopped_early else steps[outcome.steps :]:
             if stop.signum is not None and checkpoints is not None and outcome.steps > checkpoints.last_step:
                 if unread:
                     read_unread()
@@ -357,9 +379,7 @@ def train(
                 say(f"[{label}] step {outcome.steps}/{total_steps} epoch {epoch + 1} loss {value:.4f} "
                     f"lr {schedule.get_lr():.2e} {outcome.samples / elapsed:.1f} samples/s")  # fmt: skip
             if evaluation:
-                began = time.perf_counter()
-                outcome.stopped_early = rank0_decision(bool(evaluate_at(outcome.steps)), ranks)  # type: ignore[misc]
-                paused += time.perf_counter() - began
+                paused += evaluate_now()
                 if outcome.stopped_early:
                     break
             if saving:
@@ -367,6 +387,7 @@ def train(
         outcome.seconds = time.perf_counter() - started - paused
     progress.close()
     outcome.optimizer_state_bytes = state_bytes(optimizer)
+    outcome.state = state
     return outcome
 
 

@@ -16,16 +16,18 @@ this run's, or corrupt, is refused whole with a line saying why, and the run tra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from job.errors import Interrupted
 from job.output.layout import CHECKPOINTS_FOLDER
 from job.output.log import say
 from job.output.storage import Output
@@ -52,6 +54,8 @@ class LoopState:
     scaler: dict[str, Any]  # fp16's loss scaler (empty otherwise)
     rng: dict[str, Any]  # job.training.resume.random_state
     moments: dict[str, np.ndarray] = field(default_factory=dict)  # "<accumulator>/<parameter name>"
+    evaluated: bool = True  # False: stopped during the dev evaluation at `step`, which the resumed run does first
+    stopped_early: bool = False  # early stopping ended training at `step`
 
 
 @dataclass
@@ -169,6 +173,20 @@ class Checkpoints:
         self.last_step, self.last_time = state.step, time.monotonic()
 
 
+@contextlib.contextmanager
+def checkpoint_on_stop(checkpoints: Checkpoints | None, state: Callable[..., LoopState] | None) -> Iterator[None]:
+    """After training: a stop requested in the block (during the final evaluation, minutes on CPU for a
+    large dev set) writes the trained state first, so the rerun only scores it."""
+    try:
+        yield
+    except Interrupted:
+        if checkpoints is not None and state is not None:
+            final = state(evaluated=False)
+            if final.step > checkpoints.last_step:
+                checkpoints.save(final)
+        raise
+
+
 # ---------------------------------------------------------------- the file
 
 
@@ -260,6 +278,7 @@ def _state(metadata: dict[str, Any], tensors: dict[str, np.ndarray]) -> RunState
         step=int(loop["step"]), samples=int(loop["samples"]), tokens=int(loop["tokens"]),
         seconds=float(loop["seconds"]), step_losses=[float(x) for x in loop["step_losses"]],
         schedule=dict(loop["schedule"]), scaler=dict(loop["scaler"]), rng=dict(loop["rng"]), moments=part(MOMENT),
+        evaluated=bool(loop.get("evaluated", True)), stopped_early=bool(loop.get("stopped_early", False)),
     )  # fmt: skip
     if len(loop_state.step_losses) != loop_state.step or loop_state.step < 1:
         raise ValueError(f"{len(loop_state.step_losses)} losses for {loop_state.step} steps")
