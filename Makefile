@@ -23,7 +23,7 @@ define compose_run
 	docker rm $(CONTAINER) >/dev/null 2>&1; exit $$code
 endef
 
-.PHONY: help venv venv-gpu lock demo example example-run bench bench-workers bench-peer parity parity-record doctor docs test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
+.PHONY: help venv venv-gpu lock demo timings example example-run bench bench-workers bench-peer parity parity-record doctor docs test test-fast run-local lint build-cpu build-gpu run-cpu run-gpu test-docker reports-dir check-gpu-runtime
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ example-run: venv ## the default config's 16 runs on the stand-in, on CPU (about
 	@mkdir -p $(EXAMPLE_DIR)
 	set -o pipefail; $(PY) -m job run --config configs/tnews_answer.yaml $(STANDIN_SETTINGS) --set save_artifacts=true \
 	  --output-dir $(EXAMPLE_DIR) 2>&1 | tee $(EXAMPLE_DIR)/run.log
+
+timings: venv ## time `job demo` end to end on this machine: docs/timings.json, and the figure README and this file quote
+	$(PY) -m job.example --time-demo docs
 
 example: example-run ## example-run, then docs/example-report, every report excerpt in the docs and power.md's measured seed spread written from it
 	$(PY) -m job.example $(EXAMPLE_DIR) docs

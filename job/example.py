@@ -202,14 +202,51 @@ def write_excerpts(docs: Path, blocks: dict[str, str]) -> None:
             page.write_text(new, encoding="utf-8")
 
 
+TIMINGS = "timings.json"  # docs/timings.json: the times the docs quote, measured by `make timings`
+DEMO_TIME = re.compile(r"in under a minute \((\d+) s on (?:a )?2(?:-core CPU| cores)\)")  # README, Makefile
+
+
+def time_demo(docs: Path) -> dict[str, object]:
+    """Run `python -m job demo` end to end in a fresh folder (a new process: imports, pretraining, six runs,
+    the report) and write its wall time, with this version and the CPU it ran on, to docs/timings.json."""
+    import json
+    import os
+    import platform
+    import tempfile
+    import time
+    import tomllib
+
+    from job.runtime.cpu import available_cpus
+
+    with tempfile.TemporaryDirectory(prefix="job-demo-time-") as folder:
+        began = time.monotonic()
+        subprocess.run([sys.executable, "-m", "job", "demo", "--output-dir", f"{folder}/demo"], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        seconds = time.monotonic() - began
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    timings = {"job_version": version, "demo_seconds": round(seconds, 1), "cores": available_cpus(), "cpu": cpu}
+    (docs / TIMINGS).write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
+    for page in (ROOT / "README.md", ROOT / "Makefile"):  # the quoted figure follows the measurement
+        text = page.read_text(encoding="utf-8")
+        page.write_text(DEMO_TIME.sub(lambda m: m.group(0).replace(m.group(1), f"{round(seconds)}"), text),
+                        encoding="utf-8")  # fmt: skip
+    return timings
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--time-demo"] and len(argv) == 2:
+        print(time_demo(Path(argv[1])))
+        return 0
     if argv[:1] == ["--refresh"] and len(argv) == 2:
         docs = Path(argv[1])
         report = refresh_example_report(docs)
         write_excerpts(docs, {**report_blocks(report), **plan_blocks()})
         return 0
     if len(argv) != 2:
-        print("usage: python -m job.example RUN_DIR DOCS_DIR | --refresh DOCS_DIR", file=sys.stderr)
+        print("usage: python -m job.example RUN_DIR DOCS_DIR | --refresh DOCS_DIR | --time-demo DOCS_DIR",
+              file=sys.stderr)  # fmt: skip
         return 2
     run_dir, docs = Path(argv[0]), Path(argv[1])
     report = write_example_report(run_dir, docs)

@@ -102,3 +102,20 @@ def test_the_config_table_gives_each_shipped_config_its_run_count() -> None:
 def test_the_two_set_up_commands_stand_in_the_readmes_first_40_lines() -> None:
     head = "\n".join((ROOT / "README.md").read_text(encoding="utf-8").splitlines()[:40])
     assert "```bash\nmake venv\n```" in head and "```bash\nmake test\n```" in head
+
+
+def test_the_demo_time_the_docs_quote_is_the_one_measured_for_this_version() -> None:
+    """`make timings` runs the demo end to end and writes docs/timings.json and the figure quoted; the figure
+    must be that measurement's, and the measurement this version's (a test may not time: it checks)."""
+    import json
+    import tomllib
+
+    from job.example import DEMO_TIME, TIMINGS
+
+    timings = json.loads((ROOT / "docs" / TIMINGS).read_text(encoding="utf-8"))
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    assert timings["job_version"] == version, "run `make timings` for this version"
+    assert timings["cores"] == 2 and 0 < timings["demo_seconds"] < 60  # "in under a minute ... on 2 cores"
+    for page in ("README.md", "Makefile"):
+        quoted = [int(seconds) for seconds in DEMO_TIME.findall((ROOT / page).read_text(encoding="utf-8"))]
+        assert quoted == [round(timings["demo_seconds"])], page
