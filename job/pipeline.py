@@ -33,6 +33,7 @@ from job.output.layout import (
 from job.output.log import run_done, say, set_position
 from job.output.storage import Output, open_output
 from job.results.facts import now, run_facts
+from job.results.overlap import with_overlaps, write_directions
 from job.results.plot import plot_learning_curve, plot_losses, plot_pareto
 from job.results.records import load_results, read_records, save_result
 from job.results.report import render_report, subject
@@ -78,7 +79,7 @@ from job.training.resume import (
     remove_checkpoint,
     write_checkpoint,
 )
-from job.training.strategies import check_targets_match
+from job.training.strategies import baseline, check_targets_match
 from job.training.update_rank import trained_weights, update_analysis
 
 WORKER_VARIABLE = "JOB_WORKER"  # set by `job run --workers` in each worker: its name and device
@@ -407,8 +408,12 @@ def trained_run(session: Session, run: Run, log: RunLog) -> RunResult | None:
         say(
             f"[{key}] measuring each weight's learned update: its rank and intruder dimensions ({len(initial)} weights)"
         )
+    ranks = config.lora_r if isinstance(config.lora_r, list) else [config.lora_r]
     analysis = update_analysis(initial if config.analysis else {}, model,
-                               config.intruder_threshold if config.analysis else None)  # once, at the end  # fmt: skip
+                               config.intruder_threshold if config.analysis else None,
+                               directions=max(ranks) if config.analysis else 0)  # once, at the end  # fmt: skip
+    if analysis.directions:  # beside the record, for the report's subspace overlap (job.results.overlap)
+        write_directions(session.output, config.config_hash(), key, analysis.directions)
     del initial
     selected = best.step if best.keep else outcome.steps
     say(
@@ -589,6 +594,7 @@ def write_report(
     does not matter, and a writer that saw fewer cannot overwrite a complete report with a partial one."""
     with output.merge_lock():
         combined = combine(load_results(output, config_hash), margin)
+        combined = with_overlaps(output, combined, baseline().name)
         if price:  # `job report --price-per-hour`: the money of runs already made
             config = combined.run.config.model_copy(update=price)
             combined = combined.model_copy(update={"run": combined.run.model_copy(update={"config": config})})

@@ -90,6 +90,20 @@ def test_a_full_fine_tuning_run_records_and_reports_its_update_rank_and_lora_non
     assert "- Intruder dimensions (of each fine-tuned weight's top 10 singular vectors, those with no pretrained " in (
         report
     )
+    from job.output.storage import open_output
+    from job.results.overlap import read_directions, seed_overlaps
+
+    combined = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    stored = {key: read_directions(open_output(out), combined["run"]["config_hash"], runs[key]["key"])
+              for key in ("lora", "full_finetune")}  # fmt: skip
+    assert len(stored["full_finetune"]) == 6 * layers and all(d.shape[1] == 4 for d in stored["full_finetune"].values())
+    assert len(stored["lora"]) == 2 * layers  # q and v
+    overlap = combined["comparisons"][0]["subspace_overlap"]
+    assert overlap == pytest.approx(seed_overlaps(stored["lora"], stored["full_finetune"]), abs=1e-4)
+    assert list(overlap) == ["q", "v"] and all(0.0 <= value <= 1.0 for value in overlap.values())
+    assert combined["comparisons"][0]["subspace_random"] == {"q": 4 / hidden, "v": 4 / hidden}
+    line = next(line for line in report.splitlines() if line.startswith("- Subspace overlap"))
+    assert f"q {overlap['q']:.2f} (random {4 / hidden:.3f})" in line
 
 
 @pytest.mark.parametrize(
@@ -142,3 +156,51 @@ def test_a_planted_intruder_direction_is_counted_and_a_scaled_weight_has_none() 
     assert intruder_count(before, spiked, threshold=0.1) == 0  # cosine 0.125 is above a threshold of 0.1
     wide = np.random.default_rng(1).standard_normal((8, 20))
     assert singular_directions(wide).shape == (8, 8) and singular_directions(wide, 3).shape == (8, 3)
+
+
+@pytest.mark.parametrize("shape", [(48, 48), (96, 32), (32, 96)], ids=["square", "tall", "wide"])
+def test_an_update_built_inside_a_known_subspace_overlaps_it_fully_and_a_random_one_by_r_over_d(shape) -> None:
+    from job.training.update_rank import input_directions, subspace_overlap
+
+    rng = np.random.default_rng(3)
+    rows, cols = shape
+    basis, _ = np.linalg.qr(rng.standard_normal((rows, 4)))
+    inside = basis @ rng.standard_normal((4, cols))  # every column in the basis' span
+    found = input_directions(inside, 4)
+    assert found.shape == (rows, 4) and np.allclose(found.T @ found, np.eye(4), atol=1e-5)
+    assert subspace_overlap(found, basis) == pytest.approx(1.0, abs=1e-5)
+    complement = np.linalg.qr(np.c_[basis, rng.standard_normal((rows, 4))])[0][:, 4:]  # orthogonal to the basis
+    assert subspace_overlap(found, complement) == pytest.approx(0.0, abs=1e-6)
+    assert input_directions(inside, 10).shape == (rows, 4)  # a rank-4 update has 4 directions, not 10
+    half = np.c_[basis[:, :2], complement[:, :2]]  # two directions in, two out
+    assert subspace_overlap(found, half) == pytest.approx(0.5, abs=1e-5)
+    overlaps = [subspace_overlap(input_directions(rng.standard_normal(shape), 4), basis) for _ in range(200)]
+    assert np.mean(overlaps) == pytest.approx(4 / rows, rel=0.2)  # random subspaces: r / d on average
+
+
+def test_a_lora_models_directions_are_its_a_matrix_span_in_the_input_space(tiny_model: Path) -> None:
+    """Paddle's LoRA computes x A B (A: [in, r]): its update's input directions are the columns of A."""
+    import paddle
+
+    from job.config.plan import plan_runs
+    from job.config.schema import JobConfig
+    from job.training.model import load_model
+    from job.training.strategies import STRATEGIES
+    from job.training.update_rank import input_directions, subspace_overlap
+
+    run = next(r for r in plan_runs(JobConfig(model_name=str(tiny_model), lora_r=4)) if r.strategy.name == "lora")
+    paddle.seed(0)
+    model = STRATEGIES["lora"].prepare(load_model(str(tiny_model), 15), run)
+    layers = [layer for name, layer in model.named_sublayers() if name.endswith("q_proj")]
+    rng = np.random.default_rng(0)
+    for layer in layers:
+        layer.lora_B.set_value(rng.standard_normal(layer.lora_B.shape).astype("float32"))
+    analysis = update_analysis({}, model, None, directions=4)
+    names = sorted(name for name in analysis.directions if "q_proj" in name)
+    assert len(names) == len(layers) == TINY_ERNIE["num_hidden_layers"]
+    assert all(name.startswith("ernie.encoder.layers.") for name in analysis.directions)  # the base weight's names
+    for name, layer in zip(names, layers, strict=True):
+        span, _ = np.linalg.qr(layer.lora_A.numpy().astype(np.float64))
+        assert analysis.directions[name].shape == (TINY_ERNIE["hidden_size"], 4)
+        assert subspace_overlap(analysis.directions[name], span) == pytest.approx(1.0, abs=1e-4)
+    assert input_directions(np.zeros((8, 8)), 4).shape == (8, 0)  # no update, no direction

@@ -17,6 +17,7 @@ VISUALDL_FOLDER = "vdl"  # vdl/<run>/
 TENSORBOARD_FOLDER = "tensorboard"  # tensorboard/<run>/
 MLFLOW_DATABASE = "mlflow.db"  # MLflow's SQLite store when no MLFLOW_TRACKING_URI is set
 MLFLOW_ARTIFACTS_FOLDER = "mlartifacts"  # its artifacts then
+DIRECTIONS_FOLDER = "directions"  # directions/<config hash>/<run>.safetensors: each update's leading directions
 CHECKPOINTS_FOLDER = "checkpoints"  # checkpoints/<run>.safetensors: an unfinished run's state
 
 FILE_MODE = 0o644  # what the job writes is readable by all and writable by its owner only,

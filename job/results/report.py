@@ -12,6 +12,7 @@ from job.data.tasks import CLUE_TASKS, DEFAULT_DATASET, OWN, dataset_title
 from job.output.layout import LEARNING_PLOT, LOSS_PLOT, PARETO_PLOT
 from job.results.answer import answers, unless_at_chance, weights_share
 from job.results.front import at_chance, pareto_front, row_memory
+from job.results.overlap import overlap_line
 from job.results.schema import Combined, HeadlineRow, RunFacts, RunResult
 from job.results.tables import (
     FRONT_COLUMNS,
@@ -222,6 +223,8 @@ def observations(combined: Combined) -> list[str]:
         lines.append(ranks)
     if (intruders := intruder_line(rows, combined)) is not None:
         lines.append(intruders)
+    if (overlap := overlap_line(combined.comparisons)) is not None:
+        lines.append(overlap)
     if c is not None and full is not None:
         lines.append(_time_line(next(r for r in lora if r.group == c.group), full))
     if len(rows) > 2:

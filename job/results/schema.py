@@ -224,6 +224,9 @@ class Comparison(Record):
     noninferior: bool  # good enough: Holm-adjusted one-sided p < 0.025 (one row: the interval's low end > -margin)
     answer: Answer  # good enough (noninferior), worse (wholly below -margin, Holm as well), else not shown
     verdict: str
+    # kind of weight -> how much of the row's update lies in full fine-tuning's top-r directions (job.results.overlap)
+    subspace_overlap: dict[str, float] = Field(default_factory=dict)
+    subspace_random: dict[str, float] = Field(default_factory=dict)  # kind -> a random subspace's: r / d
 
 
 class Combined(Record):

@@ -6,7 +6,7 @@ fine-tuning's updates are measured once at the end of the run, beside the rank L
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -113,6 +113,61 @@ def adapter_intruders(model: Any, threshold: float = INTRUDER_THRESHOLD) -> dict
     return {kind: found[kind] for kind in WEIGHT_KINDS if kind in found}
 
 
+def input_directions(update: np.ndarray, top: int) -> np.ndarray:
+    """The update's `top` leading left singular vectors (Paddle's [in, out] layout: directions of the input
+    space), as columns, largest first; from the shorter side's Gram matrix: for a tall update the right
+    vectors V give the left ones as ΔW V / σ. Fewer columns when the update's rank is lower."""
+    from scipy.linalg import eigh
+
+    matrix = np.asarray(update, dtype=np.float64)
+    rows, columns = matrix.shape
+    tall = rows > columns
+    gram = matrix.T @ matrix if tall else matrix @ matrix.T
+    size = gram.shape[0]
+    top = min(top, size)
+    values, vectors = eigh(gram, subset_by_index=[size - top, size - 1], driver="evr")
+    values, vectors = values[::-1], vectors[:, ::-1]
+    kept = values > values[0] * 1e-12 if values.size and values[0] > 0 else np.zeros(0, dtype=bool)
+    values, vectors = values[kept], vectors[:, kept]
+    if tall:
+        vectors = matrix @ vectors / np.sqrt(values)
+    return vectors.astype(np.float32)
+
+
+def subspace_overlap(lora: np.ndarray, full: np.ndarray) -> float:
+    """Hu et al. 2021 (LoRA, section 7)'s normalised subspace similarity of two sets of orthonormal
+    directions, ‖U_loraᵀ U_full‖²_F / min(i, j): 1 when one span holds the other, 0 when they are orthogonal,
+    about r/d for random r-dimensional subspaces of a d-dimensional space."""
+    size = min(lora.shape[1], full.shape[1])
+    if size == 0:
+        return float("nan")
+    return float(np.square(lora.T.astype(np.float64) @ full.astype(np.float64)).sum() / size)
+
+
+def adapter_updates(model: Any) -> dict[str, tuple[np.ndarray, int]]:
+    """Weight name -> (the adapter's update A B x scale in Paddle's [in, out] layout, its rank r), for each
+    LoRA layer of a kind in WEIGHT_KINDS (none for PiSSA, whose frozen weight is not the pretrained one)."""
+    from paddlenlp.peft.lora.lora_layers import LoRALinear
+
+    found: dict[str, tuple[np.ndarray, int]] = {}
+    if getattr(getattr(model, "lora_config", None), "pissa", False):
+        return found
+    for name, layer in model.named_sublayers():
+        if not isinstance(layer, LoRALinear):  # LoKr's and VeRA's updates are built otherwise
+            continue
+        if kind_of(f"{name}.weight") is None:
+            continue
+        a, b = layer.lora_A.numpy().astype(np.float64), layer.lora_B.numpy().astype(np.float64)
+        found[_base_name(f"{name}.weight")] = (a @ b * layer.scaling, a.shape[1])
+    return found
+
+
+def _base_name(name: str) -> str:
+    """The encoder weight's name without the LoRA wrapper's prefix (model.ernie... -> ernie...)."""
+    index = name.find("ernie.")
+    return name[index:] if index >= 0 else name
+
+
 def trained_weights(model: Any) -> dict[str, np.ndarray]:
     """A host copy of the encoder weights that will train (none for an adapter: its base stays frozen)."""
     return {name: p.numpy().copy() for name, p in model.named_parameters() if not p.stop_gradient and kind_of(name)}
@@ -124,17 +179,22 @@ class UpdateAnalysis:
     stable: dict[str, list[float]]  # kind -> each layer's stable rank
     random: dict[str, int]  # kind -> a random matrix's energy rank at that kind's shape
     intruders: dict[str, list[int]]  # kind -> each layer's intruder dimensions (INTRUDER_TOP, the threshold)
+    # weight name -> its update's leading input directions (job.training.update_rank.input_directions), for
+    # the subspace overlap the report measures between LoRA's update and full fine-tuning's
+    directions: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def update_analysis(before: dict[str, np.ndarray], model: Any, threshold: float | None = INTRUDER_THRESHOLD,
-                    ) -> UpdateAnalysis:  # fmt: skip
+                    directions: int = 0) -> UpdateAnalysis:  # fmt: skip
     """Each trained encoder weight's update, once: its energy rank and stable rank from one spectrum, the
-    random baseline of its shape, and (`threshold` not None) its intruder dimensions; for a LoRA model,
-    whose base weights do not train, the adapted layers' intruder dimensions alone."""
+    random baseline of its shape, (`threshold` not None) its intruder dimensions and (`directions` > 0) its
+    leading input directions; for a LoRA model, whose base weights do not train, the adapted layers'
+    intruder dimensions and its update's directions (all r of them) alone."""
     ranks: dict[str, list[int]] = {}
     stable: dict[str, list[float]] = {}
     random: dict[str, int] = {}
     intruders: dict[str, list[int]] = {}
+    found: dict[str, np.ndarray] = {}
     for name, parameter in model.named_parameters():
         if name in before:
             kind = kind_of(name) or ""
@@ -145,8 +205,12 @@ def update_analysis(before: dict[str, np.ndarray], model: Any, threshold: float 
             random.setdefault(kind, random_rank(tuple(before[name].shape)))
             if threshold is not None:
                 intruders.setdefault(kind, []).append(intruder_count(before[name], after, threshold=threshold))
+            if directions:
+                found[_base_name(name)] = input_directions(after - before[name], directions)
     order = [kind for kind in WEIGHT_KINDS if kind in ranks]
     if not order and threshold is not None:
         intruders = adapter_intruders(model, threshold)
+    if not order and directions:
+        found = {name: input_directions(update, rank) for name, (update, rank) in adapter_updates(model).items()}
     return UpdateAnalysis({k: ranks[k] for k in order}, {k: stable[k] for k in order}, {k: random[k] for k in order},
-                          {k: intruders[k] for k in WEIGHT_KINDS if k in intruders})  # fmt: skip
+                          {k: intruders[k] for k in WEIGHT_KINDS if k in intruders}, found)  # fmt: skip
