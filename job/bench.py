@@ -36,6 +36,7 @@ from job.runtime.device import (
     resolve_eval_batch_size,
     resolve_precision,
     select_device,
+    synchronize,
 )
 from job.runtime.memory import peak_memory_mb, start_memory_meter
 from job.training.dropout import training_dropout
@@ -70,15 +71,6 @@ EVAL_TARGET = ("eval_fraction_of_matmul_peak", 0.85)
 # clipping reads every gradient once for the global norm (4). Clipping's rescale (8 more) only runs on
 # steps whose norm is above max_grad_norm, so the floor leaves it out.
 FLOOR_BYTES_PER_PARAMETER = 7 * 4 + 4
-
-
-def synchronize() -> None:
-    """On a GPU, wait until every queued kernel has run (they run asynchronously); nothing on CPU, where
-    every op has finished when it returns."""
-    import paddle
-
-    if on_gpu():
-        paddle.device.synchronize()
 
 
 def copy_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:

@@ -8,7 +8,7 @@ import errno
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from job.results.overlap import with_overlaps, write_directions
 from job.results.plot import plot_learning_curve, plot_losses, plot_pareto
 from job.results.records import load_results, read_records, save_result
 from job.results.report import render_report, subject
-from job.results.schema import DevPoint, ResultRecord, RunFacts, RunResult, SplitResult
+from job.results.schema import DevPoint, MergeAgreement, ResultRecord, RunFacts, RunResult, ServingForm, SplitResult
 from job.results.stats import encode_classes, macro_f1, per_class_accuracy
 from job.results.tracking import RunLog, check_trackers, log_report, run_log
 from job.results.verdict import combine
@@ -79,6 +79,7 @@ from job.training.resume import (
     remove_checkpoint,
     write_checkpoint,
 )
+from job.training.serving import merge_agreement, serving_costs
 from job.training.strategies import baseline, check_targets_match
 from job.training.update_rank import trained_weights, update_analysis
 
@@ -404,6 +405,7 @@ def trained_run(session: Session, run: Run, log: RunLog) -> RunResult | None:
         with out_of_memory_advice(f"[{key}] evaluation", "eval_batch_size", run.eval_batch_size):
             dev = evaluate(model, encoded.dev, run.eval_batch_size, pad_id, stop, progress(key, "dev"))
             test = evaluate(model, encoded.test, run.eval_batch_size, pad_id, stop, progress(key, "test"))
+    serving, agreement = measure_serving(session, run, model)
     if initial and config.analysis:  # seconds on the full-size model: the log says what it is doing meanwhile
         say(
             f"[{key}] measuring each weight's learned update: its rank and intruder dimensions ({len(initial)} weights)"
@@ -470,7 +472,26 @@ def trained_run(session: Session, run: Run, log: RunLog) -> RunResult | None:
         finished_at=now(),
         worker=os.environ.get(WORKER_VARIABLE, ""),
         gpu_shared_by=int(os.environ.get(SHARED_VARIABLE, "1") or 1) if session.device.name == "gpu" else 1,
+        serving=serving,
+        merge_agreement=agreement,
     )
+
+
+def measure_serving(session: Session, run: Run, model: Any) -> tuple[list[ServingForm], list[MergeAgreement]]:
+    """With `serving: true`, what serving the scored model costs, and whether LoRA's two forms agree
+    (job.training.serving); before the artifacts are saved (saving LoRA's merged model folds it in)."""
+    if not session.config.serving:
+        return [], []
+    rows, pad_id = session.rows_for(run).encoded.test, session.pad_id
+    forms = [ServingForm(**asdict(cost)) for cost in serving_costs(model, rows, pad_id)]
+    agreement = [
+        MergeAgreement(**asdict(found)) for found in merge_agreement(model, rows, pad_id, run.settings.precision)
+    ]
+    say(f"[{run.key}] serving: " + "; ".join(f"{f.form} {f.ms_per_title:.2f} ms a title, {f.titles_per_second:,.0f} "
+                                             "titles/s at 32" for f in forms)
+        + "".join(f"; merged vs unmerged ({a.precision}): largest logit difference {a.max_logit_difference:.2g}, "
+                  f"{a.prediction_agreement:.1%} equal predictions" for a in agreement))  # fmt: skip
+    return forms, agreement
 
 
 def run_checkpoints(session: Session, run: Run, model: Any, identity: dict[str, Any], curve: list[DevPoint],

@@ -78,6 +78,7 @@ NOT_HASHED_KEYS = frozenset(
         "intruder_threshold",
         "save_steps",
         "save_minutes",
+        "serving",
     }
 )
 
@@ -345,6 +346,13 @@ class CommonConfig(BaseModel):
         description="also write it after this many minutes of training since the last one (`null`: only by"
         " `save_steps`). With either set, a stop request (SIGTERM from a queue reclaiming a node, Ctrl-C) writes"
         " one before the job exits 143",
+    )
+    serving: bool = Field(
+        True,
+        description="measure, at the end of each run on its device, what serving its model costs: latency per"
+        " title at batch 1, per batch of 32, titles/s at 32, for LoRA's adapter unmerged and merged (and that the"
+        " two agree: largest logit difference, equal predictions on up to 512 test titles) and for every other"
+        " model as trained; a few seconds a run on CPU for ERNIE 3.0 Medium. In the report's Serving table",
     )
     report_to: list[Literal[TRACKERS]] = Field(  # type: ignore[valid-type]
         [],

@@ -24,6 +24,7 @@ from job.results.tables import (
     rate_choice,
     results_table,
     runs_table,
+    serving_table,
 )
 from job.results.verdict import best_row, points
 from job.training.model import looks_like_a_path
@@ -43,6 +44,7 @@ def render_report(combined: Combined) -> str:
             *([comparison_details(combined.comparisons)] if combined.comparisons else []),
             "### Every run\n\n" + runs_table(runs),
             "### Efficiency\n\n" + efficiency_table(rows, runs),
+            *([f"### Serving\n\n{serving}"] if (serving := serving_table(rows, runs)) else []),
             *(["### Accuracy against cost\n\n" + front_table(rows, combined)] if len(rows) > 2 else []),
             "### Test accuracy per class\n\n" + per_class_table(rows, run.data.label_set()),
             f"![Training loss per step]({LOSS_PLOT})\n\n![Test accuracy against trainable parameters and time]"

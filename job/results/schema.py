@@ -49,6 +49,24 @@ class DevPoint(Record):
     loss: float
 
 
+class ServingForm(Record):
+    """What serving one form of a run's model costs on its device (job.training.serving)."""
+
+    form: str  # unmerged (LoRA's adapter applied at every call), merged (folded into the weights), model
+    ms_per_title: float  # one title per call, median
+    ms_per_batch: float  # a batch of 32 titles, median
+    titles_per_second: float  # at batch 32
+
+
+class MergeAgreement(Record):
+    """LoRA's merged and unmerged forms on the same test titles."""
+
+    precision: str
+    titles: int
+    max_logit_difference: float
+    prediction_agreement: float  # share of titles with the same predicted class
+
+
 class RunResult(Record):
     key: str
     index: int  # position in the run plan (the array task index)
@@ -97,6 +115,8 @@ class RunResult(Record):
     finished_at: str
     worker: str = ""  # the worker of `job run --workers` that trained it ("w1 gpu:1"); "" for one process
     gpu_shared_by: int = Field(1, ge=1)  # workers on its GPU while it trained (more workers than GPUs): 1 alone
+    serving: list[ServingForm] = Field(default_factory=list)  # `serving: true`: each form's latency and throughput
+    merge_agreement: list[MergeAgreement] = Field(default_factory=list)  # LoRA's merged against unmerged
 
 
 # ---------------------------------------------------------------- what every run of a process shares

@@ -163,6 +163,43 @@ def efficiency_table(rows: Sequence[HeadlineRow], runs: Sequence[RunResult]) -> 
     return markdown_table("Efficiency", EFFICIENCY_COLUMNS, lines) + "\n\n" + note + plan_time(runs)
 
 
+SERVING_COLUMNS = ("Form", "ms per title (batch 1)", "ms per batch of 32", "Titles/s at 32")
+SERVING_FORMS = {"unmerged": "adapter unmerged", "merged": "adapter merged", "model": "as trained"}
+
+
+def serving_table(rows: Sequence[HeadlineRow], runs: Sequence[RunResult]) -> str | None:
+    """What serving each headline row's model costs, per form (means over its seeds), and whether LoRA's
+    merged and unmerged forms agree; None when no run measured it."""
+    by_key = {r.key: r for r in runs}
+    lines, agreements = [], []
+    for row in rows:
+        chosen = [by_key[key] for key in row.keys if by_key[key].serving]
+        for form in dict.fromkeys(f.form for r in chosen for f in r.serving):
+            costs = [f for r in chosen for f in r.serving if f.form == form]
+            lines.append([row.label, SERVING_FORMS.get(form, form),
+                          f"{mean_std([c.ms_per_title for c in costs])[0]:.2f}",
+                          f"{mean_std([c.ms_per_batch for c in costs])[0]:.1f}",
+                          f"{mean_std([c.titles_per_second for c in costs])[0]:,.0f}"])  # fmt: skip
+        for precision in dict.fromkeys(a.precision for r in chosen for a in r.merge_agreement):
+            found = [a for r in chosen for a in r.merge_agreement if a.precision == precision]
+            agreements.append(
+                f"{row.label} ({precision}): largest logit difference "
+                f"{max(a.max_logit_difference for a in found):.2g}, "
+                f"{min(a.prediction_agreement for a in found):.1%} equal predictions on {found[0].titles:,} test titles"
+                + (" (the worst seed)" if len(found) > 1 else "")
+            )
+    if not lines:
+        return None
+    note = (
+        "Measured at the end of each run on its device with the plain forward a server runs (eval mode, no "
+        "gradients): the median of repeated calls after a warm-up. Unmerged: LoRA's A and B applied at every call; "
+        "merged: folded into the weights, the same cost as the base model."
+    )
+    if agreements:
+        note += " Merged against unmerged: " + "; ".join(agreements) + "."
+    return markdown_table("Row", SERVING_COLUMNS, lines) + "\n\n" + note
+
+
 def plan_time(runs: Sequence[RunResult]) -> str:
     """The plan's wall time (first run's start to last run's finish) beside the sum of its runs' training
     times, and the workers that trained them: what `job run --workers` bought."""

@@ -215,6 +215,15 @@ def on_gpu() -> bool:
     return paddle.device.get_device().startswith("gpu")
 
 
+def synchronize() -> None:
+    """On a GPU, wait until every queued kernel has run (they run asynchronously); nothing on CPU, where
+    every op has finished when it returns."""
+    import paddle
+
+    if on_gpu():
+        paddle.device.synchronize()
+
+
 def batch_on_device(arrays: dict[str, Any]) -> dict[str, Any]:
     """A batch's arrays as tensors on the current device. On a GPU they go through pinned host memory and
     a copy the host does not wait for (Tensor._copy_to(place, blocking=False): an async copy on Paddle's
