@@ -39,6 +39,7 @@ from job.runtime.device import (
     synchronize,
 )
 from job.runtime.memory import peak_memory_mb, start_memory_meter
+from job.training.capacity import device_budget_mb, largest_batch
 from job.training.dropout import training_dropout
 from job.training.evaluate import evaluate, length_sorted_batches
 from job.training.loop import build_optimizer, compiled_forward, loss_scaler, train_step
@@ -335,6 +336,12 @@ class RunBench(BenchRecord):
     eval_fraction_of_matmul_peak: float | None = None
     eval_vs_train_throughput: float | None = None
     compiled: bool = False  # the training forward ran as a static graph (config `compile`)
+    # `capacity: true` (window 0 only): the largest batch within the memory budget (job.training.capacity)
+    capacity_budget_mb: float | None = None
+    capacity_batch: int | None = None
+    capacity_peak_allocated_mb: float | None = None
+    capacity_peak_reserved_mb: float | None = None
+    capacity_samples_per_second: float | None = None
 
 
 class TargetCheck(BenchRecord):
@@ -408,8 +415,17 @@ def bench_strategy(run: Run, rows: list[Encoded], config: JobConfig, *, steps: i
             "eval_fraction_of_matmul_peak": figures(eval_work / eval_seconds / 1e9 / eval_peak),
             "eval_vs_train_throughput": figures(eval_rate / (batch / median)),
         }  # fmt: skip
+    capacity: dict[str, Any] = {}
+    budget, _ = device_budget_mb(config.memory_budget_mb) if config.capacity and with_eval else (None, "")
+    if budget is not None:
+        found = largest_batch(lambda: run.strategy.prepare(bench_model(config)[0], run), rows, run.settings,
+                              budget_mb=budget, sequence_length=config.max_seq_length)  # fmt: skip
+        capacity = {"capacity_budget_mb": budget, "capacity_batch": found.largest_batch,
+                    "capacity_peak_allocated_mb": found.peak_mb, "capacity_peak_reserved_mb": found.reserved_mb,
+                    "capacity_samples_per_second": found.samples_per_second}  # fmt: skip
     return RunBench(
-        group=run.group, strategy=run.strategy.name, label=run.label, length_bucket_window=run.settings.bucket_window,
+        **capacity, group=run.group, strategy=run.strategy.name, label=run.label,
+        length_bucket_window=run.settings.bucket_window,
         trainable_params=trainable, total_params=total, timed_steps=len(timing.times),
         median_ms_per_step=figures(1000 * median), samples_per_second=figures(batch / median),
         tokens_per_second=figures(tokens / median), tokens_per_step=figures(tokens),
@@ -601,6 +617,14 @@ def format_table(report: BenchReport) -> str:
             f"window {target.length_bucket_window:>2}  {target.measure:30} "
             f"{100 * target.value:.0f}% (target {100 * target.target:.0f}%)"
         )
+    capacity = [r for r in report.runs if r.capacity_batch is not None]
+    if capacity:
+        lines += ["", f"capacity (largest batch within {capacity[0].capacity_budget_mb:,.0f} MiB allocated, titles of "
+                  f"{report.max_seq_length} tokens):"]  # fmt: skip
+        for r in capacity:
+            reserved = f", {r.capacity_peak_reserved_mb:,.0f} MiB reserved" if r.capacity_peak_reserved_mb else ""
+            lines.append(f"  {r.label:42} batch {r.capacity_batch:>6} ({r.capacity_peak_allocated_mb} MiB allocated"
+                         f"{reserved}), {r.capacity_samples_per_second} samples/s")  # fmt: skip
     if report.end_to_end_seconds is not None:
         lines += ["", f"end to end (load, train, evaluate, report; every strategy): {report.end_to_end_seconds} s"]
     return "\n".join(lines)

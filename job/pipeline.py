@@ -37,7 +37,16 @@ from job.results.overlap import with_overlaps, write_directions
 from job.results.plot import plot_learning_curve, plot_losses, plot_pareto
 from job.results.records import load_results, read_records, save_result
 from job.results.report import render_report, subject
-from job.results.schema import DevPoint, MergeAgreement, ResultRecord, RunFacts, RunResult, ServingForm, SplitResult
+from job.results.schema import (
+    CapacityResult,
+    DevPoint,
+    MergeAgreement,
+    ResultRecord,
+    RunFacts,
+    RunResult,
+    ServingForm,
+    SplitResult,
+)
 from job.results.stats import encode_classes, macro_f1, per_class_accuracy
 from job.results.tracking import RunLog, check_trackers, log_report, run_log
 from job.results.verdict import combine
@@ -50,9 +59,10 @@ from job.runtime.device import (
     tf32_matmuls,
 )
 from job.runtime.device_faults import out_of_memory, raise_if_device_fault
-from job.runtime.memory import peak_memory_mb, start_memory_meter
+from job.runtime.memory import peak_memory_mb, peak_reserved_mb, start_memory_meter
 from job.runtime.ranks import Ranks, process_ranks
 from job.runtime.signals import StopRequest
+from job.training.capacity import device_budget_mb, largest_batch
 from job.training.checkpoint import BestCheckpoint
 from job.training.evaluate import EvalResult, evaluate
 from job.training.loop import train
@@ -387,7 +397,7 @@ def trained_run(session: Session, run: Run, log: RunLog) -> RunResult | None:
                         on_step=log.step, evaluate_at=evaluate_dev, checkpoints=checkpoints)  # fmt: skip
     if not ranks.is_main:
         return None
-    peak_memory = peak_memory_mb(memory_start)
+    peak_memory, reserved = peak_memory_mb(memory_start), peak_reserved_mb()
     say(f"[{key}] evaluating on dev and test")
     with checkpoint_on_stop(checkpoints, outcome.state):  # the trained weights are still in the model
         if not latest or curve[-1].step != outcome.steps:
@@ -474,6 +484,8 @@ def trained_run(session: Session, run: Run, log: RunLog) -> RunResult | None:
         gpu_shared_by=int(os.environ.get(SHARED_VARIABLE, "1") or 1) if session.device.name == "gpu" else 1,
         serving=serving,
         merge_agreement=agreement,
+        capacity=measure_capacity(session, run),
+        peak_reserved_mb=reserved,
     )
 
 
@@ -492,6 +504,33 @@ def measure_serving(session: Session, run: Run, model: Any) -> tuple[list[Servin
         + "".join(f"; merged vs unmerged ({a.precision}): largest logit difference {a.max_logit_difference:.2g}, "
                   f"{a.prediction_agreement:.1%} equal predictions" for a in agreement))  # fmt: skip
     return forms, agreement
+
+
+def measure_capacity(session: Session, run: Run) -> CapacityResult | None:
+    """With `capacity: true`, on the first seed's runs: the largest batch the run's strategy fits in the
+    memory budget (job.training.capacity), on a fresh copy of its model."""
+    config = session.config
+    seeds = config.seed if isinstance(config.seed, list) else [config.seed]
+    if not config.capacity or run.seed != seeds[0]:
+        return None
+    budget, source = device_budget_mb(config.memory_budget_mb)
+    if budget is None:
+        say(f"[{run.key}] capacity: skipped (on CPU there is no memory budget unless memory_budget_mb sets one)")
+        return None
+    say(f"[{run.key}] capacity: the largest batch within {budget:,.0f} MiB ({source})")
+    rows = session.rows_for(run).encoded.train
+    found = largest_batch(lambda: run.strategy.prepare(load_model(config.model_name, len(session.labels)), run),
+                          rows, run.settings, budget_mb=budget, sequence_length=config.max_seq_length)  # fmt: skip
+    say(f"[{run.key}] capacity: batch {found.largest_batch} fits ({found.peak_mb:,.1f} MiB allocated), "
+        f"{found.samples_per_second:,.1f} samples/s there, {found.configured_samples_per_second:,.1f} at batch "
+        f"{found.configured_batch}")  # fmt: skip
+    return CapacityResult(
+        budget_mb=budget, budget_source=source, sequence_length=found.sequence_length,
+        largest_batch=found.largest_batch, granule=found.granule, peak_allocated_mb=found.peak_mb,
+        peak_reserved_mb=found.reserved_mb, samples_per_second=found.samples_per_second,
+        configured_batch=found.configured_batch, configured_samples_per_second=found.configured_samples_per_second,
+        probes=[(batch, None if peak == float("inf") else peak) for batch, peak in found.probes],
+    )  # fmt: skip
 
 
 def run_checkpoints(session: Session, run: Run, model: Any, identity: dict[str, Any], curve: list[DevPoint],

@@ -63,6 +63,24 @@ def test_bench_writes_every_number_for_every_strategy(write_config, tmp_path: Pa
     assert "targets (shares of this machine's own floors" in result.output
 
 
+def test_bench_with_capacity_gives_each_strategys_largest_batch_within_the_budget(write_config, tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    config = write_config(capacity=True, memory_budget_mb=8, max_seq_length=32)
+    result = CliRunner().invoke(main, ["bench", "--config", str(config), "--steps", "20", "--warmup", "1", "--output",
+                                       str(output), "--no-e2e"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    runs = {(run["group"], run["length_bucket_window"]): run for run in json.loads(output.read_text())["runs"]}
+    for group in ("lora", "full_finetune"):
+        measured, other = runs[(group, 0)], runs[(group, 16)]
+        assert measured["capacity_budget_mb"] == 8 and measured["capacity_batch"] >= 1
+        assert measured["capacity_peak_allocated_mb"] <= 8 and measured["capacity_samples_per_second"] > 0
+        assert "capacity_peak_reserved_mb" not in measured and "capacity_batch" not in other  # CPU; window 0 only
+        assert f"batch {measured['capacity_batch']:>6} ({measured['capacity_peak_allocated_mb']} MiB allocated)" in (
+            result.output
+        )
+    assert "capacity (largest batch within 8 MiB allocated, titles of 32 tokens):" in result.output
+
+
 def test_flop_count_follows_the_formula() -> None:
     # One batch of 8 x 25 tokens, 1,000 non-embedding parameters, 2 layers of width 4.
     attention = 2 * 2 * 2 * 8 * 25 * 25 * 4

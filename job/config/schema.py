@@ -79,6 +79,8 @@ NOT_HASHED_KEYS = frozenset(
         "save_steps",
         "save_minutes",
         "serving",
+        "capacity",
+        "memory_budget_mb",
     }
 )
 
@@ -353,6 +355,18 @@ class CommonConfig(BaseModel):
         " title at batch 1, per batch of 32, titles/s at 32, for LoRA's adapter unmerged and merged (and that the"
         " two agree: largest logit difference, equal predictions on up to 512 test titles) and for every other"
         " model as trained; a few seconds a run on CPU for ERNIE 3.0 Medium. In the report's Serving table",
+    )
+    capacity: bool = Field(
+        False,
+        description="find, for each strategy (on the first seed's runs), the largest training batch that fits"
+        " the memory budget and its samples/s there against the configured batch: the peak at two batch sizes,"
+        " the line through them, one real step to check (backing off when over). In the report's Capacity table"
+        " and `job bench`. See [What the memory buys](outputs.md#what-the-memory-buys)",
+    )
+    memory_budget_mb: PositiveInt | None = Field(
+        None,
+        description="the memory `capacity` fills, in MiB of Paddle's allocator: required on CPU (there is no"
+        " default: the search is skipped); on a GPU the default is the device's memory as Paddle may take it",
     )
     report_to: list[Literal[TRACKERS]] = Field(  # type: ignore[valid-type]
         [],

@@ -16,6 +16,7 @@ from job.results.overlap import overlap_line
 from job.results.schema import Combined, HeadlineRow, RunFacts, RunResult
 from job.results.tables import (
     FRONT_COLUMNS,
+    capacity_table,
     cell,
     comparison_details,
     efficiency_table,
@@ -44,6 +45,7 @@ def render_report(combined: Combined) -> str:
             *([comparison_details(combined.comparisons)] if combined.comparisons else []),
             "### Every run\n\n" + runs_table(runs),
             "### Efficiency\n\n" + efficiency_table(rows, runs),
+            *([f"### Capacity\n\n{capacity}"] if (capacity := capacity_table(rows, runs, baseline().name)) else []),
             *([f"### Serving\n\n{serving}"] if (serving := serving_table(rows, runs)) else []),
             *(["### Accuracy against cost\n\n" + front_table(rows, combined)] if len(rows) > 2 else []),
             "### Test accuracy per class\n\n" + per_class_table(rows, run.data.label_set()),

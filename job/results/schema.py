@@ -67,6 +67,22 @@ class MergeAgreement(Record):
     prediction_agreement: float  # share of titles with the same predicted class
 
 
+class CapacityResult(Record):
+    """The largest batch the run's strategy fits in the memory budget (job.training.capacity)."""
+
+    budget_mb: float
+    budget_source: str  # memory_budget_mb, or the GPU's memory
+    sequence_length: int  # every probed title is this long (max_seq_length: the worst case)
+    largest_batch: int  # 0: not one title fits
+    granule: int
+    peak_allocated_mb: float  # at the largest batch, Paddle's allocator, above what the process held before
+    peak_reserved_mb: float | None  # a GPU allocator's reserve at its peak (None on CPU)
+    samples_per_second: float  # training at the largest batch
+    configured_batch: int
+    configured_samples_per_second: float
+    probes: list[tuple[int, float | None]]  # (batch, peak allocated MiB; None: out of memory), in order
+
+
 class RunResult(Record):
     key: str
     index: int  # position in the run plan (the array task index)
@@ -117,6 +133,8 @@ class RunResult(Record):
     gpu_shared_by: int = Field(1, ge=1)  # workers on its GPU while it trained (more workers than GPUs): 1 alone
     serving: list[ServingForm] = Field(default_factory=list)  # `serving: true`: each form's latency and throughput
     merge_agreement: list[MergeAgreement] = Field(default_factory=list)  # LoRA's merged against unmerged
+    capacity: CapacityResult | None = None  # `capacity: true`, on the first seed's runs
+    peak_reserved_mb: float | None = None  # on a GPU, Paddle's allocator's reserve at its peak (None on CPU)
 
 
 # ---------------------------------------------------------------- what every run of a process shares

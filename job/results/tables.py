@@ -163,6 +163,50 @@ def efficiency_table(rows: Sequence[HeadlineRow], runs: Sequence[RunResult]) -> 
     return markdown_table("Efficiency", EFFICIENCY_COLUMNS, lines) + "\n\n" + note + plan_time(runs)
 
 
+CAPACITY_COLUMNS = (
+    "Largest batch",
+    "Peak allocated MiB there",
+    "Samples/s there",
+    "Samples/s at the configured batch",
+    "Speed-up",
+    "Batch vs full fine-tuning",
+)
+
+
+def capacity_table(rows: Sequence[HeadlineRow], runs: Sequence[RunResult], baseline: str) -> str | None:
+    """What each headline row's memory buys: the largest batch within the budget and its speed there (one
+    measurement a row, on its first seed's run); None when no run measured it."""
+    by_key = {r.key: r for r in runs}
+    found = {row.group: next((by_key[k].capacity for k in row.keys if by_key[k].capacity), None) for row in rows}
+    measured = [(row, found[row.group]) for row in rows if found[row.group] is not None]
+    if not measured:
+        return None
+    full = next((c for row, c in measured if row.strategy == baseline), None)
+    lines = []
+    for row, c in measured:
+        assert c is not None
+        ratio = f"{c.largest_batch / full.largest_batch:.2f}x" if full and full.largest_batch else "–"
+        speedup = (
+            f"{c.samples_per_second / c.configured_samples_per_second:.2f}x" if c.configured_samples_per_second else "–"
+        )
+        peak = f"{c.peak_allocated_mb:,.1f}" if c.largest_batch else "–"
+        configured = f"{c.configured_samples_per_second:,.1f} (batch {c.configured_batch})"
+        lines.append([row.label, f"{c.largest_batch:,}", peak, f"{c.samples_per_second:,.1f}", configured, speedup,
+                      ratio])  # fmt: skip
+    first = measured[0][1]
+    assert first is not None
+    reserved = [f"{row.label} {c.peak_reserved_mb:,.0f}" for row, c in measured if c and c.peak_reserved_mb is not None]
+    note = (
+        f"Budget: {first.budget_mb:,.0f} MiB ({first.budget_source}) of Paddle's allocator, above what the process "
+        f"held before; every title {first.sequence_length} tokens (max_seq_length, the longest a batch can be), so "
+        "real batches of shorter titles fit more. Found from the peak at two batch sizes and one checking step "
+        f"(granule {first.granule}); speeds are training steps at that batch."
+    )
+    if reserved:
+        note += " Reserved by the GPU allocator at the peak (MiB): " + ", ".join(reserved) + "."
+    return markdown_table("Row", CAPACITY_COLUMNS, lines) + "\n\n" + note
+
+
 SERVING_COLUMNS = ("Form", "ms per title (batch 1)", "ms per batch of 32", "Titles/s at 32")
 SERVING_FORMS = {"unmerged": "adapter unmerged", "merged": "adapter merged", "model": "as trained"}
 

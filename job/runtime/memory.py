@@ -29,19 +29,38 @@ def _allocated_peak() -> int:
     return int(paddle.base.core.host_memory_stat_peak_value("Allocated", 0))
 
 
+def reset_peak() -> None:
+    """Start the allocator's peak again from what is allocated now."""
+    import paddle
+
+    if on_gpu():
+        paddle.device.cuda.reset_max_memory_allocated()
+        paddle.device.cuda.reset_max_memory_reserved()
+    else:
+        paddle.base.core.host_memory_stat_reset_peak_value("Allocated", 0)
+
+
 def start_memory_meter() -> int:
     """A run's starting point: what earlier runs left unreferenced is collected, the allocator's peak
     is reset, and the bytes still allocated are returned (the run's figure is measured above them)."""
+    gc.collect()
+    reset_peak()
+    return _allocated_now()
+
+
+def peak_reserved_mb() -> float | None:
+    """On a GPU, the peak of what Paddle's allocator reserved from the driver (what nvidia-smi sees of the
+    process, above the CUDA context), in MiB; None on CPU, where the host allocator reserves nothing apart."""
     import paddle
 
-    gc.collect()
-    if on_gpu():
-        paddle.device.cuda.reset_max_memory_allocated()
-    else:
-        paddle.base.core.host_memory_stat_reset_peak_value("Allocated", 0)
-    return _allocated_now()
+    return round(paddle.device.cuda.max_memory_reserved() / 2**20, 1) if on_gpu() else None
 
 
 def peak_memory_mb(start: int) -> float:
     """The peak tensor memory since `start_memory_meter` returned `start`, above `start`, in MiB."""
     return round(max(0, _allocated_peak() - start) / 2**20, 1)
+
+
+def allocated_mb() -> float:
+    """What Paddle's allocator holds now (device memory on a GPU, host memory on CPU), in MiB."""
+    return round(_allocated_now() / 2**20, 1)

@@ -65,7 +65,7 @@ def _timed(model: Any, batches: Sequence[dict[str, Any]]) -> list[float]:
 
     times = []
     with paddle.no_grad():
-        for index, batch in enumerate([*batches[:WARMUP], *batches]):
+        for index, batch in enumerate([batches[0]] * WARMUP + list(batches)):
             tensors = batch_on_device(batch)
             synchronize()
             began = time.perf_counter()
