@@ -119,15 +119,18 @@ def test_on_a_gpu_the_bandwidth_is_the_devices_alone(monkeypatch: pytest.MonkeyP
     import paddle
 
     import job.bench
+    import job.runtime.device
 
     copied, synced, read = [], [], []
     monkeypatch.setattr(np, "copyto", lambda *a, **k: copied.append(1))
     monkeypatch.setattr(job.bench, "on_gpu", lambda: True)
+    monkeypatch.setattr(job.runtime.device, "on_gpu", lambda: True)  # synchronize() asks there
     monkeypatch.setattr(paddle.device, "synchronize", lambda *a: synced.append(1))  # a CPU build has none
     monkeypatch.setattr(paddle.Tensor, "__float__", lambda self: read.append(1) or 0.0)
     assert job.bench.copy_bandwidth_gbs(megabytes=8, repeats=2) > 0 and copied == []
     assert len(synced) == 2 * 2 + 1 and read == []  # timed between two syncs, never through a host read
     monkeypatch.setattr(job.bench, "on_gpu", lambda: False)
+    monkeypatch.setattr(job.runtime.device, "on_gpu", lambda: False)
     job.bench.copy_bandwidth_gbs(megabytes=8, repeats=2)
     assert copied  # on CPU the NumPy copy still counts
 

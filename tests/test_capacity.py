@@ -84,3 +84,48 @@ def test_a_run_with_capacity_records_it_on_its_first_seed_and_the_report_tabulat
     skipped = run_tiny(tmp_path / "cpu", tiny_model, tnews_dir, max_train_samples=64, max_eval_samples=32,
                        num_epochs=1, capacity=True)  # fmt: skip
     assert "### Capacity" not in (skipped / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+
+
+def test_out_of_memory_on_a_gpu_backs_off_instead_of_failing(
+    tiny_model: Path, tnews_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paddle raises MemoryError when its GPU allocator is exhausted (ResourceExhaustedError): raised here
+    for every batch above 20, the search backs off to the largest batch below, and records the failures."""
+    from job.training import capacity
+
+    run, rows, fresh = strategy_setup(tiny_model, tnews_dir, "lora")
+    real = capacity.Probe.step
+
+    def exhausted(self, batch: int) -> float:
+        if batch > 20:
+            raise MemoryError("ResourceExhaustedError: Out of memory error on GPU 0")
+        return real(self, batch)
+
+    monkeypatch.setattr(capacity.Probe, "step", exhausted)
+    found = capacity.largest_batch(fresh, rows, run.settings, budget_mb=10**6, sequence_length=32)
+    assert 20 - found.granule < found.largest_batch <= 20, found
+    assert all(peak == float("inf") for batch, peak in found.probes if batch > 20)
+    budget = capacity.largest_batch(fresh, rows, run.settings, budget_mb=10**6, sequence_length=32)
+    assert budget.probes[:2] == found.probes[:2]  # the process went on: the next search measures alike
+
+
+def test_a_gpus_budget_is_its_memory_as_paddle_may_take_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import paddle
+
+    import job.runtime.device
+    import job.runtime.memory
+    from job.training.capacity import device_budget_mb
+
+    assert device_budget_mb(None) == (None, "")  # CPU without memory_budget_mb: no search
+    assert device_budget_mb(3000) == (3000.0, "memory_budget_mb")
+    monkeypatch.setattr(job.runtime.device, "on_gpu", lambda: True)
+    monkeypatch.setattr(job.runtime.memory, "allocated_mb", lambda: 500.0)
+    properties = types.SimpleNamespace(total_memory=16 * 2**30)  # a 16 GiB device
+    monkeypatch.setattr(paddle.device.cuda, "get_device_properties", lambda *a: properties)
+    monkeypatch.delenv("FLAGS_fraction_of_gpu_memory_to_use", raising=False)
+    monkeypatch.delenv("FLAGS_gpu_memory_limit_mb", raising=False)
+    assert device_budget_mb(None) == (round(16 * 1024 * 0.92 - 500, 1), "the GPU's memory")
+    monkeypatch.setenv("FLAGS_gpu_memory_limit_mb", "6000")  # workers sharing the GPU (job.workers)
+    assert device_budget_mb(None) == (5500.0, "the GPU's memory")
