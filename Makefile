@@ -76,7 +76,7 @@ example-run: venv ## the default config's 16 runs on the stand-in, on CPU (about
 	  "at $(STANDIN_DATA)/ernie-standin-tnews (set STANDIN_DATA to the folder holding it and tnews/)"; exit 2; }
 	@mkdir -p $(EXAMPLE_DIR)
 	set -o pipefail; $(PY) -m job run --config configs/tnews_answer.yaml $(STANDIN_SETTINGS) --set save_artifacts=true \
-	  --output-dir $(EXAMPLE_DIR) 2>&1 | tee $(EXAMPLE_DIR)/run.log
+	  --set capacity=true --set memory_budget_mb=1024 --output-dir $(EXAMPLE_DIR) 2>&1 | tee $(EXAMPLE_DIR)/run.log
 
 timings: venv ## time `job demo` end to end on this machine: docs/timings.json, and the figure README and this file quote
 	$(PY) -m job.example --time-demo docs
