@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from job.output.layout import RESULTS_FOLDER
+from job.output.layout import DIRECTIONS_FOLDER, RESULTS_FOLDER
 from job.output.storage import open_output
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +103,10 @@ def write_example_report(run_dir: Path, docs: Path) -> str:
     records.mkdir(parents=True)
     for path in sorted((run_dir / RESULTS_FOLDER).glob("*.json")):
         shutil.copyfile(path, records / path.name)
+    directions = target / DIRECTIONS_FOLDER  # each run's update directions: the report's subspace overlap reads them
+    shutil.rmtree(directions, ignore_errors=True)
+    if (run_dir / DIRECTIONS_FOLDER).is_dir():
+        shutil.copytree(run_dir / DIRECTIONS_FOLDER, directions)
     return refresh_example_report(docs, cpu_name())
 
 
