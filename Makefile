@@ -61,7 +61,7 @@ test: venv ## run every test, the slow full-size ones included (offline)
 test-fast: venv ## run the tests without the slow ones (full-size model, real data, processes and signals)
 	$(PY) -m pytest -ra -m "not slow"
 
-demo: venv ## a whole report in under a minute (31 s on 2 cores) with no network: a tiny ERNIE pretrained on the spot, synthetic titles (reports/demo)
+demo: venv ## a whole report in under a minute (34 s on 2 cores) with no network: a tiny ERNIE pretrained on the spot, synthetic titles (reports/demo)
 	$(PY) -m job demo --output-dir reports/demo
 
 # The example report: the default config on the pretrained stand-in (a small ERNIE-architecture encoder
