@@ -45,15 +45,19 @@ def sections(report: str) -> dict[str, str]:
 
 def report_excerpts(report: str) -> dict[str, str]:
     """The parts of a report the docs quote: the answer (the summary's bullets, the cost table, the margin
-    line and the warnings), the headline table, and the observations."""
+    line and the warnings), the headline table, the observations, and the capacity and serving tables."""
     parts = sections(report)
     summary = parts["Summary"].split("\n\n")
     shared = next(index for index, block in enumerate(summary) if block.startswith(("Every run", "Runs of")))
     results = parts["Results"].split("\n\n")
+    split = re.split(r"^### (.+)\n", parts["Results"], flags=re.M)
+    subsections = {heading: text.strip("\n") for heading, text in zip(split[1::2], split[2::2], strict=True)}
     return {
         "answer": "\n\n".join(summary[:shared]),
         "headline": results[0],
         "observations": parts["Observations"],
+        **({"capacity": subsections["Capacity"]} if "Capacity" in subsections else {}),
+        **({"serving": subsections["Serving"]} if "Serving" in subsections else {}),
     }
 
 

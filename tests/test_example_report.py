@@ -38,6 +38,7 @@ def records() -> list[dict]:
 @pytest.mark.timeout(120)
 def test_the_example_report_is_the_one_this_version_builds_from_its_records(tmp_path: Path) -> None:
     shutil.copytree(EXAMPLE_DIR / "results", tmp_path / "results")
+    shutil.copytree(EXAMPLE_DIR / "directions", tmp_path / "directions")  # the subspace overlap reads them
     write_report(open_output(str(tmp_path)), REPORT)
     rebuilt = (tmp_path / REPORT).read_text(encoding="utf-8")
     assert rebuilt == example_report(), "the report's format changed: python -m job.example --refresh docs"
@@ -55,9 +56,16 @@ def test_every_excerpt_of_the_example_in_the_docs_is_the_reports_own() -> None:
                 assert texts == [expected[name]] * len(texts), (
                     f"{page.name}: {name}: python -m job.example --refresh docs"
                 )
-    assert seen >= {"report-answer", "report-headline", "report-observations", "plan", "plan-grid", "log", "predict"}, (
-        seen
-    )
+    assert seen >= {
+        "report-answer",
+        "report-headline",
+        "report-observations",
+        "report-capacity",
+        "plan",
+        "plan-grid",
+        "log",
+        "predict",
+    }, seen
     readme = marked_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
     assert {"report-answer", "report-headline"} <= set(readme)
 

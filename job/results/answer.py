@@ -96,6 +96,12 @@ def differences(combined: Combined) -> list[str]:
                          "strategy disagree anyway; a list of seeds shows it")  # fmt: skip
         else:
             lines.append(churn_text(found, baseline().title))
+        if c.subspace_overlap:
+            overlap = ", ".join(f"{value:.2f} ({kind})" for kind, value in c.subspace_overlap.items())
+            random = sorted(set(c.subspace_random.values()))
+            lines.append(f"{c.subject}'s update lies {overlap} in {baseline().title}'s top-r directions of the same "
+                         f"weights; a random subspace of its rank: {', '.join(f'{r:.3f}' for r in random)} (1 would "
+                         "be inside them: subspace overlap, under Observations)")  # fmt: skip
     return lines
 
 
