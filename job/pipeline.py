@@ -48,7 +48,7 @@ from job.results.schema import (
     SplitResult,
 )
 from job.results.stats import encode_classes, macro_f1, per_class_accuracy
-from job.results.tracking import RunLog, check_trackers, log_report, run_log
+from job.results.tracking import RunLog, check_trackers, log_report, open_tracking_store, run_log
 from job.results.verdict import combine
 from job.runtime.device import (
     DeviceChoice,
@@ -175,6 +175,7 @@ def run_job(config: JobConfig, stop: StopRequest, force: bool = False, keys: lis
     output = open_output(config.output_dir)
     check_trackers(config, output)
     created = check_output_dir(output)
+    open_tracking_store(config, output)
     plan = plan_runs(config)
     runs = [run for run in plan if keys is None or run.key in keys]
     pending = pending_runs(config, output, runs, force, {run.key for run in plan})

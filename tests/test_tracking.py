@@ -125,3 +125,42 @@ def test_mlflow_with_an_object_store_output_needs_a_tracking_server(
     result = CliRunner().invoke(main, ["run", "--config", str(config)])
     assert result.exit_code == 2, result.output
     assert "mlflow with output_dir s3://bucket/prefix needs a tracking server: set MLFLOW_TRACKING_URI" in result.output
+
+
+def test_an_mlflow_server_that_does_not_answer_exits_75_naming_it_before_training(
+    write_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries, minutes by default
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config(report_to="mlflow"))])
+    assert result.exit_code == 75, result.output
+    assert f"the MLflow tracking store http://127.0.0.1:{port} cannot be reached" in result.output
+    assert "step 1/" not in result.output and not (tmp_path / "out" / "results").exists()
+
+
+def test_a_tracker_that_fails_mid_run_is_dropped_with_a_line_and_the_run_finishes(
+    write_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from job.results import tracking
+
+    calls = []
+
+    def failing(self, step: int, values: dict) -> None:
+        calls.append(step)
+        if step >= 3:
+            raise ConnectionError("tracking server went away")
+
+    monkeypatch.setattr(tracking.TensorBoard, "scalars", failing)
+    result = CliRunner().invoke(main, ["run", "--config", str(write_config(**TRACKED, report_to="tensorboard"))])
+    assert result.exit_code == 0, result.output
+    assert (
+        result.output.count("warning: TensorBoard failed at step 3 (ConnectionError: tracking server went away)") == 2
+    )
+    assert calls.count(3) == 2 and max(calls) == 3  # each run's writer dropped at its failure, never called again
+    assert len(records(tmp_path / "out")) == 2

@@ -15,8 +15,9 @@ from typing import Any
 
 from job.config.plan import Run
 from job.config.schema import JobConfig
-from job.errors import Interrupted, UserError
+from job.errors import Interrupted, RetryableError, UserError
 from job.output.layout import MLFLOW_ARTIFACTS_FOLDER, MLFLOW_DATABASE, TENSORBOARD_FOLDER, VISUALDL_FOLDER
+from job.output.log import say
 from job.output.storage import LocalOutput, Output
 from job.results.schema import RunResult
 from job.runtime.ranks import Ranks
@@ -26,18 +27,27 @@ INSTALL = {"visualdl": "visualdl", "tensorboard": "tensorboardX", "mlflow": "mlf
 
 
 class RunLog:
-    """One run's scalars, sent to every tracker the config names (none: every call does nothing)."""
+    """One run's scalars, sent to every tracker the config names (none: every call does nothing). A tracker
+    that fails mid-run (its server gone) is dropped with one line: the run trains on and its record holds
+    every scalar anyway."""
 
     def __init__(self, writers: list[Any] | None = None) -> None:
         self.writers = writers or []
 
+    def _send(self, step: int, values: dict[str, float]) -> None:
+        for writer in list(self.writers):
+            try:
+                writer.scalars(step, values)
+            except Exception as exc:
+                self.writers.remove(writer)
+                say(f"warning: {type(writer).__name__} failed at step {step} ({type(exc).__name__}: "
+                    f"{str(exc)[:200]}); the run goes on without it (results.json has every scalar)")  # fmt: skip
+
     def step(self, step: int, loss: float, learning_rate: float) -> None:
-        for writer in self.writers:
-            writer.scalars(step, {"train/loss": loss, "train/learning_rate": learning_rate})
+        self._send(step, {"train/loss": loss, "train/learning_rate": learning_rate})
 
     def evaluated(self, step: int, accuracy: float, loss: float) -> None:
-        for writer in self.writers:
-            writer.scalars(step, {"dev/accuracy": accuracy, "dev/loss": loss})
+        self._send(step, {"dev/accuracy": accuracy, "dev/loss": loss})
 
     def finished(self, result: RunResult) -> None:
         final = {
@@ -45,8 +55,7 @@ class RunLog:
             "train/samples_per_second": result.samples_per_second, "train/seconds": result.training_seconds,
             "memory/peak_mb": result.peak_memory_mb,
         }  # fmt: skip
-        for writer in self.writers:
-            writer.scalars(result.steps, final)
+        self._send(result.steps, final)
 
 
 class VisualDL:
@@ -167,6 +176,20 @@ def check_trackers(config: JobConfig, output: Output) -> None:
                             f"`pip install {INSTALL[tracker]}`, or drop it from report_to") from None  # fmt: skip
     if "mlflow" in config.report_to:
         tracking_uri(output)
+
+
+def open_tracking_store(config: JobConfig, output: Output) -> None:
+    """After output_dir exists and before any run trains: MLflow's store answers and holds the experiment.
+    A store that cannot be reached exits 75 (a retry may find it up), naming it."""
+    if "mlflow" not in config.report_to:
+        return
+    try:
+        mlflow_experiment(config, output)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise RetryableError(f"config key 'report_to': the MLflow tracking store {tracking_uri(output)} cannot be "
+                             f"reached or written ({type(exc).__name__}: {str(exc)[:300]})") from None  # fmt: skip
 
 
 @contextlib.contextmanager
