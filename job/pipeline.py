@@ -29,16 +29,19 @@ from job.output.layout import (
     PARETO_PLOT,
     RESULTS_FILE,
     RESULTS_FOLDER,
+    SPECTRUM_PLOT,
 )
 from job.output.log import run_done, say, set_position
 from job.output.storage import Output, open_output
 from job.results.facts import now, run_facts
-from job.results.overlap import with_overlaps, write_directions
-from job.results.plot import plot_learning_curve, plot_losses, plot_pareto
+from job.results.overlap import spectrum_curves, with_overlaps, write_directions
+from job.results.plot import plot_learning_curve, plot_losses, plot_pareto, plot_update_spectrum
 from job.results.records import load_results, read_records, save_result
 from job.results.report import render_report, subject
 from job.results.schema import (
     CapacityResult,
+    Combined,
+    Comparison,
     DevPoint,
     MergeAgreement,
     ResultRecord,
@@ -426,7 +429,7 @@ def trained_run(session: Session, run: Run, log: RunLog) -> RunResult | None:
                                config.intruder_threshold if config.analysis else None,
                                directions=max(ranks) if config.analysis else 0)  # once, at the end  # fmt: skip
     if analysis.directions:  # beside the record, for the report's subspace overlap (job.results.overlap)
-        write_directions(session.output, config.config_hash(), key, analysis.directions)
+        write_directions(session.output, config.config_hash(), key, analysis.directions, analysis.spectra)
     del initial
     selected = best.step if best.keep else outcome.steps
     say(
@@ -671,6 +674,12 @@ def write_report(
         classes = len(combined.run.data.labels)
         with output.file(PARETO_PLOT) as path:
             plot_pareto(combined.headline, path, subject(combined.run.config), classes)
+        if (spectra := first_spectra(output, combined)) is not None:
+            kind, comparison, curves = spectra
+            rank = next((r.lora_r for r in combined.runs if r.key in next(iter(comparison.selected.values()))), None)
+            with output.file(SPECTRUM_PLOT) as path:
+                plot_update_spectrum(curves, path, subject(combined.run.config), kind, comparison.subject,
+                                     baseline().title, rank)  # fmt: skip
         if len({row.train_examples for row in combined.headline}) > 1:
             with output.file(LEARNING_PLOT) as path:
                 plot_learning_curve(combined.headline, path, subject(combined.run.config), classes)
@@ -679,6 +688,17 @@ def write_report(
         where = output.write_text(report_name, report)
     log_report(combined.run.config, output, {report_name: report, RESULTS_FILE: results})
     return where
+
+
+def first_spectra(output: Output, combined: Combined) -> tuple[str, Comparison, dict[str, Any]] | None:
+    """The first compared row with a subspace overlap, its first kind of weight, and the spectra curves of
+    that kind (job.results.overlap.spectrum_curves); None when no run stored them."""
+    for comparison in combined.comparisons:
+        for kind in comparison.subspace_overlap:
+            curves = spectrum_curves(output, combined, comparison, baseline().name, kind)
+            if curves:
+                return kind, comparison, curves
+    return None
 
 
 # ---------------------------------------------------------------- prefetch

@@ -104,6 +104,21 @@ def test_a_full_fine_tuning_run_records_and_reports_its_update_rank_and_lora_non
     assert combined["comparisons"][0]["subspace_random"] == {"q": 4 / hidden, "v": 4 / hidden}
     line = next(line for line in report.splitlines() if line.startswith("- Subspace overlap"))
     assert f"q {overlap['q']:.2f} (random {4 / hidden:.3f})" in line
+    from job.results.overlap import read_spectra, spectrum_curves
+    from job.results.schema import Combined
+
+    spectra = read_spectra(open_output(out), combined["run"]["config_hash"], runs["lora"]["key"])
+    assert len(spectra) == 2 * layers and all(values.size == 4 for values in spectra.values())  # r values each
+    typed = Combined.model_validate_json((out / "results.json").read_text(encoding="utf-8"))
+    curves = spectrum_curves(open_output(out), typed, typed.comparisons[0], "full_finetune", "q")
+    assert set(curves) == {"full", "row", "random"} and all(curve.size == hidden for curve in curves.values())
+    assert curves["row"][3] == pytest.approx(1.0) and curves["full"][-1] == pytest.approx(1.0)  # LoRA: all in r = 4
+    assert (
+        curves["random"][random_rank((hidden, hidden)) - 1] >= 0.9 > curves["random"][random_rank((hidden, hidden)) - 2]
+    )
+    assert all(np.all(np.diff(curve) >= -1e-9) for curve in curves.values())  # cumulative
+    assert (out / "update_spectrum.png").stat().st_size > 10_000
+    assert "![What the learned updates are made of](update_spectrum.png)" in report
 
 
 @pytest.mark.parametrize(

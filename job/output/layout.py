@@ -11,6 +11,7 @@ RESULTS_FILE = "results.json"
 LOCK_FILE = ".lock"  # the merge lock
 LOSS_PLOT = "loss_curves.png"
 PARETO_PLOT = "pareto.png"
+SPECTRUM_PLOT = "update_spectrum.png"  # the learned updates' spectra (full fine-tuning, LoRA, random)
 LEARNING_PLOT = "learning_curve.png"  # with several training sizes (max_train_samples as a list)
 ARTIFACTS_FOLDER = "artifacts"  # artifacts/<run>/
 VISUALDL_FOLDER = "vdl"  # vdl/<run>/
@@ -93,5 +94,10 @@ RESERVED_NAMES = frozenset(
         ARTIFACTS_FOLDER,
         VISUALDL_FOLDER,
         CHECKPOINTS_FOLDER,
+        DIRECTIONS_FOLDER,
+        TENSORBOARD_FOLDER,
+        MLFLOW_DATABASE,
+        MLFLOW_ARTIFACTS_FOLDER,
+        SPECTRUM_PLOT,
     }
 )

@@ -35,6 +35,7 @@ from job.output.layout import (
     PARETO_PLOT,
     RESULTS_FILE,
     RESULTS_FOLDER,
+    SPECTRUM_PLOT,
     TENSORBOARD_FOLDER,
     VISUALDL_FOLDER,
     below,
@@ -297,7 +298,7 @@ class LocalOutput(Output):
             path = self.inside(name)
             if path.exists() and not path.is_dir():  # found after training, when the first record is saved
                 raise UserError(f"{path} is a file where the job keeps its {name} folder: move it away")
-        for name in (RESULTS_FILE, LOSS_PLOT, PARETO_PLOT, LEARNING_PLOT):
+        for name in (RESULTS_FILE, LOSS_PLOT, PARETO_PLOT, LEARNING_PLOT, SPECTRUM_PLOT):
             if self.inside(name).is_dir():
                 raise UserError(f"{self.root / name} is a folder where the job writes its {name}: move it away")
         import time

@@ -21,18 +21,25 @@ def directions_name(config_hash: str, key: str) -> str:
     return f"{DIRECTIONS_FOLDER}/{config_hash}/{key}.safetensors"
 
 
-def write_directions(output: Output, config_hash: str, key: str, directions: dict[str, np.ndarray]) -> None:
-    """Store a run's update directions (weight name -> [in, k] orthonormal columns), whole or not at all."""
+SPECTRUM = "spectrum/"  # the file's other tensors: each update's squared singular values (float32)
+
+
+def write_directions(output: Output, config_hash: str, key: str, directions: dict[str, np.ndarray],
+                     spectra: dict[str, np.ndarray] | None = None) -> None:  # fmt: skip
+    """Store a run's update directions (weight name -> [in, k] orthonormal columns, float16) and spectra
+    (weight name -> squared singular values, float32), whole or not at all."""
     from safetensors.numpy import save_file
 
+    tensors = {name: np.ascontiguousarray(value, dtype=np.float16) for name, value in directions.items()}
+    tensors.update({SPECTRUM + name: np.ascontiguousarray(value, dtype=np.float32)
+                    for name, value in (spectra or {}).items()})  # fmt: skip
     with output.file(directions_name(config_hash, key)) as path:
-        save_file({name: np.ascontiguousarray(value, dtype=np.float16) for name, value in directions.items()},
-                  str(path))  # fmt: skip
+        save_file(tensors, str(path))
 
 
-def read_directions(output: Output, config_hash: str, key: str) -> dict[str, np.ndarray]:
-    """A run's stored directions, or {} when it has none (made before they were kept, `analysis: false`, a
-    strategy without them) or they cannot be read."""
+def read_stored(output: Output, config_hash: str, key: str) -> dict[str, np.ndarray]:
+    """Every tensor of a run's file, or {} when it has none (made before they were kept, `analysis: false`,
+    a strategy without them) or it cannot be read."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -43,6 +50,15 @@ def read_directions(output: Output, config_hash: str, key: str) -> dict[str, np.
             return {name: value.astype(np.float32) for name, value in load_file(str(path)).items()}
         except (SafetensorError, OSError, ValueError):
             return {}
+
+
+def read_directions(output: Output, config_hash: str, key: str) -> dict[str, np.ndarray]:
+    return {name: v for name, v in read_stored(output, config_hash, key).items() if not name.startswith(SPECTRUM)}
+
+
+def read_spectra(output: Output, config_hash: str, key: str) -> dict[str, np.ndarray]:
+    stored = read_stored(output, config_hash, key)
+    return {name[len(SPECTRUM) :]: v for name, v in stored.items() if name.startswith(SPECTRUM)}
 
 
 def seed_overlaps(lora: dict[str, np.ndarray], full: dict[str, np.ndarray]) -> dict[str, float]:
@@ -103,3 +119,38 @@ def overlap_line(comparisons: Sequence[Comparison]) -> str | None:
         "weight at the same seed: 1 inside, 0 orthogonal; a random r-dimensional subspace gives r/d; median over "
         "layers, mean over seeds; Hu et al. 2021, section 7): " + "; ".join(parts) + "."
     )
+
+
+def cumulative_energy(squares: np.ndarray, length: int) -> np.ndarray:
+    """The share of the update's energy in its top 1..length directions (1 after its last)."""
+    held = np.cumsum(squares.astype(np.float64)) / max(float(squares.sum()), 1e-300)
+    return np.concatenate([held, np.ones(max(0, length - held.size))])[:length]
+
+
+def spectrum_curves(output: Output, combined: Combined, comparison: Comparison, baseline: str, kind: str,
+                    ) -> dict[str, np.ndarray]:  # fmt: skip
+    """For one kind of weight: the cumulative energy of full fine-tuning's update, of the row's (LoRA's), and
+    of a random Gaussian matrix of the weight's shape, over 1..d directions; medians over layers and seeds.
+    {} when the runs stored no spectra."""
+    from job.training.update_rank import spectrum
+
+    strategy = next(name for name in comparison.selected if name != baseline)
+    curves: dict[str, list[np.ndarray]] = {"full": [], "row": []}
+    shape: tuple[int, int] | None = None
+    for role, keys in (("full", comparison.selected[baseline]), ("row", comparison.selected[strategy])):
+        for key in keys:
+            for name, squares in read_spectra(output, combined.run.config_hash, key).items():
+                if kind_of(name) == kind:
+                    curves[role].append(squares)
+    if not curves["full"] or not curves["row"]:
+        return {}
+    length = max(s.size for s in curves["full"])
+    directions = read_directions(output, combined.run.config_hash, comparison.selected[baseline][0])
+    shape = next((tuple(v.shape) for n, v in directions.items() if kind_of(n) == kind), None)
+    rows = shape[0] if shape else length
+    random = spectrum(np.random.default_rng(0).standard_normal((rows, length)))
+    return {
+        "full": np.median([cumulative_energy(s, length) for s in curves["full"]], axis=0),
+        "row": np.median([cumulative_energy(s, length) for s in curves["row"]], axis=0),
+        "random": cumulative_energy(random, length),
+    }

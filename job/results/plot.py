@@ -129,3 +129,25 @@ def plot_learning_curve(rows: Sequence[HeadlineRow], path: Path, subject: str, c
         axes.grid(alpha=0.3, which="both")
         axes.legend(fontsize="small")
     return path
+
+
+def plot_update_spectrum(curves: dict[str, Any], path: Path, subject: str, kind: str, row: str, full: str,
+                         rank: int | None) -> Path:  # fmt: skip
+    """The share of each learned update's energy held by its top k directions, k on a log scale: full
+    fine-tuning's, the compared row's (LoRA's reaches 1 at its rank) and a random matrix's of the same
+    shape (what an update with no structure would need)."""
+    with figure_to(path, figsize=(7, 4.5), dpi=110) as (figure, axes):
+        steps = range(1, len(curves["full"]) + 1)
+        axes.plot(steps, 100 * curves["full"], label=f"{full} (median over layers and seeds)")
+        axes.plot(steps, 100 * curves["row"], label=f"{row} (median over layers and seeds)")
+        axes.plot(steps, 100 * curves["random"], linestyle=":", color="grey", label="a random matrix of the shape")
+        axes.axhline(90, color="grey", linestyle="--", linewidth=1, label="90% (the effective rank)")
+        if rank:
+            axes.axvline(rank, color="grey", linestyle="-.", linewidth=1, label=f"LoRA's rank r = {rank}")
+        axes.set_xscale("log")
+        axes.set_xlabel("top k singular directions (log scale)")
+        axes.set_ylabel("share of the update's energy (%)")
+        axes.grid(alpha=0.3, which="both")
+        axes.legend(fontsize="small", loc="lower right")
+        figure.suptitle(f"{subject}: what the {kind} weights' updates are made of", fontsize="medium")
+    return path

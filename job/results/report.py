@@ -9,7 +9,7 @@ from pathlib import Path
 
 from job.config.schema import JobConfig
 from job.data.tasks import CLUE_TASKS, DEFAULT_DATASET, OWN, dataset_title
-from job.output.layout import LEARNING_PLOT, LOSS_PLOT, PARETO_PLOT
+from job.output.layout import LEARNING_PLOT, LOSS_PLOT, PARETO_PLOT, SPECTRUM_PLOT
 from job.results.answer import answers, unless_at_chance, weights_share
 from job.results.front import at_chance, pareto_front, row_memory
 from job.results.overlap import overlap_line
@@ -51,7 +51,12 @@ def render_report(combined: Combined) -> str:
             "### Test accuracy per class\n\n" + per_class_table(rows, run.data.label_set()),
             f"![Training loss per step]({LOSS_PLOT})\n\n![Test accuracy against trainable parameters and time]"
             f"({PARETO_PLOT})"
-            + (f"\n\n![Test accuracy against training rows]({LEARNING_PLOT})" if _sized(rows) else ""),
+            + (f"\n\n![Test accuracy against training rows]({LEARNING_PLOT})" if _sized(rows) else "")
+            + (
+                f"\n\n![What the learned updates are made of]({SPECTRUM_PLOT})"
+                if any(c.subspace_overlap for c in combined.comparisons)
+                else ""
+            ),
         ]
     )
     sections = [

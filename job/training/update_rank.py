@@ -199,6 +199,7 @@ class UpdateAnalysis:
     # weight name -> its update's leading input directions (job.training.update_rank.input_directions), for
     # the subspace overlap the report measures between LoRA's update and full fine-tuning's
     directions: dict[str, np.ndarray] = field(default_factory=dict)
+    spectra: dict[str, np.ndarray] = field(default_factory=dict)  # weight name -> its update's squared singular values
 
 
 def _each(work: Any, items: list[tuple[str, np.ndarray]]) -> list[Any]:
@@ -232,6 +233,7 @@ def update_analysis(before: dict[str, np.ndarray], model: Any, threshold: float 
     random: dict[str, int] = {}
     intruders: dict[str, list[int]] = {}
     found: dict[str, np.ndarray] = {}
+    spectra: dict[str, np.ndarray] = {}
 
     def measure(name: str, after: np.ndarray) -> tuple[np.ndarray, int | None, np.ndarray | None]:
         update = after - before[name]
@@ -249,10 +251,13 @@ def update_analysis(before: dict[str, np.ndarray], model: Any, threshold: float 
             intruders.setdefault(kind, []).append(counted)
         if leading is not None:
             found[_base_name(name)] = leading
+            spectra[_base_name(name)] = squares
     order = [kind for kind in WEIGHT_KINDS if kind in ranks]
     if not order and threshold is not None:
         intruders = adapter_intruders(model, threshold)
     if not order and directions:
-        found = {name: input_directions(update, rank) for name, (update, rank) in adapter_updates(model).items()}
+        updates = adapter_updates(model)
+        found = {name: input_directions(update, rank) for name, (update, rank) in updates.items()}
+        spectra = {name: spectrum(update)[:rank] for name, (update, rank) in updates.items()}  # the rest are 0
     return UpdateAnalysis({k: ranks[k] for k in order}, {k: stable[k] for k in order}, {k: random[k] for k in order},
-                          {k: intruders[k] for k in WEIGHT_KINDS if k in intruders}, found)  # fmt: skip
+                          {k: intruders[k] for k in WEIGHT_KINDS if k in intruders}, found, spectra)  # fmt: skip
