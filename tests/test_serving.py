@@ -104,3 +104,15 @@ def test_a_run_records_serving_costs_and_the_report_tabulates_them(
     off = run_tiny(tmp_path / "off", tiny_model, tnews_dir, max_train_samples=64, max_eval_samples=40, num_epochs=1,
                    serving=False)  # fmt: skip
     assert "### Serving" not in (off / "ernie_lora_vs_full_report.md").read_text(encoding="utf-8")
+
+
+def test_after_a_bf16_run_the_forms_are_compared_at_bf16_too(tiny_model: Path) -> None:
+    """On a GPU the second pass runs under bf16 autocast, where merging rounds the weights; on CPU Paddle's
+    autocast stays fp32, so here both passes agree as closely (the path, not the rounding, is tested)."""
+    from job.training.serving import merge_agreement
+
+    model, rows = lora_model(tiny_model)
+    found = merge_agreement(model, rows, 0, "bf16")
+    assert [a.precision for a in found] == ["fp32", "bf16"]
+    assert all(a.titles == 80 and a.prediction_agreement == 1.0 for a in found)
+    assert merge_agreement(model, rows, 0, "fp32")[0] == found[0]
