@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,8 +145,12 @@ def same_but_timing(folder: Path, copy: Path) -> tuple[dict, str]:
         record = json.loads(file.read_text(encoding="utf-8"))
         clocked = ("training_seconds", "samples_per_second", "tokens_per_second", "peak_memory_mb")
         record["result"].update(dict.fromkeys(clocked, 1.0), started_at="", finished_at="")
+        for form in record["result"]["serving"]:  # the serving forms' latencies: the clock's too
+            form.update(ms_per_title=1.0, ms_per_batch=1.0, titles_per_second=1.0)
         record["run"]["config"]["output_dir"] = "OUT"
         (copy / "results" / file.name).write_text(json.dumps(record), encoding="utf-8")
+    if (folder / "directions").is_dir():  # the updates' directions the subspace overlap reads
+        shutil.copytree(folder / "directions", copy / "directions")
     rebuilt = CliRunner().invoke(main, ["report", "--output-dir", str(copy)])
     assert rebuilt.exit_code == 0, rebuilt.output
     combined = json.loads((copy / "results.json").read_text(encoding="utf-8"))

@@ -48,8 +48,11 @@ def test_a_full_disk_exits_75_and_keeps_no_partial_file(
     result = CliRunner().invoke(main, ["run", "--config", str(write_config(num_epochs=1, strategies=["lora"]))])
     assert result.exit_code == 75, result.output
     assert "I/O error: [Errno 28] No space left on device" in result.output
-    left = [p.name for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != ".lock"]
-    assert left == []  # no half-written record, results.json or report
+    left = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != ".lock"]
+    assert [p.name for p in left] == ["lora.safetensors"]  # no half-written record, results.json or report
+    from safetensors.numpy import load_file
+
+    assert left[0].parent.parent.name == "directions" and load_file(left[0])  # the update's directions, whole
 
 
 def test_a_model_folder_without_a_tokenizer_exits_2(write_config, tiny_model: Path, tmp_path: Path) -> None:

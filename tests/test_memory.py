@@ -57,13 +57,19 @@ def test_on_a_gpu_the_meter_reads_paddles_device_allocator_above_the_start(monke
         counters["resets"] += 1
         counters["peak"] = counters["allocated"]
 
-    for name in ("memory_allocated", "max_memory_allocated", "reset_max_memory_allocated"):
+    reserved = {"resets": 0, "peak": 2_048 * 2**20}
+    names = ("memory_allocated", "max_memory_allocated", "reset_max_memory_allocated", "max_memory_reserved",
+             "reset_max_memory_reserved")  # fmt: skip
+    for name in names:
         assert callable(getattr(paddle.device.cuda, name))
     monkeypatch.setattr(memory, "on_gpu", lambda: True)
     monkeypatch.setattr(paddle.device.cuda, "memory_allocated", lambda: counters["allocated"])
     monkeypatch.setattr(paddle.device.cuda, "max_memory_allocated", lambda: counters["peak"])
     monkeypatch.setattr(paddle.device.cuda, "reset_max_memory_allocated", reset)
+    monkeypatch.setattr(paddle.device.cuda, "max_memory_reserved", lambda: reserved["peak"])
+    monkeypatch.setattr(paddle.device.cuda, "reset_max_memory_reserved", lambda: reserved.update(resets=1))
     start = memory.start_memory_meter()
-    assert counters["resets"] == 1 and start == 300 * 2**20
+    assert counters["resets"] == 1 and reserved["resets"] == 1 and start == 300 * 2**20
     counters["peak"] = 1_324 * 2**20  # the run's own weights, optimizer state and activations on top
     assert memory.peak_memory_mb(start) == 1_024.0
+    assert memory.peak_reserved_mb() == 2_048.0  # the allocator's reserve: what nvidia-smi sees of it

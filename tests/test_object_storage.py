@@ -87,6 +87,10 @@ def test_two_array_tasks_in_parallel_into_one_prefix_leave_the_complete_report(
     (local / "results").mkdir(parents=True)
     for name in ("lora", "full_finetune"):
         (local / "results" / f"{name}.json").write_bytes(stored[f"results/{name}.json"])
+    for name, data in stored.items():  # the updates' directions, which the subspace overlap reads
+        if name.startswith("directions/"):
+            (local / name).parent.mkdir(parents=True, exist_ok=True)
+            (local / name).write_bytes(data)
     assert CliRunner().invoke(main, ["report", "--output-dir", str(local)]).exit_code == 0
     assert (local / "results.json").read_bytes() == stored["results.json"]
     assert (local / "ernie_lora_vs_full_report.md").read_bytes() == stored["ernie_lora_vs_full_report.md"]
@@ -102,7 +106,9 @@ def test_a_task_that_sees_an_incomplete_set_writes_only_its_own_record(
     first = CliRunner().invoke(main, ["run", "--config", str(config), "--run-from-index"])
     assert first.exit_code == 0, first.output
     assert "1 of 2 planned runs are in" in first.output
-    assert set(objects(object_store, prefix)) == {"results/full_finetune.json"}
+    assert {name for name in objects(object_store, prefix) if not name.startswith("directions/")} == {
+        "results/full_finetune.json"
+    }
 
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
     second = CliRunner().invoke(main, ["run", "--config", str(config), "--run-from-index"])
@@ -120,7 +126,11 @@ def test_a_killed_task_leaves_only_whole_objects_and_the_rerun_resumes(
     assert process.returncode == -signal.SIGKILL, log[-2000:]
 
     stored = objects(object_store, prefix)
-    assert set(stored) == {"results/lora.json"} | {name for name in stored if name.startswith("artifacts/lora/")}
+    assert set(stored) == {"results/lora.json"} | {name for name in stored if name.startswith("artifacts/lora/")} | {
+        name
+        for name in stored
+        if name.startswith("directions/")  # lora's, written before its record
+    }
     read_record("lora.json", stored["results/lora.json"])  # whole and valid
     artifacts = json.loads(stored["results/lora.json"])["result"]["artifacts"]  # uploaded before the record
     assert artifacts and all(any(name.startswith(f"{folder}/") for name in stored) for folder in artifacts)

@@ -317,7 +317,8 @@ def test_a_price_per_hour_turns_training_time_into_money_in_the_cost_table(tmp_p
                                       for p in (tmp_path / "results").glob(f"{name}_*.json"))
                for name in ("lora", "full_finetune")}  # fmt: skip
     lora, full = (f"{seconds[name] / 3600 * 3.6:.2f}" for name in ("lora", "full_finetune"))
-    assert "| Training Cost (EUR) |" in report and f"| {lora} (67.3%) |" in report and f"| {full} |" in report
+    share = f"{100 * seconds['lora'] / seconds['full_finetune']:.1f}%"
+    assert "| Training Cost (EUR) |" in report and f"| {lora} ({share}) |" in report and f"| {full} |" in report
     assert "Cost: training time at 3.60 EUR an hour (`price_per_hour`" in report
     bad = CliRunner().invoke(
         main, ["report", "--output-dir", str(tmp_path), "--price-per-hour", "1", "--currency", "U S"]

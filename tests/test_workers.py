@@ -25,7 +25,7 @@ from job.workers import plan_slots, worker_count
 ROOT = Path(__file__).resolve().parents[1]
 # What differs between two trainings of the same run by design: when, how fast, on which worker.
 NOT_COMPARED = {"training_seconds", "samples_per_second", "tokens_per_second", "started_at", "finished_at",
-                "worker", "peak_memory_mb"}  # fmt: skip
+                "worker", "peak_memory_mb", "serving"}  # fmt: skip
 
 
 def grid(tmp_path: Path, tiny_model: Path, tnews_dir: Path, name: str, **values) -> Path:
